@@ -1,0 +1,27 @@
+# Two set-up commands for a fresh clone:  `make demo`  and  `make test`.
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev,onnx]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m structprune demo --out runs/demo
+
+test: $(STAMP)
+	$(PY) -m ruff check structprune tests benchmarks
+	$(PY) -m pytest -q -x --durations=15
+
+lint: $(STAMP)
+	$(PY) -m ruff check structprune tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .hypothesis

@@ -1,0 +1,54 @@
+"""Command-line interface: `structprune VERB ...`. Each verb lives in its own module here.
+
+A verb module defines `add_parser(subparsers)`, which registers its sub-parser and sets
+`func=run` with `run(args) -> int`. The library never prints; this package is the only place that does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from structprune import __version__
+from structprune.errors import StructpruneError
+
+# Verb modules, in the order `--help` lists them. Add a verb by adding its module name here.
+VERBS = (
+    "train",
+    "eval",
+    "info",
+    "demo",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="structprune",
+        description="Structured pruning of convolutional networks: prune, search, compact, quantize, measure.",
+    )
+    parser.add_argument("--version", action="version", version=f"structprune {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    subparsers = parser.add_subparsers(dest="verb", metavar="VERB")
+    subparsers.required = True
+    for verb in VERBS:
+        importlib.import_module(f"structprune.cli.{verb.replace('-', '_')}").add_parser(subparsers)
+    return parser
+
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+    try:
+        return int(args.func(args) or 0)
+    except StructpruneError as exc:
+        print(f"structprune: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("structprune: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130

@@ -1,0 +1,1 @@
+"""Compact layers and compaction: masked networks turned into smaller dense computations."""
