@@ -1,0 +1,163 @@
+"""Pruning masks: what each convolution keeps at each scale, composable, saved as masks.json.
+
+Indices always refer to the *original* (unpruned) layer, so channel, kernel and intra-kernel masks
+compose freely and survive compaction.  A `LayerMask` for a conv with weight [O, I, kh, kw]:
+  keep_out     bool [O]     feature maps kept (channel scale); None = all kept
+  keep_kernel  bool [O, I]  kernels kept (kernel scale);       None = all kept
+  intra        per input map (of the I per group) an IntraPattern or None (= full kernel); None = all full
+masks.json:
+  {"format": "structprune-masks/1",
+   "layers": {"features.0": {"shape": [O, I, kh, kw], "groups": 1,
+                              "keep_out": [0, 3, ...] | null,
+                              "keep_kernel": ["0110...", ...] | null,     # one bit string per output map
+                              "intra": [[start, stride] | null, ...] | null}}}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from structprune.errors import StructpruneError
+from structprune.granularity import IntraPattern
+
+MASKS_FORMAT = "structprune-masks/1"
+MASKS_FILE = "masks.json"
+
+
+@dataclass
+class LayerMask:
+    """What one convolution keeps, in its original index space."""
+
+    shape: tuple[int, int, int, int]  # weight shape [O, I/groups, kh, kw]
+    groups: int = 1
+    keep_out: torch.Tensor | None = None  # bool [O]
+    keep_kernel: torch.Tensor | None = None  # bool [O, I/groups]
+    intra: list[IntraPattern | None] | None = None  # one per input map of a group (I/groups)
+
+    @property
+    def kernel_positions(self) -> int:
+        return self.shape[2] * self.shape[3]
+
+    def validate(self, name: str) -> None:
+        out_ch, in_per_group, _, _ = self.shape
+        if self.keep_out is not None:
+            if self.keep_out.shape != (out_ch,):
+                raise StructpruneError(f"{name}: keep_out has {tuple(self.keep_out.shape)} entries, layer has {out_ch} maps")
+            if not bool(self.keep_out.any()):
+                raise StructpruneError(f"{name}: mask removes every feature map of the layer")
+        if self.keep_kernel is not None:
+            if self.keep_kernel.shape != (out_ch, in_per_group):
+                raise StructpruneError(
+                    f"{name}: kernel mask is {tuple(self.keep_kernel.shape)}, layer needs ({out_ch}, {in_per_group})"
+                )
+            if not bool(self.keep_kernel.any()):
+                raise StructpruneError(f"{name}: mask removes every kernel of the layer")
+        if self.intra is not None:
+            if len(self.intra) != in_per_group:
+                raise StructpruneError(f"{name}: {len(self.intra)} intra-kernel patterns, layer has {in_per_group} input maps")
+            for pattern in self.intra:
+                if pattern is not None:
+                    pattern.validate(self.kernel_positions, where=name)
+
+    def weight_mask(self) -> torch.Tensor:
+        """Float [O, I/groups, kh, kw] mask of the weight, all three scales combined."""
+        out_ch, in_per_group, kh, kw = self.shape
+        mask = torch.ones(out_ch, in_per_group, kh * kw)
+        if self.intra is not None:
+            for i, pattern in enumerate(self.intra):
+                if pattern is not None:
+                    row = torch.zeros(kh * kw)
+                    row[list(pattern.taps(kh * kw))] = 1.0
+                    mask[:, i, :] = row
+        if self.keep_kernel is not None:
+            mask *= self.keep_kernel.to(mask.dtype).unsqueeze(-1)
+        if self.keep_out is not None:
+            mask *= self.keep_out.to(mask.dtype).view(-1, 1, 1)
+        return mask.view(out_ch, in_per_group, kh, kw)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "shape": list(self.shape),
+            "groups": self.groups,
+            "keep_out": None if self.keep_out is None else torch.nonzero(self.keep_out).flatten().tolist(),
+            "keep_kernel": None
+            if self.keep_kernel is None
+            else ["".join("1" if b else "0" for b in row) for row in self.keep_kernel.tolist()],
+            "intra": None
+            if self.intra is None
+            else [None if p is None else [p.start, p.stride] for p in self.intra],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], name: str) -> LayerMask:
+        try:
+            shape = tuple(int(v) for v in data["shape"])
+            if len(shape) != 4:
+                raise ValueError("shape needs 4 numbers")
+            keep_out = None
+            if data.get("keep_out") is not None:
+                keep_out = torch.zeros(shape[0], dtype=torch.bool)
+                idx = [int(i) for i in data["keep_out"]]
+                if any(not 0 <= i < shape[0] for i in idx):
+                    raise ValueError(f"keep_out index outside 0..{shape[0] - 1}")
+                keep_out[idx] = True
+            keep_kernel = None
+            if data.get("keep_kernel") is not None:
+                rows = data["keep_kernel"]
+                if any(set(r) - {"0", "1"} for r in rows):
+                    raise ValueError("keep_kernel rows must be strings of 0 and 1")
+                keep_kernel = torch.tensor([[c == "1" for c in r] for r in rows], dtype=torch.bool)
+            intra = None
+            if data.get("intra") is not None:
+                intra = [None if p is None else IntraPattern(int(p[0]), int(p[1])) for p in data["intra"]]
+            mask = cls(shape=shape, groups=int(data.get("groups", 1)), keep_out=keep_out,
+                       keep_kernel=keep_kernel, intra=intra)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise StructpruneError(f"{MASKS_FILE}: layer {name!r}: malformed mask ({exc})") from None
+        mask.validate(name)
+        return mask
+
+
+@dataclass
+class NetworkMask:
+    """Masks of a whole network, keyed by the conv layer's module name."""
+
+    layers: dict[str, LayerMask] = field(default_factory=dict)
+
+    def __iter__(self) -> Iterator[tuple[str, LayerMask]]:
+        return iter(self.layers.items())
+
+    def layer(self, name: str, conv: nn.Conv2d) -> LayerMask:
+        """The mask of `name`, created all-kept if absent."""
+        if name not in self.layers:
+            self.layers[name] = LayerMask(shape=tuple(conv.weight.shape), groups=conv.groups)
+        return self.layers[name]
+
+    def validate(self, model: nn.Module) -> None:
+        """Check every layer mask against the model: names, types and shapes."""
+        for name, lm in self.layers.items():
+            try:
+                module = model.get_submodule(name)
+            except AttributeError:
+                raise StructpruneError(f"mask names layer {name!r}, which the model does not have") from None
+            if not isinstance(module, nn.Conv2d):
+                raise StructpruneError(f"{name}: masks apply to Conv2d layers, not {type(module).__name__}")
+            if tuple(module.weight.shape) != tuple(lm.shape):
+                raise StructpruneError(
+                    f"{name}: mask is for weight {list(lm.shape)}, layer has {list(module.weight.shape)}"
+                )
+            lm.validate(name)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": MASKS_FORMAT, "layers": {n: m.to_json() for n, m in self.layers.items()}}
+
+    @classmethod
+    def from_json(cls, data: Any) -> NetworkMask:
+        if not isinstance(data, dict) or data.get("format") != MASKS_FORMAT or "layers" not in data:
+            raise StructpruneError(f"{MASKS_FILE}: not a structprune masks file (format {MASKS_FORMAT!r})")
+        return cls({name: LayerMask.from_json(d, name) for name, d in data["layers"].items()})
