@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -35,20 +36,37 @@ def available() -> list[str]:
 
 
 def create(
-    name: str, num_classes: int = 10, in_channels: int = 3, input_size: int = 32, **kwargs: Any
+    name: str,
+    num_classes: int | None = None,
+    in_channels: int | None = None,
+    input_size: int | None = None,
+    **kwargs: Any,
 ) -> nn.Module:
-    """Create a registered model. The factory call is recorded on the model for arch.json."""
+    """Create a registered model; arguments left as None take the model's own defaults.
+
+    The factory call is recorded on the model, so arch.json can rebuild it.
+    """
     if name not in _REGISTRY:
         raise StructpruneError(f"unknown model {name!r}; available: {', '.join(available())}")
-    model = _REGISTRY[name](num_classes=num_classes, in_channels=in_channels, input_size=input_size, **kwargs)
+    factory = _REGISTRY[name]
+    defaults = {k: p.default for k, p in inspect.signature(factory).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    given = {"num_classes": num_classes, "in_channels": in_channels, "input_size": input_size}
+    args = {k: (v if v is not None else defaults.get(k)) for k, v in given.items()}
+    missing = [k for k, v in args.items() if v is None]
+    if missing:
+        raise StructpruneError(f"model {name!r} needs {', '.join(missing)}")
+    try:
+        model = factory(**args, **kwargs)
+    except TypeError as exc:
+        raise StructpruneError(f"model {name!r}: bad arguments ({exc})") from None
     setattr(
         model,
         FACTORY_ATTR,
         {
             "name": name,
-            "kwargs": {"num_classes": num_classes, "in_channels": in_channels, "input_size": input_size,
-                       **kwargs},
-            "input_shape": [in_channels, input_size, input_size],
+            "kwargs": {**args, **kwargs},
+            "input_shape": [args["in_channels"], args["input_size"], args["input_size"]],
         },
     )
     return model
