@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from structprune.arch import describe, rebuild
@@ -131,7 +131,7 @@ def load_state(path: str | Path) -> dict[str, torch.Tensor]:
         raise StructpruneError(f"{path}: file not found")
     try:
         return load_file(str(path))
-    except (SafetensorsError, OSError, ValueError, RuntimeError) as exc:
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise StructpruneError(f"{path}: corrupt or truncated safetensors file ({first})") from None
 
