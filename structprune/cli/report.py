@@ -1,0 +1,40 @@
+"""`structprune report DIR... --out FILE.html|FILE.md`: tables and plots of run folders."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from structprune.errors import StructpruneError
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "report",
+        help="tables and plots of run folders as one HTML page (or Markdown)",
+        description="Collect run folders (or folders containing them) into a report: metrics, MCR against "
+        "pruning ratio, kept fraction per layer, search history, latency against MCR, storage, sensitivity.",
+    )
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="run folders, or folders holding run folders")
+    p.add_argument("--out", required=True, metavar="FILE", help="report.html (self-contained) or report.md")
+    p.add_argument("--markdown", metavar="FILE", help="also write a Markdown version (PNGs beside it)")
+    p.add_argument("--bench", action="append", default=[], metavar="FILE",
+                   help="bench JSON file(s) from `structprune bench --json` (repeatable)")
+    p.add_argument("--title", default="structprune report")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from structprune.report import collect, write_report
+
+    for target in [args.out, args.markdown]:
+        if target and Path(target).suffix.lower() not in (".html", ".htm", ".md"):
+            raise StructpruneError(f"{target}: report file must end in .html or .md")
+    records = collect(args.dirs, args.bench)
+    written = write_report(records, args.out, args.title)
+    if args.markdown:
+        written += write_report(records, args.markdown, args.title)
+    print(f"report of {len(records)} run(s): {written[0]}")
+    if args.markdown:
+        print(f"markdown: {args.markdown}")
+    return 0

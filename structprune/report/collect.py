@@ -1,0 +1,305 @@
+"""Read run folders (and bench JSON files) into typed records for the report.
+
+Nothing here loads weights: a report is built from the JSON files each stage writes
+(metrics.json, config.json, masks.json, search.json, sensitivity.json, storage, bench records).
+Missing optional files simply leave their field empty.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from structprune.errors import StructpruneError
+from structprune.jsonio import read_json
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+CONFIG_FILE = "config.json"
+MASKS_FILE = "masks.json"
+SEARCH_FILE = "search.json"
+SENSITIVITY_FILE = "sensitivity.json"
+STORAGE_FILE = "storage.json"
+BENCH_FILE = "bench.json"
+
+# metrics.json fields shown in the summary table, in order
+TABLE_FIELDS = ("val_mcr", "test_mcr", "params", "macs", "weight_bytes")
+
+
+@dataclass
+class LayerStorage:
+    """Stored bits of one layer: the kept weights at their word length plus the sparsity index."""
+
+    name: str
+    weight_bits: int
+    index_bits: int
+    word_length: int | None = None
+
+
+@dataclass
+class SearchHistory:
+    """Per generation best and mean MCR of a mask search, and the kept fraction per layer at the end."""
+
+    generations: list[int]
+    best_mcr: list[float]
+    mean_mcr: list[float]
+    kept_fraction: dict[str, float] = field(default_factory=dict)
+    label: str = ""  # e.g. the layer or step a sub-search belonged to
+
+
+@dataclass
+class Sensitivity:
+    """MCR as each layer alone is pruned harder (see structprune.sensitivity)."""
+
+    granularity: str
+    method: str
+    split: str
+    baseline_mcr: float
+    ratios: list[float]
+    layers: dict[str, list[float]]
+
+
+@dataclass
+class BenchRecord:
+    """One latency measurement (structprune bench JSON record)."""
+
+    run: str
+    batch: int
+    threads: int
+    median_ms: float
+    macs: int | None = None
+    params: int | None = None
+    test_mcr: float | None = None
+    spread_ms: float | None = None
+    label: str = ""  # reference rows: "masked-dense", "unstructured", ... ; "" for the run itself
+
+
+@dataclass
+class RunRecord:
+    """Everything the report shows about one run folder."""
+
+    path: Path
+    name: str
+    metrics: dict[str, Any]
+    config: dict[str, Any]
+    kept_fraction: dict[str, float] = field(default_factory=dict)  # per conv layer, weights kept
+    searches: list[SearchHistory] = field(default_factory=list)
+    sensitivity: Sensitivity | None = None
+    storage: list[LayerStorage] = field(default_factory=list)
+    bench: list[BenchRecord] = field(default_factory=list)
+
+    @property
+    def model(self) -> str:
+        return str(self.config.get("model", self.metrics.get("model", "?")))
+
+    @property
+    def stage(self) -> str:
+        return str(self.config.get("stage") or self.config.get("verb") or "")
+
+    @property
+    def granularity(self) -> str:
+        g = self.config.get("granularity")
+        if isinstance(g, list):
+            return ",".join(str(x) for x in g)
+        return str(g) if g else ""
+
+    @property
+    def method(self) -> str:
+        return str(self.config.get("method", "") or "")
+
+    @property
+    def is_pruned(self) -> bool:
+        return bool(self.kept_fraction) or bool(self.granularity)
+
+    def number(self, key: str) -> float | None:
+        value = self.metrics.get(key)
+        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _is_run(path: Path) -> bool:
+    return (path / METRICS_FILE).is_file()
+
+
+def find_runs(paths: list[str | Path]) -> list[Path]:
+    """Run folders named directly, or found below the given folders (depth-first, sorted), without repeats."""
+    found: list[Path] = []
+    for given in paths:
+        root = Path(given)
+        if not root.is_dir():
+            raise StructpruneError(f"{root}: no such folder")
+        if _is_run(root):
+            candidates = [root]
+        else:
+            candidates = sorted(p.parent for p in root.rglob(METRICS_FILE)
+                                if not any(part.startswith(".") for part in p.relative_to(root).parts))
+        for run in candidates:
+            if run.resolve() not in {f.resolve() for f in found}:
+                found.append(run)
+        if not candidates:
+            raise StructpruneError(f"{root}: no run folders (no {METRICS_FILE}) found here")
+    return found
+
+
+def kept_fraction_from_masks(masks: dict[str, Any]) -> dict[str, float]:
+    """Fraction of each conv layer's weights that its masks keep (all three scales combined)."""
+    from structprune.masks import NetworkMask
+
+    network = NetworkMask.from_json(masks)
+    out: dict[str, float] = {}
+    for name, layer in network:
+        mask = layer.weight_mask()  # [O, I, kh, kw] of 0/1
+        out[name] = float(mask.mean())
+    return out
+
+
+def _search(data: Any, source: Path) -> list[SearchHistory]:
+    """search.json: either {"history": [...]} or {"steps": [{"layer":..., "history": [...]}, ...]}."""
+    if not isinstance(data, dict):
+        raise StructpruneError(f"{source}: not a search history")
+    blocks = data.get("steps") if isinstance(data.get("steps"), list) else [data]
+    out = []
+    for i, block in enumerate(blocks):
+        rows = block.get("history", []) if isinstance(block, dict) else []
+        if not rows:
+            continue
+        try:
+            gens = [int(r.get("generation", j)) for j, r in enumerate(rows)]
+            best = [float(r["best_mcr"]) for r in rows]
+            mean = [float(r["mean_mcr"]) for r in rows]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StructpruneError(f"{source}: history row without best_mcr/mean_mcr ({exc})") from None
+        kept = rows[-1].get("kept_fraction") or block.get("kept_fraction") or {}
+        label = str(block.get("layer", block.get("label", f"step {i + 1}" if len(blocks) > 1 else "")))
+        out.append(SearchHistory(gens, best, mean, {str(k): float(v) for k, v in dict(kept).items()}, label))
+    return out
+
+
+def read_sensitivity(data: Any, source: Path) -> Sensitivity:
+    try:
+        return Sensitivity(
+            granularity=str(data["granularity"]),
+            method=str(data["method"]),
+            split=str(data.get("split", "val")),
+            baseline_mcr=float(data["baseline_mcr"]),
+            ratios=[float(r) for r in data["ratios"]],
+            layers={str(k): [float(v) for v in vals] for k, vals in data["layers"].items()},
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise StructpruneError(f"{source}: malformed sensitivity file ({exc})") from None
+
+
+def _storage(data: Any, source: Path) -> list[LayerStorage]:
+    """Storage breakdown: {"layers": {name: {"weight_bits":.., "index_bits":.., "bits":..}}}."""
+    layers = data.get("layers") if isinstance(data, dict) else None
+    if not isinstance(layers, dict):
+        return []
+    out = []
+    for name, row in layers.items():
+        try:
+            out.append(LayerStorage(str(name), int(row.get("weight_bits", 0)), int(row.get("index_bits", 0)),
+                                    int(row["bits"]) if row.get("bits") is not None else None))
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise StructpruneError(f"{source}: malformed storage row {name!r} ({exc})") from None
+    return out
+
+
+def read_bench(data: Any, source: Path) -> list[BenchRecord]:
+    """A bench JSON file: a list of records, or {"records": [...]}."""
+    rows = data.get("records", data.get("results")) if isinstance(data, dict) else data
+    if not isinstance(rows, list):
+        raise StructpruneError(f"{source}: not a bench file (a list of records expected)")
+    out = []
+    for row in rows:
+        try:
+            spread = row.get("spread_ms", row.get("iqr_ms"))
+            out.append(BenchRecord(
+                run=str(row["run"]), batch=int(row["batch"]), threads=int(row["threads"]),
+                median_ms=float(row["median_ms"]),
+                macs=int(row["macs"]) if row.get("macs") is not None else None,
+                params=int(row["params"]) if row.get("params") is not None else None,
+                test_mcr=float(row["test_mcr"]) if row.get("test_mcr") is not None else None,
+                spread_ms=float(spread) if spread is not None else None,
+                label=str(row.get("reference", row.get("label", row.get("variant", ""))) or ""),
+            ))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise StructpruneError(f"{source}: malformed bench record ({exc})") from None
+    return out
+
+
+def read_run(path: str | Path) -> RunRecord:
+    """One run folder as a record; optional files that are absent leave their fields empty."""
+    path = Path(path)
+    if not _is_run(path):
+        raise StructpruneError(f"{path}: not a run folder ({METRICS_FILE} missing)")
+    metrics = read_json(path / METRICS_FILE)
+    if not isinstance(metrics, dict):
+        raise StructpruneError(f"{path / METRICS_FILE}: expected a JSON object")
+    config = read_json(path / CONFIG_FILE) if (path / CONFIG_FILE).is_file() else {}
+    record = RunRecord(path=path, name=path.name, metrics=metrics, config=config if isinstance(config, dict) else {})
+    if (path / MASKS_FILE).is_file():
+        record.kept_fraction = kept_fraction_from_masks(read_json(path / MASKS_FILE))
+    if (path / SEARCH_FILE).is_file():
+        record.searches = _search(read_json(path / SEARCH_FILE), path / SEARCH_FILE)
+    if (path / SENSITIVITY_FILE).is_file():
+        record.sensitivity = read_sensitivity(read_json(path / SENSITIVITY_FILE), path / SENSITIVITY_FILE)
+    storage = metrics.get("storage")
+    if (path / STORAGE_FILE).is_file():
+        storage = read_json(path / STORAGE_FILE)
+    if storage is not None:
+        record.storage = _storage(storage, path / STORAGE_FILE)
+    if (path / BENCH_FILE).is_file():
+        record.bench = read_bench(read_json(path / BENCH_FILE), path / BENCH_FILE)
+    return record
+
+
+def collect(paths: list[str | Path], bench_files: list[str | Path] = ()) -> list[RunRecord]:
+    """Records of every run under `paths`; bench records from `bench_files` attached to their runs."""
+    records = [read_run(p) for p in find_runs(paths)]
+    for source in bench_files:
+        source = Path(source)
+        for row in read_bench(read_json(source), source):
+            target = _match_run(records, row.run)
+            if target is None:
+                log.warning("%s: bench record for %s matches no run in the report", source, row.run)
+                continue
+            target.bench.append(row)
+    return records
+
+
+def _match_run(records: list[RunRecord], run: str) -> RunRecord | None:
+    wanted = Path(run)
+    for record in records:
+        if record.path.resolve() == wanted.resolve() or record.name == wanted.name:
+            return record
+    return None
+
+
+def reference_run(records: list[RunRecord], record: RunRecord) -> RunRecord | None:
+    """The dense run a pruned run came from: its config's `source` if in the report, else the unpruned
+    run of the same model with the most MACs."""
+    source = record.config.get("source") or record.config.get("run") or record.config.get("parent")
+    seen = set()
+    while source and str(source) not in seen:
+        seen.add(str(source))
+        parent = _match_run(records, str(source))
+        if parent is None:
+            break
+        if not parent.is_pruned:
+            return parent
+        source = parent.config.get("source") or parent.config.get("run") or parent.config.get("parent")
+    dense = [r for r in records if not r.is_pruned and r.model == record.model and r.number("macs")]
+    return max(dense, key=lambda r: r.number("macs") or 0) if dense else None
+
+
+def pruning_ratio(records: list[RunRecord], record: RunRecord) -> float | None:
+    """Fraction of MACs removed relative to the dense reference run (None without one)."""
+    if "mac_ratio" in record.metrics:
+        return 1.0 - float(record.metrics["mac_ratio"])
+    ref = reference_run(records, record)
+    macs, ref_macs = record.number("macs"), ref.number("macs") if ref else None
+    if ref is None or macs is None or not ref_macs:
+        return None
+    return 1.0 - macs / ref_macs

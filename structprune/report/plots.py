@@ -1,0 +1,216 @@
+"""The report's figures as PNG bytes (matplotlib's Agg canvas; no pyplot, no display needed).
+
+Each function returns None when the records hold nothing to draw.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import defaultdict
+from dataclasses import dataclass
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from structprune.report.collect import BenchRecord, RunRecord, pruning_ratio
+
+
+@dataclass
+class Plot:
+    key: str  # file stem, e.g. "mcr_vs_ratio"
+    title: str
+    png: bytes
+
+
+def _png(fig: Figure) -> bytes:
+    FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def _figure(width: float = 6.4, height: float = 4.0) -> tuple[Figure, object]:
+    fig = Figure(figsize=(width, height))
+    return fig, fig.add_subplot(1, 1, 1)
+
+
+def mcr_vs_ratio(records: list[RunRecord]) -> bytes | None:
+    """Test MCR (%) against the fraction of MACs removed, one line per (granularity, method)."""
+    series: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    dense: list[float] = []
+    for r in records:
+        mcr = r.number("test_mcr")
+        if mcr is None:
+            continue
+        if not r.is_pruned:
+            dense.append(mcr)
+            continue
+        ratio = pruning_ratio(records, r)
+        if ratio is None:
+            continue
+        label = f"{r.granularity or '?'} / {r.method or '?'}"
+        if r.stage:
+            label += f" ({r.stage})" if r.stage not in ("prune", "search") else ""
+        series[label].append((ratio, mcr))
+    if not series:
+        return None
+    fig, ax = _figure()
+    for label, points in sorted(series.items()):
+        points.sort()
+        ax.plot([100 * x for x, _ in points], [100 * y for _, y in points], marker="o", label=label)
+    for i, mcr in enumerate(sorted(set(dense))):
+        ax.axhline(100 * mcr, color="grey", linestyle="--", linewidth=1, label="dense" if i == 0 else None)
+    ax.set_xlabel("MACs removed (%)")
+    ax.set_ylabel("test MCR (%)")
+    ax.set_title("Misclassification rate against pruning ratio")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def kept_per_layer(records: list[RunRecord]) -> bytes | None:
+    """Grouped bars: fraction of weights kept in each conv layer, one bar per pruned run."""
+    runs = [r for r in records if r.kept_fraction]
+    if not runs:
+        return None
+    layers: list[str] = []
+    for r in runs:
+        layers += [name for name in r.kept_fraction if name not in layers]
+    fig, ax = _figure(max(6.4, 1.1 * len(layers) + 2), 4.0)
+    width = 0.8 / len(runs)
+    for i, r in enumerate(runs):
+        xs = [j + (i - (len(runs) - 1) / 2) * width for j in range(len(layers))]
+        ax.bar(xs, [100 * r.kept_fraction.get(name, 1.0) for name in layers], width=width, label=r.name)
+    ax.set_xticks(range(len(layers)), layers, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("weights kept (%)")
+    ax.set_ylim(0, 105)
+    ax.set_title("Kept fraction per layer")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(axis="y", alpha=0.3)
+    return _png(fig)
+
+
+def search_history(records: list[RunRecord]) -> bytes | None:
+    """Best and mean MCR per generation of every search, steps one after another on the x axis."""
+    runs = [r for r in records if r.searches]
+    if not runs:
+        return None
+    fig, ax = _figure()
+    for r in runs:
+        offset = 0
+        xs, best, mean = [], [], []
+        for step in r.searches:
+            xs += [offset + g for g in range(len(step.generations))]
+            best += step.best_mcr
+            mean += step.mean_mcr
+            offset += len(step.generations)
+        line = ax.plot(xs, [100 * v for v in best], label=f"{r.name}: best")[0]
+        ax.plot(xs, [100 * v for v in mean], linestyle=":", color=line.get_color(), label=f"{r.name}: mean")
+    ax.set_xlabel("generation (all search steps in order)")
+    ax.set_ylabel("validation MCR (%)")
+    ax.set_title("Search history")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points not dominated in (latency, MCR), both lower-is-better, sorted by latency."""
+    front: list[tuple[float, float]] = []
+    for x, y in sorted(points):
+        if not front or y < front[-1][1]:
+            front.append((x, y))
+    return front
+
+
+def latency_vs_mcr(records: list[RunRecord]) -> bytes | None:
+    """Median latency against test MCR, one panel per (batch, threads), with the Pareto front."""
+    rows: dict[tuple[int, int], list[tuple[BenchRecord, RunRecord]]] = defaultdict(list)
+    for r in records:
+        for b in r.bench:
+            mcr = b.test_mcr if b.test_mcr is not None else r.number("test_mcr")
+            if mcr is not None and not b.label:
+                rows[(b.batch, b.threads)].append((b, r))
+    if not rows:
+        return None
+    keys = sorted(rows)
+    fig = Figure(figsize=(5.2 * len(keys), 4.0))
+    for i, key in enumerate(keys):
+        ax = fig.add_subplot(1, len(keys), i + 1)
+        points = []
+        for b, r in rows[key]:
+            mcr = 100 * (b.test_mcr if b.test_mcr is not None else r.number("test_mcr"))
+            points.append((b.median_ms, mcr))
+            ax.scatter([b.median_ms], [mcr])
+            ax.annotate(r.name, (b.median_ms, mcr), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        front = pareto_front(points)
+        ax.step([x for x, _ in front], [y for _, y in front], where="post", color="black", linewidth=1,
+                label="Pareto front")
+        ax.set_xscale("log")
+        ax.set_xlabel("median latency (ms, log)")
+        ax.set_ylabel("test MCR (%)")
+        ax.set_title(f"batch {key[0]}, {key[1]} thread(s)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def storage_breakdown(records: list[RunRecord]) -> bytes | None:
+    """Stacked bars per run: kept-weight bits and sparsity-index bits, in kilobytes."""
+    runs = [r for r in records if r.storage]
+    if not runs:
+        return None
+    fig, ax = _figure(max(6.4, 1.2 * len(runs) + 2), 4.0)
+    names = [r.name for r in runs]
+    weights = [sum(s.weight_bits for s in r.storage) / 8192 for r in runs]
+    index = [sum(s.index_bits for s in r.storage) / 8192 for r in runs]
+    ax.bar(names, weights, label="kept weights")
+    ax.bar(names, index, bottom=weights, label="sparsity index")
+    for i, r in enumerate(runs):
+        dense = r.number("dense_weight_bytes")
+        if dense:
+            ax.scatter([i], [dense / 1024], marker="_", s=400, color="black", label="dense 32-bit" if i == 0 else None)
+    ax.set_ylabel("storage (KiB)")
+    ax.set_yscale("log")
+    ax.set_title("Storage breakdown")
+    ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return _png(fig)
+
+
+def sensitivity_sweep(record: RunRecord) -> bytes | None:
+    """MCR as each layer alone is pruned harder."""
+    s = record.sensitivity
+    if s is None:
+        return None
+    fig, ax = _figure()
+    for name, mcrs in s.layers.items():
+        ax.plot([100 * r for r in s.ratios], [100 * m for m in mcrs], marker="o", markersize=3, label=name)
+    ax.axhline(100 * s.baseline_mcr, color="grey", linestyle="--", linewidth=1, label="unpruned")
+    ax.set_xlabel(f"fraction of the layer pruned, {s.granularity} scale, {s.method} (%)")
+    ax.set_ylabel(f"{s.split} MCR (%)")
+    ax.set_title(f"Per-layer sensitivity: {record.name}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def all_plots(records: list[RunRecord]) -> list[Plot]:
+    """Every figure the records support, in report order."""
+    out: list[Plot] = []
+    for key, title, fn in (
+        ("mcr_vs_ratio", "MCR against pruning ratio", mcr_vs_ratio),
+        ("kept_per_layer", "Kept fraction per layer", kept_per_layer),
+        ("search_history", "Search history", search_history),
+        ("latency_vs_mcr", "Latency against MCR", latency_vs_mcr),
+        ("storage", "Storage breakdown", storage_breakdown),
+    ):
+        png = fn(records)
+        if png is not None:
+            out.append(Plot(key, title, png))
+    for r in records:
+        png = sensitivity_sweep(r)
+        if png is not None:
+            out.append(Plot(f"sensitivity_{r.name}", f"Sensitivity: {r.name}", png))
+    return out
