@@ -1,0 +1,144 @@
+"""Compaction: a masked network turned into a smaller one that computes the same function.
+
+1. Channels: on a copy, every pruned group is removed with Torch-Pruning (its dependency graph couples
+   batch norms, consumers' inputs, residual partners, concatenation slices, depthwise convs and the first
+   linear layer after a flatten).
+2. Kernels and intra-kernel patterns: each conv's masks, re-indexed to the channels that remain, turn the
+   conv into a KernelSparseConv2d (kernel masks, optionally with patterns) or an IntraKernelConv2d.
+The result is an ordinary nn.Module whose arch.json (structprune.arch.describe) rebuilds it.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import torch
+from torch import nn
+
+from structprune.arch import example_input
+from structprune.channel_groups import ChannelGroups, build_dependency_graph, find_channel_groups
+from structprune.errors import StructpruneError
+from structprune.masking import MaskApplier, check_channel_roots
+from structprune.masks import LayerMask, NetworkMask
+
+log = logging.getLogger(__name__)
+
+
+def _sample_for(model: nn.Module, sample: torch.Tensor | None) -> torch.Tensor:
+    return sample[:1] if sample is not None else example_input(model)
+
+
+def remove_channels_(model: nn.Module, mask: NetworkMask, sample: torch.Tensor) -> None:
+    """Remove every pruned channel group from `model` in place (indices in the original numbering)."""
+    roots = [(name, layer.keep_out) for name, layer in mask if layer.keep_out is not None and not bool(layer.keep_out.all())]
+    if not roots:
+        return
+    graph = build_dependency_graph(model, sample)
+    # Each group owns its own channels, so pruning one group leaves the others' numbering intact.
+    for name, keep_out in roots:
+        conv = model.get_submodule(name)
+        pruner = graph.get_pruner_of_module(conv)
+        dead = torch.nonzero(~keep_out).flatten().tolist()
+        group = graph.get_pruning_group(conv, pruner.prune_out_channels, dead)
+        group.prune(record_history=False)
+
+
+def _reindexed(name: str, layer: LayerMask, conv: nn.Conv2d, groups: ChannelGroups | None,
+               keep: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, list | None]:
+    """The layer's kernel mask and intra patterns restricted to the conv's surviving channels."""
+    out_ch, in_per_group = layer.shape[0], layer.shape[1]
+    kept_out, kept_in = torch.arange(out_ch), torch.arange(in_per_group)
+    if groups is not None:
+        kept_out = groups.kept_indices(name, "out", keep, out_ch)
+        if conv.groups == 1:  # depthwise convs keep their one input map per group
+            kept_in = groups.kept_indices(name, "in", keep, in_per_group)
+    if len(kept_out) != conv.out_channels or len(kept_in) != conv.weight.shape[1]:
+        raise StructpruneError(
+            f"{name}: after channel removal the layer has weight {list(conv.weight.shape)}, "
+            f"masks expect {len(kept_out)}×{len(kept_in)}"
+        )
+    keep_kernel = None
+    if layer.keep_kernel is not None:
+        keep_kernel = layer.keep_kernel[kept_out][:, kept_in]  # bool [O', I']
+        if not bool(keep_kernel.any()):
+            raise StructpruneError(f"{name}: no kernel of this layer survives channel pruning")
+    intra = None
+    if layer.intra is not None:
+        intra = [layer.intra[int(i)] for i in kept_in]
+        if all(p is None for p in intra):
+            intra = None
+    return keep_kernel, intra
+
+
+def _compact_conv(name: str, conv: nn.Conv2d, keep_kernel: torch.Tensor | None, intra: list | None) -> nn.Module:
+    from structprune.compact.intra_conv import IntraKernelConv2d
+
+    if keep_kernel is not None:
+        from structprune.compact.kernel_conv import KernelSparseConv2d
+
+        if conv.groups != 1:
+            log.warning("%s: kernel masks on a grouped conv stay as zeros in a dense conv", name)
+            return conv
+        if bool(keep_kernel.all()) and intra is None:
+            return conv
+        return KernelSparseConv2d.from_conv(conv, keep_kernel, intra)
+    if intra is not None:
+        return IntraKernelConv2d.from_conv(conv, intra)
+    return conv
+
+
+def compact(
+    model: nn.Module,
+    mask: NetworkMask,
+    sample: torch.Tensor | None = None,
+    groups: ChannelGroups | None = None,
+) -> nn.Module:
+    """A new, smaller network computing what `model` computes under `mask` (the model is not changed).
+
+    `sample` is an input batch used for tracing (default: one random image of the model's input shape);
+    `groups` the model's channel groups if already known.
+    """
+    mask.validate(model)
+    sample = _sample_for(model, sample)
+    needs_groups = any(layer.keep_out is not None for _, layer in mask)
+    if needs_groups and groups is None:
+        groups = find_channel_groups(model, sample)
+    if needs_groups:
+        check_channel_roots(mask, groups)
+    out = copy.deepcopy(model)
+    MaskApplier(out, groups).apply_(mask)  # pruned weights -> 0, so what stays equals the masked network
+    try:
+        remove_channels_(out, mask, sample)
+    except StructpruneError:
+        raise
+    except Exception as exc:
+        raise StructpruneError(f"channel removal failed ({type(exc).__name__}: {exc})") from None
+
+    keep = {name: layer.keep_out for name, layer in mask if layer.keep_out is not None}
+    for name, layer in mask:
+        if layer.keep_kernel is None and layer.intra is None:
+            continue
+        conv = out.get_submodule(name)
+        keep_kernel, intra = _reindexed(name, layer, conv, groups, keep)
+        replacement = _compact_conv(name, conv, keep_kernel, intra)
+        if replacement is not conv:
+            out.set_submodule(name, replacement)
+    out.train(model.training)
+    _check_runs(out, sample)
+    return out
+
+
+@torch.no_grad()
+def _check_runs(model: nn.Module, sample: torch.Tensor) -> None:
+    was_training = model.training
+    model.eval()
+    try:
+        model(sample)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise StructpruneError(
+            f"the compacted network does not run ({first}); a channel-changing operation was not coupled"
+        ) from None
+    finally:
+        model.train(was_training)

@@ -1,0 +1,320 @@
+"""Simple mask selection at a pruning ratio: L1 magnitude (Li et al. 2017) and random, per layer or global.
+
+  channel  per channel group: score = sum of |w| of the group's conv filters producing that map
+  kernel   per (out, in) kernel: score = sum of |w| of the k×k kernel; unstructured, or structured
+           (output maps in groups sharing their kept input maps, B1's `structured_kernel_mask`)
+  intra    per input map of a conv: the (start, stride) pattern with the requested tap count that keeps
+           the most L1 over the kernels reading that map (or, `intra_shared`, one pattern per layer)
+
+`ratio` is the fraction of units pruned, counted on the original layer. Selection starts from `base`:
+units it already pruned stay pruned and rank first, so raising the ratio nests the masks. Global scope
+ranks every layer's units together after dividing each score by its layer's mean score; random uses
+uniform scores. Every layer keeps at least one unit.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from structprune.channel_groups import ChannelGroups
+from structprune.errors import StructpruneError
+from structprune.granularity import Granularity, IntraPattern
+from structprune.masks import NetworkMask
+
+METHODS = ("l1", "random")
+SCOPES = ("layer", "global")
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    method: str = "l1"  # "l1" | "random"
+    scope: str = "layer"  # "layer" | "global"
+    seed: int = 0
+    kernel_structure: str = "unstructured"  # "unstructured" | "structured"
+    kernel_groups: int = 4  # structured kernels: output-map groups per layer sharing kept input maps
+    round_to: int = 1  # channel scale: kept maps rounded up to a multiple (8 suits CPU kernels)
+    intra_shared: bool = False  # one intra pattern for the whole layer
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise StructpruneError(f"unknown selection method {self.method!r}; choose from {', '.join(METHODS)}")
+        if self.scope not in SCOPES:
+            raise StructpruneError(f"unknown scope {self.scope!r}; choose from {', '.join(SCOPES)}")
+        if self.kernel_structure not in ("unstructured", "structured"):
+            raise StructpruneError(f"unknown kernel structure {self.kernel_structure!r}; choose unstructured or structured")
+        if self.round_to < 1 or self.kernel_groups < 1:
+            raise StructpruneError("round_to and kernel_groups must be at least 1")
+
+
+def _check_ratio(ratio: float) -> None:
+    if not 0.0 <= ratio < 1.0:
+        raise StructpruneError(f"pruning ratio {ratio} must be in [0, 1)")
+
+
+def keep_count(size: int, ratio: float) -> int:
+    """Units kept of `size` at pruning ratio `ratio` (rounded to nearest, at least one)."""
+    return max(1, min(size, math.floor((1.0 - ratio) * size + 0.5)))
+
+
+def conv_layers(model: nn.Module) -> dict[str, nn.Conv2d]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+
+
+# ---------------------------------------------------------------------------------------------- ranking
+def _keep_top(scores: torch.Tensor, alive: torch.Tensor, count: int) -> torch.Tensor:
+    """bool mask (shape of `alive`) keeping the `count` best-scored alive units (never more than are alive)."""
+    ranked = scores.masked_fill(~alive, -math.inf).flatten()
+    flat = torch.zeros(alive.numel(), dtype=torch.bool)
+    flat[torch.topk(ranked, min(count, int(alive.sum()))).indices] = True
+    return flat.view_as(alive)
+
+
+def _global_keep(scores: dict[str, torch.Tensor], alive: dict[str, torch.Tensor], ratio: float,
+                 region: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Prune the lowest `ratio` of all units network-wide (scores normalised per layer), >= 1 kept per layer.
+
+    Units outside `region` (default: none) are not counted; units not `alive` are pruned already."""
+    names = list(scores)
+    normalised = []
+    for name in names:
+        s, a = scores[name].flatten(), alive[name].flatten()
+        mean = s[a].mean() if bool(a.any()) and float(s[a].mean()) > 0 else torch.tensor(1.0)
+        normalised.append((s / mean).masked_fill(~a, -math.inf))
+    flat = torch.cat(normalised)
+    sizes = [scores[n].numel() for n in names]
+    layer_of = torch.repeat_interleave(torch.arange(len(names)), torch.tensor(sizes))
+    counted = sum(int(region[n].sum()) for n in names) if region is not None else sum(sizes)
+    prune_target = counted - keep_count(counted, ratio) + (sum(sizes) - counted)
+    keep = torch.ones(sum(sizes), dtype=torch.bool)
+    left = torch.tensor([int(alive[n].sum()) for n in names])
+    pruned = 0
+    for idx in torch.argsort(flat, stable=True).tolist():
+        layer = int(layer_of[idx])
+        dead_already = flat[idx] == -math.inf
+        if dead_already:
+            keep[idx] = False
+            pruned += 1
+            continue
+        if pruned >= prune_target:
+            break
+        if left[layer] <= 1:
+            continue
+        keep[idx] = False
+        left[layer] -= 1
+        pruned += 1
+    out, start = {}, 0
+    for name, size in zip(names, sizes, strict=True):
+        out[name] = keep[start : start + size].view_as(scores[name]) & alive[name]
+        start += size
+    return out
+
+
+def _scores(weights: torch.Tensor, cfg: SelectionConfig, gen: torch.Generator) -> torch.Tensor:
+    """L1 magnitude (summed over the trailing dims already reduced by the caller) or uniform noise."""
+    return weights if cfg.method == "l1" else torch.rand(weights.shape, generator=gen)
+
+
+# ---------------------------------------------------------------------------------------------- channels
+def select_channels(model: nn.Module, groups: ChannelGroups, ratio: float, cfg: SelectionConfig,
+                    mask: NetworkMask, gen: torch.Generator) -> None:
+    """Set keep_out on each group root of `mask` (in place)."""
+    scores, alive = {}, {}
+    for group in groups:
+        l1 = torch.zeros(group.size)
+        for member in group.members:
+            module = model.get_submodule(member.name)
+            if member.role == "out" and isinstance(module, nn.Conv2d):
+                per_map = module.weight.detach().abs().flatten(1).sum(1)  # [O_member]
+                l1.index_add_(0, member.root, per_map[member.index])
+        base = mask.layers.get(group.root)
+        alive[group.root] = base.keep_out.clone() if base is not None and base.keep_out is not None else torch.ones(
+            group.size, dtype=torch.bool)
+        scores[group.root] = _scores(l1, cfg, gen)
+    if cfg.scope == "global":
+        keeps = _global_keep(scores, alive, ratio)
+    else:
+        keeps = {r: _keep_top(scores[r], alive[r], keep_count(groups[r].size, ratio)) for r in scores}
+    for root, keep in keeps.items():
+        keep = _round_up(keep, scores[root], alive[root], cfg.round_to)
+        mask.layer(root, model.get_submodule(root)).keep_out = keep
+
+
+def _round_up(keep: torch.Tensor, scores: torch.Tensor, alive: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Add the best-scored pruned-but-alive units until the kept count is a multiple of `multiple`."""
+    if multiple <= 1:
+        return keep
+    target = min(int(alive.sum()), math.ceil(int(keep.sum()) / multiple) * multiple)
+    return _keep_top(scores.masked_fill(keep, math.inf), alive, target)
+
+
+# ---------------------------------------------------------------------------------------------- kernels
+def _kernel_region(name: str, conv: nn.Conv2d, mask: NetworkMask, groups: ChannelGroups | None) -> torch.Tensor:
+    """bool [O, I]: kernels between the channels that channel masks keep."""
+    out_ch, in_per_group = conv.weight.shape[:2]
+    region = torch.ones(out_ch, in_per_group, dtype=torch.bool)
+    keep = {n: lm.keep_out for n, lm in mask if lm.keep_out is not None}
+    if groups is not None and keep:
+        rows = torch.zeros(out_ch, dtype=torch.bool)
+        rows[groups.kept_indices(name, "out", keep, out_ch)] = True
+        region &= rows.unsqueeze(1)
+        if conv.groups == 1:
+            cols = torch.zeros(in_per_group, dtype=torch.bool)
+            cols[groups.kept_indices(name, "in", keep, in_per_group)] = True
+            region &= cols.unsqueeze(0)
+    return region
+
+
+def _alive_kernels(name: str, conv: nn.Conv2d, mask: NetworkMask, groups: ChannelGroups | None) -> torch.Tensor:
+    """bool [O, I]: kernels that still carry weight after channel masks and earlier kernel masks."""
+    alive = _kernel_region(name, conv, mask, groups)
+    layer = mask.layers.get(name)
+    if layer is not None and layer.keep_kernel is not None:
+        alive &= layer.keep_kernel
+    return alive
+
+
+def select_kernels(model: nn.Module, groups: ChannelGroups | None, ratio: float, cfg: SelectionConfig,
+                   mask: NetworkMask, gen: torch.Generator) -> None:
+    """Set keep_kernel on every ungrouped conv of `mask` (in place). The ratio counts the kernels between
+    kept channels; kernels an earlier mask pruned stay pruned."""
+    convs = {n: c for n, c in conv_layers(model).items() if c.groups == 1}
+    scores, alive, region = {}, {}, {}
+    for name, conv in convs.items():
+        region[name] = _kernel_region(name, conv, mask, groups)
+        alive[name] = _alive_kernels(name, conv, mask, groups)
+        scores[name] = _scores(conv.weight.detach().abs().sum((2, 3)), cfg, gen)  # [O, I]
+    if cfg.scope == "global":
+        keeps = _global_keep(scores, alive, ratio, region)
+    else:
+        keeps = {n: _keep_top(scores[n], alive[n], keep_count(int(region[n].sum()), ratio)) for n in convs}
+    for name, keep in keeps.items():
+        if cfg.kernel_structure == "structured":
+            fraction = int(keep.sum()) / max(int(alive[name].sum()), 1)
+            keep = _structured(convs[name], alive[name], scores[name], fraction, cfg.kernel_groups)
+        mask.layer(name, convs[name]).keep_kernel = keep
+
+
+def _structured(conv: nn.Conv2d, alive: torch.Tensor, scores: torch.Tensor, fraction: float, out_groups: int) -> torch.Tensor:
+    """B1's structured kernel mask on the alive sub-matrix, scattered back to [O, I]."""
+    from structprune.compact.kernel_conv import structured_kernel_mask
+
+    rows = torch.nonzero(alive.any(1)).flatten()
+    cols = torch.nonzero(alive.any(0)).flatten()
+    weight = conv.weight.detach()[rows][:, cols]  # [O', I', kh, kw]
+    sub_scores = scores[rows][:, cols]
+    sub = structured_kernel_mask(weight, min(out_groups, len(rows)), fraction, scores=sub_scores)
+    keep = torch.zeros_like(alive)
+    keep[rows.unsqueeze(1), cols.unsqueeze(0)] = sub.to(torch.bool)
+    return keep & alive
+
+
+# ---------------------------------------------------------------------------------------------- intra
+def tap_count(kernel_positions: int, ratio: float) -> int:
+    return keep_count(kernel_positions, ratio)
+
+
+def _pattern_scores(weight_l1: torch.Tensor, patterns: list[IntraPattern], positions: int) -> torch.Tensor:
+    """[I, P]: L1 each pattern keeps, per input map. weight_l1: [I, k²] summed over alive kernels."""
+    onehot = torch.zeros(len(patterns), positions)
+    for p, pattern in enumerate(patterns):
+        onehot[p, list(pattern.taps(positions))] = 1.0
+    return weight_l1 @ onehot.T
+
+
+def select_intra(model: nn.Module, groups: ChannelGroups | None, ratio: float, cfg: SelectionConfig,
+                 mask: NetworkMask, gen: torch.Generator) -> None:
+    """Set one intra-kernel pattern per input map (or per layer) of every conv larger than 1×1 (in place)."""
+    convs = {n: c for n, c in conv_layers(model).items() if c.weight.shape[2] * c.weight.shape[3] > 1}
+    taps = {n: tap_count(c.weight.shape[2] * c.weight.shape[3], ratio) for n, c in convs.items()}
+    if cfg.scope == "global" and cfg.method == "l1":
+        taps = _global_tap_counts(convs, mask, groups, ratio)
+    for name, conv in convs.items():
+        positions = conv.weight.shape[2] * conv.weight.shape[3]
+        patterns = IntraPattern.with_taps(positions, taps[name])
+        alive = _alive_kernels(name, conv, mask, groups)  # [O, I]
+        l1 = (conv.weight.detach().abs().flatten(2) * alive.unsqueeze(-1)).sum(0)  # [I, k²]
+        if cfg.method == "l1":
+            table = _pattern_scores(l1, patterns, positions)  # [I, P]
+        else:
+            table = torch.rand(l1.shape[0], len(patterns), generator=gen)
+        if cfg.intra_shared:
+            best = int(table.sum(0).argmax())
+            chosen = [patterns[best]] * l1.shape[0]
+        else:
+            chosen = [patterns[int(i)] for i in table.argmax(1)]
+        full = taps[name] == positions
+        mask.layer(name, conv).intra = None if full else chosen
+
+
+def _global_tap_counts(convs: dict[str, nn.Conv2d], mask: NetworkMask, groups: ChannelGroups | None,
+                       ratio: float) -> dict[str, int]:
+    """Tap count per layer: greedily drop the tap whose loss of L1 (as a fraction of the layer's) per share of
+    the network's weights is smallest, until the kept weights reach 1 - ratio of the total."""
+    best_kept: dict[str, list[float]] = {}
+    weights: dict[str, int] = {}
+    for name, conv in convs.items():
+        positions = conv.weight.shape[2] * conv.weight.shape[3]
+        alive = _alive_kernels(name, conv, mask, groups)
+        l1 = (conv.weight.detach().abs().flatten(2) * alive.unsqueeze(-1)).sum(0)  # [I, k²]
+        total = float(l1.sum()) or 1.0
+        best_kept[name] = [0.0] + [
+            float(_pattern_scores(l1, IntraPattern.with_taps(positions, t), positions).max(1).values.sum()) / total
+            for t in range(1, positions + 1)
+        ]
+        weights[name] = int(alive.sum())
+    taps = {n: len(v) - 1 for n, v in best_kept.items()}
+    grand = sum(weights[n] * taps[n] for n in taps) or 1
+    kept = grand
+    target = (1.0 - ratio) * grand
+    while kept > target:
+        candidates = [n for n in taps if taps[n] > 1 and weights[n] > 0]
+        if not candidates:
+            break
+
+        def cost(n: str) -> float:
+            loss = best_kept[n][taps[n]] - best_kept[n][taps[n] - 1]
+            return loss / (weights[n] / grand)
+
+        name = min(candidates, key=cost)
+        taps[name] -= 1
+        kept -= weights[name]
+    return taps
+
+
+# ---------------------------------------------------------------------------------------------- entry
+def select(
+    model: nn.Module,
+    granularities: list[Granularity],
+    ratios: list[float],
+    cfg: SelectionConfig,
+    groups: ChannelGroups | None = None,
+    base: NetworkMask | None = None,
+) -> NetworkMask:
+    """Masks at each granularity in turn (channel before kernel before intra, as given), starting from `base`."""
+    if len(ratios) == 1:
+        ratios = ratios * len(granularities)
+    if len(ratios) != len(granularities):
+        raise StructpruneError(f"{len(ratios)} ratios given for {len(granularities)} granularities")
+    for r in ratios:
+        _check_ratio(r)
+    mask = copy.deepcopy(base) if base is not None else NetworkMask()
+    if base is not None:
+        base.validate(model)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    order = {Granularity.CHANNEL: 0, Granularity.KERNEL: 1, Granularity.INTRA: 2}
+    for g, r in sorted(zip(granularities, ratios, strict=True), key=lambda gr: order[gr[0]]):
+        if g == Granularity.CHANNEL:
+            if groups is None:
+                raise StructpruneError("channel selection needs the model's channel groups")
+            select_channels(model, groups, r, cfg, mask, gen)
+        elif g == Granularity.KERNEL:
+            select_kernels(model, groups, r, cfg, mask, gen)
+        else:
+            select_intra(model, groups, r, cfg, mask, gen)
+    mask.validate(model)
+    return mask
