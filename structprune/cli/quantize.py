@@ -1,0 +1,139 @@
+"""`structprune quantize DIR --bits B [--per-layer auto] [--epochs N] --out DIR2`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import shutil
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from structprune.arch import describe
+from structprune.cli.common import positive_int
+from structprune.data import load_dataset
+from structprune.errors import StructpruneError
+from structprune.masks import MASKS_FILE, NetworkMask
+from structprune.metrics import count_macs, count_params
+from structprune.quant.apply import plan_formats, plan_to_json, quantize_model_
+from structprune.quant.fixed_point import MAX_BITS, MIN_BITS, check_bits
+from structprune.quant.packing import load_packed, save_packed
+from structprune.quant.qat import retrain_quantized
+from structprune.quant.sensitivity import choose_bits, sweep
+from structprune.quant.storage import storage_report
+from structprune.quant.targets import quantized_weights
+from structprune.runfolder import check_writable_destination, load_run, staged_run_folder, write_run_files
+from structprune.train import TrainConfig, evaluate
+
+log = logging.getLogger(__name__)
+
+PACKED_FILE = "model.packed.safetensors"
+QUANT_FILE = "quant.json"
+STORAGE_FILE = "storage.json"
+SENSITIVITY_FILE = "sensitivity.json"
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "quantize",
+        help="fixed-point weights, storage accounting and a packed artifact",
+        description="Quantize the weights of run DIR to B-bit fixed point (L2-optimal step per layer), optionally "
+        "retrain with quantized forward passes, and write run DIR2 with model.safetensors (dequantized), "
+        f"{PACKED_FILE} (packed integers), {QUANT_FILE}, {STORAGE_FILE}; metrics.json weight_bytes is the packed "
+        "storage total. A retraining checkpoint is kept in DIR2.ckpt/: run the same command again to resume.",
+    )
+    p.add_argument("run_dir", type=Path, metavar="DIR", help="run folder to quantize")
+    p.add_argument("--bits", type=int, required=True,
+                   help=f"word length, {MIN_BITS}–{MAX_BITS} bits (the longest allowed with --per-layer auto)")
+    p.add_argument("--per-layer", choices=("auto",), default=None,
+                   help="auto: per-layer word lengths from a sensitivity sweep on the validation set")
+    p.add_argument("--tolerance", type=float, default=0.002,
+                   help="--per-layer auto: allowed validation MCR increase per layer, a fraction (default 0.002)")
+    p.add_argument("--epochs", type=int, default=0, help="quantization-aware retraining epochs (default 0)")
+    p.add_argument("--lr", type=float, default=0.005, help="retraining learning rate (default 0.005)")
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", default=None, help="dataset (default: the one in DIR/config.json)")
+    p.add_argument("--data-dir", default=None, help="folder with the dataset files (default: as in DIR/config.json)")
+    p.add_argument("--out", type=Path, required=True, help="run folder to write")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    check_bits(args.bits, where="--bits")
+    if args.epochs < 0:
+        raise StructpruneError(f"--epochs must be >= 0 (got {args.epochs})")
+    out = check_writable_destination(args.out)
+    if out.resolve() == args.run_dir.resolve():
+        raise StructpruneError("--out must differ from DIR")
+    source = load_run(args.run_dir)
+    cfg_src = source.config
+    dataset = args.data or cfg_src.get("dataset")
+    if not dataset:
+        raise StructpruneError(f"{args.run_dir}: config.json names no dataset; pass --data")
+    data = load_dataset(dataset, args.data_dir or cfg_src.get("data_dir"), val_size=cfg_src.get("val_size"),
+                        seed=int(cfg_src.get("train", {}).get("seed", 0)))
+    masks_json = source.read_extra(MASKS_FILE)
+    masks = NetworkMask.from_json(masks_json) if masks_json is not None else None
+    net = source.model
+    if not quantized_weights(net):
+        raise StructpruneError(f"{args.run_dir}: the network has no Conv2d, Linear or compact layer to quantize")
+    float_val, float_test = evaluate(net, data.val), evaluate(net, data.test)
+
+    bits: int | dict[str, int] = args.bits
+    sensitivity = None
+    if args.per_layer == "auto":
+        sensitivity = sweep(net, data.val, bits=range(MIN_BITS, args.bits + 1), progress=not args.no_progress)
+        bits = choose_bits(sensitivity, args.bits, args.tolerance)
+        print("per-layer word lengths: " + ", ".join(f"{k} {v}" for k, v in bits.items()), file=sys.stderr)
+    ckpt = out.parent / f"{out.name}.ckpt"
+    cfg = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed, weight_decay=0.0)
+    if args.epochs > 0:
+        plan, history = retrain_quantized(net, data, bits, cfg, checkpoint_dir=ckpt, progress=not args.no_progress)
+    else:
+        plan, history = plan_formats(net, bits), []
+        quantize_model_(net, plan)
+    net.eval()
+    val, test = evaluate(net, data.val), evaluate(net, data.test)
+    word_bits = {name: fmt.bits for name, fmt in plan.items()}
+    storage = storage_report(net, word_bits, masks)
+
+    metrics = {"val_mcr": val.mcr, "test_mcr": test.mcr, "val_loss": val.loss, "test_loss": test.loss,
+               "float_val_mcr": float_val.mcr, "float_test_mcr": float_test.mcr,
+               "params": count_params(net), "macs": count_macs(net), "weight_bytes": storage.total_bytes,
+               "dense_weight_bytes": storage.to_json()["dense_bytes"], "compression": storage.compression,
+               "test_images": len(data.test), "history": history}
+    config = {"command": shlex.join(["structprune", *sys.argv[1:]]), "verb": "quantize", "source": str(args.run_dir),
+              "dataset": dataset, "data_dir": args.data_dir or cfg_src.get("data_dir"), "val_size": len(data.val),
+              "bits": args.bits, "per_layer": args.per_layer, "tolerance": args.tolerance, "retrain": asdict(cfg),
+              "train": cfg_src.get("train", {}), "torch": torch.__version__}
+    extra = {QUANT_FILE: plan_to_json(plan, quantized_weights(net)), STORAGE_FILE: storage.to_json()}
+    if masks_json is not None:
+        extra[MASKS_FILE] = masks_json
+    if sensitivity is not None:
+        extra[SENSITIVITY_FILE] = {**sensitivity.to_json(), "chosen_bits": bits, "tolerance": args.tolerance}
+    with staged_run_folder(out) as tmp:
+        packed_bytes = save_packed(tmp / PACKED_FILE, net, plan)
+        reloaded, _ = load_packed(tmp / PACKED_FILE)
+        x = data.val.x[:256]
+        with torch.no_grad():
+            diff = float((reloaded(x) - net(x)).abs().max())
+        if diff != 0.0:
+            raise StructpruneError(f"packed artifact does not reproduce the quantized network (max diff {diff:.3g})")
+        metrics["packed_file_bytes"] = packed_bytes
+        write_run_files(tmp, net, describe(net), metrics, config, extra)
+    shutil.rmtree(ckpt, ignore_errors=True)
+    print(f"{out}: {_describe_bits(bits)}, val MCR {float_val.mcr:.4f} -> {val.mcr:.4f}, test MCR {float_test.mcr:.4f} -> "
+          f"{test.mcr:.4f}; weight_bytes {storage.total_bytes:,} ({storage.compression:.1f}x smaller than dense 32-bit), "
+          f"packed file {packed_bytes:,} bytes")
+    return 0
+
+
+def _describe_bits(bits: int | dict[str, int]) -> str:
+    if isinstance(bits, int):
+        return f"{bits}-bit weights"
+    return "per-layer " + "/".join(str(b) for b in bits.values()) + " bits"
