@@ -20,6 +20,8 @@ VERBS = (
     "eval",
     "info",
     "demo",
+    "quantize",
+    "export",
 )
 
 
