@@ -22,6 +22,10 @@ VERBS = (
     "demo",
     "quantize",
     "export",
+    "prune",
+    "compact",
+    "retrain",
+    "bench",
 )
 
 

@@ -1,0 +1,35 @@
+"""`structprune compact`: turn a pruned (masked) run into a smaller network that computes the same thing."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from structprune.pruning import compact_run
+from structprune.runfolder import check_writable_destination
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "compact",
+        help="build the compact network of a pruned run",
+        description="Remove pruned channels and turn kernel / intra-kernel masks into compact layers; write OUT with "
+        "arch.json describing the compact layers and metrics.json with its own params, MACs, weight bytes and MCR.",
+    )
+    p.add_argument("run_dir", type=Path, metavar="DIR", help="pruned run folder (with masks.json)")
+    p.add_argument("--out", required=True, type=Path, help="compact run folder to write")
+    p.add_argument("--data-dir", default=None, help="dataset folder (default: the one the run was trained with)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    check_writable_destination(args.out)
+    config = {"command": shlex.join(["structprune", *sys.argv[1:]]), "verb": "compact"}
+    out, m = compact_run(args.run_dir, args.out, data_dir=args.data_dir, config=config)
+    src = m.get("source_metrics", {})
+    mcr = f", test MCR {m['test_mcr']:.4f}" if "test_mcr" in m else ""
+    print(f"{out}: {m['params']:,} params (was {src.get('params', '?'):,}), {m['macs']:,} MACs "
+          f"(was {src.get('macs', '?'):,}), {m['weight_bytes']:,} weight bytes{mcr}")
+    return 0

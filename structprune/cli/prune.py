@@ -1,0 +1,87 @@
+"""`structprune prune`: choose masks for a trained run and write the pruned (masked) run folder."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from structprune.errors import StructpruneError
+from structprune.granularity import Granularity
+from structprune.pruning import MaskChooser, prune_run, select_masks
+from structprune.runfolder import check_writable_destination
+from structprune.selection import METHODS, SCOPES
+
+SEARCH_METHODS = ("pf", "epf")  # the particle-filter search (structprune.search)
+
+
+def ratio_list(text: str) -> list[float]:
+    """'0.5' or '0.5,0.3,0.6' (one per granularity), each in [0, 1)."""
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or a comma-separated list of numbers") from None
+    if not values or any(not 0.0 <= v < 1.0 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: each ratio must be in [0, 1)")
+    return values
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "prune",
+        help="choose pruning masks for a run and save the masked run",
+        description="Choose masks at channel / kernel / intra-kernel scale for the run in DIR and write OUT: the same "
+        "network with the pruned weights zero, masks.json, and metrics.json (MCR of the masked network, its size and "
+        "the size of its compact form).",
+    )
+    p.add_argument("run_dir", type=Path, metavar="DIR", help="trained run folder")
+    p.add_argument("--out", required=True, type=Path, help="pruned run folder to write")
+    p.add_argument("--granularity", default="channel", help="channel, kernel, intra or a comma list (default channel)")
+    p.add_argument("--method", choices=METHODS + SEARCH_METHODS, default="l1",
+                   help="l1 magnitude, random, or the particle-filter search (pf, epf)")
+    p.add_argument("--ratio", type=ratio_list, required=True,
+                   help="fraction pruned, one for all granularities or one per granularity (e.g. 0.5,0.5,0.66)")
+    p.add_argument("--scope", choices=SCOPES, default="layer", help="rank units per layer or across the network")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--round-to", type=int, default=1, metavar="N",
+                   help="channel scale: round kept maps up to a multiple of N (8 suits CPU kernels)")
+    p.add_argument("--kernel-structure", choices=("unstructured", "structured"), default="unstructured",
+                   help="kernel scale: free masks, or output-map groups sharing their kept input maps (fast)")
+    p.add_argument("--kernel-groups", type=int, default=4, help="structured kernels: output-map groups per layer")
+    p.add_argument("--intra-shared", action="store_true", help="intra scale: one pattern for the whole layer")
+    p.add_argument("--data-dir", default=None, help="dataset folder (default: the one the run was trained with)")
+    p.set_defaults(func=run)
+
+
+def baseline_chooser(args: argparse.Namespace, granularities: list[Granularity]) -> MaskChooser:
+    def choose(model, groups, data):
+        return select_masks(model, granularities, args.ratio, method=args.method, scope=args.scope, seed=args.seed,
+                            groups=groups, round_to=args.round_to, kernel_structure=args.kernel_structure,
+                            kernel_groups=args.kernel_groups, intra_shared=args.intra_shared)
+
+    return choose
+
+
+def search_chooser(args: argparse.Namespace, granularities: list[Granularity]) -> MaskChooser:
+    # --method pf|epf: the particle-filter search (engineer C's structprune.search) returns its chooser here.
+    raise StructpruneError(f"--method {args.method}: the particle-filter search is not available in this build")
+
+
+def run(args: argparse.Namespace) -> int:
+    granularities = Granularity.parse_list(args.granularity)
+    if len(args.ratio) not in (1, len(granularities)):
+        raise StructpruneError(f"--ratio lists {len(args.ratio)} values for {len(granularities)} granularities")
+    check_writable_destination(args.out)
+    chooser = search_chooser if args.method in SEARCH_METHODS else baseline_chooser
+    choose = chooser(args, granularities)
+    config = {"command": shlex.join(["structprune", *sys.argv[1:]]), "verb": "prune",
+              "prune": {"granularity": [g.value for g in granularities], "method": args.method, "ratio": args.ratio,
+                        "scope": args.scope, "seed": args.seed, "round_to": args.round_to,
+                        "kernel_structure": args.kernel_structure, "kernel_groups": args.kernel_groups,
+                        "intra_shared": args.intra_shared}}
+    out, metrics = prune_run(args.run_dir, args.out, choose, config, data_dir=args.data_dir)
+    mcr = f", test MCR {metrics['test_mcr']:.4f}" if "test_mcr" in metrics else ""
+    print(f"{out}: {metrics['nonzero_params']:,} of {metrics['params']:,} weights kept; compact network "
+          f"{metrics['compact_params']:,} params, {metrics['compact_macs']:,} MACs (dense {metrics['macs']:,}){mcr}")
+    return 0

@@ -1,0 +1,149 @@
+"""Pruning a run folder: choose masks, write the masked run; compact a masked run into a smaller network.
+
+  select_masks(model, ...)      masks by L1 magnitude or at random (the baselines the search is compared with)
+  prune_run(src, out, ...)      src run + masks -> out run: same arch, pruned weights zero, masks.json
+  compact_run(src, out)         masked run -> compact run: smaller layers, its own params/MACs/MCR
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from structprune.channel_groups import ChannelGroups, find_channel_groups
+from structprune.compact.compaction import compact
+from structprune.data import Dataset, load_dataset
+from structprune.errors import StructpruneError
+from structprune.granularity import Granularity
+from structprune.masking import MaskApplier
+from structprune.masks import MASKS_FILE, NetworkMask
+from structprune.metrics import size_metrics
+from structprune.runfolder import Run, load_run, save_run
+from structprune.selection import SelectionConfig, select
+from structprune.train import evaluate
+
+log = logging.getLogger(__name__)
+
+# A mask chooser for `prune_run`: (model, groups, dataset or None) -> NetworkMask. The particle-filter
+# search plugs in here (cli/prune.py builds one per --method).
+MaskChooser = Callable[[nn.Module, ChannelGroups, Dataset | None], NetworkMask]
+
+
+def select_masks(
+    model: nn.Module,
+    granularities: list[Granularity] | str,
+    ratio: float | list[float],
+    method: str = "l1",
+    scope: str = "layer",
+    seed: int = 0,
+    groups: ChannelGroups | None = None,
+    base: NetworkMask | None = None,
+    **options: Any,
+) -> NetworkMask:
+    """Masks at `ratio` (one, or one per granularity) by L1 magnitude or at random.
+
+    `options` are further SelectionConfig fields (kernel_structure, kernel_groups, round_to, intra_shared).
+    `base`: an earlier mask to nest in (its pruned units stay pruned).
+    """
+    grans = Granularity.parse_list(granularities) if isinstance(granularities, str) else list(granularities)
+    ratios = list(ratio) if isinstance(ratio, list | tuple) else [float(ratio)]
+    cfg = SelectionConfig(method=method, scope=scope, seed=seed, **options)
+    if groups is None and (Granularity.CHANNEL in grans or base is not None):
+        groups = channel_groups_of(model)
+    return select(model, grans, ratios, cfg, groups=groups, base=base)
+
+
+def channel_groups_of(model: nn.Module) -> ChannelGroups:
+    from structprune.arch import example_input
+
+    return find_channel_groups(model, example_input(model))
+
+
+def run_dataset(run: Run, data_dir: str | Path | None = None) -> Dataset | None:
+    """The dataset recorded in the run's config.json (None when it records none)."""
+    name = run.config.get("dataset")
+    if not name:
+        return None
+    seed = int(run.config.get("train", {}).get("seed", run.config.get("seed", 0)))
+    return load_dataset(name, data_dir if data_dir is not None else run.config.get("data_dir"),
+                        val_size=run.config.get("val_size"), seed=seed)
+
+
+def evaluation_metrics(model: nn.Module, data: Dataset | None) -> dict[str, Any]:
+    """val/test MCR and loss of `model` (empty without a dataset)."""
+    if data is None:
+        return {}
+    val, test = evaluate(model, data.val), evaluate(model, data.test)
+    return {"val_mcr": val.mcr, "test_mcr": test.mcr, "val_loss": val.loss, "test_loss": test.loss,
+            "test_images": len(data.test)}
+
+
+def load_masks(run: Run) -> NetworkMask | None:
+    data = run.read_extra(MASKS_FILE)
+    return None if data is None else NetworkMask.from_json(data)
+
+
+def mask_summary(model: nn.Module, mask: NetworkMask, groups: ChannelGroups | None) -> dict[str, Any]:
+    """Weights kept and the size of the compact network the mask describes."""
+    factors = MaskApplier(model, groups).factors(mask)
+    params = dict(model.named_parameters())
+    zeroed = sum(int((f == 0).sum()) for f in factors.values())
+    total = sum(p.numel() for p in params.values())
+    summary: dict[str, Any] = {"nonzero_params": total - zeroed}
+    compact_model = compact(model, mask, groups=groups)
+    compact_sizes = size_metrics(compact_model)
+    summary.update({f"compact_{k}": v for k, v in compact_sizes.items()})
+    return summary
+
+
+def prune_run(
+    src: str | Path,
+    out: str | Path,
+    choose: MaskChooser,
+    config: dict[str, Any],
+    data_dir: str | Path | None = None,
+) -> tuple[Path, dict[str, Any]]:
+    """Masks from `choose`, applied to the run in `src`, saved as a pruned run folder `out`."""
+    run = load_run(src)
+    groups = channel_groups_of(run.model)
+    data = run_dataset(run, data_dir)
+    if load_masks(run) is not None:
+        log.info("%s already carries masks; the new masks are chosen on its (masked) weights", src)
+    mask = choose(run.model, groups, data)
+    mask.validate(run.model)
+    MaskApplier(run.model, groups).apply_(mask)
+    metrics = {**size_metrics(run.model), **mask_summary(run.model, mask, groups), **evaluation_metrics(run.model, data)}
+    metrics["source_metrics"] = {k: run.metrics[k] for k in ("val_mcr", "test_mcr", "params", "macs") if k in run.metrics}
+    run_config = {**run.config, **config, "source_run": str(Path(src))}
+    save_run(out, run.model, run.arch, metrics, run_config, extra_json={MASKS_FILE: mask.to_json()})
+    return Path(out), metrics
+
+
+def compact_run(src: str | Path, out: str | Path, data_dir: str | Path | None = None,
+                config: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
+    """The masked run in `src` compacted into a smaller network, saved (arch.json with compact layers) in `out`."""
+    run = load_run(src)
+    mask = load_masks(run)
+    if mask is None:
+        raise StructpruneError(f"{src}: no {MASKS_FILE}; prune the run first (structprune prune)")
+    model = compact(run.model, mask)
+    data = run_dataset(run, data_dir)
+    metrics = {**size_metrics(model), **evaluation_metrics(model, data)}
+    if data is not None and "test_mcr" in run.metrics:
+        metrics["masked_test_mcr"] = run.metrics["test_mcr"]
+    metrics["source_metrics"] = {k: run.metrics[k] for k in ("params", "macs", "weight_bytes") if k in run.metrics}
+    run_config = {**run.config, **(config or {}), "source_run": str(Path(src)), "compacted": True}
+    save_run(out, model, None, metrics, run_config)
+    return Path(out), metrics
+
+
+@torch.no_grad()
+def max_relative_gap(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max |b| (0 when both are zero)."""
+    scale = float(b.abs().max())
+    return float((a - b).abs().max()) / scale if scale > 0 else float((a - b).abs().max())
