@@ -52,13 +52,15 @@ class SearchHistory:
 
 @dataclass
 class Sensitivity:
-    """MCR as each layer alone is pruned harder (see structprune.sensitivity)."""
+    """MCR as each layer alone is pruned harder (structprune.sensitivity), or quantized to fewer bits
+    (the word-length sweep of `structprune quantize --per-layer auto`): `axis` says which."""
 
+    axis: str  # "ratio" | "bits"
     granularity: str
     method: str
     split: str
     baseline_mcr: float
-    ratios: list[float]
+    ratios: list[float]  # x values: pruning ratios, or word lengths
     layers: dict[str, list[float]]
 
 
@@ -113,6 +115,11 @@ class RunRecord:
     @property
     def is_pruned(self) -> bool:
         return bool(self.kept_fraction) or bool(self.granularity)
+
+    @property
+    def is_reference(self) -> bool:
+        """A dense run made from no other run (a trained network): what pruned runs are compared with."""
+        return not self.is_pruned and _source_of(self) is None
 
     def number(self, key: str) -> float | None:
         value = self.metrics.get(key)
@@ -179,7 +186,15 @@ def _search(data: Any, source: Path) -> list[SearchHistory]:
 
 def read_sensitivity(data: Any, source: Path) -> Sensitivity:
     try:
+        if isinstance(data, dict) and "base_mcr" in data:  # word-length sweep: {"layers": {name: {bits: mcr}}}
+            bits = sorted({int(b) for row in data["layers"].values() for b in row})
+            return Sensitivity(
+                axis="bits", granularity="", method="fixed-point", split="val", baseline_mcr=float(data["base_mcr"]),
+                ratios=[float(b) for b in bits],
+                layers={str(k): [float(row[str(b)]) for b in bits] for k, row in data["layers"].items()},
+            )
         return Sensitivity(
+            axis="ratio",
             granularity=str(data["granularity"]),
             method=str(data["method"]),
             split=str(data.get("split", "val")),
@@ -192,17 +207,20 @@ def read_sensitivity(data: Any, source: Path) -> Sensitivity:
 
 
 def _storage(data: Any, source: Path) -> list[LayerStorage]:
-    """Storage breakdown: {"layers": {name: {"weight_bits":.., "index_bits":.., "bits":..}}}."""
+    """storage.json of `structprune quantize`: {"layers": [{"layer", "weight_bits", "index_bits", "word_bits",
+    "float_bits"}, ...], "other_float_bits": n}. Float tensors (biases, batch norm) count as weights."""
     layers = data.get("layers") if isinstance(data, dict) else None
-    if not isinstance(layers, dict):
+    if not isinstance(layers, list):
         return []
     out = []
-    for name, row in layers.items():
+    for row in layers:
         try:
-            out.append(LayerStorage(str(name), int(row.get("weight_bits", 0)), int(row.get("index_bits", 0)),
-                                    int(row["bits"]) if row.get("bits") is not None else None))
-        except (TypeError, ValueError, AttributeError) as exc:
-            raise StructpruneError(f"{source}: malformed storage row {name!r} ({exc})") from None
+            out.append(LayerStorage(str(row["layer"]), int(row["weight_bits"]) + int(row.get("float_bits", 0)),
+                                    int(row["index_bits"]), int(row["word_bits"]) if row.get("word_bits") else None))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StructpruneError(f"{source}: malformed storage row ({exc})") from None
+    if data.get("other_float_bits"):
+        out.append(LayerStorage("other (float32)", int(data["other_float_bits"]), 0, 32))
     return out
 
 
@@ -214,7 +232,9 @@ def read_bench(data: Any, source: Path) -> list[BenchRecord]:
     out = []
     for row in rows:
         try:
-            spread = row.get("spread_ms", row.get("iqr_ms"))
+            spread = row.get("spread_ms")
+            if spread is None and row.get("min_ms") is not None and row.get("max_ms") is not None:
+                spread = float(row["max_ms"]) - float(row["min_ms"])  # range over the timing rounds
             out.append(BenchRecord(
                 run=str(row["run"]), batch=int(row["batch"]), threads=int(row["threads"]),
                 median_ms=float(row["median_ms"]),
@@ -277,21 +297,31 @@ def _match_run(records: list[RunRecord], run: str) -> RunRecord | None:
     return None
 
 
+def _source_of(record: RunRecord) -> str | None:
+    """The run folder this run was made from (prune/compact write source_run, quantize writes source)."""
+    return record.config.get("source_run") or record.config.get("source")
+
+
 def reference_run(records: list[RunRecord], record: RunRecord) -> RunRecord | None:
-    """The dense run a pruned run came from: its config's `source` if in the report, else the unpruned
-    run of the same model with the most MACs."""
-    source = record.config.get("source") or record.config.get("run") or record.config.get("parent")
-    seen = set()
+    """The trained run a run came from (following source_run/source back), if in the report; else the
+    reference run of the same model with the most MACs."""
+    source = _source_of(record)
+    seen: set[str] = set()
     while source and str(source) not in seen:
         seen.add(str(source))
         parent = _match_run(records, str(source))
         if parent is None:
             break
-        if not parent.is_pruned:
+        if parent.is_reference:
             return parent
-        source = parent.config.get("source") or parent.config.get("run") or parent.config.get("parent")
-    dense = [r for r in records if not r.is_pruned and r.model == record.model and r.number("macs")]
+        source = _source_of(parent)
+    dense = [r for r in records if r.is_reference and r.model == record.model and r.number("macs")]
     return max(dense, key=lambda r: r.number("macs") or 0) if dense else None
+
+
+def effective_macs(record: RunRecord) -> float | None:
+    """MACs the network really needs: a masked run's compact MACs (its dense tensors still count all)."""
+    return record.number("compact_macs") if record.number("compact_macs") is not None else record.number("macs")
 
 
 def pruning_ratio(records: list[RunRecord], record: RunRecord) -> float | None:
@@ -299,7 +329,7 @@ def pruning_ratio(records: list[RunRecord], record: RunRecord) -> float | None:
     if "mac_ratio" in record.metrics:
         return 1.0 - float(record.metrics["mac_ratio"])
     ref = reference_run(records, record)
-    macs, ref_macs = record.number("macs"), ref.number("macs") if ref else None
+    macs, ref_macs = effective_macs(record), ref.number("macs") if ref else None
     if ref is None or macs is None or not ref_macs:
         return None
     return 1.0 - macs / ref_macs

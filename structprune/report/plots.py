@@ -42,15 +42,15 @@ def mcr_vs_ratio(records: list[RunRecord]) -> bytes | None:
         mcr = r.number("test_mcr")
         if mcr is None:
             continue
-        if not r.is_pruned:
+        if r.is_reference:
             dense.append(mcr)
             continue
         ratio = pruning_ratio(records, r)
         if ratio is None:
             continue
-        label = f"{r.granularity or '?'} / {r.method or '?'}"
-        if r.stage:
-            label += f" ({r.stage})" if r.stage not in ("prune", "search") else ""
+        label = f"{r.granularity} / {r.method}" if r.granularity else "dense"
+        if r.stage and r.stage != "prune":
+            label += f" ({r.stage})"
         series[label].append((ratio, mcr))
     if not series:
         return None
@@ -185,12 +185,18 @@ def sensitivity_sweep(record: RunRecord) -> bytes | None:
     if s is None:
         return None
     fig, ax = _figure()
+    scale = 100 if s.axis == "ratio" else 1
     for name, mcrs in s.layers.items():
-        ax.plot([100 * r for r in s.ratios], [100 * m for m in mcrs], marker="o", markersize=3, label=name)
-    ax.axhline(100 * s.baseline_mcr, color="grey", linestyle="--", linewidth=1, label="unpruned")
-    ax.set_xlabel(f"fraction of the layer pruned, {s.granularity} scale, {s.method} (%)")
+        ax.plot([scale * r for r in s.ratios], [100 * m for m in mcrs], marker="o", markersize=3, label=name)
+    if s.axis == "ratio":
+        ax.axhline(100 * s.baseline_mcr, color="grey", linestyle="--", linewidth=1, label="unpruned")
+        ax.set_xlabel(f"fraction of the layer pruned, {s.granularity} scale, {s.method} (%)")
+        ax.set_title(f"Per-layer pruning sensitivity: {record.name}")
+    else:
+        ax.axhline(100 * s.baseline_mcr, color="grey", linestyle="--", linewidth=1, label="float weights")
+        ax.set_xlabel("word length of the layer's weights (bits)")
+        ax.set_title(f"Per-layer word-length sensitivity: {record.name}")
     ax.set_ylabel(f"{s.split} MCR (%)")
-    ax.set_title(f"Per-layer sensitivity: {record.name}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return _png(fig)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from structprune.jsonio import write_bytes_atomic
-from structprune.report.collect import TABLE_FIELDS, RunRecord, pruning_ratio, reference_run
+from structprune.report.collect import TABLE_FIELDS, RunRecord, effective_macs, pruning_ratio, reference_run
 from structprune.report.plots import Plot, all_plots
 
 
@@ -64,7 +64,7 @@ def summary_table(records: list[RunRecord]) -> Table:
         row += [FORMATTERS[f](r.number(f)) for f in TABLE_FIELDS]
         ref = reference_run(records, r)
         ratio = pruning_ratio(records, r) if ref is not r else None
-        mac_x = _div(ref.number("macs"), r.number("macs")) if ref and ref is not r else None
+        mac_x = _div(ref.number("macs"), effective_macs(r)) if ref and ref is not r else None
         size_x = _div(ref.number("weight_bytes"), r.number("weight_bytes")) if ref and ref is not r else None
         delta = None
         if ref and ref is not r and r.number("test_mcr") is not None and ref.number("test_mcr") is not None:
@@ -111,8 +111,9 @@ def storage_table(records: list[RunRecord]) -> Table | None:
 def build_sections(records: list[RunRecord], plots: list[Plot] | None = None) -> list[Section]:
     plots = all_plots(records) if plots is None else plots
     by_key = {p.key: p for p in plots}
-    sections = [Section("Runs", "MCR = misclassification rate. Ratios compare each run with the dense run it "
-                        "came from (its config's source, else the unpruned run of the same model).",
+    sections = [Section("Runs", "MCR = misclassification rate. Ratios compare each run with the trained run it "
+                        "came from (following its config's source_run/source). A masked run's MACs removed and MAC "
+                        "ratio count its compact network (compact_macs); its MACs column is the dense tensors'.",
                         table=summary_table(records))]
     if "mcr_vs_ratio" in by_key:
         sections.append(Section("Accuracy against pruning", plots=[by_key["mcr_vs_ratio"]]))
