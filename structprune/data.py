@@ -17,6 +17,7 @@ import torch
 from structprune.errors import StructpruneError
 
 DATA_DIR_ENV = "STRUCTPRUNE_DATA"
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
 
 
 @dataclass

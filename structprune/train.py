@@ -1,29 +1,59 @@
-"""Training and evaluation. (Minimal first version; issue-2 work adds checkpoints, resume, schedules.)"""
+"""Training and evaluation: SGD with momentum (or Adam), cosine or step schedule, per-epoch checkpoints.
+
+Every epoch's randomness (shuffling, augmentation, dropout) is drawn from generators seeded by
+`epoch_seed(seed, epoch)`, and the learning rate is a pure function of the step number, so a run
+resumed from a checkpoint ends with the same weights as one that was never interrupted.
+"""
 
 from __future__ import annotations
 
 import logging
 import math
+import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
+from structprune.augment import crop_and_flip
+from structprune.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from structprune.data import Dataset, Split, batches
+from structprune.errors import StructpruneError
 
 log = logging.getLogger(__name__)
+
+SCHEDULES = ("cosine", "step", "constant")
+OPTIMIZERS = ("sgd", "adam")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """Hyper-parameters. `schedule="step"` multiplies the rate by `lr_gamma` at 50% and 75% of the epochs."""
+
     epochs: int = 3
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
     batch_size: int = 64
     seed: int = 0
+    schedule: str = "cosine"
+    optimizer: str = "sgd"
+    lr_gamma: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0 or self.batch_size < 1:
+            raise StructpruneError(f"epochs must be >= 0 and batch size >= 1 (got {self.epochs}, {self.batch_size})")
+        if not self.lr > 0:
+            raise StructpruneError(f"learning rate must be positive (got {self.lr})")
+        if self.schedule not in SCHEDULES:
+            raise StructpruneError(f"unknown schedule {self.schedule!r}; choose from {', '.join(SCHEDULES)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise StructpruneError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
 
 
 @dataclass(frozen=True)
@@ -32,12 +62,30 @@ class EvalResult:
     loss: float  # mean cross-entropy
 
 
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise StructpruneError("--device cuda: no CUDA GPU is available to PyTorch here")
+    if name not in ("cpu", "cuda"):
+        raise StructpruneError(f"unknown device {name!r}; choose auto, cpu or cuda")
+    return torch.device(name)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, split: Split, batch_size: int = 500) -> EvalResult:
+    """MCR and mean cross-entropy of `model` on `split` (eval mode; the mode is restored after)."""
     was_training = model.training
     model.eval()
+    device = _model_device(model)
     wrong, loss_sum = 0, 0.0
     for x, y in batches(split, batch_size):
+        x, y = x.to(device), y.to(device)
         logits = model(x)
         loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
         wrong += int((logits.argmax(1) != y).sum())
@@ -46,32 +94,107 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 500) -> EvalResul
     return EvalResult(wrong / n, loss_sum / n)
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of all randomness in epoch `epoch` (0-based) of a run seeded with `seed`."""
+    return (seed * 1_000_003 + epoch) % (2**63)
+
+
+def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """Learning rate for optimizer step `step` (0-based) of the whole run."""
+    total = max(cfg.epochs * steps_per_epoch, 1)
+    if cfg.schedule == "cosine":
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * step / total))
+    if cfg.schedule == "step":
+        drops = sum(step >= int(total * f) for f in (0.5, 0.75))
+        return cfg.lr * cfg.lr_gamma**drops
+    return cfg.lr
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
 def train(
     model: nn.Module,
     data: Dataset,
     cfg: TrainConfig,
     after_step: Callable[[], None] | None = None,
+    *,
+    checkpoint_dir: str | Path | None = None,
+    progress: bool = False,
+    device: str | torch.device | None = None,
+    channels_last: bool = False,
+    augment: bool | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, float]]:
-    """SGD with momentum and a cosine schedule. `after_step` runs after each optimizer step
-    (retraining uses it to hold pruned weights at zero). Returns one record per epoch."""
-    torch.manual_seed(cfg.seed)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    steps = cfg.epochs * math.ceil(len(data.train) / cfg.batch_size)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / max(steps, 1))))
-    history = []
-    for epoch in range(cfg.epochs):
+    """Train `model` in place on `data.train`; return one record per epoch (train loss, val MCR/loss).
+
+    after_step     runs after each optimizer step (retraining uses it to hold pruned weights at zero)
+    checkpoint_dir when given, a checkpoint is written after every epoch and an existing one is resumed
+                   (its config must equal `cfg`)
+    progress       show a tqdm bar per epoch on stderr
+    device         torch device or 'auto'/'cpu'/'cuda'; None keeps the model where it is
+    channels_last  run convolutions in NHWC layout (faster with oneDNN on CPU)
+    augment        crop+flip the training images; None follows `data.augment`
+    """
+    if device is not None:
+        model.to(resolve_device(device) if isinstance(device, str) else device)
+    dev = _model_device(model)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    augment = data.augment if augment is None else augment
+    opt = make_optimizer(model, cfg)
+    steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
+    config = asdict(cfg)
+    history: list[dict[str, float]] = []
+    start = 0
+    if has_checkpoint(checkpoint_dir):
+        record = load_checkpoint(checkpoint_dir, model, opt)
+        if record.get("config") != config:
+            raise StructpruneError(
+                f"{checkpoint_dir}: checkpoint was made with other settings ({record.get('config')}); "
+                "delete it or pass the same settings"
+            )
+        start, history = int(record["epoch"]), list(record["history"])
+        log.info("resuming from %s after epoch %d", checkpoint_dir, start)
+    for epoch in range(start, cfg.epochs):
+        seed = epoch_seed(cfg.seed, epoch)
+        torch.manual_seed(seed)  # dropout and any other global-RNG use
+        gen = torch.Generator().manual_seed(seed)  # shuffle order, then augmentation, in that order
         model.train()
-        total = 0.0
-        for x, y in batches(data.train, cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch):
+        total, seen = 0.0, 0
+        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", file=sys.stderr,
+                   disable=not progress, leave=False, unit="batch")
+        for i, (x, y) in enumerate(batches(data.train, cfg.batch_size, shuffle=True, seed=seed)):
+            if augment:
+                x = crop_and_flip(x, gen)
+            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(cfg, epoch * steps_per_epoch + i, steps_per_epoch)
             opt.zero_grad(set_to_none=True)
             loss = F.cross_entropy(model(x), y)
             loss.backward()
             opt.step()
-            sched.step()
             if after_step is not None:
                 after_step()
             total += float(loss.detach()) * len(y)
+            seen += len(y)
+            bar.update(1)
+            if i % 20 == 0:
+                bar.set_postfix(loss=f"{total / seen:.4f}")
+        bar.close()
         val = evaluate(model, data.val)
-        history.append({"epoch": epoch + 1, "train_loss": total / len(data.train), "val_mcr": val.mcr, "val_loss": val.loss})
-        log.info("epoch %d: train loss %.4f, val MCR %.4f", epoch + 1, history[-1]["train_loss"], val.mcr)
+        history.append({"epoch": epoch + 1, "train_loss": total / max(seen, 1), "val_mcr": val.mcr, "val_loss": val.loss})
+        log.info("epoch %d/%d: train loss %.4f, val MCR %.4f", epoch + 1, cfg.epochs, history[-1]["train_loss"], val.mcr)
+        if checkpoint_dir is not None:
+            save_checkpoint(checkpoint_dir, model, opt, {"epoch": epoch + 1, "history": history, "config": config})
+        if on_epoch is not None:
+            on_epoch(history[-1])
+    if channels_last:
+        model.to(memory_format=torch.contiguous_format)
     return history

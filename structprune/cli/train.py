@@ -1,0 +1,112 @@
+"""`structprune train`: train a registered model on a dataset and save a run folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import shutil
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from structprune import __version__
+from structprune.cli.common import positive_int
+from structprune.data import DATASETS, load_dataset
+from structprune.errors import StructpruneError
+from structprune.metrics import size_metrics
+from structprune.models import available, create
+from structprune.runfolder import check_writable_destination, save_run
+from structprune.train import OPTIMIZERS, SCHEDULES, TrainConfig, evaluate, resolve_device, train
+
+log = logging.getLogger(__name__)
+
+
+def model_arg(text: str) -> tuple[str, Any]:
+    """'bn=true' -> ('bn', True); values are read as JSON when they parse, else kept as strings."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = value
+    return key.strip(), parsed
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train a model and save a run folder",
+        description="Train a registered model on a dataset; write OUT/{model.safetensors,arch.json,metrics.json,"
+        "config.json}. A checkpoint is kept in OUT.ckpt/ after every epoch: run the same command again to resume.",
+    )
+    p.add_argument("--model", required=True, help=f"registered model ({', '.join(available())})")
+    p.add_argument("--data", required=True, help=f"dataset ({', '.join(DATASETS)})")
+    p.add_argument("--out", required=True, type=Path, help="run folder to write")
+    p.add_argument("--data-dir", default=None, help="folder with the dataset files (default: $STRUCTPRUNE_DATA or ./data)")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--lr", type=float, default=0.05, help="peak learning rate (default 0.05)")
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--schedule", choices=SCHEDULES, default="cosine", help="cosine, or step (x0.1 at 50%% and 75%%)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")
+    p.add_argument("--val-size", type=int, default=None, help="validation images carved from the training set")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--model-arg", action="append", type=model_arg, default=[], metavar="KEY=VALUE",
+                   help="extra model argument, e.g. bn=true (repeatable)")
+    p.add_argument("--no-augment", action="store_true", help="no crop/flip augmentation (CIFAR-10 has it by default)")
+    p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
+                   help="NHWC layout for convolutions (auto: on for CPU)")
+    p.add_argument("--restart", action="store_true", help="discard an existing checkpoint in OUT.ckpt/")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def checkpoint_dir_for(out: Path) -> Path:
+    return out.parent / f"{out.name}.ckpt"
+
+
+def run(args: argparse.Namespace) -> int:
+    out = check_writable_destination(args.out)
+    cfg = TrainConfig(epochs=args.epochs, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+                      batch_size=args.batch_size, seed=args.seed, schedule=args.schedule, optimizer=args.optimizer)
+    device = resolve_device(args.device)
+    data = load_dataset(args.data, args.data_dir, val_size=args.val_size, seed=args.seed)
+    model_kwargs = dict(args.model_arg)
+    torch.manual_seed(args.seed)
+    try:
+        model = create(args.model, num_classes=data.num_classes, in_channels=data.in_channels,
+                       input_size=data.input_size, **model_kwargs)
+    except TypeError as exc:
+        raise StructpruneError(f"model {args.model!r}: bad --model-arg ({exc})") from None
+    ckpt = checkpoint_dir_for(out)
+    if args.restart and ckpt.exists():
+        shutil.rmtree(ckpt)
+    channels_last = args.channels_last == "on" or (args.channels_last == "auto" and device.type == "cpu")
+    started = time.perf_counter()
+    history = train(model, data, cfg, checkpoint_dir=ckpt, progress=not args.no_progress, device=device,
+                    channels_last=channels_last, augment=False if args.no_augment else None)
+    seconds = time.perf_counter() - started
+    model.cpu()
+    val, test = evaluate(model, data.val), evaluate(model, data.test)
+    metrics = {"val_mcr": val.mcr, "test_mcr": test.mcr, "val_loss": val.loss, "test_loss": test.loss,
+               **size_metrics(model), "test_images": len(data.test), "train_seconds_this_session": round(seconds, 1),
+               "history": history}
+    config = {"command": shlex.join(["structprune", *sys.argv[1:]]), "verb": "train", "model": args.model,
+              "model_kwargs": model_kwargs, "dataset": args.data, "data_dir": args.data_dir, "val_size": len(data.val),
+              "augment": bool(data.augment and not args.no_augment), "device": str(device),
+              "channels_last": channels_last, "train": asdict(cfg), "structprune": __version__,
+              "torch": torch.__version__}
+    save_run(out, model, None, metrics, config)
+    shutil.rmtree(ckpt, ignore_errors=True)
+    print(f"{out}: val MCR {val.mcr:.4f}, test MCR {test.mcr:.4f} ({len(data.test)} test images), "
+          f"{metrics['params']:,} params, {metrics['macs']:,} MACs")
+    return 0

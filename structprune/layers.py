@@ -1,0 +1,51 @@
+"""A per-layer table of a network: output shape, parameters and MACs of a one-image forward pass."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from structprune.arch import input_shape_of
+
+
+def _is_leaf(module: nn.Module) -> bool:
+    return next(module.children(), None) is None
+
+
+@torch.no_grad()
+def layer_table(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> list[dict[str, Any]]:
+    """One row per leaf layer with parameters or compute: name, type, output shape (one image), own
+    parameters, MACs (FLOPs counted by PyTorch's FLOP counter, halved)."""
+    shape = tuple(input_shape) if input_shape is not None else input_shape_of(model)
+    outputs: dict[str, tuple[int, ...]] = {}
+    hooks = []
+    for name, module in model.named_modules():
+        if name and _is_leaf(module):
+            def hook(mod, inp, out, name=name):
+                if isinstance(out, torch.Tensor):
+                    outputs[name] = tuple(out.shape[1:])
+            hooks.append(module.register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    try:
+        with FlopCounterMode(display=False) as counter:
+            model(torch.zeros(1, *shape, device=device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    flops = counter.get_flop_counts()  # {"Global": ..., "<RootClass>.<module fqn>": {op: flops}}
+    root = type(model).__name__
+    rows = []
+    for name, module in model.named_modules():
+        if not name or not _is_leaf(module) or name not in outputs:
+            continue
+        params = sum(p.numel() for p in module.parameters(recurse=False))
+        macs = int(sum(flops.get(f"{root}.{name}", {}).values()) // 2)
+        rows.append({"name": name, "type": type(module).__name__, "output_shape": list(outputs[name]),
+                     "params": params, "macs": macs})
+    return rows
