@@ -26,6 +26,9 @@ VERBS = (
     "compact",
     "retrain",
     "bench",
+    "report",
+    "sensitivity",
+    "reproduce",
 )
 
 

@@ -1,0 +1,374 @@
+"""`structprune reproduce mnist|cifar10 [--quick]`: the whole method as a list of resumable stages.
+
+    train -> sensitivity -> ladder (L1 / random, each scale, one shot) -> search (particle filter, channel
+    then kernel then intra) -> retrain -> quantize -> compact -> export (ONNX) -> bench -> report
+
+Each stage writes one folder under OUT (a run folder, saved atomically) or one file; a stage whose output
+is complete is skipped, so an interrupted reproduction resumes at the stage it stopped in (training and
+the search also resume inside the stage, from their checkpoints). Stages call the library functions of
+each step; `quantize` has no library entry point, so its verb's `run` is called in-process.
+
+The settings of each recipe are the ones behind docs/results.md; `--quick` shrinks epochs and search
+budgets so that `reproduce mnist --quick` finishes within minutes on two cores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from structprune.errors import StructpruneError
+from structprune.jsonio import read_json, write_json_atomic
+from structprune.runfolder import METRICS_FILE, load_run, save_run, staged_run_folder
+from structprune.train import TrainConfig
+
+log = logging.getLogger(__name__)
+
+STATUS_FILE = "reproduce.json"
+BENCH_FILE = "bench.json"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Every setting of a reproduction."""
+
+    dataset: str
+    model: str
+    train: TrainConfig
+    val_size: int = 5000
+    sensitivity_images: int = 2000
+    ladder_ratios: tuple[float, ...] = (0.25, 0.5, 0.75)
+    ladder_methods: tuple[str, ...] = ("l1", "random")
+    scales: tuple[str, ...] = ("channel", "kernel", "intra")
+    search: dict[str, Any] = field(default_factory=dict)  # structprune.search.driver.SearchConfig fields
+    retrain_epochs: int = 3
+    retrain_lr: float = 0.01
+    bits: int = 6
+    quant_epochs: int = 1
+    bench_batches: tuple[int, ...] = (1, 64)
+    bench_threads: int = 2
+    bench_rounds: int = 7
+
+
+_MNIST_SEARCH = {"method": "pf", "tolerance": 0.002, "particles": 16, "generations": 6, "score_images": 2000,
+                 "check_images": 2000, "step_epochs": 1, "final_epochs": 1}
+_CIFAR_SEARCH = {**_MNIST_SEARCH, "tolerance": 0.005}
+
+RECIPES: dict[tuple[str, bool], Recipe] = {
+    ("mnist", False): Recipe("mnist", "paper-mnist", TrainConfig(epochs=10, lr=0.05, batch_size=64),
+                             search=_MNIST_SEARCH, retrain_epochs=3),
+    ("mnist", True): Recipe(
+        "mnist", "paper-mnist", TrainConfig(epochs=2, lr=0.05, batch_size=64), sensitivity_images=1000,
+        search={**_MNIST_SEARCH, "particles": 8, "generations": 3, "score_images": 1000, "check_images": 1000,
+                "ladder": (0.5, 0.75, 0.875), "step_epochs": 1, "step_images": 10000, "final_epochs": 0},
+        retrain_epochs=1, quant_epochs=0, bench_rounds=5),
+    ("cifar10", False): Recipe("cifar10", "paper-cifar10", TrainConfig(epochs=30, lr=0.05, batch_size=128),
+                               search=_CIFAR_SEARCH, retrain_epochs=5, bits=5),
+    ("cifar10", True): Recipe(
+        "cifar10", "paper-cifar10", TrainConfig(epochs=3, lr=0.05, batch_size=128), sensitivity_images=1000,
+        ladder_ratios=(0.25, 0.5), ladder_methods=("l1",),
+        search={**_CIFAR_SEARCH, "particles": 6, "generations": 2, "score_images": 500, "check_images": 1000,
+                "ladder": (0.5, 0.75), "step_epochs": 0, "final_epochs": 0},
+        retrain_epochs=1, bits=5, quant_epochs=0, bench_rounds=3),
+    # the embedded 8×8 digits: a pipeline check in seconds, not a result
+    ("digits", True): Recipe(
+        "digits", "tiny-paper", TrainConfig(epochs=3, lr=0.05, batch_size=32), val_size=200, sensitivity_images=200,
+        ladder_ratios=(0.25, 0.5, 0.75), ladder_methods=("l1", "random"),
+        search={"method": "pf", "tolerance": 0.02, "particles": 4, "generations": 2, "score_images": 100,
+                "check_images": 100, "ladder": (0.5,), "step_epochs": 0, "final_epochs": 0},
+        retrain_epochs=1, bits=8, quant_epochs=0, bench_batches=(1, 16), bench_rounds=2),
+}
+RECIPES[("digits", False)] = RECIPES[("digits", True)]
+
+
+def recipe_for(dataset: str, quick: bool) -> Recipe:
+    try:
+        return RECIPES[(dataset, quick)]
+    except KeyError:
+        names = sorted({d for d, _ in RECIPES})
+        raise StructpruneError(f"no reproduction recipe for {dataset!r}; choose from {', '.join(names)}") from None
+
+
+@dataclass
+class Context:
+    out: Path
+    recipe: Recipe
+    data_dir: str | None
+    progress: bool = True
+    _data: Any = None
+
+    @property
+    def data(self):
+        """The dataset, loaded once (validation carved out of the training set with the training seed)."""
+        if self._data is None:
+            from structprune.data import load_dataset
+
+            self._data = load_dataset(self.recipe.dataset, self.data_dir, val_size=self.recipe.val_size,
+                                      seed=self.recipe.train.seed)
+        return self._data
+
+    def path(self, name: str) -> Path:
+        return self.out / name
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    done: Callable[[Context], bool]  # its output is complete
+    run: Callable[[Context], None]
+
+
+def _is_run(path: Path) -> bool:
+    return (path / METRICS_FILE).is_file()
+
+
+# ------------------------------------------------------------------------------------------------ stages
+TRAIN, SEARCH, RETRAIN, QUANT, COMPACT, EXPORT = "train", "search", "retrain", "quantize", "compact", "export"
+
+
+def train_stage(ctx: Context) -> None:
+    from structprune import __version__
+    from structprune.metrics import size_metrics
+    from structprune.models import create
+    from structprune.pruning import evaluation_metrics
+    from structprune.train import train
+
+    r, data = ctx.recipe, ctx.data
+    torch.manual_seed(r.train.seed)
+    model = create(r.model, num_classes=data.num_classes, in_channels=data.in_channels, input_size=data.input_size)
+    out = ctx.path(TRAIN)
+    history = train(model, data, r.train, checkpoint_dir=out.parent / f"{out.name}.ckpt", progress=ctx.progress)
+    metrics = {**evaluation_metrics(model, data), **size_metrics(model), "history": history}
+    config = {"verb": "reproduce", "stage": TRAIN, "model": r.model, "model_kwargs": {}, "dataset": r.dataset,
+              "data_dir": ctx.data_dir, "val_size": len(data.val), "train": asdict(r.train), "structprune": __version__,
+              "torch": torch.__version__}
+    save_run(out, model, None, metrics, config)
+    _remove_tree(out.parent / f"{out.name}.ckpt")
+
+
+def sensitivity_done(ctx: Context) -> bool:
+    path = ctx.path(TRAIN) / "sensitivity.json"
+    return path.is_file() and bool(read_json(path).get("complete"))
+
+
+def sensitivity_stage(ctx: Context) -> None:
+    from structprune.sensitivity import SensitivityConfig, sweep
+
+    run = load_run(ctx.path(TRAIN))
+    cfg = SensitivityConfig(images=ctx.recipe.sensitivity_images)
+    sweep(run.model, ctx.data, cfg, out_file=run.path / "sensitivity.json")
+
+
+def ladder_name(method: str, scale: str, ratio: float) -> str:
+    return f"ladder-{method}-{scale}-{round(100 * ratio):02d}"
+
+
+def ladder_stages(recipe: Recipe) -> list[Stage]:
+    """One-shot masks (no retraining) at each scale, method and ratio: the MCR-against-ratio curves."""
+    stages = []
+    for method in recipe.ladder_methods:
+        for scale in recipe.scales:
+            for ratio in recipe.ladder_ratios:
+                name = ladder_name(method, scale, ratio)
+                stages.append(Stage(name, lambda ctx, n=name: _is_run(ctx.path(n)),
+                                    lambda ctx, n=name, m=method, s=scale, q=ratio: _ladder(ctx, n, m, s, q)))
+    return stages
+
+
+def _ladder(ctx: Context, name: str, method: str, scale: str, ratio: float) -> None:
+    from structprune.pruning import prune_run, select_masks
+
+    def choose(model, groups, data):
+        return select_masks(model, [scale], ratio, method=method, scope="layer", seed=0, groups=groups)
+
+    config = {"stage": "ladder", "granularity": scale, "method": method,
+              "prune": {"granularity": [scale], "method": method, "ratio": [ratio], "scope": "layer", "seed": 0}}
+    prune_run(ctx.path(TRAIN), ctx.path(name), choose, config, data_dir=ctx.data_dir)
+
+
+def search_stage(ctx: Context) -> None:
+    from structprune.search.driver import SearchConfig, search_run
+
+    cfg = SearchConfig(granularities=tuple(ctx.recipe.scales), **ctx.recipe.search)
+    run = load_run(ctx.path(TRAIN))
+    search_run(run, ctx.data, cfg, ctx.path(SEARCH),
+               extra_config={"stage": SEARCH, "granularity": ",".join(cfg.granularities), "method": cfg.method})
+
+
+def retrain_stage(ctx: Context) -> None:
+    from structprune.metrics import size_metrics
+    from structprune.pruning import channel_groups_of, evaluation_metrics, load_masks, mask_summary
+    from structprune.retrain import retrain_masked
+
+    run = load_run(ctx.path(SEARCH))
+    mask = load_masks(run)
+    if mask is None:
+        raise StructpruneError(f"{run.path}: the search left no masks.json")
+    r, out = ctx.recipe, ctx.path(RETRAIN)
+    cfg = TrainConfig(epochs=r.retrain_epochs, lr=r.retrain_lr, batch_size=r.train.batch_size, seed=r.train.seed)
+    groups = channel_groups_of(run.model)
+    history = retrain_masked(run.model, mask, ctx.data, cfg, groups=groups,
+                             checkpoint_dir=out.parent / f"{out.name}.ckpt", progress=ctx.progress)
+    metrics = {**size_metrics(run.model), **mask_summary(run.model, mask, groups), **evaluation_metrics(run.model, ctx.data),
+               "before_retrain": {k: run.metrics[k] for k in ("val_mcr", "test_mcr") if k in run.metrics},
+               "history": history}
+    config = {**run.config, "stage": RETRAIN, "retrain": {**asdict(cfg), "masked": True}, "source_run": str(run.path)}
+    save_run(out, run.model, run.arch, metrics, config, extra_json={"masks.json": mask.to_json()})
+    _remove_tree(out.parent / f"{out.name}.ckpt")
+
+
+def quantize_stage(ctx: Context) -> None:
+    r = ctx.recipe
+    argv = ["quantize", str(ctx.path(RETRAIN)), "--bits", str(r.bits), "--epochs", str(r.quant_epochs),
+            "--out", str(ctx.path(QUANT)), "--no-progress"]
+    if ctx.data_dir:
+        argv += ["--data-dir", ctx.data_dir]
+    _run_verb(argv)
+
+
+def compact_stage(ctx: Context) -> None:
+    from structprune.pruning import compact_run
+
+    compact_run(ctx.path(QUANT), ctx.path(COMPACT), data_dir=ctx.data_dir, config={"stage": COMPACT})
+
+
+def export_done(ctx: Context) -> bool:
+    return (ctx.path(EXPORT) / "export.json").is_file()
+
+
+def export_stage(ctx: Context) -> None:
+    from structprune.export_onnx import export_onnx
+
+    run = load_run(ctx.path(COMPACT))
+    with staged_run_folder(ctx.path(EXPORT)) as tmp:
+        check = export_onnx(run.model, tmp / "model.onnx")
+        write_json_atomic(tmp / "export.json", {"source_run": str(run.path), "onnx": "model.onnx",
+                                                "onnx_bytes": (tmp / "model.onnx").stat().st_size, **asdict(check)})
+
+
+def bench_runs(ctx: Context) -> list[Path]:
+    """Dense, the masked network run dense (same nonzeros, no speed-up expected), and compact."""
+    return [ctx.path(TRAIN), ctx.path(RETRAIN), ctx.path(COMPACT)]
+
+
+def bench_stage(ctx: Context) -> None:
+    from structprune.arch import input_shape_of
+    from structprune.bench import Candidate, bench
+
+    r = ctx.recipe
+    candidates = []
+    for path in bench_runs(ctx):
+        run = load_run(path)
+        info = {k: run.metrics.get(k) for k in ("macs", "params", "test_mcr")}
+        info["macs"] = run.metrics.get("compact_macs", info["macs"])  # what the network needs, not its dense tensors
+        candidates.append(Candidate(str(path), run.model, input_shape_of(run.model), info))
+    records = bench(candidates, list(r.bench_batches), threads=r.bench_threads, rounds=r.bench_rounds,
+                    progress=ctx.progress)
+    write_json_atomic(ctx.path(BENCH_FILE), records)
+
+
+def report_stage(ctx: Context) -> None:
+    from structprune.report import collect, write_report
+
+    records = collect([ctx.out], [ctx.path(BENCH_FILE)] if ctx.path(BENCH_FILE).is_file() else [])
+    title = f"structprune reproduce {ctx.recipe.dataset}"
+    write_report(records, ctx.path("report.md"), title)
+    write_report(records, ctx.path("report.html"), title)
+
+
+def stages_for(recipe: Recipe) -> list[Stage]:
+    return [
+        Stage(TRAIN, lambda ctx: _is_run(ctx.path(TRAIN)), train_stage),
+        Stage("sensitivity", sensitivity_done, sensitivity_stage),
+        *ladder_stages(recipe),
+        Stage(SEARCH, lambda ctx: _is_run(ctx.path(SEARCH)), search_stage),
+        Stage(RETRAIN, lambda ctx: _is_run(ctx.path(RETRAIN)), retrain_stage),
+        Stage(QUANT, lambda ctx: _is_run(ctx.path(QUANT)), quantize_stage),
+        Stage(COMPACT, lambda ctx: _is_run(ctx.path(COMPACT)), compact_stage),
+        Stage(EXPORT, export_done, export_stage),
+        Stage("bench", lambda ctx: ctx.path(BENCH_FILE).is_file(), bench_stage),
+        Stage("report", lambda ctx: False, report_stage),  # always redrawn from what is there
+    ]
+
+
+# ------------------------------------------------------------------------------------------------ driver
+def _run_verb(argv: list[str]) -> None:
+    """Run a CLI verb in-process (for steps without a library entry point); its output goes to the log."""
+    from structprune.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    captured = io.StringIO()
+    with contextlib.redirect_stdout(captured):
+        code = args.func(args)
+    for line in captured.getvalue().splitlines():
+        log.info("%s", line)
+    if code:
+        raise StructpruneError(f"`structprune {' '.join(argv[:2])}` failed with exit status {code}")
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _status(ctx: Context, seconds: dict[str, float], skipped: list[str]) -> None:
+    previous = read_json(ctx.path(STATUS_FILE)) if ctx.path(STATUS_FILE).is_file() else {}
+    write_json_atomic(ctx.path(STATUS_FILE), {
+        "dataset": ctx.recipe.dataset, "recipe": _jsonable(asdict(ctx.recipe)),
+        "seconds": {**previous.get("seconds", {}), **{k: round(v, 1) for k, v in seconds.items()}},
+        "skipped_this_time": skipped,
+    })
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def reproduce(dataset: str, out: str | Path, quick: bool = False, data_dir: str | None = None,
+              progress: bool = True, recipe: Recipe | None = None,
+              on_stage: Callable[[str, str], None] | None = None) -> dict[str, float]:
+    """Run (or resume) a reproduction into `out`; returns the seconds each stage run this time took.
+
+    `on_stage(name, "skip" | "run")` is told about every stage as it comes."""
+    recipe = recipe or recipe_for(dataset, quick)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = Context(out=out, recipe=recipe, data_dir=data_dir, progress=progress)
+    seconds: dict[str, float] = {}
+    skipped: list[str] = []
+    for stage in stages_for(recipe):
+        if stage.done(ctx):
+            skipped.append(stage.name)
+            if on_stage is not None:
+                on_stage(stage.name, "skip")
+            continue
+        if on_stage is not None:
+            on_stage(stage.name, "run")
+        log.info("reproduce: stage %s", stage.name)
+        started = time.perf_counter()
+        stage.run(ctx)
+        seconds[stage.name] = time.perf_counter() - started
+        _status(ctx, seconds, skipped)
+    _status(ctx, seconds, skipped)
+    return seconds
+
+
+def recipe_with(recipe: Recipe, **changes: Any) -> Recipe:
+    """A copy of `recipe` with some fields changed (tests shrink a recipe this way)."""
+    return replace(recipe, **changes)
+
+
+__all__ = ["RECIPES", "Recipe", "recipe_for", "recipe_with", "reproduce", "stages_for"]
