@@ -19,7 +19,7 @@ def quantized_weights(model: nn.Module) -> dict[str, str]:
     """State-dict names of the weight tensors to quantize, in model order, each mapped to its layer.
 
     Conv2d and Linear contribute `weight`; a compact layer (a type registered in `structprune.arch`)
-    contributes every parameter whose own name contains "weight", its sub-layers included.
+    contributes every parameter whose name contains "weight" (e.g. "convs.weights.0"), sub-layers included.
     """
     import structprune.compact  # noqa: F401  (registers compact layer types)
 
@@ -32,7 +32,7 @@ def quantized_weights(model: nn.Module) -> dict[str, str]:
         if _is_compact(module):
             inside.append(mod_name)
             for p_name, _ in module.named_parameters():
-                if "weight" in p_name.rsplit(".", 1)[-1]:
+                if "weight" in p_name:
                     names[prefix + p_name] = mod_name
         elif isinstance(module, nn.Conv2d | nn.Linear):
             names[prefix + "weight"] = mod_name
