@@ -64,7 +64,7 @@ def summary_table(records: list[RunRecord]) -> Table:
         row += [FORMATTERS[f](r.number(f)) for f in TABLE_FIELDS]
         ref = reference_run(records, r)
         ratio = pruning_ratio(records, r) if ref is not r else None
-        mac_x = _div(ref.number("macs"), effective_macs(r)) if ref and ref is not r else None
+        mac_x = _div(ref.number("macs"), effective_macs(r, ref)) if ref and ref is not r else None
         size_x = _div(ref.number("weight_bytes"), r.number("weight_bytes")) if ref and ref is not r else None
         delta = None
         if ref and ref is not r and r.number("test_mcr") is not None and ref.number("test_mcr") is not None:
@@ -171,7 +171,7 @@ def to_html(sections: list[Section], title: str, data: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def _md_table(table: Table) -> str:
+def md_table(table: Table) -> str:
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
@@ -185,7 +185,7 @@ def to_markdown(sections: list[Section], title: str, image_dir: str) -> str:
         if s.text:
             parts += [s.text, ""]
         if s.table is not None:
-            parts += [_md_table(s.table), ""]
+            parts += [md_table(s.table), ""]
         parts += [f"![{p.title}]({image_dir}/{p.key}.png)\n" for p in s.plots]
     return "\n".join(parts)
 
