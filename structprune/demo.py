@@ -114,3 +114,13 @@ def run_demo(out: str | Path, epochs: int = 30, seed: int = 0, progress: bool = 
         write_bytes_atomic(work / "report.md", _report_text(ctx).encode())
     ctx.work = Path(out)
     return ctx
+
+
+def _stage_report(ctx: DemoContext) -> None:
+    """The report of every run the demo made: before/after table and plots (structprune.report.demo_stage)."""
+    from structprune.report.demo_stage import stage_report
+
+    stage_report(ctx)
+
+
+add_stage("report", _stage_report)  # last: stages added later should pass after= to stay before it
