@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 OPSET = 18
 DEFAULT_TOLERANCE = 1e-4
+EXPORTERS = ("dynamo", "torchscript")
 
 
 @dataclass(frozen=True)
@@ -32,8 +33,9 @@ class ExportCheck:
     batch: int
 
 
-def _export_to(model: nn.Module, example: torch.Tensor, path: Path) -> None:
-    """torch.export-based exporter; the TorchScript one if a layer defeats torch.export."""
+def _export_to(model: nn.Module, example: torch.Tensor, path: Path, exporter: str) -> None:
+    """torch.export-based exporter ("dynamo"; falls back to TorchScript if a layer defeats torch.export)
+    or the TorchScript one ("torchscript": older, deprecated, several times faster to run)."""
     onnx_logger = logging.getLogger("torch.onnx")
     level = onnx_logger.level
     onnx_logger.setLevel(logging.ERROR)  # silence "torchvision is not installed" notices
@@ -41,7 +43,10 @@ def _export_to(model: nn.Module, example: torch.Tensor, path: Path) -> None:
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
         try:
-            _export_either(model, example, path)
+            if exporter == "torchscript":
+                _export_torchscript(model, example, path)
+            else:
+                _export_either(model, example, path)
         finally:
             onnx_logger.setLevel(level)
 
@@ -58,6 +63,10 @@ def _export_either(model: nn.Module, example: torch.Tensor, path: Path) -> None:
     except Exception as exc:  # torch.export refuses some Python control flow: try the tracer
         log.warning("torch.export-based ONNX export failed (%s); using the TorchScript exporter",
                     str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    _export_torchscript(model, example, path)
+
+
+def _export_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> None:
     torch.onnx.export(
         model, (example,), str(path), input_names=["input"], output_names=["logits"],
         dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=OPSET, dynamo=False,
@@ -89,8 +98,11 @@ def check_onnx(model: nn.Module, path: str | Path, batch: int = 4, seed: int = 0
     return ExportCheck(diff, batch)
 
 
-def export_onnx(model: nn.Module, path: str | Path, tolerance: float = DEFAULT_TOLERANCE) -> ExportCheck:
+def export_onnx(model: nn.Module, path: str | Path, tolerance: float = DEFAULT_TOLERANCE,
+                exporter: str = "dynamo") -> ExportCheck:
     """Write `model` as ONNX to `path` (atomically), after checking it against PyTorch at batch 1 and 4."""
+    if exporter not in EXPORTERS:
+        raise StructpruneError(f"unknown ONNX exporter {exporter!r}; choose from {', '.join(EXPORTERS)}")
     path = Path(path)
     if path.exists() and path.is_dir():
         raise StructpruneError(f"{path}: is a folder, expected an .onnx file name")
@@ -101,7 +113,7 @@ def export_onnx(model: nn.Module, path: str | Path, tolerance: float = DEFAULT_T
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
         staged = Path(tmp) / path.name
         try:
-            _export_to(model, example, staged)
+            _export_to(model, example, staged, exporter)
         except Exception as exc:  # the exporter raises many types; report the first line
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise StructpruneError(f"ONNX export failed: {first}") from None

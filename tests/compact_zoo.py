@@ -1,0 +1,35 @@
+"""Compacted tiny zoo networks for the quantization, packing and export tests."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from structprune.arch import example_input
+from structprune.channel_groups import find_channel_groups
+from structprune.compact.compaction import compact
+from structprune.granularity import Granularity
+from structprune.models import create
+from structprune.selection import SelectionConfig, select
+
+TINY_ZOO = ("tiny-paper", "tiny-vgg", "tiny-resnet", "tiny-mobilenet", "tiny-densenet")
+
+
+def compacted(name: str, channel: float = 0.5, intra: float = 0.5, seed: int = 0) -> nn.Module:
+    """`name` with half of its channel groups removed (L1) and intra-kernel patterns on its convs."""
+    torch.manual_seed(seed)
+    model = create(name).eval()
+    x = example_input(model, 2)
+    groups = find_channel_groups(model, x)
+    mask = select(model, [Granularity.CHANNEL, Granularity.INTRA], [channel, intra], SelectionConfig(seed=seed),
+                  groups=groups)
+    return compact(model, mask, x, groups).eval()
+
+
+def compacted_with_mask(name: str = "tiny-paper", channel: float = 0.5, intra: float = 0.5):
+    """(original, mask, compact network)."""
+    model = create(name).eval()
+    x = example_input(model, 2)
+    groups = find_channel_groups(model, x)
+    mask = select(model, [Granularity.CHANNEL, Granularity.INTRA], [channel, intra], SelectionConfig(), groups=groups)
+    return model, mask, compact(model, mask, x, groups).eval()
