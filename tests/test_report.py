@@ -137,3 +137,22 @@ def test_cli_report_and_errors(runs, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("structprune: error:") == 2 and "Traceback" not in err
     assert not (tmp_path / "x.html").exists()
+
+
+def test_demo_stage_appends_table_and_figures(runs, tmp_path):
+    import shutil
+    from types import SimpleNamespace
+
+    from structprune.report.demo_stage import stage_report
+
+    work = tmp_path / "demo"
+    shutil.copytree(runs, work)
+    ctx = SimpleNamespace(work=work, model=None, data=None, report=[], results={})
+    stage_report(ctx)
+    section = ctx.report[-1]
+    dense = json.loads((work / "dense" / "metrics.json").read_text())
+    assert f"| dense | tiny-paper | train |  |  | {fmt_mcr(dense['val_mcr'])} | {fmt_mcr(dense['test_mcr'])} |" in section
+    figures = re.findall(r"\]\((figures/[a-z_]+\.png)\)", section)
+    assert "figures/mcr_vs_ratio.png" in figures
+    assert all((work / f).read_bytes().startswith(b"\x89PNG") for f in figures)
+    assert (work / "report.html").is_file()
