@@ -1,7 +1,14 @@
 """Datasets as normalised tensors, split into train / validation / test.
 
-(Minimal first version: digits and .npz files. The issue-2 work extends it with IDX and CIFAR binary
-loaders, environment-variable lookup and augmentation.)
+  digits         scikit-learn's bundled 8×8 digits (always available; the demo's data)
+  mnist          28×28 grey: DIR/mnist.npz, or the four IDX files (.gz or not) in DIR/mnist/ or DIR
+  fashion-mnist  28×28 grey: DIR/fashion-mnist.npz, or the four IDX files in DIR/fashion-mnist/ or DIR
+  cifar10        32×32 RGB: DIR/cifar10.npz (NHWC uint8), or the binary batches data_batch_1..5.bin and
+                 test_batch.bin in DIR/cifar-10-batches-bin/, DIR/cifar10/ or DIR
+
+DIR is --data-dir, else $STRUCTPRUNE_DATA, else ./data. .npz files hold x_train, y_train, x_test, y_test.
+The validation split is a seeded random subset of the training set (the test set is only reported).
+Images are scaled to [0, 1] and normalised per channel; CIFAR-10 is marked for crop+flip augmentation.
 """
 
 from __future__ import annotations
@@ -14,10 +21,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from structprune.datafiles import read_cifar_bin, read_idx, read_npz
 from structprune.errors import StructpruneError
 
 DATA_DIR_ENV = "STRUCTPRUNE_DATA"
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
+
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+CIFAR_FILES = (*(f"data_batch_{i}.bin" for i in range(1, 6)), "test_batch.bin")
 
 
 @dataclass
@@ -46,6 +57,119 @@ class Dataset:
     augment: bool = False  # random crop with padding + horizontal flip during training
 
 
+@dataclass(frozen=True)
+class _Spec:
+    shape: tuple[int, int, int]  # (C, H, W)
+    mean: tuple[float, ...]  # per channel, on the [0, 1] scale
+    std: tuple[float, ...]
+    default_val: int
+    augment: bool = False
+    num_classes: int = 10
+    max_value: float = 255.0  # pixel value that maps to 1.0
+
+
+SPECS = {
+    "digits": _Spec((1, 8, 8), (0.5,), (0.5,), 200, max_value=16.0),
+    "mnist": _Spec((1, 28, 28), (0.1307,), (0.3081,), 5000),
+    "fashion-mnist": _Spec((1, 28, 28), (0.2860,), (0.3530,), 5000),
+    "cifar10": _Spec((3, 32, 32), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 5000, augment=True),
+}
+
+
+def data_dir(explicit: str | Path | None) -> Path:
+    """--data-dir when given, else $STRUCTPRUNE_DATA, else ./data."""
+    if explicit is not None:
+        return Path(explicit)
+    return Path(os.environ.get(DATA_DIR_ENV, "data"))
+
+
+def _digits() -> tuple[np.ndarray, ...]:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = bunch.images.astype(np.uint8)  # [1797, 8, 8], grey levels 0..16
+    y = bunch.target.astype(np.int64)
+    order = np.random.default_rng(0).permutation(len(y))
+    x, y = x[order], y[order]
+    return x[:1497], y[:1497], x[1497:], y[1497:]
+
+
+def _find_file(folders: list[Path], names: tuple[str, ...]) -> dict[str, Path] | None:
+    """The first folder holding every name (each possibly gzipped): name -> path."""
+    for folder in folders:
+        found = {}
+        for name in names:
+            for candidate in (folder / name, folder / f"{name}.gz"):
+                if candidate.is_file():
+                    found[name] = candidate
+                    break
+        if len(found) == len(names):
+            return found
+    return None
+
+
+def _load_raw(name: str, root: Path) -> tuple[np.ndarray, ...]:
+    """(x_train, y_train, x_test, y_test) as stored, from the first format found under `root`."""
+    npz = root / f"{name}.npz"
+    if npz.is_file():
+        return read_npz(npz)
+    if name in ("mnist", "fashion-mnist"):
+        files = _find_file([root / name, root / name.replace("-", "_"), root], IDX_FILES)
+        if files:
+            return tuple(read_idx(files[n]) for n in IDX_FILES)
+        wanted = ", ".join(IDX_FILES)
+        where = f"{root / name} or {root}"
+    else:
+        files = _find_file([root / "cifar-10-batches-bin", root / "cifar10", root], CIFAR_FILES)
+        if files:
+            parts = [read_cifar_bin(files[n]) for n in CIFAR_FILES]
+            x_train = np.concatenate([p[0] for p in parts[:5]])
+            y_train = np.concatenate([p[1] for p in parts[:5]])
+            return x_train, y_train, parts[5][0], parts[5][1]
+        wanted = ", ".join(CIFAR_FILES)
+        where = f"{root / 'cifar-10-batches-bin'}, {root / 'cifar10'} or {root}"
+    raise StructpruneError(
+        f"dataset {name!r} not found: looked for {npz} and for {wanted} (each may end in .gz) in {where}; "
+        f"pass --data-dir or set ${DATA_DIR_ENV}"
+    )
+
+
+def _to_nchw(x: np.ndarray, spec: _Spec, where: str) -> np.ndarray:
+    """Accept [N, H, W] (grey), [N, C, H, W] or [N, H, W, C]; return [N, C, H, W] uint8."""
+    c, h, w = spec.shape
+    if x.ndim == 3 and c == 1 and x.shape[1:] == (h, w):
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[1:] == (h, w, c) and x.shape[1:] != (c, h, w):
+        x = x.transpose(0, 3, 1, 2)
+    if x.ndim != 4 or x.shape[1:] != (c, h, w):
+        raise StructpruneError(f"{where}: images of shape {tuple(x.shape[1:])}, expected {c}×{h}×{w} (or {h}×{w}×{c})")
+    if x.dtype != np.uint8:
+        if not np.issubdtype(x.dtype, np.integer) or x.min() < 0 or x.max() > 255:
+            raise StructpruneError(f"{where}: images must be 8-bit pixel values 0..255 (found dtype {x.dtype})")
+        x = x.astype(np.uint8)
+    return x
+
+
+def _check_labels(y: np.ndarray, n_images: int, num_classes: int, where: str) -> np.ndarray:
+    y = np.asarray(y).reshape(-1) if np.asarray(y).ndim == 2 and np.asarray(y).shape[1] == 1 else np.asarray(y)
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise StructpruneError(f"{where}: labels must be a 1-D array of integers (found {y.dtype} {y.shape})")
+    if len(y) != n_images:
+        raise StructpruneError(f"{where}: {n_images} images but {len(y)} labels")
+    if len(y) and (y.min() < 0 or y.max() >= num_classes):
+        raise StructpruneError(f"{where}: labels outside the class range 0..{num_classes - 1} "
+                               f"(found {int(y.min())}..{int(y.max())})")
+    return y.astype(np.int64)
+
+
+def _normalise(images: np.ndarray, spec: _Spec) -> torch.Tensor:
+    """uint8 [N, C, H, W] -> float32 [N, C, H, W], scaled to [0, 1] and standardised per channel."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(spec.max_value)
+    mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std).view(1, -1, 1, 1)
+    return (x - mean) / std
+
+
 def _split_off_validation(x: torch.Tensor, y: torch.Tensor, val_size: int, seed: int) -> tuple[Split, Split]:
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(y), generator=g)
@@ -53,66 +177,32 @@ def _split_off_validation(x: torch.Tensor, y: torch.Tensor, val_size: int, seed:
     return Split(x[train_idx], y[train_idx]), Split(x[val_idx], y[val_idx])
 
 
-def _normalise(images: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(images)).float()
-    if x.ndim == 3:
-        x = x.unsqueeze(1)  # [N, H, W] -> [N, 1, H, W]
-    m = torch.tensor(mean).view(1, -1, 1, 1)
-    s = torch.tensor(std).view(1, -1, 1, 1)
-    return (x - m) / s
-
-
-def _digits() -> tuple[np.ndarray, ...]:
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    x = bunch.images.astype(np.float32) / 16.0  # [1797, 8, 8] in [0, 1]
-    y = bunch.target.astype(np.int64)
-    order = np.random.default_rng(0).permutation(len(y))
-    x, y = x[order], y[order]
-    return x[:1497], y[:1497], x[1497:], y[1497:]
-
-
-def data_dir(explicit: str | Path | None) -> Path:
-    if explicit is not None:
-        return Path(explicit)
-    return Path(os.environ.get(DATA_DIR_ENV, "data"))
-
-
 def load_dataset(name: str, data_dir_arg: str | Path | None = None, val_size: int | None = None, seed: int = 0) -> Dataset:
-    """Load `digits` (embedded), `mnist` or `cifar10` (from DIR/NAME.npz)."""
+    """Load a dataset by name (see the module docstring); `val_size` training images (default per dataset)
+    become the validation split, chosen with `seed`."""
+    if name not in SPECS:
+        raise StructpruneError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
+    spec = SPECS[name]
     if name == "digits":
-        xtr, ytr, xte, yte = _digits()
-        mean, std, size, channels = (0.5,), (0.5,), 8, 1
-        xtr_t, xte_t = _normalise(xtr * 1.0, (0.0,), (1.0,)), _normalise(xte * 1.0, (0.0,), (1.0,))
-        xtr_t, xte_t = (xtr_t - mean[0]) / std[0], (xte_t - mean[0]) / std[0]
-        default_val = 200
-    elif name in ("mnist", "cifar10"):
-        path = data_dir(data_dir_arg) / f"{name}.npz"
-        if not path.exists():
-            raise StructpruneError(f"dataset {name!r} not found: looked for {path}")
-        with np.load(path, allow_pickle=False) as npz:
-            xtr, ytr, xte, yte = (npz[k] for k in ("x_train", "y_train", "x_test", "y_test"))
-        if name == "mnist":
-            mean, std, size, channels = (0.1307 * 255,), (0.3081 * 255,), 28, 1
-            xtr_t, xte_t = _normalise(xtr, mean, std), _normalise(xte, mean, std)
-            default_val = 5000
-        else:
-            mean = tuple(v * 255 for v in (0.4914, 0.4822, 0.4465))
-            std = tuple(v * 255 for v in (0.2470, 0.2435, 0.2616))
-            size, channels = 32, 3
-            xtr_t = _normalise(xtr.transpose(0, 3, 1, 2), mean, std)
-            xte_t = _normalise(xte.transpose(0, 3, 1, 2), mean, std)
-            default_val = 5000
+        raw, where = _digits(), "digits"
     else:
-        raise StructpruneError(f"unknown dataset {name!r}; available: digits, mnist, cifar10")
-    ytr_t, yte_t = torch.from_numpy(ytr.astype(np.int64)), torch.from_numpy(yte.astype(np.int64))
-    train, val = _split_off_validation(xtr_t, ytr_t, val_size if val_size is not None else default_val, seed)
-    return Dataset(name, train, val, Split(xte_t, yte_t), 10, channels, size, augment=name == "cifar10")
+        root = data_dir(data_dir_arg)
+        raw, where = _load_raw(name, root), f"dataset {name!r} in {root}"
+    x_train, y_train, x_test, y_test = raw
+    x_train, x_test = _to_nchw(x_train, spec, f"{where} (train)"), _to_nchw(x_test, spec, f"{where} (test)")
+    y_train = _check_labels(y_train, len(x_train), spec.num_classes, f"{where} (train labels)")
+    y_test = _check_labels(y_test, len(x_test), spec.num_classes, f"{where} (test labels)")
+    val = spec.default_val if val_size is None else val_size
+    if not 0 <= val < len(y_train):
+        raise StructpruneError(f"validation size {val} must be between 0 and {len(y_train) - 1} (training images)")
+    train, val_split = _split_off_validation(_normalise(x_train, spec), torch.from_numpy(y_train), val, seed)
+    test = Split(_normalise(x_test, spec), torch.from_numpy(y_test))
+    c, h, _ = spec.shape
+    return Dataset(name, train, val_split, test, spec.num_classes, c, h, augment=spec.augment)
 
 
 def batches(split: Split, batch_size: int, shuffle: bool = False, seed: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Mini-batches of (x [B, C, H, W], y [B])."""
+    """Mini-batches of (x [B, C, H, W], y [B]); with `shuffle`, in an order fixed by `seed`."""
     n = len(split)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if shuffle else torch.arange(n)
     for start in range(0, n, batch_size):
