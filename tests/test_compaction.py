@@ -1,0 +1,205 @@
+"""compact(model, mask)(x) equals the masked model(x): property tests over random models, masks, inputs."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prune_nets import family_models, randomize_bn, single_thread  # noqa: F401
+from torch import nn
+
+from structprune import models
+from structprune.arch import describe, rebuild
+from structprune.channel_groups import find_channel_groups
+from structprune.compact.compaction import compact
+from structprune.errors import StructpruneError
+from structprune.granularity import IntraPattern
+from structprune.masking import MaskApplier
+from structprune.masks import NetworkMask
+from structprune.metrics import count_params
+
+HAS_KERNEL_CONV = importlib.util.find_spec("structprune.compact.kernel_conv") is not None
+FAMILIES = family_models()
+GROUPS = {name: find_channel_groups(m, torch.randn(1, *shape)) for name, (m, shape) in FAMILIES.items()}
+RTOL = 1e-4
+
+
+def relative_gap(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max()) / max(float(b.abs().max()), 1e-6)
+
+
+def masked_output(model: nn.Module, mask: NetworkMask, groups, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad(), MaskApplier(model, groups).applied(mask):
+        return model(x)
+
+
+def random_bools(draw, n: int) -> torch.Tensor:
+    bits = torch.tensor(draw(st.lists(st.booleans(), min_size=n, max_size=n)))
+    if not bits.any():
+        bits[draw(st.integers(0, n - 1))] = True
+    return bits
+
+
+def draw_mask(draw, model: nn.Module, groups, scales: set[str]) -> NetworkMask:
+    """A random mask: some channel groups, some kernels, some intra patterns."""
+    mask = NetworkMask()
+    if "channel" in scales:
+        for group in groups:
+            if draw(st.booleans()):
+                mask.layer(group.root, model.get_submodule(group.root)).keep_out = random_bools(draw, group.size)
+    for name, conv in model.named_modules():
+        if not isinstance(conv, nn.Conv2d) or not draw(st.booleans()):
+            continue
+        out_ch, in_per_group, kh, kw = conv.weight.shape
+        if "kernel" in scales and conv.groups == 1 and HAS_KERNEL_CONV:
+            kk = torch.tensor([draw(st.lists(st.booleans(), min_size=in_per_group, max_size=in_per_group))
+                               for _ in range(out_ch)])
+            kk[0, 0] = True
+            mask.layer(name, conv).keep_kernel = kk
+        if "intra" in scales and kh * kw > 1:
+            patterns = IntraPattern.all_patterns(kh * kw)
+            mask.layer(name, conv).intra = [draw(st.none() | st.sampled_from(patterns)) for _ in range(in_per_group)]
+    return mask
+
+
+def _keeps_all_channels_somewhere(model, mask, groups) -> bool:
+    """False when the channel masks leave a kernel-masked conv with no kernel at all (rejected by compact)."""
+    keep = {n: lm.keep_out for n, lm in mask if lm.keep_out is not None}
+    for name, lm in mask:
+        if lm.keep_kernel is None:
+            continue
+        out_ch, in_per_group = lm.shape[:2]
+        rows = groups.kept_indices(name, "out", keep, out_ch)
+        cols = groups.kept_indices(name, "in", keep, in_per_group)
+        if not bool(lm.keep_kernel[rows][:, cols].any()):
+            return False
+    return True
+
+
+scale_sets = st.sampled_from([{"channel"}, {"kernel"}, {"intra"}, {"channel", "kernel"}, {"channel", "intra"},
+                              {"kernel", "intra"}, {"channel", "kernel", "intra"}])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), family=st.sampled_from(sorted(FAMILIES)), scales=scale_sets, batch=st.integers(1, 3))
+def test_compact_equals_masked_on_every_family(data, family, scales, batch):
+    model, shape = FAMILIES[family]
+    groups = GROUPS[family]
+    mask = draw_mask(data.draw, model, groups, scales)
+    x = torch.randn(batch, *shape)
+    if not _keeps_all_channels_somewhere(model, mask, groups):
+        with pytest.raises(StructpruneError, match="no kernel"):
+            compact(model, mask, sample=x, groups=groups)
+        return
+    small = compact(model, mask, sample=x, groups=groups)
+    with torch.no_grad():
+        got = small(x)
+    assert relative_gap(got, masked_output(model, mask, groups, x)) <= RTOL
+    if any(lm.keep_out is not None and not bool(lm.keep_out.all()) for _, lm in mask):
+        assert count_params(small) < count_params(model)
+
+
+class RandomConvNet(nn.Module):
+    """Convs with random kernel size, stride, padding, dilation and optional batch norm; global pool head."""
+
+    def __init__(self, layers: list[dict], in_channels: int, num_classes: int = 5):
+        super().__init__()
+        body: list[nn.Module] = []
+        c = in_channels
+        for spec in layers:
+            body.append(nn.Conv2d(c, spec["out"], spec["k"], stride=spec["stride"], padding=spec["pad"],
+                                  dilation=spec["dil"], bias=spec["bias"]))
+            if spec["bn"]:
+                body.append(nn.BatchNorm2d(spec["out"]))
+            body.append(nn.ReLU())
+            c = spec["out"]
+        self.body = nn.Sequential(*body)
+        self.head = nn.Linear(c, num_classes)
+
+    def forward(self, x):
+        return self.head(self.body(x).mean((2, 3)))
+
+
+layer_specs = st.fixed_dictionaries({
+    "out": st.integers(2, 7), "k": st.sampled_from([1, 2, 3, 5]), "stride": st.integers(1, 2),
+    "pad": st.integers(0, 2), "dil": st.integers(1, 2), "bias": st.booleans(), "bn": st.booleans(),
+})
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), layers=st.lists(layer_specs, min_size=1, max_size=3), in_channels=st.integers(1, 4),
+       size=st.integers(9, 15), batch=st.integers(1, 3), scales=scale_sets)
+def test_compact_equals_masked_over_strides_paddings_and_odd_sizes(data, layers, in_channels, size, batch, scales):
+    torch.manual_seed(0)
+    model = randomize_bn(RandomConvNet(layers, in_channels)).eval()
+    x = torch.randn(batch, in_channels, size, size)
+    try:
+        model(x)
+    except RuntimeError:
+        return  # the drawn layers shrink this input below one pixel
+    groups = find_channel_groups(model, x[:1])
+    mask = draw_mask(data.draw, model, groups, scales)
+    if not _keeps_all_channels_somewhere(model, mask, groups):
+        return
+    small = compact(model, mask, sample=x, groups=groups)
+    with torch.no_grad():
+        got = small(x)
+    assert relative_gap(got, masked_output(model, mask, groups, x)) <= RTOL
+
+
+def test_compact_model_round_trips_through_arch_json():
+    torch.manual_seed(3)
+    model = models.create("tiny-paper", in_channels=1, input_size=8).eval()
+    groups = find_channel_groups(model, torch.randn(1, 1, 8, 8))
+    mask = NetworkMask()
+    mask.layer("features.0", model.features[0]).keep_out = torch.tensor([1, 0, 1, 1, 0, 1, 1, 0], dtype=torch.bool)
+    mask.layer("features.2", model.features[2]).intra = [IntraPattern(0, 2)] * 8
+    small = compact(model, mask, groups=groups)
+    again = rebuild(describe(small))
+    again.load_state_dict(small.state_dict())
+    again.eval()
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(again(x), small(x))
+    assert describe(small)["modules"]["features.0"]["out_channels"] == 5
+
+
+def test_compaction_leaves_the_source_model_unchanged():
+    model, shape = FAMILIES["resnet"]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    mask = NetworkMask()
+    root = next(iter(GROUPS["resnet"])).root
+    keep = torch.ones(GROUPS["resnet"][root].size, dtype=torch.bool)
+    keep[:2] = False
+    mask.layer(root, model.get_submodule(root)).keep_out = keep
+    compact(model, mask, sample=torch.randn(1, *shape), groups=GROUPS["resnet"])
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_channel_compaction_of_each_family_halves_and_matches(family):
+    """Every group loses half its maps: smaller parameter count, same outputs."""
+    model, shape = FAMILIES[family]
+    groups = GROUPS[family]
+    mask = NetworkMask()
+    for group in groups:
+        keep = torch.zeros(group.size, dtype=torch.bool)
+        keep[::2] = True
+        mask.layer(group.root, model.get_submodule(group.root)).keep_out = keep
+    x = torch.randn(2, *shape)
+    small = compact(model, mask, sample=x, groups=groups)
+    with torch.no_grad():
+        assert relative_gap(small(x), masked_output(model, mask, groups, x)) <= RTOL
+    assert count_params(small) < 0.75 * count_params(model)
+
+
+def test_channel_mask_on_a_non_root_conv_names_the_root():
+    model, _ = FAMILIES["resnet"]
+    mask = NetworkMask()
+    mask.layer("b1.3", model.get_submodule("b1.3")).keep_out = torch.tensor([1, 1, 0, 1, 1, 1], dtype=torch.bool)
+    with pytest.raises(StructpruneError, match=r"b1\.3.*stem\.0"):
+        compact(model, mask, sample=torch.randn(1, 3, 8, 8), groups=GROUPS["resnet"])
