@@ -1,0 +1,502 @@
+"""Pruning a network by mask search: layer by layer, up a ladder of ratios, within a tolerance, resumable.
+
+Order: for each granularity in the order given (e.g. channel, then intra), each convolution from the input
+side to the output side. Per (granularity, layer) the rungs of a ladder are tried in increasing pruning
+ratio (channel / kernel scale: fractions of the layer's original maps / kernels pruned; intra scale: tap
+counts in decreasing order). Channel and kernel rungs nest: a rung prunes further among the units the
+previous rung kept. Intra rungs replace the layer's pattern; taps pruned before come back at zero.
+
+One rung:
+  1. a candidate mask for the layer is chosen by `method` on the *score* subset of the validation split:
+       pf / epf   particle filter / evolutionary PF (seeded with the L1 candidate unless `seed_with_l1=False`)
+       l1         largest L1 magnitude (maps, kernels; per input map the pattern keeping the most |w|)
+       random     best of N random candidates, N = particles × generations (the PF's scoring budget)
+  2. its MCR is checked on the *check* subset, disjoint from the score subset (the best of many candidates
+     looks better than it is on the images that chose it);
+  3. with `--max`: accepted when check MCR − unpruned check MCR ≤ tolerance; if not, the model is retrained
+     `step_epochs` with the candidate held and checked again; a rung that still fails is undone and ends
+     the layer. With a fixed `ratio` there is one rung per layer, accepted, retrained `step_epochs`.
+After the last layer the network is retrained `final_epochs` with every mask held.
+
+Resume: the output folder holds state/model.safetensors and state/driver.json (saved at the start of every
+rung) and state/pf.json (after every generation); the same command continues from the last generation.
+search.json (every generation: best and mean score, kept fraction per layer) is rewritten atomically.
+The finished run replaces the work folder in one rename.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from torch import nn
+from tqdm import tqdm
+
+from structprune.data import Dataset, Split
+from structprune.errors import StructpruneError
+from structprune.granularity import Granularity, IntraPattern
+from structprune.jsonio import read_json, write_json_atomic
+from structprune.masking import MaskApplier
+from structprune.masks import MASKS_FILE, LayerMask, NetworkMask
+from structprune.retrain import retrain_masked
+from structprune.runfolder import Run, check_writable_destination, load_state, save_run
+from structprune.search.backends import make_backend
+from structprune.search.particle_filter import BitSpace, ChoiceSpace, ParticleFilter, PFConfig, Space
+from structprune.search.scoring import (
+    LayerScorer,
+    ScoreSet,
+    as_chain,
+    channel_masks_from_bits,
+    conv_layers,
+    intra_masks_from_choices,
+    kernel_masks_from_bits,
+)
+from structprune.train import TrainConfig, evaluate
+
+log = logging.getLogger(__name__)
+
+METHODS = ("pf", "epf", "l1", "random")
+DEFAULT_LADDER = (0.25, 0.5, 0.625, 0.75, 0.8125, 0.875, 0.9375)
+SEARCH_FILE = "search.json"
+STATE_DIR = "state"
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """A network search. `tolerance` is an MCR fraction (0.002 = 0.2 points); `ratio=None` means --max."""
+
+    method: str = "pf"
+    granularities: tuple[str, ...] = ("channel",)
+    tolerance: float = 0.002
+    ratio: float | None = None
+    ladder: tuple[float, ...] = DEFAULT_LADDER
+    particles: int = 16
+    generations: int = 6
+    temperature: float = 0.002
+    seed_with_l1: bool = True
+    score_images: int = 2000
+    check_images: int = 2000
+    tie: float = 1e-3
+    step_epochs: int = 1
+    step_images: int | None = None  # training images per retraining between steps (None: all)
+    final_epochs: int = 1
+    lr: float = 0.01
+    layers: tuple[str, ...] | None = None  # convolutions to prune (None: all)
+    backend: str = "inprocess"
+    workers: int = 2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise StructpruneError(f"unknown search method {self.method!r}; choose from {', '.join(METHODS)}")
+        for g in self.granularities:
+            Granularity.parse_list(g)
+        if not 0.0 <= self.tolerance < 1.0:
+            raise StructpruneError(f"tolerance {self.tolerance * 100:g} points is out of range (0 to 100 points)")
+        if self.ratio is not None and not 0.0 < self.ratio < 1.0:
+            raise StructpruneError(f"pruning ratio {self.ratio} must be between 0 and 1 (exclusive)")
+        if not self.ladder or any(not 0.0 < r < 1.0 for r in self.ladder):
+            raise StructpruneError("ladder ratios must lie between 0 and 1 (exclusive)")
+        if self.score_images < 1 or self.check_images < 1:
+            raise StructpruneError("score and check subsets need at least one image each")
+        if self.step_epochs < 0 or self.final_epochs < 0:
+            raise StructpruneError("retraining epochs must be >= 0")
+        PFConfig(particles=self.particles, generations=self.generations, temperature=self.temperature)
+
+    @property
+    def budget(self) -> int:
+        """Candidates scored per rung by random best-of-N: the particle filter's budget."""
+        return self.particles * self.generations
+
+
+# ----------------------------------------------------------------------------------------- mask helpers
+def _prev_conv(model: nn.Module, layer: str) -> str | None:
+    convs = conv_layers(model)
+    i = convs.index(layer)
+    return convs[i - 1] if i > 0 else None
+
+
+def alive_inputs(model: nn.Module, mask: NetworkMask, layer: str) -> torch.Tensor:
+    """bool [I]: input maps of `layer` still produced by the previous convolution."""
+    conv = model.get_submodule(layer)
+    prev = _prev_conv(model, layer)
+    if prev is None or prev not in mask.layers or mask.layers[prev].keep_out is None:
+        return torch.ones(conv.in_channels, dtype=torch.bool)
+    return mask.layers[prev].keep_out.clone()
+
+
+def alive_outputs(model: nn.Module, mask: NetworkMask, layer: str) -> torch.Tensor:
+    conv = model.get_submodule(layer)
+    lm = mask.layers.get(layer)
+    return torch.ones(conv.out_channels, dtype=torch.bool) if lm is None or lm.keep_out is None else lm.keep_out.clone()
+
+
+def alive_kernels(model: nn.Module, mask: NetworkMask, layer: str) -> torch.Tensor:
+    """bool [O, I]: kernels not yet pruned at any scale."""
+    alive = alive_outputs(model, mask, layer)[:, None] & alive_inputs(model, mask, layer)[None, :]
+    lm = mask.layers.get(layer)
+    if lm is not None and lm.keep_kernel is not None:
+        alive &= lm.keep_kernel
+    return alive
+
+
+def kept_weight_fraction(model: nn.Module, mask: NetworkMask, layer: str) -> float:
+    """Fraction of the layer's conv weights (and so its MACs) that the mask keeps."""
+    conv = model.get_submodule(layer)
+    lm = mask.layers.get(layer) or LayerMask(shape=tuple(conv.weight.shape))
+    weight = lm.weight_mask() * alive_inputs(model, mask, layer).float().view(1, -1, 1, 1)  # [O, I, kh, kw]
+    return float(weight.mean())
+
+
+def conv_output_sizes(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
+    """Output pixels (H·W) of every conv, from one forward pass."""
+    sizes: dict[str, int] = {}
+    hooks = [model.get_submodule(n).register_forward_hook(
+        lambda _m, _i, out, n=n: sizes.__setitem__(n, out.shape[-1] * out.shape[-2])) for n in conv_layers(model)]
+    with torch.no_grad():
+        model(torch.zeros(1, *input_shape))
+    for h in hooks:
+        h.remove()
+    return sizes
+
+
+def conv_macs(model: nn.Module, mask: NetworkMask, input_shape: tuple[int, ...]) -> tuple[int, int]:
+    """(masked, dense) multiply–accumulates of the convolutions for one image."""
+    sizes = conv_output_sizes(model, input_shape)
+    masked = dense = 0
+    for name in conv_layers(model):
+        w = model.get_submodule(name).weight
+        dense += sizes[name] * w.numel()
+        masked += round(sizes[name] * w.numel() * kept_weight_fraction(model, mask, name))
+    return masked, dense
+
+
+def _with_layer(mask: NetworkMask, layer: str, shape: tuple[int, ...], **fields: Any) -> NetworkMask:
+    out = copy.deepcopy(mask)
+    lm = out.layers.get(layer) or LayerMask(shape=tuple(shape))
+    out.layers[layer] = replace(lm, **fields)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ one step
+@dataclass
+class Rung:
+    """One candidate step: the particle space of a layer at a granularity and pruning level."""
+
+    granularity: Granularity
+    layer: str
+    ratio: float  # fraction of the layer's units (intra: taps) pruned at this rung
+    space: Space
+    alive: torch.Tensor | None = None  # channel: bool [O]; kernel: bool [O, I]
+    patterns: list[IntraPattern] = field(default_factory=list)  # intra: the choices
+
+    def decode(self, particles: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
+        if self.granularity is Granularity.CHANNEL:
+            return channel_masks_from_bits(particles, self.alive)
+        if self.granularity is Granularity.KERNEL:
+            return kernel_masks_from_bits(particles, self.alive, shape)
+        return intra_masks_from_choices(particles, self.patterns, shape)
+
+    def to_mask(self, particle: np.ndarray, mask: NetworkMask, shape: tuple[int, ...]) -> NetworkMask:
+        if self.granularity is Granularity.CHANNEL:
+            return _with_layer(mask, self.layer, shape, keep_out=channel_masks_from_bits(particle[None], self.alive)[0])
+        if self.granularity is Granularity.KERNEL:
+            keep = torch.zeros(shape[0] * shape[1], dtype=torch.bool)
+            keep[self.alive.flatten().nonzero().flatten()] = torch.from_numpy(particle).bool()
+            return _with_layer(mask, self.layer, shape, keep_kernel=keep.view(shape[0], shape[1]))
+        return _with_layer(mask, self.layer, shape, intra=[self.patterns[int(c)] for c in particle])
+
+
+def rungs_for(model: nn.Module, mask: NetworkMask, g: Granularity, layer: str, cfg: SearchConfig) -> list[Rung]:
+    """The ladder of a layer at one granularity, from the current mask (already-passed levels skipped)."""
+    conv = model.get_submodule(layer)
+    shape = tuple(conv.weight.shape)
+    ratios = [cfg.ratio] if cfg.ratio is not None else sorted(cfg.ladder)
+    out: list[Rung] = []
+    if g is Granularity.CHANNEL:
+        alive = alive_outputs(model, mask, layer)
+        for r in ratios:
+            keep = max(1, round((1 - r) * shape[0]))
+            if keep < int(alive.sum()) and (not out or keep < out[-1].space.keep):
+                out.append(Rung(g, layer, r, BitSpace(int(alive.sum()), keep), alive=alive))
+    elif g is Granularity.KERNEL:
+        alive = alive_kernels(model, mask, layer)
+        for r in ratios:
+            keep = max(1, round((1 - r) * shape[0] * shape[1]))
+            if keep < int(alive.sum()) and (not out or keep < out[-1].space.keep):
+                out.append(Rung(g, layer, r, BitSpace(int(alive.sum()), keep), alive=alive))
+    else:
+        positions = shape[2] * shape[3]
+        counts = sorted({len(p.taps(positions)) for p in IntraPattern.all_patterns(positions)} - {positions}, reverse=True)
+        if cfg.ratio is not None:
+            counts = [min(counts, key=lambda c: abs(c - (1 - cfg.ratio) * positions))]
+        for c in counts:
+            patterns = IntraPattern.with_taps(positions, c)
+            out.append(Rung(g, layer, 1 - c / positions, ChoiceSpace(shape[1], len(patterns)), patterns=patterns))
+    return out
+
+
+def l1_particle(model: nn.Module, rung: Rung) -> np.ndarray:
+    """The L1-magnitude candidate of a rung, as a particle."""
+    w = model.get_submodule(rung.layer).weight.detach().abs()  # [O, I, kh, kw]
+    if rung.granularity is Granularity.CHANNEL:
+        scores = w.sum((1, 2, 3))[rung.alive]
+    elif rung.granularity is Granularity.KERNEL:
+        scores = w.sum((2, 3))[rung.alive]
+    else:
+        per_tap = w.sum(0).flatten(1)  # [I, kh·kw]
+        table = torch.stack([per_tap[:, list(p.taps(per_tap.shape[1]))].sum(1) for p in rung.patterns], 1)  # [I, patterns]
+        return table.argmax(1).numpy().astype(np.int8)
+    bits = np.zeros(len(scores), dtype=np.int8)
+    bits[torch.argsort(scores, descending=True, stable=True)[: rung.space.keep].numpy()] = 1
+    return bits
+
+
+# ------------------------------------------------------------------------------------------ the search
+@dataclass
+class DriverState:
+    """Where a search stands; saved as state/driver.json with the model weights beside it."""
+
+    step: int = 0  # index into the (granularity, layer) plan
+    rung: int = 0  # index into that step's ladder (rebuilt from the mask on resume)
+    mask: dict[str, Any] = field(default_factory=lambda: NetworkMask().to_json())
+    steps: list[dict[str, Any]] = field(default_factory=list)  # one record per rung tried
+    history: list[dict[str, Any]] = field(default_factory=list)  # one record per PF generation
+    base_check_mcr: float | None = None
+    final_done: bool = False
+
+
+class Search:
+    """Runs one SearchConfig on a loaded run, writing progress into `out`."""
+
+    def __init__(self, run: Run, data: Dataset, cfg: SearchConfig, out: str | Path):
+        self.run, self.model, self.data, self.cfg = run, run.model, data, cfg
+        self.out = check_writable_destination(out)
+        self.state_dir = self.out / STATE_DIR
+        if len(data.val) == 0:
+            raise StructpruneError("the validation split is empty: nothing to score candidates on")
+        n_score = min(cfg.score_images, len(data.val) // 2) if len(data.val) > 1 else 1
+        n_check = min(cfg.check_images, len(data.val) - n_score)
+        if n_check < 1:
+            raise StructpruneError(f"the validation split has {len(data.val)} image(s): need disjoint score and check subsets")
+        self.score_set = ScoreSet(data.val.x[:n_score], data.val.y[:n_score])
+        self.check_split = Split(data.val.x[n_score:n_score + n_check], data.val.y[n_score:n_score + n_check])
+        self.grans = [g for text in cfg.granularities for g in Granularity.parse_list(text)]
+        convs = conv_layers(self.model)
+        if cfg.layers is not None:
+            unknown = [name for name in cfg.layers if name not in convs]
+            if unknown:
+                raise StructpruneError(f"no convolution named {unknown[0]!r}; the network has {', '.join(convs)}")
+            convs = [name for name in convs if name in cfg.layers]
+        self.plan = [(g, layer) for g in self.grans for layer in convs]
+        self.applier = MaskApplier(self.model)
+        self.input_shape = tuple(run.arch["input_shape"])
+        self.state = DriverState()
+
+    # -- persistence
+    def _fingerprint(self) -> dict[str, Any]:
+        return {"config": asdict(self.cfg), "source": str(self.run.path)}
+
+    def _save_driver(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().clone() for k, v in self.model.state_dict().items()}
+        tmp = self.state_dir / ".model.safetensors.tmp"
+        save_file(state, str(tmp))
+        tmp.replace(self.state_dir / "model.safetensors")
+        write_json_atomic(self.state_dir / "driver.json", {**self._fingerprint(), "state": asdict(self.state)})
+
+    def _save_pf(self, pf: ParticleFilter) -> None:
+        write_json_atomic(self.state_dir / "pf.json", {"step": self.state.step, "rung": self.state.rung,
+                                                       "pf": pf.state_dict()})
+
+    def _try_resume(self) -> bool:
+        path = self.state_dir / "driver.json"
+        if not path.exists():
+            return False
+        saved = read_json(path)
+        if saved.get("config") != self._fingerprint()["config"] or saved.get("source") != str(self.run.path):
+            raise StructpruneError(f"{self.out} holds a search with other settings; remove it or choose another --out")
+        self.state = DriverState(**saved["state"])
+        self.model.load_state_dict(load_state(self.state_dir / "model.safetensors"))
+        log.info("resuming %s at step %d, rung %d", self.out, self.state.step, self.state.rung)
+        return True
+
+    def _write_search_json(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.out / SEARCH_FILE, self.search_record())
+
+    def search_record(self) -> dict[str, Any]:
+        return {"format": "structprune-search/1", "config": asdict(self.cfg), "order": [[g.value, n] for g, n in self.plan],
+                "base_check_mcr": self.state.base_check_mcr, "steps": self.state.steps, "history": self.state.history}
+
+    # -- pieces
+    @property
+    def mask(self) -> NetworkMask:
+        return NetworkMask.from_json(self.state.mask)
+
+    def kept_fractions(self, mask: NetworkMask) -> dict[str, float]:
+        return {name: round(kept_weight_fraction(self.model, mask, name), 5) for name in conv_layers(self.model)}
+
+    def check_mcr(self, mask: NetworkMask) -> float:
+        with self.applier.applied(mask):
+            return evaluate(self.model, self.check_split).mcr
+
+    def retrain(self, mask: NetworkMask, epochs: int, seed: int, images: int | None) -> None:
+        if epochs < 1:
+            return
+        data = self.data
+        if images is not None and images < len(data.train):
+            order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(seed))[:images]
+            data = replace(data, train=Split(data.train.x[order], data.train.y[order]))
+        cfg = TrainConfig(epochs=epochs, lr=self.cfg.lr, seed=seed)
+        retrain_masked(self.model, mask, data, cfg, groups=self.applier.groups)
+        self.model.eval()
+
+    def choose(self, rung: Rung, mask: NetworkMask, seed: int) -> tuple[np.ndarray, float]:
+        """The method's candidate for one rung, and its score on the score subset."""
+        shape = tuple(self.model.get_submodule(rung.layer).weight.shape)
+        self.applier.apply_(mask)  # pruned weights are zero in the model the scorer sees
+        scorer = LayerScorer(self.model, rung.layer, rung.granularity, self.score_set, tie=self.cfg.tie)
+        score_fn = make_backend(self.cfg.backend, scorer, lambda p: rung.decode(p, shape), self.cfg.workers)
+        try:
+            if self.cfg.method == "l1":
+                best = l1_particle(self.model, rung)
+                return best, float(score_fn(best[None])[0])
+            if self.cfg.method == "random":
+                rng = np.random.default_rng(seed)
+                candidates = rung.space.sample(rng, self.cfg.budget)
+                scores = np.concatenate([score_fn(chunk) for chunk in np.array_split(candidates, self.cfg.generations)])
+                return candidates[int(np.argmin(scores))], float(scores.min())
+            return self._particle_filter(rung, mask, seed, score_fn)
+        finally:
+            close = getattr(score_fn, "close", None)
+            if close is not None:
+                close()
+
+    def _particle_filter(self, rung: Rung, mask: NetworkMask, seed: int, score_fn) -> tuple[np.ndarray, float]:
+        pf_cfg = PFConfig(particles=self.cfg.particles, generations=self.cfg.generations,
+                          temperature=self.cfg.temperature, evolutionary=self.cfg.method == "epf", seed=seed)
+        pf_path = self.state_dir / "pf.json"
+        pf = None
+        if pf_path.exists():
+            saved = read_json(pf_path)
+            if saved.get("step") == self.state.step and saved.get("rung") == self.state.rung:
+                pf = ParticleFilter.from_state(saved["pf"])
+        if pf is None:
+            init = l1_particle(self.model, rung)[None] if self.cfg.seed_with_l1 else None
+            pf = ParticleFilter(rung.space, pf_cfg, init=init)
+        bar = tqdm(total=pf_cfg.generations, initial=pf.generation, desc=f"{rung.layer} {rung.granularity.value} "
+                   f"{rung.ratio:.3f}", unit="gen", leave=False, disable=None)
+
+        shape = tuple(self.model.get_submodule(rung.layer).weight.shape)
+
+        def after(current: ParticleFilter) -> None:
+            rec = current.history[-1]
+            kept = self.kept_fractions(rung.to_mask(current.best, mask, shape))
+            self.state.history.append({"step": self.state.step, "layer": rung.layer, "granularity": rung.granularity.value,
+                                       "ratio": rung.ratio, **rec, "kept_fraction": kept})
+            self._save_pf(current)
+            self._write_search_json()
+            bar.update(1)
+            bar.set_postfix(best=f"{rec['best']:.4f}", ess=f"{rec['ess']:.1f}")
+
+        pf.run(score_fn, on_generation=after)
+        bar.close()
+        return pf.best, pf.best_score
+
+    # -- the loop
+    def run_search(self) -> tuple[NetworkMask, dict[str, Any]]:
+        """Search every step (resuming if the output folder holds a matching state), then retrain."""
+        resumed = self._try_resume()
+        if not resumed:
+            self.state.base_check_mcr = evaluate(self.model, self.check_split).mcr
+            self._save_driver()
+        base = self.state.base_check_mcr
+        while self.state.step < len(self.plan):
+            g, layer = self.plan[self.state.step]
+            mask = self.mask
+            ladder = rungs_for(self.model, mask, g, layer, self.cfg)
+            if g is Granularity.INTRA:  # intra rungs do not nest: their position is remembered, not derived
+                ladder = ladder[self.state.rung:]
+            if not ladder:
+                self._next_step()
+                continue
+            rung = ladder[0]
+            seed = self.cfg.seed * 100003 + self.state.step * 101 + len(self.state.steps)
+            shape = tuple(self.model.get_submodule(layer).weight.shape)
+            particle, score = self.choose(rung, mask, seed)
+            trial = rung.to_mask(particle, mask, shape)
+            check = self.check_mcr(trial)
+            record = {"step": self.state.step, "layer": layer, "granularity": g.value, "ratio": rung.ratio,
+                      "score": score, "check_mcr": check, "retrained": False}
+            fixed = self.cfg.ratio is not None
+            ok = fixed or check - base <= self.cfg.tolerance
+            if not ok and self.cfg.step_epochs > 0:
+                backup = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                self.retrain(trial, self.cfg.step_epochs, seed, self.cfg.step_images)
+                check = record["check_mcr_after_retrain"] = self.check_mcr(trial)
+                record["retrained"] = True
+                ok = check - base <= self.cfg.tolerance
+                if not ok:
+                    self.model.load_state_dict(backup)
+            elif fixed and self.cfg.step_epochs > 0:
+                self.retrain(trial, self.cfg.step_epochs, seed, self.cfg.step_images)
+                record["retrained"] = True
+                record["check_mcr_after_retrain"] = self.check_mcr(trial)
+            record["accepted"] = ok
+            record["kept_fraction"] = self.kept_fractions(trial if ok else mask)
+            self.state.steps.append(record)
+            log.info("%s %s ratio %.3f: score %.4f, check MCR %.4f (base %.4f) -> %s", layer, g.value, rung.ratio,
+                     score, check, base, "kept" if ok else "undone")
+            if ok:
+                self.applier.apply_(trial)
+                self.state.mask = trial.to_json()
+                self.state.rung += 1
+                if fixed:
+                    self._next_step()
+            else:
+                self._next_step()
+            (self.state_dir / "pf.json").unlink(missing_ok=True)
+            self._save_driver()
+            self._write_search_json()
+        if not self.state.final_done:
+            mask = self.mask
+            self.retrain(mask, self.cfg.final_epochs, self.cfg.seed * 7919 + 1, None)
+            self.applier.apply_(mask)
+            self.state.final_done = True
+            self._save_driver()
+        return self.mask, self.search_record()
+
+    def _next_step(self) -> None:
+        self.state.step += 1
+        self.state.rung = 0
+
+
+def search_run(run: Run, data: Dataset, cfg: SearchConfig, out: str | Path,
+               extra_config: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
+    """Search, retrain, and save the pruned run (masks.json, search.json, metrics with conv MACs) in `out`."""
+    search = Search(run, data, cfg, out)
+    mask, record = search.run_search()
+    model = search.model
+    masked, dense = conv_macs(model, mask, search.input_shape)
+    val, test = evaluate(model, data.val), evaluate(model, data.test)
+    metrics = {"val_mcr": val.mcr, "test_mcr": test.mcr, "val_loss": val.loss, "test_loss": test.loss,
+               "test_images": len(data.test), "conv_macs": masked, "conv_macs_dense": dense,
+               "conv_macs_removed": 1 - masked / dense if dense else 0.0,
+               "kept_fraction": search.kept_fractions(mask),
+               "source_metrics": {k: run.metrics[k] for k in ("val_mcr", "test_mcr", "macs") if k in run.metrics}}
+    config = {**run.config, **(extra_config or {}), "search": asdict(cfg), "source_run": str(run.path)}
+    save_run(out, model, run.arch, metrics, config, extra_json={MASKS_FILE: mask.to_json(), SEARCH_FILE: record})
+    if not math.isfinite(metrics["test_mcr"]):
+        raise StructpruneError("the pruned network produced non-finite outputs")
+    return Path(out), metrics
+
+
+__all__ = ["METHODS", "Search", "SearchConfig", "as_chain", "conv_macs", "search_run"]
