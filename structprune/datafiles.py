@@ -45,7 +45,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     if len(raw) - header != expected:
         raise StructpruneError(f"{path}: truncated or oversized IDX file (header says {dims} = {expected} bytes, "
                                f"found {len(raw) - header})")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims).copy()
 
 
 def read_cifar_bin(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -56,7 +56,7 @@ def read_cifar_bin(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         raise StructpruneError(f"{path}: truncated CIFAR-10 binary batch ({len(raw)} bytes is not a multiple of "
                                f"{CIFAR_RECORD})")
     records = np.frombuffer(raw, dtype=np.uint8).reshape(-1, CIFAR_RECORD)  # [N, 3073]
-    return records[:, 1:].reshape(-1, 3, 32, 32), records[:, 0].copy()
+    return records[:, 1:].reshape(-1, 3, 32, 32).copy(), records[:, 0].copy()
 
 
 def read_npz(path: str | Path, keys: tuple[str, ...] = ("x_train", "y_train", "x_test", "y_test")) -> tuple[np.ndarray, ...]:
