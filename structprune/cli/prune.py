@@ -7,13 +7,14 @@ import shlex
 import sys
 from pathlib import Path
 
+from structprune.cli.prune_search import add_search_arguments, run_search
 from structprune.errors import StructpruneError
 from structprune.granularity import Granularity
 from structprune.pruning import MaskChooser, prune_run, select_masks
 from structprune.runfolder import check_writable_destination
 from structprune.selection import METHODS, SCOPES
 
-SEARCH_METHODS = ("pf", "epf")  # the particle-filter search (structprune.search)
+SEARCH_METHODS = ("pf", "epf", "random-best")  # the mask search (structprune.search; options in prune_search.py)
 
 
 def ratio_list(text: str) -> list[float]:
@@ -40,7 +41,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--granularity", default="channel", help="channel, kernel, intra or a comma list (default channel)")
     p.add_argument("--method", choices=METHODS + SEARCH_METHODS, default="l1",
                    help="l1 magnitude, random, or the particle-filter search (pf, epf)")
-    p.add_argument("--ratio", type=ratio_list, required=True,
+    p.add_argument("--ratio", type=ratio_list, default=None,
                    help="fraction pruned, one for all granularities or one per granularity (e.g. 0.5,0.5,0.66)")
     p.add_argument("--scope", choices=SCOPES, default="layer", help="rank units per layer or across the network")
     p.add_argument("--seed", type=int, default=0)
@@ -51,6 +52,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--kernel-groups", type=int, default=4, help="structured kernels: output-map groups per layer")
     p.add_argument("--intra-shared", action="store_true", help="intra scale: one pattern for the whole layer")
     p.add_argument("--data-dir", default=None, help="dataset folder (default: the one the run was trained with)")
+    add_search_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -70,6 +72,10 @@ def search_chooser(args: argparse.Namespace, granularities: list[Granularity]) -
 
 def run(args: argparse.Namespace) -> int:
     granularities = Granularity.parse_list(args.granularity)
+    if args.method in SEARCH_METHODS or args.max:
+        return run_search(args, granularities)
+    if args.ratio is None:
+        raise StructpruneError(f"--method {args.method} needs --ratio (or --max for the search schedule)")
     if len(args.ratio) not in (1, len(granularities)):
         raise StructpruneError(f"--ratio lists {len(args.ratio)} values for {len(granularities)} granularities")
     check_writable_destination(args.out)
