@@ -1,0 +1,90 @@
+"""The search options of `structprune prune` (--method pf|epf, or --max): parsed here, run by structprune.search.
+
+  structprune prune DIR --granularity channel,intra --method pf --tolerance 0.2 --max --out DIR2
+  structprune prune DIR --granularity channel --method epf --ratio 0.3 --retrain-epochs 1 --out DIR2
+  structprune prune DIR --granularity channel --method random-best --max --out DIR2   # baseline, same schedule
+
+`--tolerance` is in percentage points of MCR (0.2 = 0.2 points). With `--max`, l1 and random-best run through
+the same ladder, tolerance check and retraining as pf/epf (random-best scores particles × generations random
+candidates per rung and keeps the best).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from structprune.cli.common import positive_int
+from structprune.errors import StructpruneError
+from structprune.granularity import Granularity
+
+DRIVER_METHOD = {"pf": "pf", "epf": "epf", "l1": "l1", "random-best": "random"}
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 0")
+    return value
+
+
+def add_search_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("mask search (--method pf|epf, or any method with --max)")
+    g.add_argument("--max", action="store_true",
+                   help="per layer, the largest ratio on the ladder whose candidate stays within --tolerance")
+    g.add_argument("--tolerance", type=float, default=0.2, metavar="POINTS",
+                   help="allowed rise of validation MCR over the unpruned network, in percentage points (default 0.2)")
+    g.add_argument("--particles", type=positive_int, default=16, help="particles per generation (default 16)")
+    g.add_argument("--generations", type=positive_int, default=6, help="generations per ladder rung (default 6)")
+    g.add_argument("--temperature", type=float, default=0.2, metavar="POINTS",
+                   help="importance-weight temperature in MCR points (default 0.2)")
+    g.add_argument("--retrain-epochs", type=non_negative_int, default=1,
+                   help="retraining epochs between steps (with --max: when a step exceeds the tolerance)")
+    g.add_argument("--retrain-images", type=positive_int, default=None,
+                   help="training images per retraining between steps (default: all)")
+    g.add_argument("--final-epochs", type=non_negative_int, default=1, help="retraining epochs at the end (default 1)")
+    g.add_argument("--lr", type=float, default=0.01, help="retraining learning rate (default 0.01)")
+    g.add_argument("--score-images", type=positive_int, default=2000, help="validation images that score candidates")
+    g.add_argument("--check-images", type=positive_int, default=2000,
+                   help="other validation images that check the tolerance (disjoint from the scoring ones)")
+    g.add_argument("--layers", default=None, help="comma list of convolutions to prune (default: all)")
+    g.add_argument("--backend", choices=("inprocess", "ray"), default="inprocess", help="where candidates are scored")
+    g.add_argument("--workers", type=positive_int, default=2, help="Ray tasks per particle batch (default 2)")
+
+
+def run_search(args: argparse.Namespace, granularities: list[Granularity]) -> int:
+    from structprune.pruning import run_dataset
+    from structprune.runfolder import load_run
+    from structprune.search.driver import SearchConfig, search_run
+
+    if args.method not in DRIVER_METHOD:
+        raise StructpruneError(f"--method {args.method} cannot run the search schedule; use pf, epf, l1 or random-best")
+    if args.max == (args.ratio is not None):
+        raise StructpruneError("give either --ratio R or --max")
+    if args.ratio is not None and len(set(args.ratio)) != 1:
+        raise StructpruneError("the search takes one --ratio for every granularity")
+    if not 0.0 <= args.tolerance < 100.0:
+        raise StructpruneError(f"--tolerance {args.tolerance} must be between 0 and 100 points")
+    if not args.temperature > 0:
+        raise StructpruneError(f"--temperature {args.temperature} must be positive")
+    run = load_run(args.run_dir)
+    data = run_dataset(run, args.data_dir)
+    if data is None:
+        raise StructpruneError(f"{args.run_dir}: its config.json records no dataset to score candidates on")
+    cfg = SearchConfig(
+        method=DRIVER_METHOD[args.method], granularities=tuple(g.value for g in granularities),
+        tolerance=args.tolerance / 100, ratio=None if args.max else args.ratio[0], particles=args.particles,
+        generations=args.generations, temperature=args.temperature / 100, score_images=args.score_images,
+        check_images=args.check_images, step_epochs=args.retrain_epochs, step_images=args.retrain_images,
+        final_epochs=args.final_epochs, lr=args.lr, backend=args.backend, workers=args.workers, seed=args.seed,
+        layers=None if args.layers is None else tuple(s.strip() for s in args.layers.split(",") if s.strip()))
+    command = {"command": shlex.join(["structprune", *sys.argv[1:]]), "verb": "prune"}
+    out, m = search_run(run, data, cfg, args.out, extra_config=command)
+    kept = ", ".join(f"{k} {v:.3f}" for k, v in m["kept_fraction"].items())
+    print(f"{out}: {m['conv_macs_removed']:.1%} of conv MACs removed ({m['conv_macs']:,} of {m['conv_macs_dense']:,}); "
+          f"test MCR {m['test_mcr']:.4f} (dense {m['source_metrics'].get('test_mcr', float('nan')):.4f}); kept {kept}")
+    return 0
