@@ -36,9 +36,11 @@ class ExportCheck:
 def _export_to(model: nn.Module, example: torch.Tensor, path: Path, exporter: str) -> None:
     """torch.export-based exporter ("dynamo"; falls back to TorchScript if a layer defeats torch.export)
     or the TorchScript one ("torchscript": older, deprecated, several times faster to run)."""
-    onnx_logger = logging.getLogger("torch.onnx")
-    level = onnx_logger.level
-    onnx_logger.setLevel(logging.ERROR)  # silence "torchvision is not installed" notices
+    # the exporters log routine notices ("torchvision is not installed", optimizer passes) at INFO/WARNING
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
@@ -48,7 +50,8 @@ def _export_to(model: nn.Module, example: torch.Tensor, path: Path, exporter: st
             else:
                 _export_either(model, example, path)
         finally:
-            onnx_logger.setLevel(level)
+            for lg, level in zip(loggers, levels, strict=True):
+                lg.setLevel(level)
 
 
 def _export_either(model: nn.Module, example: torch.Tensor, path: Path) -> None:
