@@ -59,6 +59,8 @@ def check_writable_destination(out_dir: str | Path) -> Path:
     probe = parent
     while not probe.exists():
         probe = probe.parent
+    if not probe.is_dir():
+        raise StructpruneError(f"{out}: cannot create it ({probe} is a file, not a folder)")
     if not os.access(probe, os.W_OK):
         raise StructpruneError(f"{out}: cannot write here ({probe} is not writable)")
     return out
@@ -73,6 +75,9 @@ def staged_run_folder(out_dir: str | Path) -> Iterator[Path]:
     out = check_writable_destination(out_dir)
     out.resolve().parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.resolve().parent, prefix=f".{out.name}.tmp-"))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; a run folder gets the usual permissions
     try:
         yield tmp
         if out.exists():
