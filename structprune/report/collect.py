@@ -18,6 +18,7 @@ from structprune.jsonio import read_json
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
+ARCH_FILE = "arch.json"
 CONFIG_FILE = "config.json"
 MASKS_FILE = "masks.json"
 SEARCH_FILE = "search.json"
@@ -93,24 +94,44 @@ class RunRecord:
     storage: list[LayerStorage] = field(default_factory=list)
     bench: list[BenchRecord] = field(default_factory=list)
 
+    arch_model: str = ""  # the registry name in arch.json
+
     @property
     def model(self) -> str:
-        return str(self.config.get("model", self.metrics.get("model", "?")))
+        return str(self.config.get("model") or self.arch_model or "?")
 
     @property
     def stage(self) -> str:
-        return str(self.config.get("stage") or self.config.get("verb") or "")
+        """What made the run. Stages merge their source's config into theirs, so the newest marker wins."""
+        c = self.config
+        if c.get("stage"):
+            return str(c["stage"])
+        if c.get("compacted"):
+            return "compact"
+        if c.get("verb") == "quantize":
+            return "quantize"
+        for key in ("retrain", "search", "prune"):
+            if key in c:
+                return key
+        return str(c.get("verb") or "")
+
+    def _pruning_config(self) -> dict[str, Any]:
+        for key in ("prune", "search"):
+            if isinstance(self.config.get(key), dict):
+                return self.config[key]
+        return {}
 
     @property
     def granularity(self) -> str:
-        g = self.config.get("granularity")
-        if isinstance(g, list):
+        g = self.config.get("granularity") or self._pruning_config().get("granularity") \
+            or self._pruning_config().get("granularities")
+        if isinstance(g, list | tuple):
             return ",".join(str(x) for x in g)
         return str(g) if g else ""
 
     @property
     def method(self) -> str:
-        return str(self.config.get("method", "") or "")
+        return str(self.config.get("method") or self._pruning_config().get("method") or "")
 
     @property
     def is_pruned(self) -> bool:
@@ -140,8 +161,10 @@ def find_runs(paths: list[str | Path]) -> list[Path]:
         if _is_run(root):
             candidates = [root]
         else:
-            candidates = sorted(p.parent for p in root.rglob(METRICS_FILE)
-                                if not any(part.startswith(".") for part in p.relative_to(root).parts))
+            found_here = [p for p in root.rglob(METRICS_FILE)
+                          if not any(part.startswith(".") for part in p.relative_to(root).parts)]
+            # in the order they were made (a pipeline's stages in order), then by name
+            candidates = [p.parent for p in sorted(found_here, key=lambda p: (p.stat().st_mtime_ns, str(p)))]
         for run in candidates:
             if run.resolve() not in {f.resolve() for f in found}:
                 found.append(run)
@@ -163,24 +186,28 @@ def kept_fraction_from_masks(masks: dict[str, Any]) -> dict[str, float]:
 
 
 def _search(data: Any, source: Path) -> list[SearchHistory]:
-    """search.json: either {"history": [...]} or {"steps": [{"layer":..., "history": [...]}, ...]}."""
-    if not isinstance(data, dict):
+    """search.json: "history" holds one record per generation ("best"/"mean" scores, or "best_mcr"/"mean_mcr"),
+    tagged with the step, layer, granularity and ratio it belonged to; each tag becomes one SearchHistory."""
+    if not isinstance(data, dict) or not isinstance(data.get("history", []), list):
         raise StructpruneError(f"{source}: not a search history")
-    blocks = data.get("steps") if isinstance(data.get("steps"), list) else [data]
-    out = []
-    for i, block in enumerate(blocks):
-        rows = block.get("history", []) if isinstance(block, dict) else []
-        if not rows:
-            continue
+    out: list[SearchHistory] = []
+    key = None
+    for row in data.get("history", []):
         try:
-            gens = [int(r.get("generation", j)) for j, r in enumerate(rows)]
-            best = [float(r["best_mcr"]) for r in rows]
-            mean = [float(r["mean_mcr"]) for r in rows]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise StructpruneError(f"{source}: history row without best_mcr/mean_mcr ({exc})") from None
-        kept = rows[-1].get("kept_fraction") or block.get("kept_fraction") or {}
-        label = str(block.get("layer", block.get("label", f"step {i + 1}" if len(blocks) > 1 else "")))
-        out.append(SearchHistory(gens, best, mean, {str(k): float(v) for k, v in dict(kept).items()}, label))
+            tag = (row.get("step"), row.get("layer"), row.get("granularity"), row.get("ratio"))
+            best = float(row["best_mcr"] if "best_mcr" in row else row["best"])
+            mean = float(row["mean_mcr"] if "mean_mcr" in row else row["mean"])
+            generation = int(row.get("generation", 0))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise StructpruneError(f"{source}: history row without best/mean ({exc})") from None
+        if not out or tag != key:
+            label = " ".join(str(t) for t in tag[1:3] if t) + (f" {float(tag[3]):.3f}" if tag[3] is not None else "")
+            out.append(SearchHistory([], [], [], {}, label.strip()))
+            key = tag
+        out[-1].generations.append(generation)
+        out[-1].best_mcr.append(best)
+        out[-1].mean_mcr.append(mean)
+        out[-1].kept_fraction = {str(k): float(v) for k, v in dict(row.get("kept_fraction") or {}).items()}
     return out
 
 
@@ -259,6 +286,9 @@ def read_run(path: str | Path) -> RunRecord:
         raise StructpruneError(f"{path / METRICS_FILE}: expected a JSON object")
     config = read_json(path / CONFIG_FILE) if (path / CONFIG_FILE).is_file() else {}
     record = RunRecord(path=path, name=path.name, metrics=metrics, config=config if isinstance(config, dict) else {})
+    if (path / ARCH_FILE).is_file():
+        arch = read_json(path / ARCH_FILE)
+        record.arch_model = str(arch.get("model", "")) if isinstance(arch, dict) else ""
     if (path / MASKS_FILE).is_file():
         record.kept_fraction = kept_fraction_from_masks(read_json(path / MASKS_FILE))
     if (path / SEARCH_FILE).is_file():
@@ -319,17 +349,34 @@ def reference_run(records: list[RunRecord], record: RunRecord) -> RunRecord | No
     return max(dense, key=lambda r: r.number("macs") or 0) if dense else None
 
 
-def effective_macs(record: RunRecord) -> float | None:
-    """MACs the network really needs: a masked run's compact MACs (its dense tensors still count all)."""
-    return record.number("compact_macs") if record.number("compact_macs") is not None else record.number("macs")
+def effective_macs(record: RunRecord, reference: RunRecord | None = None,
+                   records: list[RunRecord] | None = None) -> float | None:
+    """MACs the network really needs. A masked run's dense tensors count every MAC, so: its compact network's
+    MACs (compact_macs); else, from a search run, the reference's MACs less the conv MACs its masks remove;
+    else those of the nearest run it came from with the same masks (e.g. a quantized copy of a masked run)."""
+    if record.number("compact_macs") is not None:
+        return record.number("compact_macs")
+    if records is not None and record.kept_fraction and record.number("conv_macs") is None:
+        parent, seen = record, set()
+        while (source := _source_of(parent)) and source not in seen:
+            seen.add(source)
+            parent = _match_run(records, source)
+            if parent is None or parent.kept_fraction != record.kept_fraction:
+                break
+            if parent.number("compact_macs") is not None or parent.number("conv_macs") is not None:
+                return effective_macs(parent, reference)
+    removed = None
+    if record.number("conv_macs") is not None and record.number("conv_macs_dense") is not None:
+        removed = record.number("conv_macs_dense") - record.number("conv_macs")
+    if removed is not None and reference is not None and reference.number("macs") is not None:
+        return reference.number("macs") - removed
+    return record.number("macs")
 
 
 def pruning_ratio(records: list[RunRecord], record: RunRecord) -> float | None:
     """Fraction of MACs removed relative to the dense reference run (None without one)."""
-    if "mac_ratio" in record.metrics:
-        return 1.0 - float(record.metrics["mac_ratio"])
     ref = reference_run(records, record)
-    macs, ref_macs = effective_macs(record), ref.number("macs") if ref else None
+    macs, ref_macs = effective_macs(record, ref, records), ref.number("macs") if ref else None
     if ref is None or macs is None or not ref_macs:
         return None
     return 1.0 - macs / ref_macs

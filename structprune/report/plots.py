@@ -48,9 +48,9 @@ def mcr_vs_ratio(records: list[RunRecord]) -> bytes | None:
         ratio = pruning_ratio(records, r)
         if ratio is None:
             continue
-        label = f"{r.granularity} / {r.method}" if r.granularity else "dense"
+        label = f"{r.granularity} / {r.method}" if r.granularity else ""
         if r.stage and r.stage != "prune":
-            label += f" ({r.stage})"
+            label = f"{label} ({r.stage})" if label else r.stage
         series[label].append((ratio, mcr))
     if not series:
         return None
@@ -71,6 +71,11 @@ def mcr_vs_ratio(records: list[RunRecord]) -> bytes | None:
 def kept_per_layer(records: list[RunRecord]) -> bytes | None:
     """Grouped bars: fraction of weights kept in each conv layer, one bar per pruned run."""
     runs = [r for r in records if r.kept_fraction]
+    chosen = [r for r in runs if r.stage != "ladder"] or runs  # the one-shot ladders would crowd it
+    runs = []
+    for r in chosen:  # retrained / quantized copies keep the same masks: draw them once
+        if all(r.kept_fraction != other.kept_fraction for other in runs):
+            runs.append(r)
     if not runs:
         return None
     layers: list[str] = []
@@ -171,7 +176,6 @@ def storage_breakdown(records: list[RunRecord]) -> bytes | None:
         if dense:
             ax.scatter([i], [dense / 1024], marker="_", s=400, color="black", label="dense 32-bit" if i == 0 else None)
     ax.set_ylabel("storage (KiB)")
-    ax.set_yscale("log")
     ax.set_title("Storage breakdown")
     ax.tick_params(axis="x", labelrotation=30, labelsize=8)
     ax.legend(fontsize=8)

@@ -64,7 +64,7 @@ def summary_table(records: list[RunRecord]) -> Table:
         row += [FORMATTERS[f](r.number(f)) for f in TABLE_FIELDS]
         ref = reference_run(records, r)
         ratio = pruning_ratio(records, r) if ref is not r else None
-        mac_x = _div(ref.number("macs"), effective_macs(r, ref)) if ref and ref is not r else None
+        mac_x = _div(ref.number("macs"), effective_macs(r, ref, records)) if ref and ref is not r else None
         size_x = _div(ref.number("weight_bytes"), r.number("weight_bytes")) if ref and ref is not r else None
         delta = None
         if ref and ref is not r and r.number("test_mcr") is not None and ref.number("test_mcr") is not None:

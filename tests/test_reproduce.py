@@ -1,0 +1,76 @@
+"""reproduce: the whole pipeline on digits, interrupted and resumed; the report it ends with."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import structprune.reproduce as rp
+from structprune.cli import main
+from structprune.report import collect
+from structprune.report.render import fmt_mcr
+
+STAGE_RUNS = ("train", "search", "retrain", "quantize", "compact")
+
+
+def tiny_recipe() -> rp.Recipe:
+    return rp.recipe_with(rp.recipe_for("digits", quick=True), ladder_methods=("l1",), ladder_ratios=(0.5,),
+                          scales=("channel", "intra"), bench_batches=(1,), bench_rounds=1)
+
+
+def test_interrupted_reproduction_resumes_and_ends_in_a_report(tmp_path, monkeypatch):
+    out = tmp_path / "repro"
+    original = rp.quantize_stage
+
+    def interrupted(ctx):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rp, "quantize_stage", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        rp.reproduce("digits", out, recipe=tiny_recipe(), progress=False)
+    assert all((out / name / "metrics.json").is_file() for name in ("train", "search", "retrain"))
+    assert not (out / "quantize").exists() and not (out / "report.html").exists()
+    retrained = (out / "retrain" / "model.safetensors").stat().st_mtime_ns
+
+    monkeypatch.setattr(rp, "quantize_stage", original)
+    seen: list[tuple[str, str]] = []
+    rp.reproduce("digits", out, recipe=tiny_recipe(), progress=False, on_stage=lambda n, w: seen.append((n, w)))
+    what = dict(seen)
+    assert [what[n] for n in ("train", "sensitivity", "ladder-l1-channel-50", "search", "retrain")] == ["skip"] * 5
+    assert [what[n] for n in ("quantize", "compact", "export", "bench", "report")] == ["run"] * 5
+    assert (out / "retrain" / "model.safetensors").stat().st_mtime_ns == retrained  # not redone
+
+    for name in STAGE_RUNS:
+        assert (out / name / "metrics.json").is_file()
+    assert json.loads((out / "train" / "sensitivity.json").read_text())["complete"]
+    assert json.loads((out / "export" / "export.json").read_text())["max_abs_diff"] <= 1e-4
+    bench = json.loads((out / "bench.json").read_text())
+    assert {b["run"] for b in bench} == {str(out / n) for n in ("train", "retrain", "compact")}
+    # the compact network really is smaller, and the search pruned something
+    train_m, compact_m = (json.loads((out / n / "metrics.json").read_text()) for n in ("train", "compact"))
+    assert compact_m["macs"] < train_m["macs"]
+
+    page = (out / "report.html").read_text()
+    for name in ("train", "search", "retrain", "quantize", "compact", "ladder-l1-intra-50"):
+        assert f"<td>{name}</td>" in page
+    assert f"<td>{fmt_mcr(train_m['test_mcr'])}</td>" in page
+    assert page.count("data:image/png;base64,") >= 5
+    md = (out / "report.md").read_text()
+    assert "report_files/mcr_vs_ratio.png" in md and "report_files/sensitivity_train.png" in md
+    records = {r.name: r for r in collect([out])}
+    assert records["search"].searches and records["quantize"].storage
+
+    seen.clear()
+    rp.reproduce("digits", out, recipe=tiny_recipe(), progress=False, on_stage=lambda n, w: seen.append((n, w)))
+    assert [n for n, w in seen if w == "run"] == ["report"]  # everything else already complete
+
+
+def test_unknown_dataset_and_missing_data_are_one_line_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["reproduce", "imagenet"])
+    out = tmp_path / "r"
+    assert main(["reproduce", "mnist", "--quick", "--data-dir", str(tmp_path / "none"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "structprune: error:" in err and "not found" in err and "Traceback" not in err
+    assert not out.exists()
