@@ -18,6 +18,7 @@ from structprune.cli import main
 from structprune.compact.compaction import compact
 from structprune.data import load_dataset
 from structprune.granularity import Granularity
+from structprune.masking import MaskApplier
 from structprune.masks import MASKS_FILE
 from structprune.metrics import size_metrics
 from structprune.models import create
@@ -52,7 +53,9 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     net = compact(model, mask, x, groups)
     pruned = save_run(base / "pruned", net, None, {**metrics, **size_metrics(net)}, config,
                       extra_json={MASKS_FILE: mask.to_json()})
-    return {"dense": dense, "pruned": pruned, "base": base}
+    MaskApplier(model, groups).apply_(mask)  # the masked, not yet compacted network
+    masked = save_run(base / "masked", model, None, metrics, config, extra_json={MASKS_FILE: mask.to_json()})
+    return {"dense": dense, "pruned": pruned, "masked": masked, "base": base}
 
 
 def test_quantize_with_retraining_writes_a_consistent_run(runs):
@@ -99,6 +102,22 @@ def test_per_layer_auto_records_the_sweep(runs, capsys):
     assert all(set(row) == {str(b) for b in range(2, 7)} for row in sweep["layers"].values())
     for w in quant["weights"].values():
         assert w["bits"] == sweep["chosen_bits"][w["layer"]] and 2 <= w["bits"] <= 6
+
+
+def test_a_masked_run_is_packed_and_counted_in_compact_form(runs, capsys):
+    out_masked, out_compact = runs["base"] / "qm", runs["base"] / "qc"
+    assert main(["quantize", str(runs["masked"]), "--bits", "5", "--out", str(out_masked), "--no-progress"]) == 0
+    assert main(["quantize", str(runs["pruned"]), "--bits", "5", "--out", str(out_compact), "--no-progress"]) == 0
+    packed, _ = load_packed(out_masked / "model.packed.safetensors")
+    assert any(type(m).__name__ == "IntraKernelConv2d" for m in packed.modules())
+    masked_metrics = json.loads((out_masked / "metrics.json").read_text())
+    compact_metrics = json.loads((out_compact / "metrics.json").read_text())
+    assert masked_metrics["weight_bytes"] == compact_metrics["weight_bytes"]
+    assert masked_metrics["compact_params"] == compact_metrics["params"] < masked_metrics["params"]
+    masked_run = load_run(out_masked)
+    x = example_input(packed, 8)
+    with torch.no_grad():
+        assert float((packed(x) - masked_run.model(x)).abs().max()) < 1e-4
 
 
 @pytest.mark.parametrize("bits", ["1", "17", "0"])

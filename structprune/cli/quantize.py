@@ -14,11 +14,12 @@ import torch
 
 from structprune.arch import describe
 from structprune.cli.common import positive_int
+from structprune.compact.compaction import compact
 from structprune.data import load_dataset
 from structprune.errors import StructpruneError
 from structprune.masks import MASKS_FILE, NetworkMask
 from structprune.metrics import count_macs, count_params
-from structprune.quant.apply import plan_formats, plan_to_json, quantize_model_
+from structprune.quant.apply import QuantPlan, plan_formats, plan_to_json, quantize_model_
 from structprune.quant.fixed_point import MAX_BITS, MIN_BITS, check_bits
 from structprune.quant.packing import load_packed, save_packed
 from structprune.quant.qat import retrain_quantized
@@ -42,8 +43,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="fixed-point weights, storage accounting and a packed artifact",
         description="Quantize the weights of run DIR to B-bit fixed point (L2-optimal step per layer), optionally "
         "retrain with quantized forward passes, and write run DIR2 with model.safetensors (dequantized), "
-        f"{PACKED_FILE} (packed integers), {QUANT_FILE}, {STORAGE_FILE}; metrics.json weight_bytes is the packed "
-        "storage total. A retraining checkpoint is kept in DIR2.ckpt/: run the same command again to resume.",
+        f"{PACKED_FILE} (the compact network, its weights packed at their word lengths; a masked run is compacted "
+        f"for it), {QUANT_FILE}, {STORAGE_FILE}; metrics.json weight_bytes is the storage total (kept weights at "
+        "their word lengths + sparsity indices + float biases). A retraining checkpoint is kept in DIR2.ckpt/: run the same command again to resume.",
     )
     p.add_argument("run_dir", type=Path, metavar="DIR", help="run folder to quantize")
     p.add_argument("--bits", type=int, required=True,
@@ -99,12 +101,13 @@ def run(args: argparse.Namespace) -> int:
         quantize_model_(net, plan)
     net.eval()
     val, test = evaluate(net, data.val), evaluate(net, data.test)
-    word_bits = {name: fmt.bits for name, fmt in plan.items()}
-    storage = storage_report(net, word_bits, masks)
+    pack_net, pack_plan = compact_form(net, plan, masks)
+    storage = storage_report(pack_net, {name: fmt.bits for name, fmt in pack_plan.items()}, masks)
 
     metrics = {"val_mcr": val.mcr, "test_mcr": test.mcr, "val_loss": val.loss, "test_loss": test.loss,
                "float_val_mcr": float_val.mcr, "float_test_mcr": float_test.mcr,
                "params": count_params(net), "macs": count_macs(net), "weight_bytes": storage.total_bytes,
+               "compact_params": count_params(pack_net), "compact_macs": count_macs(pack_net),
                "dense_weight_bytes": storage.to_json()["dense_bytes"], "compression": storage.compression,
                "test_images": len(data.test), "history": history}
     config = {"command": shlex.join(["structprune", *sys.argv[1:]]), "verb": "quantize", "source": str(args.run_dir),
@@ -117,11 +120,11 @@ def run(args: argparse.Namespace) -> int:
     if sensitivity is not None:
         extra[SENSITIVITY_FILE] = {**sensitivity.to_json(), "chosen_bits": bits, "tolerance": args.tolerance}
     with staged_run_folder(out) as tmp:
-        packed_bytes = save_packed(tmp / PACKED_FILE, net, plan)
+        packed_bytes = save_packed(tmp / PACKED_FILE, pack_net, pack_plan)
         reloaded, _ = load_packed(tmp / PACKED_FILE)
         x = data.val.x[:256]
         with torch.no_grad():
-            diff = float((reloaded(x) - net(x)).abs().max())
+            diff = float((reloaded(x) - pack_net(x)).abs().max())
         if diff != 0.0:
             raise StructpruneError(f"packed artifact does not reproduce the quantized network (max diff {diff:.3g})")
         metrics["packed_file_bytes"] = packed_bytes
@@ -131,6 +134,25 @@ def run(args: argparse.Namespace) -> int:
           f"{test.mcr:.4f}; weight_bytes {storage.total_bytes:,} ({storage.compression:.1f}x smaller than dense 32-bit), "
           f"packed file {packed_bytes:,} bytes")
     return 0
+
+
+def compact_form(net: torch.nn.Module, plan: QuantPlan, masks: NetworkMask | None) -> tuple[torch.nn.Module, QuantPlan]:
+    """The compact network of a masked (not yet compacted) quantized net, with each compact weight in its
+    layer's format; the net itself when it has no masks or is compact already."""
+    if masks is None:
+        return net, plan
+    try:
+        masks.validate(net)  # passes only while the layers still have their original, masked shapes
+    except StructpruneError:
+        return net, plan
+    small = compact(net, masks).eval()
+    layer_format = {quantized_weights(net)[name]: fmt for name, fmt in plan.items()}
+    small_plan = {name: layer_format[layer] for name, layer in quantized_weights(small).items()}
+    params = dict(small.named_parameters())
+    for name, fmt in small_plan.items():  # compaction copies values, so they stay on the fixed-point grid
+        if not torch.equal(fmt.round_trip(params[name]), params[name].detach()):
+            raise StructpruneError(f"{name}: compaction moved weights off the fixed-point grid")
+    return small, small_plan
 
 
 def _describe_bits(bits: int | dict[str, int]) -> str:

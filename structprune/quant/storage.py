@@ -123,7 +123,7 @@ def storage_report(
     masks: NetworkMask | None = None,
     dense_bits: int | None = None,
 ) -> StorageReport:
-    """Storage of `model` with `word_bits` (quantized weight name -> bits; None = float32 weights).
+    """Storage of `model` with `word_bits` (weight name or layer name -> bits; missing or None = float32).
 
     `masks` supplies index costs (and kept-weight counts of masked dense layers); `dense_bits` defaults
     to the registered original network at 32 bits.
@@ -136,7 +136,7 @@ def storage_report(
     for name, layer in targets.items():
         module = model.get_submodule(layer)
         mask = layer_masks.get(layer)
-        bits = int(word_bits.get(name, FLOAT_BITS))
+        bits = int(word_bits.get(name, word_bits.get(layer, FLOAT_BITS)))
         n = _stored_weights(module, params[name], mask)
         row = rows.get(layer)
         if row is None:
