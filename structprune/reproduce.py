@@ -268,7 +268,8 @@ def bench_stage(ctx: Context) -> None:
     for path in bench_runs(ctx):
         run = load_run(path)
         info = {k: run.metrics.get(k) for k in ("macs", "params", "test_mcr")}
-        info["macs"] = run.metrics.get("compact_macs", info["macs"])  # what the network needs, not its dense tensors
+        if path.name == RETRAIN:  # the same nonzeros as the compact network, computed with dense tensors
+            info["reference"] = "masked, dense tensors"
         candidates.append(Candidate(str(path), run.model, input_shape_of(run.model), info))
     records = bench(candidates, list(r.bench_batches), threads=r.bench_threads, rounds=r.bench_rounds,
                     progress=ctx.progress)
@@ -345,8 +346,9 @@ def reproduce(dataset: str, out: str | Path, quick: bool = False, data_dir: str 
     `on_stage(name, "skip" | "run")` is told about every stage as it comes."""
     recipe = recipe or recipe_for(dataset, quick)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     ctx = Context(out=out, recipe=recipe, data_dir=data_dir, progress=progress)
+    ctx.data  # noqa: B018  (a missing dataset fails here, before anything is written)
+    out.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
     skipped: list[str] = []
     for stage in stages_for(recipe):

@@ -100,19 +100,23 @@ def search_history(records: list[RunRecord]) -> bytes | None:
     runs = [r for r in records if r.searches]
     if not runs:
         return None
-    fig, ax = _figure()
+    fig, ax = _figure(8.0, 4.2)
     for r in runs:
-        offset = 0
-        xs, best, mean = [], [], []
-        for step in r.searches:
-            xs += [offset + g for g in range(len(step.generations))]
-            best += step.best_mcr
-            mean += step.mean_mcr
-            offset += len(step.generations)
-        line = ax.plot(xs, [100 * v for v in best], label=f"{r.name}: best")[0]
-        ax.plot(xs, [100 * v for v in mean], linestyle=":", color=line.get_color(), label=f"{r.name}: mean")
-    ax.set_xlabel("generation (all search steps in order)")
-    ax.set_ylabel("validation MCR (%)")
+        offset, color = 0, None
+        for i, step in enumerate(r.searches):  # one segment per search step (layer, scale, ratio)
+            xs = [offset + g for g in range(len(step.generations))]
+            line = ax.plot(xs, [100 * v for v in step.best_mcr], color=color,
+                           label=f"{r.name}: best" if i == 0 else None)[0]
+            color = line.get_color()
+            ax.plot(xs, [100 * v for v in step.mean_mcr], linestyle=":", color=color,
+                    label=f"{r.name}: mean" if i == 0 else None)
+            if len(r.searches) <= 40 and len(runs) == 1:
+                ax.axvline(offset - 0.5, color="grey", linewidth=0.5, alpha=0.5)
+                ax.annotate(step.label, (offset - 0.3, 1.0), xycoords=("data", "axes fraction"), rotation=90,
+                            fontsize=6, va="top", color="grey")
+            offset += len(step.generations) + 1
+    ax.set_xlabel("generation, search steps (layer, scale, ratio) one after another")
+    ax.set_ylabel("score: validation MCR (%)")
     ax.set_title("Search history")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -134,7 +138,7 @@ def latency_vs_mcr(records: list[RunRecord]) -> bytes | None:
     for r in records:
         for b in r.bench:
             mcr = b.test_mcr if b.test_mcr is not None else r.number("test_mcr")
-            if mcr is not None and not b.label:
+            if mcr is not None:
                 rows[(b.batch, b.threads)].append((b, r))
     if not rows:
         return None
@@ -147,7 +151,8 @@ def latency_vs_mcr(records: list[RunRecord]) -> bytes | None:
             mcr = 100 * (b.test_mcr if b.test_mcr is not None else r.number("test_mcr"))
             points.append((b.median_ms, mcr))
             ax.scatter([b.median_ms], [mcr])
-            ax.annotate(r.name, (b.median_ms, mcr), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            name = f"{r.name} ({b.label})" if b.label else r.name
+            ax.annotate(name, (b.median_ms, mcr), fontsize=7, xytext=(3, 3), textcoords="offset points")
         front = pareto_front(points)
         ax.step([x for x, _ in front], [y for _, y in front], where="post", color="black", linewidth=1,
                 label="Pareto front")
