@@ -17,6 +17,7 @@ from structprune.cli.common import positive_int
 from structprune.compact.compaction import compact
 from structprune.data import load_dataset
 from structprune.errors import StructpruneError
+from structprune.jsonio import read_json
 from structprune.masks import MASKS_FILE, NetworkMask
 from structprune.metrics import count_macs, count_params
 from structprune.quant.apply import QuantPlan, plan_formats, plan_to_json, quantize_model_
@@ -45,7 +46,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "retrain with quantized forward passes, and write run DIR2 with model.safetensors (dequantized), "
         f"{PACKED_FILE} (the compact network, its weights packed at their word lengths; a masked run is compacted "
         f"for it), {QUANT_FILE}, {STORAGE_FILE}; metrics.json weight_bytes is the storage total (kept weights at "
-        "their word lengths + sparsity indices + float biases). A retraining checkpoint is kept in DIR2.ckpt/: run the same command again to resume.",
+        "their word lengths + sparsity indices + float biases). A retraining checkpoint is kept in DIR2.ckpt/: "
+        "run the same command again to resume.",
     )
     p.add_argument("run_dir", type=Path, metavar="DIR", help="run folder to quantize")
     p.add_argument("--bits", type=int, required=True,
@@ -61,6 +63,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=None, help="dataset (default: the one in DIR/config.json)")
     p.add_argument("--data-dir", default=None, help="folder with the dataset files (default: as in DIR/config.json)")
     p.add_argument("--out", type=Path, required=True, help="run folder to write")
+    p.add_argument("--masks", type=Path, default=None,
+                   help=f"masks.json for the index cost (default: DIR/{MASKS_FILE}, else that of the run DIR was compacted from)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -79,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
         raise StructpruneError(f"{args.run_dir}: config.json names no dataset; pass --data")
     data = load_dataset(dataset, args.data_dir or cfg_src.get("data_dir"), val_size=cfg_src.get("val_size"),
                         seed=int(cfg_src.get("train", {}).get("seed", 0)))
-    masks_json = source.read_extra(MASKS_FILE)
+    masks_path = find_masks(args.masks, args.run_dir, cfg_src)
+    masks_json = read_json(masks_path) if masks_path is not None else None
     masks = NetworkMask.from_json(masks_json) if masks_json is not None else None
     net = source.model
     if not quantized_weights(net):
@@ -134,6 +139,23 @@ def run(args: argparse.Namespace) -> int:
           f"{test.mcr:.4f}; weight_bytes {storage.total_bytes:,} ({storage.compression:.1f}x smaller than dense 32-bit), "
           f"packed file {packed_bytes:,} bytes")
     return 0
+
+
+def find_masks(explicit: Path | None, run_dir: Path, config: dict) -> Path | None:
+    """The masks.json that describes the run's sparsity: given, in the run, or in its source run."""
+    if explicit is not None:
+        if not explicit.is_file():
+            raise StructpruneError(f"{explicit}: file not found")
+        return explicit
+    if (run_dir / MASKS_FILE).is_file():
+        return run_dir / MASKS_FILE
+    source = config.get("source_run")
+    for base in (Path.cwd(), run_dir.parent) if source else ():
+        candidate = base / source / MASKS_FILE
+        if candidate.is_file():
+            log.info("index cost from %s (the run %s was compacted from)", candidate, run_dir)
+            return candidate
+    return None
 
 
 def compact_form(net: torch.nn.Module, plan: QuantPlan, masks: NetworkMask | None) -> tuple[torch.nn.Module, QuantPlan]:

@@ -3,7 +3,8 @@
 Per layer with a quantized weight:
   weight bits  stored weights × word length (32 for float). A compact layer stores only its kept
                weights; a masked dense conv (not yet compacted) is counted at its mask's kept weights.
-  index bits   what locating the kept weights needs, from masks.json:
+  index bits   what locating the kept weights needs, from masks.json (a compact layer's own patterns
+               take precedence):
                  kept-channel list  min(O-bit map, k·⌈log2 O⌉-bit index list) for O maps, k kept
                  kernel mask        one bit per (kept output map, input map) pair
                  intra-kernel       one (start, stride) per input map with a pattern, ⌈log2 K⌉ bits
@@ -101,17 +102,22 @@ def _in_maps(module: nn.Module, mask: LayerMask | None) -> int:
 
 
 def _index_bits(module: nn.Module, mask: LayerMask | None) -> tuple[int, int, int]:
+    """(channel, kernel, intra) index bits of one layer. A compact layer's own patterns take precedence."""
+    channel = kernel = intra = 0
+    in_maps = _in_maps(module, mask)
+    patterns = getattr(module, "patterns", None)  # IntraKernelConv2d: one pattern per kept input map
+    if isinstance(patterns, list | tuple):
+        positions = math.prod(getattr(module, "kernel_size", (1, 1)))
+        intra = sum(p is not None for p in patterns) * 2 * index_width(positions)
     if mask is None:
-        return 0, 0, 0
+        return channel, kernel, intra
     out_maps = mask.shape[0]
     kept_out = int(mask.keep_out.sum()) if mask.keep_out is not None else out_maps
-    channel = 0
     if kept_out < out_maps:
         channel = min(out_maps, kept_out * index_width(out_maps))
-    in_maps = _in_maps(module, mask)
-    kernel = kept_out * in_maps if mask.keep_kernel is not None and not bool(mask.keep_kernel.all()) else 0
-    intra = 0
-    if mask.intra is not None:
+    if mask.keep_kernel is not None and not bool(mask.keep_kernel.all()):
+        kernel = kept_out * in_maps
+    if mask.intra is not None and not isinstance(patterns, list | tuple):
         patterned = min(sum(p is not None for p in mask.intra), in_maps)
         intra = patterned * 2 * index_width(mask.kernel_positions)
     return channel, kernel, intra
