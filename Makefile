@@ -20,6 +20,9 @@ test: $(STAMP)
 	$(PY) -m ruff check structprune tests benchmarks
 	$(PY) -m pytest -q -x --durations=15
 
+bench: $(STAMP)
+	$(PY) benchmarks/bench_throughput.py --out runs/bench-throughput.json
+
 lint: $(STAMP)
 	$(PY) -m ruff check structprune tests benchmarks
 
