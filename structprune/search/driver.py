@@ -27,6 +27,7 @@ The finished run replaces the work folder in one rename.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 from dataclasses import asdict, dataclass, field, replace
@@ -302,7 +303,7 @@ class Search:
 
     # -- persistence
     def _fingerprint(self) -> dict[str, Any]:
-        return {"config": asdict(self.cfg), "source": str(self.run.path)}
+        return json.loads(json.dumps({"config": asdict(self.cfg), "source": str(self.run.path)}))  # as saved
 
     def _save_driver(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -313,15 +314,17 @@ class Search:
         write_json_atomic(self.state_dir / "driver.json", {**self._fingerprint(), "state": asdict(self.state)})
 
     def _save_pf(self, pf: ParticleFilter) -> None:
+        """After a generation: the filter, and the driver's history (the weights do not change during a rung)."""
         write_json_atomic(self.state_dir / "pf.json", {"step": self.state.step, "rung": self.state.rung,
                                                        "pf": pf.state_dict()})
+        write_json_atomic(self.state_dir / "driver.json", {**self._fingerprint(), "state": asdict(self.state)})
 
     def _try_resume(self) -> bool:
         path = self.state_dir / "driver.json"
         if not path.exists():
             return False
         saved = read_json(path)
-        if saved.get("config") != self._fingerprint()["config"] or saved.get("source") != str(self.run.path):
+        if {k: saved.get(k) for k in ("config", "source")} != self._fingerprint():
             raise StructpruneError(f"{self.out} holds a search with other settings; remove it or choose another --out")
         self.state = DriverState(**saved["state"])
         self.model.load_state_dict(load_state(self.state_dir / "model.safetensors"))

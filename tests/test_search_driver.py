@@ -1,0 +1,138 @@
+"""The network-level search on a tiny model: resumes exactly, honours the tolerance, rejects bad input."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from structprune.cli import main
+from structprune.data import load_dataset
+from structprune.errors import StructpruneError
+from structprune.masks import NetworkMask
+from structprune.models import create
+from structprune.runfolder import load_run, save_run
+from structprune.search import driver as driver_mod
+from structprune.search.driver import Search, SearchConfig, conv_macs, search_run
+from structprune.train import TrainConfig, train
+
+FAST = {"particles": 4, "generations": 3, "score_images": 80, "check_images": 80, "step_epochs": 0, "final_epochs": 0}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, digits):
+    torch.manual_seed(0)
+    model = create("tiny-paper", in_channels=1, input_size=8)
+    train(model, digits, TrainConfig(epochs=2, lr=0.05))
+    path = tmp_path_factory.mktemp("runs") / "tiny"
+    save_run(path, model, None, {}, {"dataset": "digits"})
+    return path
+
+
+def test_interrupted_search_resumes_to_the_same_result(tiny_run, digits, tmp_path, monkeypatch):
+    cfg = SearchConfig(method="epf", granularities=("channel", "intra"), tolerance=0.05, layers=("features.0",), **FAST)
+    _, full = search_run(load_run(tiny_run), digits, cfg, tmp_path / "full")
+
+    calls = {"n": 0}
+    original = Search._save_pf
+
+    def interrupt_after_four(self, pf):
+        original(self, pf)
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Search, "_save_pf", interrupt_after_four)
+    with pytest.raises(KeyboardInterrupt):
+        search_run(load_run(tiny_run), digits, cfg, tmp_path / "resumed")
+    assert (tmp_path / "resumed" / "state" / "pf.json").exists()
+    assert not (tmp_path / "resumed" / "model.safetensors").exists()  # never looks finished
+    monkeypatch.setattr(Search, "_save_pf", original)
+    _, resumed = search_run(load_run(tiny_run), digits, cfg, tmp_path / "resumed")
+
+    assert resumed["kept_fraction"] == full["kept_fraction"] and resumed["val_mcr"] == full["val_mcr"]
+    a = json.loads((tmp_path / "full" / "search.json").read_text())
+    b = json.loads((tmp_path / "resumed" / "search.json").read_text())
+    assert a["history"] == b["history"] and a["steps"] == b["steps"]
+    assert len(a["history"]) >= FAST["generations"]
+    assert {"generation", "best", "mean", "kept_fraction"} <= set(a["history"][0])
+    fa = load_run(tmp_path / "full").model.state_dict()
+    fb = load_run(tmp_path / "resumed").model.state_dict()
+    assert all(torch.equal(fa[k], fb[k]) for k in fa)
+    assert not (tmp_path / "resumed" / "state").exists()
+
+
+def test_tolerance_decides_how_far_the_ladder_goes(tiny_run, digits, tmp_path):
+    loose = SearchConfig(method="l1", tolerance=0.99, **FAST)
+    _, m_loose = search_run(load_run(tiny_run), digits, loose, tmp_path / "loose")
+    tight = SearchConfig(method="l1", tolerance=0.0, **FAST)
+    _, m_tight = search_run(load_run(tiny_run), digits, tight, tmp_path / "tight")
+    assert m_loose["conv_macs_removed"] > 0.9  # every rung accepted
+    assert m_tight["conv_macs_removed"] < m_loose["conv_macs_removed"]
+    steps = json.loads((tmp_path / "tight" / "search.json").read_text())["steps"]
+    base = json.loads((tmp_path / "tight" / "search.json").read_text())["base_check_mcr"]
+    for s in steps:  # a step is kept exactly when its check MCR stays within the tolerance
+        assert s["accepted"] == (s["check_mcr"] - base <= 0.0)
+
+
+def test_fixed_ratio_gives_equal_structure_for_every_method(tiny_run, digits, tmp_path):
+    kept = {}
+    for method in ("pf", "l1", "random"):
+        cfg = SearchConfig(method=method, ratio=0.5, granularities=("channel",), **FAST)
+        _, m = search_run(load_run(tiny_run), digits, cfg, tmp_path / method)
+        kept[method] = m["kept_fraction"]
+        mask = NetworkMask.from_json(json.loads((tmp_path / method / "masks.json").read_text()))
+        assert all(int(lm.keep_out.sum()) == lm.shape[0] // 2 for _, lm in mask)
+    assert kept["pf"] == kept["l1"] == kept["random"]
+
+
+def test_conv_macs_count_pruned_inputs(tiny_run):
+    model = load_run(tiny_run).model
+    mask = NetworkMask()
+    conv = model.get_submodule("features.0")
+    lm = mask.layer("features.0", conv)
+    lm.keep_out = torch.tensor([True, False] * 4)
+    masked, dense = conv_macs(model, mask, (1, 8, 8))
+    # conv0 8x1x3x3 at 8x8, conv1 8x8x3x3 at 8x8, conv2 16x8x3x3 at 4x4: halving conv0's maps halves
+    # conv0 (its outputs) and conv1 (its inputs), not conv2
+    assert dense == 64 * 72 + 64 * 576 + 16 * 1152
+    assert masked == 64 * 72 // 2 + 64 * 576 // 2 + 16 * 1152
+
+
+def test_bad_input_is_one_line(tiny_run, digits, tmp_path, capsys):
+    with pytest.raises(StructpruneError, match="tolerance"):
+        SearchConfig(tolerance=1.5)
+    with pytest.raises(StructpruneError, match="ratio"):
+        SearchConfig(ratio=1.0)
+    empty = digits.__class__(**{**digits.__dict__, "val": digits.val.subset(0)})
+    with pytest.raises(StructpruneError, match="empty"):
+        Search(load_run(tiny_run), empty, SearchConfig(**FAST), tmp_path / "x")
+    (tmp_path / "untrained").mkdir()
+    cases = [
+        [str(tmp_path / "untrained"), "--method", "pf", "--max"],
+        [str(tiny_run), "--method", "pf", "--max", "--tolerance", "-1"],
+        [str(tiny_run), "--method", "pf"],
+    ]
+    for args in cases:
+        assert main(["prune", *args, "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("structprune: error:") and "\n" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_search_writes_a_run(tiny_run, tmp_path, capsys):
+    out = tmp_path / "pf"
+    args = ["prune", str(tiny_run), "--granularity", "channel", "--method", "pf", "--max", "--tolerance", "5",
+            "--particles", "4", "--generations", "2", "--score-images", "80", "--check-images", "80",
+            "--retrain-epochs", "0", "--final-epochs", "1"]
+    assert main([*args, "--out", str(out)]) == 0
+    assert "conv MACs removed" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 < metrics["conv_macs_removed"] < 1 and np.isfinite(metrics["test_mcr"])
+    assert {"masks.json", "search.json", "model.safetensors"} <= {p.name for p in out.iterdir()}
+    assert driver_mod.SEARCH_FILE == "search.json"
