@@ -57,12 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.add_argument("--layout", choices=("channels_last", "contiguous"), default="channels_last")
+    p.add_argument("--layout", choices=("channels_last", "contiguous", "both"), default="channels_last",
+                   help="memory format of inputs and weights; 'both' measures each model in both, interleaved")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
-    names = [n for n in args.models.split(",") if n]
-    steps = {n: make_steps(n, args.batch, args.layout == "channels_last") for n in names}
-    times: dict[str, dict[str, list[float]]] = {n: {"infer": [], "train": []} for n in names}
+    layouts = ["channels_last", "contiguous"] if args.layout == "both" else [args.layout]
+    names = [(n, lay) for n in args.models.split(",") if n for lay in layouts]
+    steps = {key: make_steps(key[0], args.batch, key[1] == "channels_last") for key in names}
+    times: dict[tuple[str, str], dict[str, list[float]]] = {key: {"infer": [], "train": []} for key in names}
     for _, infer, train_step in steps.values():  # warm-up: oneDNN primitive creation, allocator
         infer()
         train_step()
@@ -72,10 +74,10 @@ def main(argv: list[str] | None = None) -> int:
                 timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=args.threads)
                 times[name][kind].append(timer.timeit(2).median)
     rows = []
-    for name, (model, _, _) in steps.items():
-        row = {"model": name, "params": count_params(model), "macs": count_macs(model)}
+    for (name, layout), (model, _, _) in steps.items():
+        row = {"model": name, "layout": layout, "params": count_params(model), "macs": count_macs(model)}
         for kind in ("infer", "train"):
-            ips = [args.batch / t for t in times[name][kind]]
+            ips = [args.batch / t for t in times[(name, layout)][kind]]
             row[f"{kind}_images_per_s"] = statistics.median(ips)
             row[f"{kind}_min"], row[f"{kind}_max"] = min(ips), max(ips)
         rows.append(row)
@@ -85,9 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(args.out, result)
     print(f"batch {args.batch}, {args.threads} threads, {args.layout}, median of {args.rounds} rounds (min–max)")
-    print("| model | params | MACs/image | inference img/s | training img/s |\n|---|---|---|---|---|")
+    print("| model | layout | params | MACs/image | inference img/s | training img/s |\n|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['params']:,} | {r['macs'] / 1e6:.1f} M | {r['infer_images_per_s']:.0f} "
+        print(f"| {r['model']} | {r['layout']} | {r['params']:,} | {r['macs'] / 1e6:.1f} M | {r['infer_images_per_s']:.0f} "
               f"({r['infer_min']:.0f}–{r['infer_max']:.0f}) | {r['train_images_per_s']:.0f} "
               f"({r['train_min']:.0f}–{r['train_max']:.0f}) |")
     return 0
