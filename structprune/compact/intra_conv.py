@@ -1,0 +1,296 @@
+"""Intra-kernel strided sparsity run as a few small dense convolutions that never touch dropped taps.
+
+A (start, stride) pattern on the flattened kh×kw grid is a union of few rectangular, possibly dilated,
+sub-grids ("blocks").  On a 3×3 kernel:
+  taps 0,3,6   -> one 3×1 block (the left column)
+  taps 0,2,6,8 -> one 2×2 block with step 2 (a dilated 2×2 conv)
+  taps 0,2,4,6,8 -> that block plus a 1×1 block at the centre
+Each block of each pattern becomes one dense convolution over the input maps that use it, with kernel
+[O, maps, rows, cols], dilation = block step × conv dilation, and the input shifted to the block's
+corner.  Input maps whose patterns share a block (same corner and shape) share that convolution.
+The outputs are summed.  Only kept taps are stored as weights and multiplied: the MACs of the layer
+are exactly those of the kept taps (torch.utils.flop_counter sees ordinary convolutions).
+
+Inputs are computed in channels_last (oneDNN's fast layout on CPU); the output has the layout of the
+input, NCHW or channels_last.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from structprune.arch import register_module_type
+from structprune.errors import StructpruneError
+from structprune.granularity import IntraPattern
+
+Pair = tuple[int, int]
+
+
+def _pair(value: int | tuple[int, ...] | list[int], name: str) -> Pair:
+    if isinstance(value, int):
+        return (value, value)
+    if isinstance(value, str) or len(value) != 2:
+        raise StructpruneError(f"{name} must be an int or a pair of ints, not {value!r}")
+    return (int(value[0]), int(value[1]))
+
+
+@dataclass(frozen=True, order=True)
+class Block:
+    """A dilated rectangle of kernel taps: rows row, row+row_step, ... (rows of them); same for cols."""
+
+    row: int
+    col: int
+    rows: int
+    cols: int
+    row_step: int = 1
+    col_step: int = 1
+
+    @property
+    def last_row(self) -> int:
+        return self.row + (self.rows - 1) * self.row_step
+
+    @property
+    def last_col(self) -> int:
+        return self.col + (self.cols - 1) * self.col_step
+
+    def cells(self) -> list[Pair]:
+        """(row, col) of each tap, row-major, the order of the block's weight."""
+        return [(self.row + a * self.row_step, self.col + b * self.col_step)
+                for a in range(self.rows) for b in range(self.cols)]
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (self.rows, self.cols, self.row_step, self.col_step)
+
+
+def decompose_taps(taps: tuple[int, ...], kernel_size: Pair) -> list[Block]:
+    """Cover a set of flattened taps exactly by few blocks (greedy: the largest block first).
+
+    Example, 3×3: (0, 2, 4, 6, 8) -> [Block(0, 0, 2, 2, 2, 2), Block(1, 1, 1, 1)].
+    """
+    kh, kw = kernel_size
+    left = {(t // kw, t % kw) for t in taps}
+    blocks: list[Block] = []
+    while left:
+        best: Block | None = None
+        for (r, c) in sorted(left):
+            for rs, cs in itertools.product(range(1, max(kh, 2)), range(1, max(kw, 2))):
+                for rows in range(1, (kh - 1 - r) // rs + 2):
+                    for cols in range(1, (kw - 1 - c) // cs + 2):
+                        cand = Block(r, c, rows, cols, rs if rows > 1 else 1, cs if cols > 1 else 1)
+                        if best is not None and rows * cols <= best.rows * best.cols:
+                            continue
+                        if all(cell in left for cell in cand.cells()):
+                            best = cand
+        assert best is not None  # a single tap is always a 1×1 block
+        blocks.append(best)
+        left -= set(best.cells())
+    return sorted(blocks)
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One dense convolution of the compact layer: a block applied to some input maps of each group."""
+
+    block: Block
+    maps: tuple[int, ...]  # input maps (index within a group) that read this block
+
+
+def plan_pieces(patterns: list[IntraPattern | None], kernel_size: Pair) -> list[Piece]:
+    """Blocks of every pattern, input maps sharing a block merged into one piece."""
+    kh, kw = kernel_size
+    full = IntraPattern(0, 1)
+    users: dict[Block, list[int]] = {}
+    by_taps: dict[tuple[int, ...], list[Block]] = {}
+    for i, pattern in enumerate(patterns):
+        taps = (pattern or full).taps(kh * kw)
+        if taps not in by_taps:
+            by_taps[taps] = decompose_taps(taps, kernel_size)
+        for block in by_taps[taps]:
+            users.setdefault(block, []).append(i)
+    return [Piece(block, tuple(maps)) for block, maps in sorted(users.items())]
+
+
+def check_patterns(patterns: Any, in_per_group: int, kernel_size: Pair, where: str) -> list[IntraPattern | None]:
+    """Validate one pattern (or None) per input map of a group."""
+    if not isinstance(patterns, list | tuple):
+        raise StructpruneError(f"{where}: intra-kernel patterns must be a list, one per input map")
+    if len(patterns) != in_per_group:
+        raise StructpruneError(f"{where}: {len(patterns)} intra-kernel patterns, layer has {in_per_group} input maps per group")
+    out: list[IntraPattern | None] = []
+    for p in patterns:
+        if p is not None and not isinstance(p, IntraPattern):
+            p = IntraPattern(int(p[0]), int(p[1]))
+        if p is not None:
+            p.validate(kernel_size[0] * kernel_size[1], where=where)
+        out.append(p)
+    return out
+
+
+class BlockConvs(nn.Module):
+    """The engine: sum over pieces of conv(shifted input maps, piece weight).  Used by the compact layers.
+
+    Input maps are numbered within a group; a piece reads the same maps of every group (grouped conv).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: Pair, stride: Pair, padding: Pair,
+                 dilation: Pair, groups: int, pieces: list[Piece]):
+        super().__init__()
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size, self.stride, self.padding, self.dilation = kernel_size, stride, padding, dilation
+        self.pieces = pieces
+        in_per_group = in_channels // groups
+        kh, kw = kernel_size
+        self.weights = nn.ParameterList(
+            nn.Parameter(torch.empty(out_channels, len(p.maps), p.block.rows, p.block.cols)) for p in pieces
+        )
+        self._gather: list[bool] = []
+        dense_index: list[torch.Tensor] = []
+        for k, piece in enumerate(pieces):
+            channels = [g * in_per_group + m for g in range(groups) for m in piece.maps]
+            gather = channels != list(range(in_channels))
+            self._gather.append(gather)
+            self.register_buffer(f"channels_{k}", torch.tensor(channels if gather else [], dtype=torch.long),
+                                 persistent=False)
+            # position of each weight entry in the flattened dense weight [O, in_per_group * kh * kw]
+            cells = torch.tensor([r * kw + c for r, c in piece.block.cells()])  # [rows*cols]
+            maps = torch.tensor(piece.maps)  # [maps]
+            dense_index.append((maps[:, None] * (kh * kw) + cells[None, :]).flatten())
+        self.register_buffer("dense_index", torch.cat(dense_index), persistent=False)
+
+    @torch.no_grad()
+    def load_dense(self, weight: torch.Tensor) -> None:
+        """Copy the kept taps out of a dense weight [O, I/groups, kh, kw]."""
+        flat = weight.reshape(weight.shape[0], -1)
+        start = 0
+        for w in self.weights:
+            n = w[0].numel()
+            w.copy_(flat[:, self.dense_index[start:start + n]].view_as(w))
+            start += n
+
+    def dense_weight(self) -> torch.Tensor:
+        """The equivalent dense weight [O, I/groups, kh, kw], dropped taps zero (differentiable)."""
+        o, kh, kw = self.out_channels, *self.kernel_size
+        flat = torch.cat([w.reshape(o, -1) for w in self.weights], dim=1)  # [O, kept taps]
+        dense = flat.new_zeros(o, self.in_channels // self.groups * kh * kw)
+        return dense.index_copy(1, self.dense_index, flat).view(o, -1, kh, kw)
+
+    def _axis_plan(self, block: Block, size: int, axis: int) -> tuple[int, int, int, int, int]:
+        """For one spatial axis of one block: (crop start, crop end, pad before, pad after, conv padding).
+
+        Output o of the block conv must read the input index o*stride - padding + tap*dilation of the
+        original conv, for the block's taps only; the input is cropped/padded to exactly that extent.
+        """
+        k = self.kernel_size[axis]
+        s, p, d = self.stride[axis], self.padding[axis], self.dilation[axis]
+        first, last = (block.row, block.last_row) if axis == 0 else (block.col, block.last_col)
+        out = (size + 2 * p - d * (k - 1) - 1) // s + 1
+        before = p - first * d  # output 0 reads input index -before
+        after = (out - 1) * s - p + last * d - (size - 1)  # the last output reads index size-1+after
+        inner = max(0, min(before, after))  # symmetric part, left to the convolution itself
+        before, after = before - inner, after - inner
+        return max(0, -before), size + min(0, after), max(0, before), max(0, after), inner
+
+    def output_size(self, h: int, w: int) -> Pair:
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
+        return (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        n, _, h, w = x.shape
+        out: torch.Tensor | None = None
+        for k, (piece, weight) in enumerate(zip(self.pieces, self.weights, strict=True)):
+            r0, r1, top, bottom, ph = self._axis_plan(piece.block, h, 0)
+            c0, c1, left, right, pw = self._axis_plan(piece.block, w, 1)
+            if r1 <= r0 or c1 <= c0:
+                continue  # at this input size the block reads only zero padding
+            xin = x.index_select(1, getattr(self, f"channels_{k}")) if self._gather[k] else x
+            if (r0, r1, c0, c1) != (0, h, 0, w):
+                xin = xin[:, :, r0:r1, c0:c1]
+            if top or bottom or left or right:
+                xin = F.pad(xin, (left, right, top, bottom))
+            dilation = (piece.block.row_step * self.dilation[0], piece.block.col_step * self.dilation[1])
+            y = F.conv2d(xin, weight, bias if out is None else None, self.stride, (ph, pw), dilation, self.groups)
+            out = y if out is None else out.add_(y)
+        if out is None:  # every block fell into the padding
+            out = x.new_zeros(n, self.out_channels, *self.output_size(h, w))
+            if bias is not None:
+                out = out + bias.view(1, -1, 1, 1)
+        return out
+
+
+@register_module_type
+class IntraKernelConv2d(nn.Module):
+    """A conv whose kernels keep, per input map, the taps of an (start, stride) pattern; see module doc."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | Pair, stride: int | Pair = 1,
+                 padding: int | Pair = 0, dilation: int | Pair = 1, groups: int = 1, bias: bool = True,
+                 patterns: list[IntraPattern | None] | None = None):
+        super().__init__()
+        kernel_size, stride = _pair(kernel_size, "kernel_size"), _pair(stride, "stride")
+        padding, dilation = _pair(padding, "padding"), _pair(dilation, "dilation")
+        if groups < 1 or in_channels % groups or out_channels % groups:
+            raise StructpruneError(f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}")
+        in_per_group = in_channels // groups
+        if patterns is None:
+            patterns = [None] * in_per_group
+        self.patterns = check_patterns(patterns, in_per_group, kernel_size, "IntraKernelConv2d")
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size, self.stride, self.padding, self.dilation = kernel_size, stride, padding, dilation
+        self.convs = BlockConvs(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
+                                plan_pieces(self.patterns, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, patterns: list[IntraPattern | None]) -> IntraKernelConv2d:
+        """The compact form of `conv` with `patterns[i]` applied to input map i of every group."""
+        if not isinstance(conv, nn.Conv2d) or isinstance(conv.padding, str) or conv.padding_mode != "zeros":
+            raise StructpruneError(f"intra-kernel compaction needs an nn.Conv2d with numeric zero padding, not {conv!r}")
+        layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                    conv.groups, conv.bias is not None, patterns)
+        layer.to(device=conv.weight.device, dtype=conv.weight.dtype)
+        layer.convs.load_dense(conv.weight.detach())
+        if conv.bias is not None:
+            layer.bias.data.copy_(conv.bias.detach())
+        return layer
+
+    def dense_weight(self) -> torch.Tensor:
+        """[O, I/groups, kh, kw]: the masked dense weight this layer computes with."""
+        return self.convs.dense_weight()
+
+    def kept_taps(self) -> int:
+        """Number of weights stored (per output map, summed over input maps of a group)."""
+        return sum(w[0].numel() for w in self.convs.weights)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, C, H, W] -> [N, O, H', W'], layout kept
+        nchw = not x.is_contiguous(memory_format=torch.channels_last)
+        if nchw:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = self.convs(x, self.bias)
+        return y.contiguous() if nchw else y.contiguous(memory_format=torch.channels_last)
+
+    def to_spec(self) -> dict[str, Any]:
+        return {
+            "in_channels": self.in_channels, "out_channels": self.out_channels,
+            "kernel_size": list(self.kernel_size), "stride": list(self.stride), "padding": list(self.padding),
+            "dilation": list(self.dilation), "groups": self.groups, "bias": self.bias is not None,
+            "patterns": [None if p is None else [p.start, p.stride] for p in self.patterns],
+        }
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> IntraKernelConv2d:
+        return cls(**spec)
+
+    def extra_repr(self) -> str:
+        kh, kw = self.kernel_size
+        kept = self.kept_taps()
+        full = self.in_channels // self.groups * kh * kw
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
+                f"taps={kept}/{full} ({math.floor(100 * kept / full)}%), convs={len(self.convs.pieces)}")
