@@ -7,6 +7,7 @@ Missing optional files simply leave their field empty.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +96,7 @@ class RunRecord:
     bench: list[BenchRecord] = field(default_factory=list)
 
     arch_model: str = ""  # the registry name in arch.json
+    masks_digest: str = ""  # identifies masks.json: runs with equal digests carry the same masks
 
     @property
     def model(self) -> str:
@@ -174,7 +176,8 @@ def find_runs(paths: list[str | Path]) -> list[Path]:
 
 
 def kept_fraction_from_masks(masks: dict[str, Any]) -> dict[str, float]:
-    """Fraction of each conv layer's weights that its masks keep (all three scales combined)."""
+    """Fraction of each masked conv layer's weights that its own masks keep (all three scales combined;
+    input maps removed by the previous layer's channel mask are not subtracted)."""
     from structprune.masks import NetworkMask
 
     network = NetworkMask.from_json(masks)
@@ -290,6 +293,10 @@ def read_run(path: str | Path) -> RunRecord:
         arch = read_json(path / ARCH_FILE)
         record.arch_model = str(arch.get("model", "")) if isinstance(arch, dict) else ""
     if (path / MASKS_FILE).is_file():
+        record.masks_digest = hashlib.sha256((path / MASKS_FILE).read_bytes()).hexdigest()[:16]
+    if isinstance(metrics.get("kept_fraction"), dict):  # the search counts input maps removed upstream too
+        record.kept_fraction = {str(k): float(v) for k, v in metrics["kept_fraction"].items()}
+    elif (path / MASKS_FILE).is_file():
         record.kept_fraction = kept_fraction_from_masks(read_json(path / MASKS_FILE))
     if (path / SEARCH_FILE).is_file():
         record.searches = _search(read_json(path / SEARCH_FILE), path / SEARCH_FILE)
@@ -356,12 +363,12 @@ def effective_macs(record: RunRecord, reference: RunRecord | None = None,
     else those of the nearest run it came from with the same masks (e.g. a quantized copy of a masked run)."""
     if record.number("compact_macs") is not None:
         return record.number("compact_macs")
-    if records is not None and record.kept_fraction and record.number("conv_macs") is None:
+    if records is not None and record.masks_digest and record.number("conv_macs") is None:
         parent, seen = record, set()
         while (source := _source_of(parent)) and source not in seen:
             seen.add(source)
             parent = _match_run(records, source)
-            if parent is None or parent.kept_fraction != record.kept_fraction:
+            if parent is None or parent.masks_digest != record.masks_digest:
                 break
             if parent.number("compact_macs") is not None or parent.number("conv_macs") is not None:
                 return effective_macs(parent, reference)

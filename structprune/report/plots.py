@@ -74,7 +74,7 @@ def kept_per_layer(records: list[RunRecord]) -> bytes | None:
     chosen = [r for r in runs if r.stage != "ladder"] or runs  # the one-shot ladders would crowd it
     runs = []
     for r in chosen:  # retrained / quantized copies keep the same masks: draw them once
-        if all(r.kept_fraction != other.kept_fraction for other in runs):
+        if not r.masks_digest or all(r.masks_digest != other.masks_digest for other in runs):
             runs.append(r)
     if not runs:
         return None
