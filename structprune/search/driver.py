@@ -235,9 +235,9 @@ def rungs_for(model: nn.Module, mask: NetworkMask, g: Granularity, layer: str, c
                 out.append(Rung(g, layer, r, BitSpace(int(alive.sum()), keep), alive=alive))
     else:
         positions = shape[2] * shape[3]
-        counts = sorted({len(p.taps(positions)) for p in IntraPattern.all_patterns(positions)} - {positions}, reverse=True)
-        if cfg.ratio is not None:
-            counts = [min(counts, key=lambda c: abs(c - (1 - cfg.ratio) * positions))]
+        available = sorted({len(p.taps(positions)) for p in IntraPattern.all_patterns(positions)} - {positions})
+        # the tap counts nearest to the ladder's ratios, fewest pruned first
+        counts = sorted({min(available, key=lambda c: (abs(c - (1 - r) * positions), -c)) for r in ratios}, reverse=True)
         for c in counts:
             patterns = IntraPattern.with_taps(positions, c)
             out.append(Rung(g, layer, 1 - c / positions, ChoiceSpace(shape[1], len(patterns)), patterns=patterns))
@@ -254,8 +254,8 @@ def l1_particle(model: nn.Module, rung: Rung) -> np.ndarray:
     else:
         per_tap = w.sum(0).flatten(1)  # [I, kh·kw]
         table = torch.stack([per_tap[:, list(p.taps(per_tap.shape[1]))].sum(1) for p in rung.patterns], 1)  # [I, patterns]
-        return table.argmax(1).numpy().astype(np.int8)
-    bits = np.zeros(len(scores), dtype=np.int8)
+        return table.argmax(1).numpy().astype(np.int16)
+    bits = np.zeros(len(scores), dtype=np.int16)
     bits[torch.argsort(scores, descending=True, stable=True)[: rung.space.keep].numpy()] = 1
     return bits
 

@@ -38,17 +38,18 @@ from structprune.errors import StructpruneError
 
 log = logging.getLogger(__name__)
 
-ScoreFn = Callable[[np.ndarray], np.ndarray]  # particles [P, n] int8 -> scores [P] float (lower is better)
+ScoreFn = Callable[[np.ndarray], np.ndarray]  # particles [P, n] int16 -> scores [P] float (lower is better)
 STATE_FORMAT = "structprune-pf/1"
-_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"  # one character per position in saved states
 
 
-def encode(row: np.ndarray) -> str:
-    return "".join(_DIGITS[v] for v in row.tolist())
+def encode(row: np.ndarray) -> str | list[int]:
+    """A particle as saved: a bit string, or a list of choice numbers."""
+    values = row.tolist()
+    return "".join(map(str, values)) if max(values, default=0) <= 1 else values
 
 
-def decode(text: str) -> np.ndarray:
-    return np.array([_DIGITS.index(c) for c in text], dtype=np.int8)
+def decode(saved: str | list[int]) -> np.ndarray:
+    return np.array([int(c) for c in saved], dtype=np.int16)
 
 
 class BitSpace:
@@ -60,7 +61,7 @@ class BitSpace:
         self.n, self.keep = n, keep
 
     def sample(self, rng: np.random.Generator, count: int) -> np.ndarray:
-        out = np.zeros((count, self.n), dtype=np.int8)
+        out = np.zeros((count, self.n), dtype=np.int16)
         for row in out:
             row[rng.choice(self.n, self.keep, replace=False)] = 1
         return out
@@ -75,7 +76,7 @@ class BitSpace:
         return x
 
     def crossover(self, rng: np.random.Generator, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        child = np.where(rng.random(self.n) < 0.5, a, b).astype(np.int8)
+        child = np.where(rng.random(self.n) < 0.5, a, b).astype(np.int16)
         return self.repair(rng, child)
 
     def repair(self, rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
@@ -98,12 +99,12 @@ class ChoiceSpace:
     """Vectors of length n with one of k choices (0..k-1) at each position."""
 
     def __init__(self, n: int, k: int):
-        if n < 1 or not 1 <= k <= len(_DIGITS):
-            raise StructpruneError(f"choice space needs n >= 1 and 1 <= k <= {len(_DIGITS)} (n={n}, k={k})")
+        if n < 1 or not 1 <= k <= 30000:
+            raise StructpruneError(f"choice space needs n >= 1 and 1 <= k <= 30000 (n={n}, k={k})")
         self.n, self.k = n, k
 
     def sample(self, rng: np.random.Generator, count: int) -> np.ndarray:
-        return rng.integers(0, self.k, size=(count, self.n)).astype(np.int8)
+        return rng.integers(0, self.k, size=(count, self.n)).astype(np.int16)
 
     def mutate(self, rng: np.random.Generator, x: np.ndarray, swaps: int) -> np.ndarray:
         x = x.copy()
@@ -112,7 +113,7 @@ class ChoiceSpace:
         return x
 
     def crossover(self, rng: np.random.Generator, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return np.where(rng.random(self.n) < 0.5, a, b).astype(np.int8)
+        return np.where(rng.random(self.n) < 0.5, a, b).astype(np.int16)
 
     def contains(self, x: np.ndarray) -> bool:
         return x.shape == (self.n,) and bool(((x >= 0) & (x < self.k)).all())
@@ -193,7 +194,7 @@ class ParticleFilter:
         self.rng = np.random.default_rng(config.seed)
         self.particles = space.sample(self.rng, config.particles)  # [P, n]
         if init is not None:
-            init = np.asarray(init, dtype=np.int8).reshape(-1, space.n)[: config.particles]
+            init = np.asarray(init, dtype=np.int16).reshape(-1, space.n)[: config.particles]
             for row in init:
                 if not space.contains(row):
                     raise StructpruneError("an initial particle does not belong to the search space")
@@ -236,7 +237,7 @@ class ParticleFilter:
             if cfg.evolutionary and self.rng.random() < cfg.crossover_rate:
                 child = self.space.crossover(self.rng, parents[i], parents[(i + 1) % cfg.particles])
             children.append(self.space.mutate(self.rng, child, cfg.swaps))
-        self.particles = np.stack(children).astype(np.int8)
+        self.particles = np.stack(children).astype(np.int16)
         self.generation += 1
         self.history.append(record)
         log.debug("generation %d: best %.5f mean %.5f ess %.1f", record["generation"], record["best"],
