@@ -269,9 +269,8 @@ class IntraKernelConv2d(nn.Module):
         return sum(w[0].numel() for w in self.convs.weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, C, H, W] -> [N, O, H', W'], layout kept
-        nchw = not x.is_contiguous(memory_format=torch.channels_last)
-        if nchw:
-            x = x.contiguous(memory_format=torch.channels_last)
+        nchw = x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last)  # ambiguous: NCHW
+        x = x.contiguous(memory_format=torch.channels_last)
         y = self.convs(x, self.bias)
         return y.contiguous() if nchw else y.contiguous(memory_format=torch.channels_last)
 

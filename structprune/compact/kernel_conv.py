@@ -172,9 +172,8 @@ class KernelSparseConv2d(nn.Module):
         return table.index_copy(0, self.dense_index, parts).view(self.out_channels, self.in_channels, kh, kw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, I, H, W] -> [N, O, H', W'], layout kept
-        nchw = not x.is_contiguous(memory_format=torch.channels_last)
-        if nchw:
-            x = x.contiguous(memory_format=torch.channels_last)
+        nchw = x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last)  # ambiguous: NCHW
+        x = x.contiguous(memory_format=torch.channels_last)
         outs = []
         for k, branch in enumerate(self.branches):
             bias = None if self.bias is None else self.bias[getattr(self, f"outputs_{k}")]
