@@ -6,8 +6,8 @@ The network is viewed as a chain of modules (`as_chain`: a Sequential, or a mode
                  ReLU / pooling / the map's batch norm, itself masked). So the activation entering that
                  next layer is computed once and cached; a particle only zeroes channels of the cache and
                  runs the rest of the chain. P particles run as one batch of P·N images.
-  kernel/intra   the activation entering conv k is cached; the P masked weights are stacked into one conv
-                 with P·O output maps, so conv k runs once for all particles, then the rest of the chain.
+  kernel/intra   the activation entering conv k is cached; conv k runs once per particle with its masked
+                 weights, then the rest of the chain runs on all particles' activations as one batch.
 Images are processed in chunks so that P·chunk rows stay under `max_rows`.
 
 The score of a particle is  MCR + tie · mean cross-entropy  (lower is better): MCR moves in steps of 1/N,
@@ -127,11 +127,10 @@ class LayerScorer:
             if self.granularity is Granularity.CHANNEL:
                 keep = masks.to(x.dtype).view(count, 1, -1, *([1] * (x.dim() - 2)))  # [P, 1, C, 1, 1]
                 h = (x.unsqueeze(0) * keep).flatten(0, 1)  # [P·n, C, H, W]
-            else:
-                w = (self.conv.weight.unsqueeze(0) * masks).flatten(0, 1)  # [P·O, I, kh, kw]
-                b = None if self.conv.bias is None else self.conv.bias.repeat(count)
-                out = F.conv2d(x, w, b, self.conv.stride, self.conv.padding, self.conv.dilation)  # [n, P·O, H, W]
-                h = out.view(len(x), count, -1, *out.shape[2:]).transpose(0, 1).flatten(0, 1)  # [P·n, O, H, W]
+            else:  # one conv per particle: stacking them into one wide conv costs a transpose copy of its output
+                weights = self.conv.weight.unsqueeze(0) * masks  # [P, O, I, kh, kw]
+                h = torch.cat([F.conv2d(x, w, self.conv.bias, self.conv.stride, self.conv.padding, self.conv.dilation)
+                               for w in weights])  # [P·n, O, H, W]
             part_wrong, part_ce = self._losses(run_chain(self.rest, h), y, count)
             wrong += part_wrong
             ce += part_ce.double()
