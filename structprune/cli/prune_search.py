@@ -47,6 +47,8 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--retrain-images", type=positive_int, default=None,
                    help="training images per retraining between steps (default: all)")
     g.add_argument("--final-epochs", type=non_negative_int, default=1, help="retraining epochs at the end (default 1)")
+    g.add_argument("--final-images", type=positive_int, default=None,
+                   help="training images for the final retraining (default: all)")
     g.add_argument("--lr", type=float, default=0.01, help="retraining learning rate (default 0.01)")
     g.add_argument("--score-images", type=positive_int, default=2000, help="validation images that score candidates")
     g.add_argument("--check-images", type=positive_int, default=2000,
@@ -80,7 +82,8 @@ def run_search(args: argparse.Namespace, granularities: list[Granularity]) -> in
         tolerance=args.tolerance / 100, ratio=None if args.max else args.ratio[0], particles=args.particles,
         generations=args.generations, temperature=args.temperature / 100, score_images=args.score_images,
         check_images=args.check_images, step_epochs=args.retrain_epochs, step_images=args.retrain_images,
-        final_epochs=args.final_epochs, lr=args.lr, backend=args.backend, workers=args.workers, seed=args.seed,
+        final_epochs=args.final_epochs, final_images=args.final_images, lr=args.lr, backend=args.backend,
+        workers=args.workers, seed=args.seed,
         layers=None if args.layers is None else tuple(s.strip() for s in args.layers.split(",") if s.strip()))
     command = {"command": shlex.join(["structprune", *sys.argv[1:]]), "verb": "prune"}
     out, m = search_run(run, data, cfg, args.out, extra_config=command)

@@ -88,6 +88,7 @@ class SearchConfig:
     step_epochs: int = 1
     step_images: int | None = None  # training images per retraining between steps (None: all)
     final_epochs: int = 1
+    final_images: int | None = None  # training images for the final retraining (None: all)
     lr: float = 0.01
     layers: tuple[str, ...] | None = None  # convolutions to prune (None: all)
     backend: str = "inprocess"
@@ -471,7 +472,7 @@ class Search:
             self._write_search_json()
         if not self.state.final_done:
             mask = self.mask
-            self.retrain(mask, self.cfg.final_epochs, self.cfg.seed * 7919 + 1, None)
+            self.retrain(mask, self.cfg.final_epochs, self.cfg.seed * 7919 + 1, self.cfg.final_images)
             self.applier.apply_(mask)
             self.state.final_done = True
             self._save_driver()
