@@ -135,9 +135,13 @@ def check_patterns(patterns: Any, in_per_group: int, kernel_size: Pair, where: s
 
 
 class BlockConvs(nn.Module):
-    """The engine: sum over pieces of conv(shifted input maps, piece weight).  Used by the compact layers.
+    """The engine: the sum of one dense convolution per block *shape*.  Used by the compact layers.
 
-    Input maps are numbered within a group; a piece reads the same maps of every group (grouped conv).
+    The pieces (block, input maps) of one shape, e.g. every 3×1 column whatever its column, share one
+    convolution: their shifted input maps are gathered into one lowered tensor by a single index_select
+    on the padded input (its index depends only on the input size and is cached), then convolved with
+    padding 0.  A shape with one piece that reads every input map skips the gather and convolves the
+    input itself.  Input maps are numbered within a group; a piece reads the same maps of every group.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Pair, stride: Pair, padding: Pair,
@@ -145,25 +149,24 @@ class BlockConvs(nn.Module):
         super().__init__()
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size, self.stride, self.padding, self.dilation = kernel_size, stride, padding, dilation
-        self.pieces = pieces
+        shapes: dict[tuple[int, int, int, int], list[Piece]] = {}
+        for piece in pieces:
+            shapes.setdefault(piece.block.shape, []).append(piece)
+        self.convs = list(shapes.values())  # pieces of each convolution
         in_per_group = in_channels // groups
-        kh, kw = kernel_size
+        self._direct = [len(ps) == 1 and ps[0].maps == tuple(range(in_per_group)) for ps in self.convs]
         self.weights = nn.ParameterList(
-            nn.Parameter(torch.empty(out_channels, len(p.maps), p.block.rows, p.block.cols)) for p in pieces
+            nn.Parameter(torch.empty(out_channels, sum(len(p.maps) for p in ps), ps[0].block.rows, ps[0].block.cols))
+            for ps in self.convs
         )
-        self._gather: list[bool] = []
-        dense_index: list[torch.Tensor] = []
-        for k, piece in enumerate(pieces):
-            channels = [g * in_per_group + m for g in range(groups) for m in piece.maps]
-            gather = channels != list(range(in_channels))
-            self._gather.append(gather)
-            self.register_buffer(f"channels_{k}", torch.tensor(channels if gather else [], dtype=torch.long),
-                                 persistent=False)
-            # position of each weight entry in the flattened dense weight [O, in_per_group * kh * kw]
-            cells = torch.tensor([r * kw + c for r, c in piece.block.cells()])  # [rows*cols]
-            maps = torch.tensor(piece.maps)  # [maps]
-            dense_index.append((maps[:, None] * (kh * kw) + cells[None, :]).flatten())
+        kh, kw = kernel_size
+        dense_index: list[torch.Tensor] = []  # where each weight entry sits in the dense [O, I/g * kh * kw]
+        for ps in self.convs:
+            for piece in ps:
+                cells = torch.tensor([r * kw + c for r, c in piece.block.cells()])  # [rows*cols]
+                dense_index.append((torch.tensor(piece.maps)[:, None] * (kh * kw) + cells[None, :]).flatten())
         self.register_buffer("dense_index", torch.cat(dense_index), persistent=False)
+        self._gather_index: dict[tuple[int, int, int, torch.device], list[torch.Tensor | None]] = {}
 
     @torch.no_grad()
     def load_dense(self, weight: torch.Tensor) -> None:
@@ -182,12 +185,14 @@ class BlockConvs(nn.Module):
         dense = flat.new_zeros(o, self.in_channels // self.groups * kh * kw)
         return dense.index_copy(1, self.dense_index, flat).view(o, -1, kh, kw)
 
-    def _axis_plan(self, block: Block, size: int, axis: int) -> tuple[int, int, int, int, int]:
-        """For one spatial axis of one block: (crop start, crop end, pad before, pad after, conv padding).
+    def output_size(self, h: int, w: int) -> Pair:
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
+        return (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
 
-        Output o of the block conv must read the input index o*stride - padding + tap*dilation of the
-        original conv, for the block's taps only; the input is cropped/padded to exactly that extent.
-        """
+    def _axis_plan(self, block: Block, size: int, axis: int) -> tuple[int, int, int, int, int]:
+        """For one spatial axis of a block read directly: (crop start, crop end, pad before, pad after,
+        conv padding).  Output o reads input o*stride - padding + tap*dilation of the original conv, for
+        the block's taps only; the input is cropped/padded to exactly that extent."""
         k = self.kernel_size[axis]
         s, p, d = self.stride[axis], self.padding[axis], self.dilation[axis]
         first, last = (block.row, block.last_row) if axis == 0 else (block.col, block.last_col)
@@ -198,30 +203,73 @@ class BlockConvs(nn.Module):
         before, after = before - inner, after - inner
         return max(0, -before), size + min(0, after), max(0, before), max(0, after), inner
 
-    def output_size(self, h: int, w: int) -> Pair:
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
-        return (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    def _reads_input(self, block: Block, h: int, w: int) -> bool:
+        """False when, at this input size, a block reads only zero padding (then it is gathered)."""
+        r0, r1, *_ = self._axis_plan(block, h, 0)
+        c0, c1, *_ = self._axis_plan(block, w, 1)
+        return r1 > r0 and c1 > c0
+
+    def _direct_input(self, x: torch.Tensor, block: Block) -> tuple[torch.Tensor, Pair]:
+        """The input cropped/padded for a block read directly, and the conv padding left."""
+        _, _, h, w = x.shape
+        r0, r1, top, bottom, ph = self._axis_plan(block, h, 0)
+        c0, c1, left, right, pw = self._axis_plan(block, w, 1)
+        if (r0, r1, c0, c1) != (0, h, 0, w):
+            x = x[:, :, r0:r1, c0:c1]
+        if top or bottom or left or right:
+            x = F.pad(x, (left, right, top, bottom))
+        return x, (ph, pw)
+
+    def _lowered_size(self, block: Block, h: int, w: int) -> Pair:
+        """Spatial size of the lowered input of a block shape: exactly what its convolution reads."""
+        ho, wo = self.output_size(h, w)
+        (sh, sw), (dh, dw) = self.stride, self.dilation
+        return ((ho - 1) * sh + (block.rows - 1) * block.row_step * dh + 1,
+                (wo - 1) * sw + (block.cols - 1) * block.col_step * dw + 1)
+
+    def _gather_indices(self, h: int, w: int, device: torch.device) -> list[torch.Tensor | None]:
+        """Per convolution, the flat index of each lowered element in the padded channels_last input."""
+        key = (h, w, self.in_channels, device)
+        if key not in self._gather_index:
+            pw, (dh, dw) = self.padding[1], self.dilation
+            wp, c, in_per_group = w + 2 * pw, self.in_channels, self.in_channels // self.groups
+            indices: list[torch.Tensor | None] = []
+            for ps, direct in zip(self.convs, self._direct, strict=True):
+                if direct and self._reads_input(ps[0].block, h, w):
+                    indices.append(None)
+                    continue
+                hs, ws = self._lowered_size(ps[0].block, h, w)
+                # lowered channel j: input map ch_j read at kernel offset (row_j, col_j); group-major order
+                offsets = [((p.block.row * dh) * wp + p.block.col * dw) * c + g * in_per_group + m
+                           for g in range(self.groups) for p in ps for m in p.maps]
+                base = (torch.arange(hs)[:, None] * wp + torch.arange(ws)[None, :]) * c  # [hs, ws]
+                indices.append((base[:, :, None] + torch.tensor(offsets)).flatten().to(device))  # [hs*ws*C']
+            if len(self._gather_index) >= 4:
+                self._gather_index.clear()
+            self._gather_index[key] = indices
+        return self._gather_index[key]
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """x channels_last [N, I, H, W] -> [N, O, H', W'] channels_last."""
         n, _, h, w = x.shape
+        indices = self._gather_indices(h, w, x.device)
+        flat: torch.Tensor | None = None
         out: torch.Tensor | None = None
-        for k, (piece, weight) in enumerate(zip(self.pieces, self.weights, strict=True)):
-            r0, r1, top, bottom, ph = self._axis_plan(piece.block, h, 0)
-            c0, c1, left, right, pw = self._axis_plan(piece.block, w, 1)
-            if r1 <= r0 or c1 <= c0:
-                continue  # at this input size the block reads only zero padding
-            xin = x.index_select(1, getattr(self, f"channels_{k}")) if self._gather[k] else x
-            if (r0, r1, c0, c1) != (0, h, 0, w):
-                xin = xin[:, :, r0:r1, c0:c1]
-            if top or bottom or left or right:
-                xin = F.pad(xin, (left, right, top, bottom))
-            dilation = (piece.block.row_step * self.dilation[0], piece.block.col_step * self.dilation[1])
-            y = F.conv2d(xin, weight, bias if out is None else None, self.stride, (ph, pw), dilation, self.groups)
+        for ps, weight, index in zip(self.convs, self.weights, indices, strict=True):
+            dilation = (ps[0].block.row_step * self.dilation[0], ps[0].block.col_step * self.dilation[1])
+            if index is None:
+                xin, padding = self._direct_input(x, ps[0].block)
+            else:
+                if flat is None:  # the padded input, [N, Hp*Wp*I] in channels_last order
+                    ph, pw = self.padding
+                    padded = F.pad(x, (pw, pw, ph, ph)) if ph or pw else x
+                    flat = padded.permute(0, 2, 3, 1).reshape(n, -1)
+                hs, ws = self._lowered_size(ps[0].block, h, w)
+                xin = flat.index_select(1, index).view(n, hs, ws, -1).permute(0, 3, 1, 2)  # [N, C', hs, ws] CL
+                padding = (0, 0)
+            y = F.conv2d(xin, weight, bias if out is None else None, self.stride, padding, dilation, self.groups)
             out = y if out is None else out.add_(y)
-        if out is None:  # every block fell into the padding
-            out = x.new_zeros(n, self.out_channels, *self.output_size(h, w))
-            if bias is not None:
-                out = out + bias.view(1, -1, 1, 1)
+        assert out is not None
         return out
 
 
@@ -292,4 +340,4 @@ class IntraKernelConv2d(nn.Module):
         full = self.in_channels // self.groups * kh * kw
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
-                f"taps={kept}/{full} ({math.floor(100 * kept / full)}%), convs={len(self.convs.pieces)}")
+                f"taps={kept}/{full} ({math.floor(100 * kept / full)}%), convs={len(self.convs.convs)}")
