@@ -49,8 +49,10 @@ from structprune.masks import MASKS_FILE, LayerMask, NetworkMask
 from structprune.retrain import retrain_masked
 from structprune.runfolder import Run, check_writable_destination, load_state, save_run
 from structprune.search.backends import make_backend
+from structprune.search.latency import LatencyTable, measure_latency_table
 from structprune.search.particle_filter import BitSpace, ChoiceSpace, ParticleFilter, PFConfig, Space
 from structprune.search.scoring import (
+    ChainChannelScorer,
     LayerScorer,
     ScoreSet,
     as_chain,
@@ -67,6 +69,7 @@ METHODS = ("pf", "epf", "l1", "random")
 DEFAULT_LADDER = (0.25, 0.5, 0.625, 0.75, 0.8125, 0.875, 0.9375)
 SEARCH_FILE = "search.json"
 STATE_DIR = "state"
+LATENCY_FILE = "latency.json"
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,9 @@ class SearchConfig:
     final_images: int | None = None  # training images for the final retraining (None: all)
     lr: float = 0.01
     layers: tuple[str, ...] | None = None  # convolutions to prune (None: all)
+    scope: str = "layer"  # "layer": one layer at a time; "global": one channel search over every layer at once
+    latency_weight: float = 0.0  # λ, MCR per millisecond of predicted conv latency (see latency.py)
+    latency_table: str | None = None  # a saved table (JSON); measured into the output folder when absent
     backend: str = "inprocess"
     workers: int = 2
     seed: int = 0
@@ -111,6 +117,12 @@ class SearchConfig:
         if self.step_epochs < 0 or self.final_epochs < 0:
             raise StructpruneError("retraining epochs must be >= 0")
         PFConfig(particles=self.particles, generations=self.generations, temperature=self.temperature)
+        if self.scope not in ("layer", "global"):
+            raise StructpruneError(f"unknown scope {self.scope!r}; choose layer or global")
+        if self.scope == "global" and (self.ratio is None or tuple(self.granularities) != ("channel",)):
+            raise StructpruneError("the global search takes --granularity channel and a --ratio")
+        if self.latency_weight < 0:
+            raise StructpruneError(f"latency weight {self.latency_weight} must be >= 0")
 
     @property
     def budget(self) -> int:
@@ -198,6 +210,9 @@ class Rung:
     space: Space
     alive: torch.Tensor | None = None  # channel: bool [O]; kernel: bool [O, I]
     patterns: list[IntraPattern] = field(default_factory=list)  # intra: the choices
+    layers: list[str] = field(default_factory=list)  # global: the layers whose maps `alive` concatenates
+    sizes: list[int] = field(default_factory=list)  # global: maps per layer
+    shapes: list[tuple[int, ...]] = field(default_factory=list)  # global: weight shape per layer
 
     def decode(self, particles: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
         if self.granularity is Granularity.CHANNEL:
@@ -206,7 +221,12 @@ class Rung:
             return kernel_masks_from_bits(particles, self.alive, shape)
         return intra_masks_from_choices(particles, self.patterns, shape)
 
-    def to_mask(self, particle: np.ndarray, mask: NetworkMask, shape: tuple[int, ...]) -> NetworkMask:
+    def to_mask(self, particle: np.ndarray, mask: NetworkMask, shape: tuple[int, ...] | None) -> NetworkMask:
+        if self.layers:  # global: split the concatenated keep vector by layer
+            keep = channel_masks_from_bits(particle[None], self.alive)[0]
+            for name, part, shp in zip(self.layers, keep.split(self.sizes), self.shapes, strict=True):
+                mask = _with_layer(mask, name, shp, keep_out=part.clone())
+            return mask
         if self.granularity is Granularity.CHANNEL:
             return _with_layer(mask, self.layer, shape, keep_out=channel_masks_from_bits(particle[None], self.alive)[0])
         if self.granularity is Granularity.KERNEL:
@@ -245,8 +265,23 @@ def rungs_for(model: nn.Module, mask: NetworkMask, g: Granularity, layer: str, c
     return out
 
 
+def global_rung(model: nn.Module, mask: NetworkMask, layers: list[str], ratio: float) -> Rung:
+    """One channel rung over every layer's maps at once: keep (1 - ratio) of all maps, anywhere."""
+    alive = torch.cat([alive_outputs(model, mask, name) for name in layers])
+    shapes = [tuple(model.get_submodule(name).weight.shape) for name in layers]
+    keep = max(len(layers), round((1 - ratio) * len(alive)))
+    return Rung(Granularity.CHANNEL, "*", ratio, BitSpace(int(alive.sum()), min(keep, int(alive.sum()))), alive=alive,
+                layers=list(layers), sizes=[s[0] for s in shapes], shapes=shapes)
+
+
 def l1_particle(model: nn.Module, rung: Rung) -> np.ndarray:
-    """The L1-magnitude candidate of a rung, as a particle."""
+    """The L1-magnitude candidate of a rung, as a particle (global: L1 over the layer's mean L1)."""
+    if rung.layers:
+        norms = [model.get_submodule(n).weight.detach().abs().sum((1, 2, 3)) for n in rung.layers]
+        scores = torch.cat([v / v.mean().clamp_min(1e-12) for v in norms])[rung.alive]
+        bits = np.zeros(len(scores), dtype=np.int16)
+        bits[torch.argsort(scores, descending=True, stable=True)[: rung.space.keep].numpy()] = 1
+        return bits
     w = model.get_submodule(rung.layer).weight.detach().abs()  # [O, I, kh, kw]
     if rung.granularity is Granularity.CHANNEL:
         scores = w.sum((1, 2, 3))[rung.alive]
@@ -297,7 +332,8 @@ class Search:
             if unknown:
                 raise StructpruneError(f"no convolution named {unknown[0]!r}; the network has {', '.join(convs)}")
             convs = [name for name in convs if name in cfg.layers]
-        self.plan = [(g, layer) for g in self.grans for layer in convs]
+        self.convs = convs
+        self.plan = [(Granularity.CHANNEL, "*")] if cfg.scope == "global" else [(g, layer) for g in self.grans for layer in convs]
         self.applier = MaskApplier(self.model)
         self.input_shape = tuple(run.arch["input_shape"])
         self.state = DriverState()
@@ -363,12 +399,49 @@ class Search:
         retrain_masked(self.model, mask, data, cfg, groups=self.applier.groups)
         self.model.eval()
 
+    def shape_of(self, layer: str) -> tuple[int, ...] | None:
+        return None if layer == "*" else tuple(self.model.get_submodule(layer).weight.shape)
+
+    def latency_table(self) -> LatencyTable:
+        if self.cfg.latency_table is not None:
+            return LatencyTable.from_json(read_json(self.cfg.latency_table))
+        path = self.state_dir / LATENCY_FILE
+        if not path.exists():
+            table = measure_latency_table(self.model, self.input_shape)
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(path, table.to_json())
+        return LatencyTable.from_json(read_json(path))
+
+    def _objective(self, rung: Rung, score_fn):
+        """Global rungs: add λ·predicted latency, and rule out masks that empty a layer."""
+        table = self.latency_table() if self.cfg.latency_weight > 0 else None
+        first_in = self.model.get_submodule(rung.layers[0]).in_channels
+
+        def objective(particles: np.ndarray) -> np.ndarray:
+            keeps = rung.decode(particles, None)  # [P, total maps]
+            per_layer = torch.stack([part.sum(1) for part in keeps.split(rung.sizes, dim=1)], 1)  # [P, layers]
+            scores = score_fn(particles) + 10.0 * (per_layer == 0).any(1).double().numpy()
+            if table is not None:
+                for p, counts in enumerate(per_layer.tolist()):
+                    ins = [first_in, *counts[:-1]]
+                    scores[p] += self.cfg.latency_weight * table.network_ms(
+                        {name: (i, o) for name, i, o in zip(rung.layers, ins, counts, strict=True)})
+            return scores
+
+        objective.close = getattr(score_fn, "close", None)
+        return objective
+
     def choose(self, rung: Rung, mask: NetworkMask, seed: int) -> tuple[np.ndarray, float]:
         """The method's candidate for one rung, and its score on the score subset."""
-        shape = tuple(self.model.get_submodule(rung.layer).weight.shape)
+        shape = self.shape_of(rung.layer)
         self.applier.apply_(mask)  # pruned weights are zero in the model the scorer sees
-        scorer = LayerScorer(self.model, rung.layer, rung.granularity, self.score_set, tie=self.cfg.tie)
-        score_fn = make_backend(self.cfg.backend, scorer, lambda p: rung.decode(p, shape), self.cfg.workers)
+        if rung.layers:
+            scorer = ChainChannelScorer(self.model, rung.layers, self.score_set, tie=self.cfg.tie)
+            score_fn = self._objective(rung, make_backend(self.cfg.backend, scorer, lambda p: rung.decode(p, None),
+                                                          self.cfg.workers))
+        else:
+            scorer = LayerScorer(self.model, rung.layer, rung.granularity, self.score_set, tie=self.cfg.tie)
+            score_fn = make_backend(self.cfg.backend, scorer, lambda p: rung.decode(p, shape), self.cfg.workers)
         try:
             if self.cfg.method == "l1":
                 best = l1_particle(self.model, rung)
@@ -399,7 +472,7 @@ class Search:
         bar = tqdm(total=pf_cfg.generations, initial=pf.generation, desc=f"{rung.layer} {rung.granularity.value} "
                    f"{rung.ratio:.3f}", unit="gen", leave=False, disable=None)
 
-        shape = tuple(self.model.get_submodule(rung.layer).weight.shape)
+        shape = self.shape_of(rung.layer)
 
         def after(current: ParticleFilter) -> None:
             rec = current.history[-1]
@@ -426,7 +499,10 @@ class Search:
         while self.state.step < len(self.plan):
             g, layer = self.plan[self.state.step]
             mask = self.mask
-            ladder = rungs_for(self.model, mask, g, layer, self.cfg)
+            if layer == "*":
+                ladder = [global_rung(self.model, mask, self.convs, self.cfg.ratio)] if self.state.rung == 0 else []
+            else:
+                ladder = rungs_for(self.model, mask, g, layer, self.cfg)
             if g is Granularity.INTRA:  # intra rungs do not nest: their position is remembered, not derived
                 ladder = ladder[self.state.rung:]
             if not ladder:
@@ -434,7 +510,7 @@ class Search:
                 continue
             rung = ladder[0]
             seed = self.cfg.seed * 100003 + self.state.step * 101 + len(self.state.steps)
-            shape = tuple(self.model.get_submodule(layer).weight.shape)
+            shape = self.shape_of(layer)
             particle, score = self.choose(rung, mask, seed)
             trial = rung.to_mask(particle, mask, shape)
             check = self.check_mcr(trial)
@@ -496,8 +572,19 @@ def search_run(run: Run, data: Dataset, cfg: SearchConfig, out: str | Path,
                "conv_macs_removed": 1 - masked / dense if dense else 0.0,
                "kept_fraction": search.kept_fractions(mask),
                "source_metrics": {k: run.metrics[k] for k in ("val_mcr", "test_mcr", "macs") if k in run.metrics}}
+    extra = {MASKS_FILE: mask.to_json(), SEARCH_FILE: record}
+    if cfg.latency_weight > 0:
+        table = search.latency_table()
+        extra[LATENCY_FILE] = table.to_json()
+        first_in = model.get_submodule(search.convs[0]).in_channels
+        outs = [int(alive_outputs(model, mask, n).sum()) for n in search.convs]
+        dense_outs = [model.get_submodule(n).out_channels for n in search.convs]
+        metrics["predicted_conv_ms"] = table.network_ms(dict(zip(search.convs, zip([first_in, *outs[:-1]], outs, strict=True),
+                                                                 strict=True)))
+        metrics["predicted_conv_ms_dense"] = table.network_ms(dict(zip(
+            search.convs, zip([first_in, *dense_outs[:-1]], dense_outs, strict=True), strict=True)))
     config = {**run.config, **(extra_config or {}), "search": asdict(cfg), "source_run": str(run.path)}
-    save_run(out, model, run.arch, metrics, config, extra_json={MASKS_FILE: mask.to_json(), SEARCH_FILE: record})
+    save_run(out, model, run.arch, metrics, config, extra_json=extra)
     if not math.isfinite(metrics["test_mcr"]):
         raise StructpruneError("the pruned network produced non-finite outputs")
     return Path(out), metrics

@@ -171,3 +171,54 @@ def channel_masks_from_bits(bits: np.ndarray, alive: torch.Tensor) -> torch.Tens
 def particle_scorer(scorer: LayerScorer, decode: Callable[[np.ndarray], torch.Tensor]) -> Callable[[np.ndarray], np.ndarray]:
     """A score function for the particle filter: particles -> masks -> scores."""
     return lambda particles: scorer.score_masks(decode(particles))
+
+
+class ChainChannelScorer:
+    """Scores channel masks of several convolutions at once (global search): every particle runs the whole
+    chain, with each layer's kept maps applied where its output enters the next weighted layer."""
+
+    def __init__(self, model: nn.Module, layers: list[str], data: ScoreSet, tie: float = 1e-3, max_rows: int = 4096):
+        chain = as_chain(model)
+        names = [n for n, _ in chain]
+        self.modules = [m for _, m in chain]
+        self.cuts: dict[int, tuple[int, int]] = {}  # chain index -> (offset, maps) in the particle's mask
+        offset = 0
+        for layer in layers:
+            k = names.index(layer)
+            cut = k + 1
+            while cut < len(chain) and not isinstance(chain[cut][1], WEIGHTED):
+                if not isinstance(chain[cut][1], ZERO_PRESERVING):
+                    raise StructpruneError(f"{chain[cut][0]}: {type(chain[cut][1]).__name__} after {layer} does not keep "
+                                           "pruned maps at zero")
+                cut += 1
+            maps = chain[k][1].out_channels
+            self.cuts[cut] = (offset, maps)
+            offset += maps
+        self.total = offset
+        self.x, self.y, self.tie, self.max_rows = data.x, data.y, tie, max_rows
+
+    @torch.no_grad()
+    def mcr_and_ce(self, keeps: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """keeps: bool [P, total maps of the layers, in order] -> MCR [P], CE [P]."""
+        count, n = len(keeps), len(self.y)
+        wrong = torch.zeros(count, dtype=torch.long)
+        ce = torch.zeros(count, dtype=torch.float64)
+        rows = _chunk_rows(n, count, self.max_rows)
+        for start in range(0, n, rows):
+            h = self.x[start:start + rows]
+            y = self.y[start:start + rows]
+            h = h.unsqueeze(0).expand(count, *h.shape).flatten(0, 1)  # [P·n, C, H, W]
+            for i, module in enumerate(self.modules):
+                if i in self.cuts:
+                    offset, maps = self.cuts[i]
+                    keep = keeps[:, offset:offset + maps].to(h.dtype).view(count, 1, maps, 1, 1)  # [P, 1, C, 1, 1]
+                    h = (h.view(count, -1, *h.shape[1:]) * keep).flatten(0, 1)
+                h = module(h)
+            yy = y.repeat(count)
+            wrong += (h.argmax(1) != yy).view(count, -1).sum(1)
+            ce += F.cross_entropy(h, yy, reduction="none").view(count, -1).sum(1).double()
+        return (wrong.double() / n).numpy(), (ce / n).numpy()
+
+    def score_masks(self, keeps: torch.Tensor) -> np.ndarray:
+        mcr, ce = self.mcr_and_ce(keeps)
+        return mcr + self.tie * ce
