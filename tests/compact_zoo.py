@@ -15,14 +15,16 @@ from structprune.selection import SelectionConfig, select
 TINY_ZOO = ("tiny-paper", "tiny-vgg", "tiny-resnet", "tiny-mobilenet", "tiny-densenet")
 
 
-def compacted(name: str, channel: float = 0.5, intra: float = 0.5, seed: int = 0) -> nn.Module:
-    """`name` with half of its channel groups removed (L1) and intra-kernel patterns on its convs."""
+def compacted(name: str, channel: float = 0.5, intra: float = 0.5, kernel: float = 0.0, seed: int = 0) -> nn.Module:
+    """`name` with half of its channel groups removed (L1), intra-kernel patterns on its convs and, with
+    `kernel` > 0, that fraction of its kernels pruned."""
     torch.manual_seed(seed)
     model = create(name).eval()
     x = example_input(model, 2)
     groups = find_channel_groups(model, x)
-    mask = select(model, [Granularity.CHANNEL, Granularity.INTRA], [channel, intra], SelectionConfig(seed=seed),
-                  groups=groups)
+    scales = [Granularity.CHANNEL, Granularity.INTRA] + ([Granularity.KERNEL] if kernel > 0 else [])
+    ratios = [channel, intra] + ([kernel] if kernel > 0 else [])
+    mask = select(model, scales, ratios, SelectionConfig(seed=seed), groups=groups)
     return compact(model, mask, x, groups).eval()
 
 

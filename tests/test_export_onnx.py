@@ -32,6 +32,13 @@ def test_compacted_zoo_network_matches_pytorch(tmp_path: Path, name: str):
     assert float(np.abs(got - expected).max()) <= 1e-4
 
 
+def test_kernel_sparse_and_intra_layers_match_pytorch(tmp_path: Path):
+    net = compacted("tiny-paper", kernel=0.3)
+    assert {"KernelSparseConv2d"} <= {type(m).__name__ for m in net.modules()}
+    quantize_model_(net, plan_formats(net, 6))
+    assert export_onnx(net, tmp_path / "k.onnx").max_abs_diff <= 1e-4
+
+
 @pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
 def test_quantized_compact_network_matches_pytorch(tmp_path: Path, exporter: str):
     net = compacted("tiny-vgg")

@@ -83,3 +83,15 @@ def test_report_json_totals_agree():
     data = storage_report(model, dict.fromkeys(quantized_weights(model), 3)).to_json()
     assert data["total_bits"] == sum(r["total_bits"] for r in data["layers"]) + data["other_float_bits"]
     assert data["total_bytes"] == math.ceil(data["total_bits"] / 8)
+
+
+def test_kernel_sparse_layer_stores_kept_kernels_and_a_kernel_bitmap():
+    model = create("tiny-paper").eval()
+    mask = NetworkMask()
+    keep = torch.rand(16, 8, generator=torch.Generator().manual_seed(0)) < 0.4  # bool [O, I]
+    mask.layer("features.5", model.features[5]).keep_kernel = keep
+    net = compact(model, mask)
+    assert type(net.features[5]).__name__ == "KernelSparseConv2d"
+    row = {r.layer: r for r in storage_report(net, None, mask).layers}["features.5"]
+    assert row.stored_weights == int(keep.sum()) * 9
+    assert row.kernel_index_bits == 16 * 8 and row.channel_index_bits == row.intra_index_bits == 0

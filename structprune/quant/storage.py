@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 from structprune.arch import factory_of
@@ -115,7 +116,10 @@ def _index_bits(module: nn.Module, mask: LayerMask | None) -> tuple[int, int, in
     kept_out = int(mask.keep_out.sum()) if mask.keep_out is not None else out_maps
     if kept_out < out_maps:
         channel = min(out_maps, kept_out * index_width(out_maps))
-    if mask.keep_kernel is not None and not bool(mask.keep_kernel.all()):
+    own_kernels = getattr(module, "keep_kernel", None)  # KernelSparseConv2d: bool [O, I] of the compact layer
+    if isinstance(own_kernels, torch.Tensor):
+        kernel = own_kernels.numel()
+    elif mask.keep_kernel is not None and not bool(mask.keep_kernel.all()):
         kernel = kept_out * in_maps
     if mask.intra is not None and not isinstance(patterns, list | tuple):
         patterned = min(sum(p is not None for p in mask.intra), in_maps)
