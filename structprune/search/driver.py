@@ -30,6 +30,7 @@ import copy
 import json
 import logging
 import math
+import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -563,14 +564,16 @@ def search_run(run: Run, data: Dataset, cfg: SearchConfig, out: str | Path,
                extra_config: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
     """Search, retrain, and save the pruned run (masks.json, search.json, metrics with conv MACs) in `out`."""
     search = Search(run, data, cfg, out)
+    started = time.perf_counter()
     mask, record = search.run_search()
+    seconds = time.perf_counter() - started  # this invocation only (a resumed search counts its last part)
     model = search.model
     masked, dense = conv_macs(model, mask, search.input_shape)
     val, test = evaluate(model, data.val), evaluate(model, data.test)
     metrics = {"val_mcr": val.mcr, "test_mcr": test.mcr, "val_loss": val.loss, "test_loss": test.loss,
                "test_images": len(data.test), "conv_macs": masked, "conv_macs_dense": dense,
                "conv_macs_removed": 1 - masked / dense if dense else 0.0,
-               "kept_fraction": search.kept_fractions(mask),
+               "kept_fraction": search.kept_fractions(mask), "search_seconds": round(seconds, 1),
                "source_metrics": {k: run.metrics[k] for k in ("val_mcr", "test_mcr", "macs") if k in run.metrics}}
     extra = {MASKS_FILE: mask.to_json(), SEARCH_FILE: record}
     if cfg.latency_weight > 0:
