@@ -115,3 +115,53 @@ def test_empty_validation_set_and_bad_layer_are_one_line_errors():
     with pytest.raises(StructpruneError, match="not a convolution"):
         data = ScoreSet(torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.long))
         LayerScorer(model, "classifier.1", Granularity.CHANNEL, data)
+
+
+@pytest.mark.parametrize("granularity", [Granularity.CHANNEL, Granularity.KERNEL])
+def test_batch_norm_recalibration_matches_a_recalibrated_copy(granularity):
+    model = tiny(True)
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(30, 1, 8, 8, generator=g), torch.randint(0, 10, (30,), generator=g)
+    recal = torch.randn(48, 1, 8, 8, generator=g) * 2 + 0.5  # other statistics than the stored ones
+    layer = conv_layers(model)[1]
+    conv = model.get_submodule(layer)
+    shape = tuple(conv.weight.shape)
+    rng = np.random.default_rng(3)
+    if granularity is Granularity.CHANNEL:
+        bits = (rng.random((3, shape[0])) < 0.5).astype(np.int16)
+        masks = channel_masks_from_bits(bits, torch.ones(shape[0], dtype=torch.bool))
+    else:
+        bits = (rng.random((3, shape[0] * shape[1])) < 0.5).astype(np.int16)
+        masks = kernel_masks_from_bits(bits, torch.ones(shape[0], shape[1], dtype=torch.bool), shape)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    scorer = LayerScorer(model, layer, granularity, ScoreSet(x, y), tie=0.0, recalibrate=recal, recal_batch=16)
+    plain = LayerScorer(model, layer, granularity, ScoreSet(x, y), tie=0.0)
+    got_mcr, got_ce = scorer.mcr_and_ce(masks)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # statistics restored
+    assert not np.allclose(got_ce, plain.mcr_and_ce(masks)[1])  # recalibration changed something
+    names = [n for n, _ in model.named_modules()]
+    later = [n for n in names if n.startswith("features.") and names.index(n) > names.index(layer)]
+    for i, m in enumerate(masks):
+        ref = copy.deepcopy(model)
+        with torch.no_grad():
+            c = ref.get_submodule(layer)
+            if granularity is Granularity.CHANNEL:
+                c.weight[~m] = 0
+                own_bn = ref.get_submodule(later[0])
+                own_bn.weight[~m] = 0
+                own_bn.bias[~m] = 0
+                recal_norms = [ref.get_submodule(n) for n in later[1:]]
+            else:
+                c.weight.mul_(m)
+                recal_norms = [ref.get_submodule(n) for n in later]
+            recal_norms = [bn for bn in recal_norms if isinstance(bn, torch.nn.BatchNorm2d)]
+            for bn in recal_norms:
+                bn.reset_running_stats()
+                bn.momentum = None
+                bn.train()
+            for start in range(0, 48, 16):
+                ref(recal[start:start + 16])
+            ref.eval()
+            logits = ref(x)
+        assert got_mcr[i] == pytest.approx(float((logits.argmax(1) != y).float().mean()))
+        assert got_ce[i] == pytest.approx(float(F.cross_entropy(logits, y)), rel=1e-4)

@@ -54,6 +54,9 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--check-images", type=positive_int, default=2000,
                    help="other validation images that check the tolerance (disjoint from the scoring ones)")
     g.add_argument("--layers", default=None, help="comma list of convolutions to prune (default: all)")
+    g.add_argument("--bn-recalibrate", type=non_negative_int, default=0, metavar="BATCHES",
+                   help="re-estimate batch-norm statistics of every candidate on BATCHES training batches of 64 "
+                   "before scoring (layer-by-layer search; default 0 = off)")
     g.add_argument("--latency-weight", type=float, default=0.0, metavar="LAMBDA",
                    help="global search: add LAMBDA x predicted conv latency (ms per batch of 16) to the MCR")
     g.add_argument("--latency-table", default=None,
@@ -88,7 +91,7 @@ def run_search(args: argparse.Namespace, granularities: list[Granularity]) -> in
         check_images=args.check_images, step_epochs=args.retrain_epochs, step_images=args.retrain_images,
         final_epochs=args.final_epochs, final_images=args.final_images, lr=args.lr, backend=args.backend,
         workers=args.workers, seed=args.seed, scope=args.scope, latency_weight=args.latency_weight,
-        latency_table=args.latency_table,
+        latency_table=args.latency_table, bn_batches=args.bn_recalibrate,
         layers=None if args.layers is None else tuple(s.strip() for s in args.layers.split(",") if s.strip()))
     command = {"command": shlex.join(["structprune", *sys.argv[1:]]), "verb": "prune"}
     out, m = search_run(run, data, cfg, args.out, extra_config=command)

@@ -18,6 +18,11 @@ One rung:
      the layer. With a fixed `ratio` there is one rung per layer, accepted, retrained `step_epochs`.
 After the last layer the network is retrained `final_epochs` with every mask held.
 
+Options: `bn_batches` re-estimates the batch-norm statistics after the scored layer for every candidate on
+that many training batches (scoring.LayerScorer). `scope="global"` replaces the per-layer ladder by one
+channel search over every layer's maps at a fixed overall ratio; with `latency_weight` λ > 0 its objective
+adds λ × the conv latency predicted from a table measured on this machine (latency.py).
+
 Resume: the output folder holds state/model.safetensors and state/driver.json (saved at the start of every
 rung) and state/pf.json (after every generation); the same command continues from the last generation.
 search.json (every generation: best and mean score, kept fraction per layer) is rewritten atomically.
@@ -89,6 +94,7 @@ class SearchConfig:
     score_images: int = 2000
     check_images: int = 2000
     tie: float = 1e-3
+    bn_batches: int = 0  # re-estimate batch-norm statistics per candidate on this many training batches of 64
     step_epochs: int = 1
     step_images: int | None = None  # training images per retraining between steps (None: all)
     final_epochs: int = 1
@@ -122,6 +128,8 @@ class SearchConfig:
             raise StructpruneError(f"unknown scope {self.scope!r}; choose layer or global")
         if self.scope == "global" and (self.ratio is None or tuple(self.granularities) != ("channel",)):
             raise StructpruneError("the global search takes --granularity channel and a --ratio")
+        if self.bn_batches < 0:
+            raise StructpruneError("batch-norm recalibration batches must be >= 0")
         if self.latency_weight < 0:
             raise StructpruneError(f"latency weight {self.latency_weight} must be >= 0")
 
@@ -441,7 +449,9 @@ class Search:
             score_fn = self._objective(rung, make_backend(self.cfg.backend, scorer, lambda p: rung.decode(p, None),
                                                           self.cfg.workers))
         else:
-            scorer = LayerScorer(self.model, rung.layer, rung.granularity, self.score_set, tie=self.cfg.tie)
+            recal = self.data.train.x[: self.cfg.bn_batches * 64] if self.cfg.bn_batches > 0 else None
+            scorer = LayerScorer(self.model, rung.layer, rung.granularity, self.score_set, tie=self.cfg.tie,
+                                 recalibrate=recal)
             score_fn = make_backend(self.cfg.backend, scorer, lambda p: rung.decode(p, shape), self.cfg.workers)
         try:
             if self.cfg.method == "l1":

@@ -16,7 +16,8 @@ and the cross-entropy term (tie = 1e-3 by default, far below 1/N for N ≤ 1000)
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,7 +84,10 @@ class LayerScorer:
     """Scores masks of one conv layer of `model` (in eval mode) on a fixed image set."""
 
     def __init__(self, model: nn.Module, layer: str, granularity: Granularity, data: ScoreSet,
-                 tie: float = 1e-3, max_rows: int = 4096):
+                 tie: float = 1e-3, max_rows: int = 4096, recalibrate: torch.Tensor | None = None,
+                 recal_batch: int = 64):
+        """`recalibrate`: training images [B, C, H, W]; when given, the batch norms after the scored step
+        re-estimate their statistics for every candidate (batches of `recal_batch`) before it is scored."""
         chain = as_chain(model)
         names = [n for n, _ in chain]
         if layer not in names or not isinstance(chain[names.index(layer)][1], nn.Conv2d):
@@ -106,6 +110,43 @@ class LayerScorer:
             prefix, self.rest = chain[:k], [m for _, m in chain[k + 1:]]
         with torch.no_grad():
             self.cache = run_chain([m for _, m in prefix], data.x)  # [N, C, H, W] entering the scored step
+            self.recal_cache = None if recalibrate is None else run_chain([m for _, m in prefix], recalibrate)
+        self.recal_batch = recal_batch
+        self.norms = [m for r in self.rest for m in r.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    def _masked(self, x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """The activations entering the rest of the chain for each particle, [P·n, ...] (particle-major)."""
+        count = len(masks)
+        if self.granularity is Granularity.CHANNEL:
+            keep = masks.to(x.dtype).view(count, 1, -1, *([1] * (x.dim() - 2)))  # [P, 1, C, 1, 1]
+            return (x.unsqueeze(0) * keep).flatten(0, 1)  # [P·n, C, H, W]
+        # one conv per particle: stacking them into one wide conv costs a transpose copy of its output
+        weights = self.conv.weight.unsqueeze(0) * masks  # [P, O, I, kh, kw]
+        return torch.cat([F.conv2d(x, w, self.conv.bias, self.conv.stride, self.conv.padding, self.conv.dilation)
+                          for w in weights])  # [P·n, O, H, W]
+
+    @contextmanager
+    def _recalibrated(self, mask: torch.Tensor) -> Iterator[None]:
+        """Batch-norm statistics of the rest of the chain re-estimated for one candidate, restored on exit."""
+        saved = [(bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone(), bn.momentum)
+                 for bn in self.norms]
+        try:
+            for bn in self.norms:
+                bn.reset_running_stats()
+                bn.momentum = None  # cumulative average over the recalibration batches
+                bn.train()
+            for start in range(0, len(self.recal_cache), self.recal_batch):
+                run_chain(self.rest, self._masked(self.recal_cache[start:start + self.recal_batch], mask))
+            for bn in self.norms:
+                bn.eval()
+            yield
+        finally:
+            for bn, (mean, var, tracked, momentum) in zip(self.norms, saved, strict=True):
+                bn.running_mean.copy_(mean)
+                bn.running_var.copy_(var)
+                bn.num_batches_tracked.copy_(tracked)
+                bn.momentum = momentum
+                bn.eval()
 
     def _losses(self, logits: torch.Tensor, y: torch.Tensor, particles: int) -> tuple[torch.Tensor, torch.Tensor]:
         """logits [P·n, classes] (particle-major) -> wrong counts and CE sums per particle, [P] each."""
@@ -117,6 +158,15 @@ class LayerScorer:
     @torch.no_grad()
     def mcr_and_ce(self, masks: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """masks: channel scale bool [P, O]; kernel/intra scale float [P, O, I, kh, kw] -> MCR [P], CE [P]."""
+        if self.recal_cache is not None and self.norms:  # statistics differ per candidate: one at a time
+            results = []
+            for i in range(len(masks)):
+                with self._recalibrated(masks[i:i + 1]):
+                    results.append(self._mcr_and_ce(masks[i:i + 1]))
+            return np.concatenate([r[0] for r in results]), np.concatenate([r[1] for r in results])
+        return self._mcr_and_ce(masks)
+
+    def _mcr_and_ce(self, masks: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         count = len(masks)
         n = len(self.y)
         wrong = torch.zeros(count, dtype=torch.long)
@@ -124,14 +174,7 @@ class LayerScorer:
         rows = _chunk_rows(n, count, self.max_rows)
         for start in range(0, n, rows):
             x, y = self.cache[start:start + rows], self.y[start:start + rows]
-            if self.granularity is Granularity.CHANNEL:
-                keep = masks.to(x.dtype).view(count, 1, -1, *([1] * (x.dim() - 2)))  # [P, 1, C, 1, 1]
-                h = (x.unsqueeze(0) * keep).flatten(0, 1)  # [P·n, C, H, W]
-            else:  # one conv per particle: stacking them into one wide conv costs a transpose copy of its output
-                weights = self.conv.weight.unsqueeze(0) * masks  # [P, O, I, kh, kw]
-                h = torch.cat([F.conv2d(x, w, self.conv.bias, self.conv.stride, self.conv.padding, self.conv.dilation)
-                               for w in weights])  # [P·n, O, H, W]
-            part_wrong, part_ce = self._losses(run_chain(self.rest, h), y, count)
+            part_wrong, part_ce = self._losses(run_chain(self.rest, self._masked(x, masks)), y, count)
             wrong += part_wrong
             ce += part_ce.double()
         return (wrong.double() / n).numpy(), (ce / n).numpy()
