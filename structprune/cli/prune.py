@@ -14,7 +14,7 @@ from structprune.pruning import MaskChooser, prune_run, select_masks
 from structprune.runfolder import check_writable_destination
 from structprune.selection import METHODS, SCOPES
 
-SEARCH_METHODS = ("pf", "epf", "random-best")  # the mask search (structprune.search; options in prune_search.py)
+SEARCH_METHODS = ("pf", "epf", "random-best", "tp-l2")  # the mask search (structprune.search; options in prune_search.py)
 
 
 def ratio_list(text: str) -> list[float]:
