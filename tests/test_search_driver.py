@@ -91,13 +91,13 @@ def test_tolerance_decides_how_far_the_ladder_goes(tiny_run, digits, tmp_path):
 
 def test_fixed_ratio_gives_equal_structure_for_every_method(tiny_run, digits, tmp_path):
     kept = {}
-    for method in ("pf", "l1", "random"):
+    for method in ("pf", "l1", "random", "tp-l2"):
         cfg = SearchConfig(method=method, ratio=0.5, granularities=("channel",), **FAST)
         _, m = search_run(load_run(tiny_run), digits, cfg, tmp_path / method)
         kept[method] = m["kept_fraction"]
         mask = NetworkMask.from_json(json.loads((tmp_path / method / "masks.json").read_text()))
         assert all(int(lm.keep_out.sum()) == lm.shape[0] // 2 for _, lm in mask)
-    assert kept["pf"] == kept["l1"] == kept["random"]
+    assert kept["pf"] == kept["l1"] == kept["random"] == kept["tp-l2"]
 
 
 def test_conv_macs_count_pruned_inputs(tiny_run):

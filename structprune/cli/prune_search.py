@@ -19,7 +19,7 @@ from structprune.cli.common import positive_int
 from structprune.errors import StructpruneError
 from structprune.granularity import Granularity
 
-DRIVER_METHOD = {"pf": "pf", "epf": "epf", "l1": "l1", "random-best": "random"}
+DRIVER_METHOD = {"pf": "pf", "epf": "epf", "l1": "l1", "random-best": "random", "tp-l2": "tp-l2"}
 
 
 def non_negative_int(text: str) -> int:
@@ -71,7 +71,7 @@ def run_search(args: argparse.Namespace, granularities: list[Granularity]) -> in
     from structprune.search.driver import SearchConfig, search_run
 
     if args.method not in DRIVER_METHOD:
-        raise StructpruneError(f"--method {args.method} cannot run the search schedule; use pf, epf, l1 or random-best")
+        raise StructpruneError(f"--method {args.method} cannot run the search schedule; use pf, epf, l1, random-best or tp-l2")
     if args.max == (args.ratio is not None):
         raise StructpruneError("give either --ratio R or --max")
     if args.ratio is not None and len(set(args.ratio)) != 1:

@@ -11,6 +11,8 @@ One rung:
        pf / epf   particle filter / evolutionary PF (seeded with the L1 candidate unless `seed_with_l1=False`)
        l1         largest L1 magnitude (maps, kernels; per input map the pattern keeping the most |w|)
        random     best of N random candidates, N = particles × generations (the PF's scoring budget)
+       tp-l2      Torch-Pruning's GroupMagnitudeImportance (L2 over the whole coupled group: the map's filter,
+                  its batch norm and the next layer's input weights); channel scale only
   2. its MCR is checked on the *check* subset, disjoint from the score subset (the best of many candidates
      looks better than it is on the images that chose it);
   3. with `--max`: accepted when check MCR − unpruned check MCR ≤ tolerance; if not, the model is retrained
@@ -46,6 +48,7 @@ from safetensors.torch import save_file
 from torch import nn
 from tqdm import tqdm
 
+from structprune.arch import example_input
 from structprune.data import Dataset, Split
 from structprune.errors import StructpruneError
 from structprune.granularity import Granularity, IntraPattern
@@ -71,7 +74,7 @@ from structprune.train import TrainConfig, evaluate
 
 log = logging.getLogger(__name__)
 
-METHODS = ("pf", "epf", "l1", "random")
+METHODS = ("pf", "epf", "l1", "random", "tp-l2")
 DEFAULT_LADDER = (0.25, 0.5, 0.625, 0.75, 0.8125, 0.875, 0.9375)
 SEARCH_FILE = "search.json"
 STATE_DIR = "state"
@@ -283,6 +286,24 @@ def global_rung(model: nn.Module, mask: NetworkMask, layers: list[str], ratio: f
                 layers=list(layers), sizes=[s[0] for s in shapes], shapes=shapes)
 
 
+def tp_particle(model: nn.Module, rung: Rung) -> np.ndarray:
+    """Torch-Pruning's group L2 importance of the layer's maps: keep the most important alive ones."""
+    import torch_pruning as tp
+
+    if rung.granularity is not Granularity.CHANNEL or rung.layers:
+        raise StructpruneError("--method tp-l2 applies to layer-by-layer channel pruning only")
+    conv = model.get_submodule(rung.layer)
+    was_training = model.training
+    with torch.enable_grad():  # the graph cannot be built under no_grad (TORCH-PRUNING-NOTES)
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input(model))
+    model.train(was_training)
+    group = graph.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=list(range(conv.out_channels)))
+    scores = tp.importance.GroupMagnitudeImportance(p=2)(group)[rung.alive]
+    bits = np.zeros(len(scores), dtype=np.int16)
+    bits[torch.argsort(scores, descending=True, stable=True)[: rung.space.keep].numpy()] = 1
+    return bits
+
+
 def l1_particle(model: nn.Module, rung: Rung) -> np.ndarray:
     """The L1-magnitude candidate of a rung, as a particle (global: L1 over the layer's mean L1)."""
     if rung.layers:
@@ -454,8 +475,8 @@ class Search:
                                  recalibrate=recal)
             score_fn = make_backend(self.cfg.backend, scorer, lambda p: rung.decode(p, shape), self.cfg.workers)
         try:
-            if self.cfg.method == "l1":
-                best = l1_particle(self.model, rung)
+            if self.cfg.method in ("l1", "tp-l2"):
+                best = l1_particle(self.model, rung) if self.cfg.method == "l1" else tp_particle(self.model, rung)
                 return best, float(score_fn(best[None])[0])
             if self.cfg.method == "random":
                 rng = np.random.default_rng(seed)
