@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Mask search on CIFAR-10 (paper-cifar10, batch norm): PF, EPF, L1 and random best-of-N at equal conv MACs
+# Mask search on CIFAR-10 (paper-cifar10, batch norm): PF, EPF, L1, random best-of-N and Torch-Pruning's group
+# L2 importance at equal conv MACs
 # (every layer keeps the same number of maps: ratio 0.30 -> 2.02x fewer conv MACs, 0.43 -> 3.05x) and equal
 # retraining. Table: python benchmarks/search_table.py runs/search-cifar10-*
 #
@@ -13,6 +14,7 @@ cd "$(dirname "$0")/.."
 DENSE=${1:-runs/cifar10-dense}
 shift || true
 METHODS=${*:-pf l1 random-best epf}
+case " $METHODS " in *" tp-l2 "*) ;; *) METHODS="$METHODS tp-l2" ;; esac  # Torch-Pruning's criterion, cheap
 if [ ! -f "$DENSE/model.safetensors" ]; then
   .venv/bin/python -m structprune train --model paper-cifar10 --data cifar10 --data-dir ../shared/data --epochs "${DENSE_EPOCHS:-1}" \
     --lr 0.05 --model-arg bn=true --out "$DENSE"
