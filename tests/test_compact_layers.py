@@ -81,7 +81,7 @@ def test_intra_equals_masked_dense_conv(case):
     assert_same_layout(y, x)
     assert torch.equal(layer.dense_weight(), conv.weight.detach() * mask)
     # only kept taps are stored: O x (kept taps of one group's input maps)
-    assert layer.convs.dense_index.numel() * conv.out_channels == int(mask.sum()) or not mask.any()
+    assert layer.blocks.dense_index.numel() * conv.out_channels == int(mask.sum()) or not mask.any()
     assert sum(p.numel() for p in layer.parameters()) == int(mask.sum()) + (conv.out_channels if conv.bias is not None else 0)
 
 
@@ -108,9 +108,9 @@ def test_regular_patterns_become_single_small_convs():
     conv = nn.Conv2d(4, 4, 3, padding=1)
     for pattern, shape in [(IntraPattern(0, 3), (4, 4, 3, 1)), (IntraPattern(6, 1), (4, 4, 1, 3))]:
         layer = IntraKernelConv2d.from_conv(conv, [pattern] * 4)
-        assert [tuple(w.shape) for w in layer.convs.weights] == [shape]
+        assert [tuple(w.shape) for w in layer.blocks.weights] == [shape]
     corners = IntraKernelConv2d.from_conv(conv, [IntraPattern(0, 2)] * 4)  # taps 0,2,4,6,8
-    assert sorted(tuple(w.shape) for w in corners.convs.weights) == [(4, 4, 1, 1), (4, 4, 2, 2)]
+    assert sorted(tuple(w.shape) for w in corners.blocks.weights) == [(4, 4, 1, 1), (4, 4, 2, 2)]
 
 
 def test_intra_macs_are_those_of_the_kept_taps():

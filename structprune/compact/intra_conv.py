@@ -152,16 +152,16 @@ class BlockConvs(nn.Module):
         shapes: dict[tuple[int, int, int, int], list[Piece]] = {}
         for piece in pieces:
             shapes.setdefault(piece.block.shape, []).append(piece)
-        self.convs = list(shapes.values())  # pieces of each convolution
+        self.plan = list(shapes.values())  # the pieces of each convolution
         in_per_group = in_channels // groups
-        self._direct = [len(ps) == 1 and ps[0].maps == tuple(range(in_per_group)) for ps in self.convs]
+        self._direct = [len(ps) == 1 and ps[0].maps == tuple(range(in_per_group)) for ps in self.plan]
         self.weights = nn.ParameterList(
             nn.Parameter(torch.empty(out_channels, sum(len(p.maps) for p in ps), ps[0].block.rows, ps[0].block.cols))
-            for ps in self.convs
+            for ps in self.plan
         )
         kh, kw = kernel_size
         dense_index: list[torch.Tensor] = []  # where each weight entry sits in the dense [O, I/g * kh * kw]
-        for ps in self.convs:
+        for ps in self.plan:
             for piece in ps:
                 cells = torch.tensor([r * kw + c for r, c in piece.block.cells()])  # [rows*cols]
                 dense_index.append((torch.tensor(piece.maps)[:, None] * (kh * kw) + cells[None, :]).flatten())
@@ -234,7 +234,7 @@ class BlockConvs(nn.Module):
             pw, (dh, dw) = self.padding[1], self.dilation
             wp, c, in_per_group = w + 2 * pw, self.in_channels, self.in_channels // self.groups
             indices: list[torch.Tensor | None] = []
-            for ps, direct in zip(self.convs, self._direct, strict=True):
+            for ps, direct in zip(self.plan, self._direct, strict=True):
                 if direct and self._reads_input(ps[0].block, h, w):
                     indices.append(None)
                     continue
@@ -255,7 +255,7 @@ class BlockConvs(nn.Module):
         indices = self._gather_indices(h, w, x.device)
         flat: torch.Tensor | None = None
         out: torch.Tensor | None = None
-        for ps, weight, index in zip(self.convs, self.weights, indices, strict=True):
+        for ps, weight, index in zip(self.plan, self.weights, indices, strict=True):
             dilation = (ps[0].block.row_step * self.dilation[0], ps[0].block.col_step * self.dilation[1])
             if index is None:
                 xin, padding = self._direct_input(x, ps[0].block)
@@ -291,7 +291,7 @@ class IntraKernelConv2d(nn.Module):
         self.patterns = check_patterns(patterns, in_per_group, kernel_size, "IntraKernelConv2d")
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size, self.stride, self.padding, self.dilation = kernel_size, stride, padding, dilation
-        self.convs = BlockConvs(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
+        self.blocks = BlockConvs(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
                                 plan_pieces(self.patterns, kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
 
@@ -303,23 +303,23 @@ class IntraKernelConv2d(nn.Module):
         layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
                     conv.groups, conv.bias is not None, patterns)
         layer.to(device=conv.weight.device, dtype=conv.weight.dtype)
-        layer.convs.load_dense(conv.weight.detach())
+        layer.blocks.load_dense(conv.weight.detach())
         if conv.bias is not None:
             layer.bias.data.copy_(conv.bias.detach())
         return layer
 
     def dense_weight(self) -> torch.Tensor:
         """[O, I/groups, kh, kw]: the masked dense weight this layer computes with."""
-        return self.convs.dense_weight()
+        return self.blocks.dense_weight()
 
     def kept_taps(self) -> int:
         """Number of weights stored (per output map, summed over input maps of a group)."""
-        return sum(w[0].numel() for w in self.convs.weights)
+        return sum(w[0].numel() for w in self.blocks.weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, C, H, W] -> [N, O, H', W'], layout kept
         nchw = x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last)  # ambiguous: NCHW
         x = x.contiguous(memory_format=torch.channels_last)
-        y = self.convs(x, self.bias)
+        y = self.blocks(x, self.bias)
         return y.contiguous() if nchw else y.contiguous(memory_format=torch.channels_last)
 
     def to_spec(self) -> dict[str, Any]:
@@ -340,4 +340,4 @@ class IntraKernelConv2d(nn.Module):
         full = self.in_channels // self.groups * kh * kw
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, "
-                f"taps={kept}/{full} ({math.floor(100 * kept / full)}%), convs={len(self.convs.convs)}")
+                f"taps={kept}/{full} ({math.floor(100 * kept / full)}%), convs={len(self.blocks.plan)}")
