@@ -27,6 +27,8 @@ from structprune.compact.intra_conv import BlockConvs, Pair, _pair, check_patter
 from structprune.errors import StructpruneError
 from structprune.granularity import IntraPattern
 
+MAX_GATHER = 8  # a single grouped conv may gather at most this many times the input maps
+
 
 def structured_kernel_mask(weight: torch.Tensor, groups: int, keep_fraction: float,
                            scores: torch.Tensor | None = None) -> torch.Tensor:
@@ -139,6 +141,8 @@ class KernelSparseConv2d(nn.Module):
                 ins_all += ins
         groups = len(outs_all) // size
         if groups > 2 * len(rows):  # each split repeats the gather of its inputs: per-row-group convs win
+            return None
+        if len(ins_all) > MAX_GATHER * self.in_channels:  # the gathered input would dwarf the input itself
             return None
         return [(outs_all, ins_all, groups)]
 
