@@ -2,11 +2,12 @@
 # Pruning + fixed-point quantization of paper-mnist and paper-cifar10 (docs/results.md, "Fixed-point
 # quantization"). Each step runs under the shared heavy-job lock and is skipped when its run folder exists,
 # so the script can be stopped and rerun. Needs the dense runs runs/mnist-dense and runs/cifar10-dense
-# (runs/train-baselines.sh) and waits for them.
+# (runs/train-baselines.sh; override with MNIST_DENSE=... CIFAR10_DENSE=...) and waits for them.
 #   usage: scripts/quant_experiments.sh [mnist] [cifar10]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SP=(.venv/bin/python -m structprune)
+DATA=(--data-dir "${DATA_DIR:-../shared/data}")
 LOCK=/tmp/structprune-heavy.lock
 
 step() {  # step OUT_DIR command...: run unless OUT_DIR/metrics.json exists
@@ -21,24 +22,24 @@ wait_for() {
 }
 
 mnist() {
-  local d=runs/mnist-dense p=runs/q5-mnist
+  local d=${MNIST_DENSE:-runs/mnist-dense} p=runs/q5-mnist
   wait_for $d
-  step $p-pruned "${SP[@]}" prune $d --granularity channel --ratio 0.625 --method l1 --out $p-pruned
-  step $p-retrained "${SP[@]}" retrain $p-pruned --epochs 3 --out $p-retrained --no-progress
-  step $p-compact "${SP[@]}" compact $p-retrained --out $p-compact
-  step $p-q4 "${SP[@]}" quantize $p-compact --bits 4 --epochs 1 --out $p-q4 --no-progress
-  step $p-q4auto "${SP[@]}" quantize $p-compact --bits 4 --per-layer auto --epochs 1 --out $p-q4auto --no-progress
-  step $p-q3 "${SP[@]}" quantize $p-compact --bits 3 --epochs 1 --out $p-q3 --no-progress
+  step $p-pruned "${SP[@]}" prune $d --granularity channel --ratio 0.625 --method l1 --out $p-pruned "${DATA[@]}"
+  step $p-retrained "${SP[@]}" retrain $p-pruned --epochs 3 --out $p-retrained --no-progress "${DATA[@]}"
+  step $p-compact "${SP[@]}" compact $p-retrained --out $p-compact "${DATA[@]}"
+  step $p-q4 "${SP[@]}" quantize $p-compact --bits 4 --epochs 1 --out $p-q4 --no-progress "${DATA[@]}"
+  step $p-q4auto "${SP[@]}" quantize $p-compact --bits 4 --per-layer auto --epochs 1 --out $p-q4auto --no-progress "${DATA[@]}"
+  step $p-q3 "${SP[@]}" quantize $p-compact --bits 3 --epochs 1 --out $p-q3 --no-progress "${DATA[@]}"
 }
 
 cifar10() {
-  local d=runs/cifar10-dense p=runs/q5-cifar10
+  local d=${CIFAR10_DENSE:-runs/cifar10-dense} p=runs/q5-cifar10
   wait_for $d
-  step $p-pruned "${SP[@]}" prune $d --granularity channel --ratio 0.5 --method l1 --out $p-pruned
-  step $p-retrained "${SP[@]}" retrain $p-pruned --epochs 2 --out $p-retrained --no-progress
-  step $p-compact "${SP[@]}" compact $p-retrained --out $p-compact
-  step $p-q5 "${SP[@]}" quantize $p-compact --bits 5 --epochs 1 --out $p-q5 --no-progress
-  step $p-q4 "${SP[@]}" quantize $p-compact --bits 4 --epochs 1 --out $p-q4 --no-progress
+  step $p-pruned "${SP[@]}" prune $d --granularity channel --ratio 0.5 --method l1 --out $p-pruned "${DATA[@]}"
+  step $p-retrained "${SP[@]}" retrain $p-pruned --epochs 2 --out $p-retrained --no-progress "${DATA[@]}"
+  step $p-compact "${SP[@]}" compact $p-retrained --out $p-compact "${DATA[@]}"
+  step $p-q5 "${SP[@]}" quantize $p-compact --bits 5 --epochs 1 --out $p-q5 --no-progress "${DATA[@]}"
+  step $p-q4 "${SP[@]}" quantize $p-compact --bits 4 --epochs 1 --out $p-q4 --no-progress "${DATA[@]}"
 }
 
 for target in "${@:-mnist cifar10}"; do
