@@ -17,8 +17,8 @@ def _is_leaf(module: nn.Module) -> bool:
 
 @torch.no_grad()
 def layer_table(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> list[dict[str, Any]]:
-    """One row per leaf layer with parameters or compute: name, type, output shape (one image), own
-    parameters, MACs (FLOPs counted by PyTorch's FLOP counter, halved)."""
+    """One row per leaf layer: name, type, output shape (one image), weight shape, own parameters,
+    MACs (FLOPs counted by PyTorch's FLOP counter, halved)."""
     shape = tuple(input_shape) if input_shape is not None else input_shape_of(model)
     outputs: dict[str, tuple[int, ...]] = {}
     hooks = []
@@ -45,7 +45,9 @@ def layer_table(model: nn.Module, input_shape: tuple[int, ...] | None = None) ->
         if not name or not _is_leaf(module) or name not in outputs:
             continue
         params = sum(p.numel() for p in module.parameters(recurse=False))
+        weight = getattr(module, "weight", None)
         macs = int(sum(flops.get(f"{root}.{name}", {}).values()) // 2)
         rows.append({"name": name, "type": type(module).__name__, "output_shape": list(outputs[name]),
+                     "weight_shape": list(weight.shape) if isinstance(weight, torch.Tensor) else [],
                      "params": params, "macs": macs})
     return rows

@@ -86,7 +86,8 @@ def test_info_lists_layers_and_totals(trained, capsys):
     metrics = json.loads((trained / "metrics.json").read_text())
     assert sum(r["macs"] for r in info["layers"]) == metrics["macs"]
     assert sum(r["params"] for r in info["layers"]) == metrics["params"]
-    assert info["layers"][0] == {"name": "features.0", "type": "Conv2d", "output_shape": [8, 8, 8], "params": 80,
+    assert info["layers"][0] == {"name": "features.0", "type": "Conv2d", "output_shape": [8, 8, 8],
+                                 "weight_shape": [8, 1, 3, 3], "params": 80,
                                  "macs": 8 * 8 * 8 * 9}
 
 
