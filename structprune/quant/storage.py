@@ -90,7 +90,7 @@ def dense_original_bits(model: nn.Module) -> int:
     return FLOAT_BITS * sum(p.numel() for p in original.parameters())
 
 
-def _stored_weights(module: nn.Module, param: nn.Parameter, mask: LayerMask | None) -> int:
+def _stored_weights(param: nn.Parameter, mask: LayerMask | None) -> int:
     if mask is not None and tuple(param.shape) == tuple(mask.shape):  # masked dense conv, not compacted
         return int(mask.weight_mask().sum())
     return param.numel()
@@ -147,7 +147,7 @@ def storage_report(
         module = model.get_submodule(layer)
         mask = layer_masks.get(layer)
         bits = int(word_bits.get(name, word_bits.get(layer, FLOAT_BITS)))
-        n = _stored_weights(module, params[name], mask)
+        n = _stored_weights(params[name], mask)
         row = rows.get(layer)
         if row is None:
             channel, kernel, intra = _index_bits(module, mask)
