@@ -8,10 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from datafiles_helpers import random_set, write_cifar_bins, write_idx_set
+from datafiles_helpers import idx_bytes, random_set, write_cifar_bins, write_idx_set
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from structprune.augment import crop_and_flip, random_crop, random_flip
 from structprune.data import DATA_DIR_ENV, SPECS, batches, load_dataset
+from structprune.datafiles import read_idx
 from structprune.errors import StructpruneError
 
 SHARED = Path(__file__).parents[1] / "../shared/data"
@@ -220,3 +223,24 @@ def test_real_cifar10():
     assert (len(d.train), len(d.val), len(d.test)) == (40000, 5000, 1000)
     assert d.train.x.shape[1:] == (3, 32, 32)
     assert torch.allclose(d.train.x.mean(dim=(0, 2, 3)), torch.zeros(3), atol=0.05)
+
+
+@settings(max_examples=30, deadline=None)
+@given(shape=st.lists(st.integers(0, 5), min_size=1, max_size=4), gz=st.booleans(), seed=st.integers(0, 2**16))
+def test_idx_round_trip(tmp_path_factory, shape, gz, seed):
+    array = np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+    path = tmp_path_factory.mktemp("idx") / ("a.gz" if gz else "a")
+    payload = idx_bytes(array)
+    path.write_bytes(gzip.compress(payload) if gz else payload)
+    assert np.array_equal(read_idx(path), array)
+
+
+@settings(max_examples=40, deadline=None)
+@given(padding=st.integers(0, 4), size=st.integers(1, 9), seed=st.integers(0, 2**31))
+def test_random_crop_always_cuts_a_window_of_the_padded_image(padding, size, seed):
+    x = torch.randn(3, 2, size, size)
+    out = random_crop(x, padding, torch.Generator().manual_seed(seed))
+    padded = torch.nn.functional.pad(x, (padding,) * 4)
+    offsets = range(2 * padding + 1)
+    for i in range(3):
+        assert any(torch.equal(out[i], padded[i, :, dy : dy + size, dx : dx + size]) for dy in offsets for dx in offsets)
