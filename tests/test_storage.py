@@ -95,3 +95,5 @@ def test_kernel_sparse_layer_stores_kept_kernels_and_a_kernel_bitmap():
     row = {r.layer: r for r in storage_report(net, None, mask).layers}["features.5"]
     assert row.stored_weights == int(keep.sum()) * 9
     assert row.kernel_index_bits == 16 * 8 and row.channel_index_bits == row.intra_index_bits == 0
+    # the compact layer describes itself: no masks.json needed for its kernel bitmap
+    assert {r.layer: r for r in storage_report(net).layers}["features.5"].kernel_index_bits == 16 * 8

@@ -110,16 +110,16 @@ def _index_bits(module: nn.Module, mask: LayerMask | None) -> tuple[int, int, in
     if isinstance(patterns, list | tuple):
         positions = math.prod(getattr(module, "kernel_size", (1, 1)))
         intra = sum(p is not None for p in patterns) * 2 * index_width(positions)
+    own_kernels = getattr(module, "keep_kernel", None)  # KernelSparseConv2d: bool [O, I] of the compact layer
+    if isinstance(own_kernels, torch.Tensor):
+        kernel = own_kernels.numel()
     if mask is None:
         return channel, kernel, intra
     out_maps = mask.shape[0]
     kept_out = int(mask.keep_out.sum()) if mask.keep_out is not None else out_maps
     if kept_out < out_maps:
         channel = min(out_maps, kept_out * index_width(out_maps))
-    own_kernels = getattr(module, "keep_kernel", None)  # KernelSparseConv2d: bool [O, I] of the compact layer
-    if isinstance(own_kernels, torch.Tensor):
-        kernel = own_kernels.numel()
-    elif mask.keep_kernel is not None and not bool(mask.keep_kernel.all()):
+    if not isinstance(own_kernels, torch.Tensor) and mask.keep_kernel is not None and not bool(mask.keep_kernel.all()):
         kernel = kept_out * in_maps
     if mask.intra is not None and not isinstance(patterns, list | tuple):
         patterned = min(sum(p is not None for p in mask.intra), in_maps)
