@@ -207,7 +207,8 @@ def _structured(conv: nn.Conv2d, alive: torch.Tensor, scores: torch.Tensor, frac
     cols = torch.nonzero(alive.any(0)).flatten()
     weight = conv.weight.detach()[rows][:, cols]  # [O', I', kh, kw]
     sub_scores = scores[rows][:, cols]
-    sub = structured_kernel_mask(weight, min(out_groups, len(rows)), fraction, scores=sub_scores)
+    groups = max(d for d in range(1, min(out_groups, len(rows)) + 1) if len(rows) % d == 0)  # must divide O'
+    sub = structured_kernel_mask(weight, groups, fraction, scores=sub_scores)
     keep = torch.zeros_like(alive)
     keep[rows.unsqueeze(1), cols.unsqueeze(0)] = sub.to(torch.bool)
     return keep & alive

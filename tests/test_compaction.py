@@ -6,7 +6,7 @@ import importlib.util
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from prune_nets import family_models, randomize_bn, single_thread  # noqa: F401
 from torch import nn
@@ -25,6 +25,12 @@ HAS_KERNEL_CONV = importlib.util.find_spec("structprune.compact.kernel_conv") is
 FAMILIES = family_models()
 GROUPS = {name: find_channel_groups(m, torch.randn(1, *shape)) for name, (m, shape) in FAMILIES.items()}
 RTOL = 1e-4
+
+
+def note_layers(model: nn.Module) -> None:
+    """Hypothesis statistics: which compact layer types the examples produced."""
+    kinds = sorted({type(m).__name__ for m in model.modules() if "Kernel" in type(m).__name__})
+    event("compact layers: " + (", ".join(kinds) or "none"))
 
 
 def relative_gap(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -95,6 +101,7 @@ def test_compact_equals_masked_on_every_family(data, family, scales, batch):
             compact(model, mask, sample=x, groups=groups)
         return
     small = compact(model, mask, sample=x, groups=groups)
+    note_layers(small)
     with torch.no_grad():
         got = small(x)
     assert relative_gap(got, masked_output(model, mask, groups, x)) <= RTOL
@@ -139,12 +146,14 @@ def test_compact_equals_masked_over_strides_paddings_and_odd_sizes(data, layers,
     try:
         model(x)
     except RuntimeError:
-        return  # the drawn layers shrink this input below one pixel
+        event("input too small for the drawn layers")
+        return
     groups = find_channel_groups(model, x[:1])
     mask = draw_mask(data.draw, model, groups, scales)
     if not _keeps_all_channels_somewhere(model, mask, groups):
         return
     small = compact(model, mask, sample=x, groups=groups)
+    note_layers(small)
     with torch.no_grad():
         got = small(x)
     assert relative_gap(got, masked_output(model, mask, groups, x)) <= RTOL
