@@ -32,6 +32,7 @@ class Candidate:
     model: nn.Module
     input_shape: tuple[int, ...]  # (C, H, W)
     info: dict[str, Any]  # copied into each record (macs, params, test_mcr, ...)
+    layouts: tuple[str, ...] | None = None  # None: every layout bench() is asked for
 
 
 def _prepared(model: nn.Module, layout: str) -> nn.Module:
@@ -67,7 +68,7 @@ def bench(
     torch.set_num_threads(threads)
     try:
         for batch in batches:
-            entries = [(c, layout) for c in candidates for layout in layouts]
+            entries = [(c, layout) for c in candidates for layout in (c.layouts or layouts)]
             inputs = {(c.name, layout): _input(c.input_shape, batch, layout) for c, layout in entries}
             numbers: dict[tuple[str, str], int] = {}
             for c, layout in entries:  # warm-up, then choose how many calls make one sample
@@ -88,7 +89,7 @@ def bench(
                     bar.update(1)
             bar.close()
             for c in candidates:
-                per_layout = {layout: 1e3 * statistics.median(samples[(c.name, layout)]) for layout in layouts}
+                per_layout = {layout: 1e3 * statistics.median(samples[(c.name, layout)]) for layout in (c.layouts or layouts)}
                 best = min(per_layout, key=per_layout.__getitem__)
                 spread = samples[(c.name, best)]
                 records.append({

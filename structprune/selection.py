@@ -39,6 +39,7 @@ class SelectionConfig:
     kernel_groups: int = 4  # structured kernels: output-map groups per layer sharing kept input maps
     round_to: int = 1  # channel scale: kept maps rounded up to a multiple (8 suits CPU kernels)
     intra_shared: bool = False  # one intra pattern for the whole layer
+    intra_candidates: tuple[IntraPattern, ...] | None = None  # restrict intra patterns (e.g. pad-free ones)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -236,7 +237,7 @@ def select_intra(model: nn.Module, groups: ChannelGroups | None, ratio: float, c
         taps = _global_tap_counts(convs, mask, groups, ratio)
     for name, conv in convs.items():
         positions = conv.weight.shape[2] * conv.weight.shape[3]
-        patterns = IntraPattern.with_taps(positions, taps[name])
+        patterns = _candidates(name, positions, taps[name], cfg)
         alive = _alive_kernels(name, conv, mask, groups)  # [O, I]
         l1 = (conv.weight.detach().abs().flatten(2) * alive.unsqueeze(-1)).sum(0)  # [I, k²]
         if cfg.method == "l1":
@@ -250,6 +251,17 @@ def select_intra(model: nn.Module, groups: ChannelGroups | None, ratio: float, c
             chosen = [patterns[int(i)] for i in table.argmax(1)]
         full = taps[name] == positions
         mask.layer(name, conv).intra = None if full else chosen
+
+
+def _candidates(name: str, positions: int, taps: int, cfg: SelectionConfig) -> list[IntraPattern]:
+    """The patterns with `taps` kept positions, limited to cfg.intra_candidates when given."""
+    patterns = IntraPattern.with_taps(positions, taps)
+    if cfg.intra_candidates is not None:
+        allowed = {p.taps(positions) for p in cfg.intra_candidates}
+        patterns = [p for p in patterns if p.taps(positions) in allowed]
+        if not patterns:
+            raise StructpruneError(f"{name}: no allowed intra-kernel pattern keeps {taps} of {positions} positions")
+    return patterns
 
 
 def _global_tap_counts(convs: dict[str, nn.Conv2d], mask: NetworkMask, groups: ChannelGroups | None,

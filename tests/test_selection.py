@@ -150,3 +150,12 @@ def test_bad_ratio_lists_are_rejected():
         select_masks(model, "channel,kernel,intra", [0.5, 0.5], groups=groups)
     with pytest.raises(StructpruneError, match=r"ratio 1\.0 must be in \[0, 1\)"):
         select_masks(model, "channel", 1.0, groups=groups)
+
+
+def test_intra_candidates_restrict_the_choice_and_a_missing_tap_count_is_an_error():
+    model, groups = paper()
+    mask = select_masks(model, "intra", 6 / 9, groups=groups, intra_candidates=(IntraPattern(1, 3), IntraPattern(0, 3)))
+    chosen = {p for _, lm in mask for p in lm.intra}
+    assert chosen <= {IntraPattern(1, 3), IntraPattern(0, 3)}
+    with pytest.raises(StructpruneError, match=r"features\.0: no allowed intra-kernel pattern keeps 5 of 9"):
+        select_masks(model, "intra", 4 / 9, groups=groups, intra_candidates=(IntraPattern(1, 3),))

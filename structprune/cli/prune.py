@@ -9,7 +9,7 @@ from pathlib import Path
 
 from structprune.cli.prune_search import add_search_arguments, run_search
 from structprune.errors import StructpruneError
-from structprune.granularity import Granularity
+from structprune.granularity import Granularity, IntraPattern
 from structprune.pruning import MaskChooser, prune_run, select_masks
 from structprune.runfolder import check_writable_destination
 from structprune.selection import METHODS, SCOPES
@@ -26,6 +26,18 @@ def ratio_list(text: str) -> list[float]:
     if not values or any(not 0.0 <= v < 1.0 for v in values):
         raise argparse.ArgumentTypeError(f"{text!r}: each ratio must be in [0, 1)")
     return values
+
+
+def pattern_list(text: str) -> tuple[IntraPattern, ...]:
+    """'1:3,0:2' -> (IntraPattern(1, 3), IntraPattern(0, 2))"""
+    try:
+        pairs = [part.split(":") for part in text.split(",") if part.strip()]
+        patterns = tuple(IntraPattern(int(a), int(b)) for a, b in pairs)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of START:STRIDE") from None
+    if not patterns:
+        raise argparse.ArgumentTypeError("no pattern given")
+    return patterns
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -51,6 +63,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="kernel scale: free masks, or output-map groups sharing their kept input maps (fast)")
     p.add_argument("--kernel-groups", type=int, default=4, help="structured kernels: output-map groups per layer")
     p.add_argument("--intra-shared", action="store_true", help="intra scale: one pattern for the whole layer")
+    p.add_argument("--intra-patterns", type=pattern_list, default=None, metavar="S:T,...",
+                   help="intra scale: choose only among these (start:stride) patterns, e.g. 1:3 (the centre column, "
+                   "one pad-free 3×1 convolution)")
     p.add_argument("--data-dir", default=None, help="dataset folder (default: the one the run was trained with)")
     add_search_arguments(p)
     p.set_defaults(func=run)
@@ -60,7 +75,8 @@ def baseline_chooser(args: argparse.Namespace, granularities: list[Granularity])
     def choose(model, groups, data):
         return select_masks(model, granularities, args.ratio, method=args.method, scope=args.scope, seed=args.seed,
                             groups=groups, round_to=args.round_to, kernel_structure=args.kernel_structure,
-                            kernel_groups=args.kernel_groups, intra_shared=args.intra_shared)
+                            kernel_groups=args.kernel_groups, intra_shared=args.intra_shared,
+                            intra_candidates=args.intra_patterns)
 
     return choose
 
@@ -85,7 +101,9 @@ def run(args: argparse.Namespace) -> int:
               "prune": {"granularity": [g.value for g in granularities], "method": args.method, "ratio": args.ratio,
                         "scope": args.scope, "seed": args.seed, "round_to": args.round_to,
                         "kernel_structure": args.kernel_structure, "kernel_groups": args.kernel_groups,
-                        "intra_shared": args.intra_shared}}
+                        "intra_shared": args.intra_shared,
+                        "intra_patterns": None if args.intra_patterns is None
+                        else [[p.start, p.stride] for p in args.intra_patterns]}}
     out, metrics = prune_run(args.run_dir, args.out, choose, config, data_dir=args.data_dir)
     mcr = f", test MCR {metrics['test_mcr']:.4f}" if "test_mcr" in metrics else ""
     print(f"{out}: {metrics['nonzero_params']:,} of {metrics['params']:,} weights kept; compact network "
