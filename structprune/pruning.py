@@ -29,9 +29,10 @@ from structprune.train import evaluate
 
 log = logging.getLogger(__name__)
 
-# A mask chooser for `prune_run`: (model, groups, dataset or None) -> NetworkMask. The particle-filter
-# search plugs in here (cli/prune.py builds one per --method).
-MaskChooser = Callable[[nn.Module, ChannelGroups, Dataset | None], NetworkMask]
+# A mask chooser for `prune_run`: (model, groups, dataset or None, base mask or None) -> NetworkMask.
+# `base` is the mask the run already carries (prune a pruned run further): the result must nest inside it.
+# The particle-filter search plugs in here (cli/prune.py builds one chooser per --method).
+MaskChooser = Callable[[nn.Module, ChannelGroups, Dataset | None, NetworkMask | None], NetworkMask]
 
 
 def select_masks(
@@ -112,9 +113,10 @@ def prune_run(
     run = load_run(src)
     groups = channel_groups_of(run.model)
     data = run_dataset(run, data_dir)
-    if load_masks(run) is not None:
-        log.info("%s already carries masks; the new masks are chosen on its (masked) weights", src)
-    mask = choose(run.model, groups, data)
+    base = load_masks(run)
+    if base is not None:
+        log.info("%s already carries masks; the new masks nest inside them", src)
+    mask = choose(run.model, groups, data, base)
     mask.validate(run.model)
     MaskApplier(run.model, groups).apply_(mask)
     metrics = {**size_metrics(run.model), **mask_summary(run.model, mask, groups), **evaluation_metrics(run.model, data)}

@@ -140,3 +140,15 @@ def test_bad_prune_arguments_are_one_line_errors(source, tmp_path, capsys):
     code, err = cli_inline(capsys, "compact", str(source), "--out", x)
     assert code == 2 and "no masks.json" in err
     assert not (tmp_path / "x").exists()
+
+
+def test_pruning_a_pruned_run_nests_inside_its_masks(pruned, tmp_path, capsys):
+    out = tmp_path / "further"
+    code, err = cli_inline(capsys, "prune", str(pruned), "--granularity", "channel", "--ratio", "0.75", "--out", str(out))
+    assert code == 0, err
+    first = json.loads((pruned / "masks.json").read_text())["layers"]
+    second = json.loads((out / "masks.json").read_text())["layers"]
+    for name, layer in first.items():
+        if layer["keep_out"] is not None:
+            assert set(second[name]["keep_out"]) < set(layer["keep_out"])
+        assert second[name]["intra"] == layer["intra"]  # the earlier intra patterns are kept

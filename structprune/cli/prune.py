@@ -72,9 +72,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def baseline_chooser(args: argparse.Namespace, granularities: list[Granularity]) -> MaskChooser:
-    def choose(model, groups, data):
+    def choose(model, groups, data, base):
         return select_masks(model, granularities, args.ratio, method=args.method, scope=args.scope, seed=args.seed,
-                            groups=groups, round_to=args.round_to, kernel_structure=args.kernel_structure,
+                            groups=groups, base=base, round_to=args.round_to, kernel_structure=args.kernel_structure,
                             kernel_groups=args.kernel_groups, intra_shared=args.intra_shared,
                             intra_candidates=args.intra_patterns)
 
