@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Pruning + fixed-point quantization of paper-mnist and paper-cifar10 (docs/results.md, "Fixed-point
-# quantization"). Each step runs under the shared heavy-job lock and is skipped when its run folder exists,
-# so the script can be stopped and rerun. Needs the dense runs runs/mnist-dense and runs/cifar10-dense
+# quantization"). Each network's chain runs under the shared heavy-job lock (taken once per chain) and each
+# step is skipped when its run folder exists, so the script can be stopped and rerun. Needs the dense runs runs/mnist-dense and runs/cifar10-dense
 # (runs/train-baselines.sh; override with MNIST_DENSE=... CIFAR10_DENSE=...) and waits for them.
 #   usage: scripts/quant_experiments.sh [mnist] [cifar10]
 set -euo pipefail
@@ -14,16 +14,18 @@ step() {  # step OUT_DIR command...: run unless OUT_DIR/metrics.json exists
   local out=$1; shift
   if [[ -f $out/metrics.json ]]; then echo "skip $out (done)"; return; fi
   echo "== $(date -u +%H:%M:%S) $*"
-  flock "$LOCK" "$@"
+  "$@"
 }
 
 wait_for() {
   until [[ -f $1/metrics.json ]]; do sleep 30; done
 }
 
+mnist_source_ready() { wait_for "${MNIST_DENSE:-runs/mnist-dense}"; }
+cifar10_source_ready() { wait_for "${CIFAR10_DENSE:-runs/cifar10-dense}"; }
+
 mnist() {
   local d=${MNIST_DENSE:-runs/mnist-dense} p=runs/q5-mnist
-  wait_for $d
   step $p-pruned "${SP[@]}" prune $d --granularity channel --ratio 0.625 --method l1 --out $p-pruned "${DATA[@]}"
   step $p-retrained "${SP[@]}" retrain $p-pruned --epochs 3 --out $p-retrained --no-progress "${DATA[@]}"
   step $p-compact "${SP[@]}" compact $p-retrained --out $p-compact "${DATA[@]}"
@@ -34,7 +36,6 @@ mnist() {
 
 cifar10() {
   local d=${CIFAR10_DENSE:-runs/cifar10-dense} p=runs/q5-cifar10
-  wait_for $d
   step $p-pruned "${SP[@]}" prune $d --granularity channel --ratio 0.5 --method l1 --out $p-pruned "${DATA[@]}"
   step $p-retrained "${SP[@]}" retrain $p-pruned --epochs 2 --out $p-retrained --no-progress "${DATA[@]}"
   step $p-compact "${SP[@]}" compact $p-retrained --out $p-compact "${DATA[@]}"
@@ -42,6 +43,11 @@ cifar10() {
   step $p-q4 "${SP[@]}" quantize $p-compact --bits 4 --epochs 1 --out $p-q4 --no-progress "${DATA[@]}"
 }
 
-for target in "${@:-mnist cifar10}"; do
-  for t in $target; do "$t"; done
+if [[ ${1:-} == --locked ]]; then  # internal: the chain itself, run with the lock held
+  "$2"
+  exit
+fi
+for target in ${@:-mnist cifar10}; do
+  "${target}_source_ready"
+  flock "$LOCK" "$0" --locked "$target"
 done
