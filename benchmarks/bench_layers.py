@@ -20,6 +20,7 @@ import platform
 import random
 import statistics
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -97,13 +98,13 @@ def check(name: str, got: torch.Tensor, ref: torch.Tensor) -> None:
 
 
 def time_variants(variants: dict[str, tuple[Callable, torch.Tensor]], threads: int, rounds: int,
-                  sample_s: float) -> dict[str, list[float]]:
+                  sample_s: float, clock: Callable[[], float]) -> dict[str, list[float]]:
     """Milliseconds per call of each variant, one sample per round, rounds in rotating order."""
     numbers = {}
     for name, (fn, x) in variants.items():  # warm-up, then calls per sample
         for _ in range(2):
             fn(x)
-        once = Timer("fn(x)", globals={"fn": fn, "x": x}, num_threads=threads).timeit(2).mean
+        once = Timer("fn(x)", globals={"fn": fn, "x": x}, num_threads=threads, timer=clock).timeit(2).mean
         numbers[name] = max(1, int(sample_s / max(once, 1e-6)))
     samples: dict[str, list[float]] = {name: [] for name in variants}
     names = list(variants)
@@ -111,7 +112,7 @@ def time_variants(variants: dict[str, tuple[Callable, torch.Tensor]], threads: i
         for r in range(rounds):
             for name in names[r % len(names):] + names[:r % len(names)]:
                 fn, x = variants[name]
-                t = Timer("fn(x)", globals={"fn": fn, "x": x}, num_threads=threads).timeit(numbers[name])
+                t = Timer("fn(x)", globals={"fn": fn, "x": x}, num_threads=threads, timer=clock).timeit(numbers[name])
                 samples[name].append(1e3 * t.mean)
                 bar.update(1)
     return samples
@@ -125,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--sample-seconds", type=float, default=0.15)
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="wall: elapsed time; cpu: CPU time of this process (robust to other processes on a shared "
+                             "machine when --threads 1; with more threads it also counts the threads' spin-waiting)")
     parser.add_argument("--quick", action="store_true", help="fewer cases and rounds (a smoke run)")
     parser.add_argument("--no-csr", action="store_true", help="skip the (slow) unstructured CSR references")
     parser.add_argument("--json", type=Path, help="write every measurement here")
@@ -158,19 +162,21 @@ def main(argv: list[str] | None = None) -> int:
                 check(f"{case} (CSR)", csr(x_cl), ref)
                 variants[f"{case} | csr"] = (csr, x_nchw)
                 info[f"{case} | csr"] = {"kind": "csr", "case": case, "nonzeros": int(mask.sum())}
-        samples = time_variants(variants, args.threads, args.rounds, args.sample_seconds)
+        clock = time.perf_counter if args.clock == "wall" else time.process_time
+        samples = time_variants(variants, args.threads, args.rounds, args.sample_seconds, clock)
 
     med = {name: statistics.median(s) for name, s in samples.items()}
     records = [{"variant": name, **info[name], "median_ms": med[name], "min_ms": min(s), "max_ms": max(s),
                 "samples_ms": s} for name, s in samples.items()]
-    setup = {"channels": c, "size": args.size, "batch": args.batch, "threads": args.threads, "rounds": args.rounds,
+    setup = {"clock": args.clock,
+             "channels": c, "size": args.size, "batch": args.batch, "threads": args.threads, "rounds": args.rounds,
              "kernel": 3, "torch": torch.__version__, "cpu": platform.processor() or platform.machine()}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"setup": setup, "records": records}, indent=1))
 
     print(f"{c}→{c} maps, 3×3, {args.size}×{args.size}, batch {args.batch}, {args.threads} threads, "
-          f"medians of {args.rounds} interleaved rounds (ms)\n")
+          f"{args.clock} clock, medians of {args.rounds} interleaved rounds (ms)\n")
     print(f"dense channels_last {med['dense-cl']:.2f} ms · dense NCHW {med['dense-nchw']:.2f} ms · "
           f"dense im2col+GEMM {med['im2col']:.2f} ms\n")
     print("| case | MAC ratio | compact ms | × vs dense CL | × vs dense NCHW | × vs im2col | CSR ms | × vs CSR |")

@@ -41,6 +41,14 @@ def _pair(value: int | tuple[int, ...] | list[int], name: str) -> Pair:
     return (int(value[0]), int(value[1]))
 
 
+def gather_channels(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x[:, index] for a channels_last x, as a channels_last tensor (one row gather of the [N·H·W, C]
+    matrix; `x.index_select(1, ...)` would return NCHW and run 4× slower)."""
+    n, c, h, w = x.shape
+    rows = x.permute(0, 2, 3, 1).reshape(n * h * w, c)  # a view when x is channels_last
+    return rows.index_select(1, index).view(n, h, w, -1).permute(0, 3, 1, 2)
+
+
 @dataclass(frozen=True, order=True)
 class Block:
     """A dilated rectangle of kernel taps: rows row, row+row_step, ... (rows of them); same for cols."""
@@ -138,10 +146,12 @@ class BlockConvs(nn.Module):
     """The engine: the sum of one dense convolution per block *shape*.  Used by the compact layers.
 
     The pieces (block, input maps) of one shape, e.g. every 3×1 column whatever its column, share one
-    convolution: their shifted input maps are gathered into one lowered tensor by a single index_select
-    on the padded input (its index depends only on the input size and is cached), then convolved with
-    padding 0.  A shape with one piece that reads every input map skips the gather and convolves the
-    input itself.  Input maps are numbered within a group; a piece reads the same maps of every group.
+    convolution over a lowered input: the shifted input maps of every piece side by side, convolved
+    with padding 0.  The lowered input is built from the padded input either by concatenating shifted
+    views (when every piece reads all input maps) or by a single index_select (its index depends only
+    on the input size and is cached).  A shape with one piece that reads every input map skips the
+    lowering and convolves the input itself.  Input maps are numbered within a group; a piece reads
+    the same maps of every group.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Pair, stride: Pair, padding: Pair,
@@ -154,7 +164,9 @@ class BlockConvs(nn.Module):
             shapes.setdefault(piece.block.shape, []).append(piece)
         self.plan = list(shapes.values())  # the pieces of each convolution
         in_per_group = in_channels // groups
-        self._direct = [len(ps) == 1 and ps[0].maps == tuple(range(in_per_group)) for ps in self.plan]
+        every_map = tuple(range(in_per_group))
+        self._direct = [len(ps) == 1 and ps[0].maps == every_map for ps in self.plan]
+        self._by_views = [groups == 1 and all(p.maps == every_map for p in ps) for ps in self.plan]
         self.weights = nn.ParameterList(
             nn.Parameter(torch.empty(out_channels, sum(len(p.maps) for p in ps), ps[0].block.rows, ps[0].block.cols))
             for ps in self.plan
@@ -234,8 +246,8 @@ class BlockConvs(nn.Module):
             pw, (dh, dw) = self.padding[1], self.dilation
             wp, c, in_per_group = w + 2 * pw, self.in_channels, self.in_channels // self.groups
             indices: list[torch.Tensor | None] = []
-            for ps, direct in zip(self.plan, self._direct, strict=True):
-                if direct and self._reads_input(ps[0].block, h, w):
+            for ps, by_views in zip(self.plan, self._by_views, strict=True):
+                if by_views:
                     indices.append(None)
                     continue
                 hs, ws = self._lowered_size(ps[0].block, h, w)
@@ -253,19 +265,25 @@ class BlockConvs(nn.Module):
         """x channels_last [N, I, H, W] -> [N, O, H', W'] channels_last."""
         n, _, h, w = x.shape
         indices = self._gather_indices(h, w, x.device)
-        flat: torch.Tensor | None = None
+        padded: torch.Tensor | None = None
         out: torch.Tensor | None = None
-        for ps, weight, index in zip(self.plan, self.weights, indices, strict=True):
-            dilation = (ps[0].block.row_step * self.dilation[0], ps[0].block.col_step * self.dilation[1])
-            if index is None:
-                xin, padding = self._direct_input(x, ps[0].block)
+        for ps, weight, index, direct in zip(self.plan, self.weights, indices, self._direct, strict=True):
+            block = ps[0].block
+            dilation = (block.row_step * self.dilation[0], block.col_step * self.dilation[1])
+            if direct and self._reads_input(block, h, w):
+                xin, padding = self._direct_input(x, block)
             else:
-                if flat is None:  # the padded input, [N, Hp*Wp*I] in channels_last order
+                if padded is None:
                     ph, pw = self.padding
-                    padded = F.pad(x, (pw, pw, ph, ph)) if ph or pw else x
-                    flat = padded.permute(0, 2, 3, 1).reshape(n, -1)
-                hs, ws = self._lowered_size(ps[0].block, h, w)
-                xin = flat.index_select(1, index).view(n, hs, ws, -1).permute(0, 3, 1, 2)  # [N, C', hs, ws] CL
+                    padded = F.pad(x, (pw, pw, ph, ph)) if ph or pw else x  # [N, I, Hp, Wp] CL
+                hs, ws = self._lowered_size(block, h, w)
+                if index is None:  # shifted views of every input map, side by side
+                    (dh, dw) = self.dilation
+                    xin = torch.cat([padded[:, :, p.block.row * dh:p.block.row * dh + hs,
+                                            p.block.col * dw:p.block.col * dw + ws] for p in ps], dim=1)
+                else:
+                    flat = padded.permute(0, 2, 3, 1).reshape(n, -1)  # [N, Hp*Wp*I] channels_last order
+                    xin = flat.index_select(1, index).view(n, hs, ws, -1).permute(0, 3, 1, 2)  # [N, C', hs, ws] CL
                 padding = (0, 0)
             y = F.conv2d(xin, weight, bias if out is None else None, self.stride, padding, dilation, self.groups)
             out = y if out is None else out.add_(y)
