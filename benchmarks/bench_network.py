@@ -37,22 +37,25 @@ HAS_CSR = importlib.util.find_spec("structprune.compact.csr_conv") is not None
 
 CENTRE_COLUMN = (IntraPattern(1, 3),)  # taps 1, 4, 7: one pad-free 3×1 convolution per layer
 CHECKERBOARD = (IntraPattern(0, 2),)  # taps 0, 2, 4, 6, 8: a dilated 2×2 plus a 1×1 convolution
-STRUCTURED = {"kernel_structure": "structured", "kernel_groups": 2}
+STRUCTURED = {"kernel_structure": "structured", "kernel_groups": 1}  # every output map keeps the same inputs
+STRUCTURED_2 = {"kernel_structure": "structured", "kernel_groups": 2}  # two output groups, own inputs each
 
 # name -> (granularities, ratios, selection options). Channel scale keeps multiples of 8 maps (PERF-NOTES).
 CONFIGS: dict[str, tuple[str, list[float], dict]] = {
     "channel-50": ("channel", [0.5], {"round_to": 8}),
     "channel-75": ("channel", [0.75], {"round_to": 8}),
     "intra-3of9": ("intra", [6 / 9], {"intra_candidates": CENTRE_COLUMN}),
-    "intra-5of9": ("intra", [4 / 9], {"intra_candidates": CHECKERBOARD}),
     "kernel-50": ("kernel", [0.5], STRUCTURED),
     "channel-50+intra-3of9": ("channel,intra", [0.5, 6 / 9], {"round_to": 8, "intra_candidates": CENTRE_COLUMN}),
     "channel-50+kernel-50": ("channel,kernel", [0.5, 0.5], {"round_to": 8, **STRUCTURED}),
     "channel-50+kernel-50+intra-3of9": ("channel,kernel,intra", [0.5, 0.5, 6 / 9],
                                         {"round_to": 8, "intra_candidates": CENTRE_COLUMN, **STRUCTURED}),
+    "channel-50+kernel-50g2+intra-3of9": ("channel,kernel,intra", [0.5, 0.5, 6 / 9],
+                                          {"round_to": 8, "intra_candidates": CENTRE_COLUMN, **STRUCTURED_2}),
     "channel-50+kernel-50+intra-5of9": ("channel,kernel,intra", [0.5, 0.5, 4 / 9],
                                         {"round_to": 8, "intra_candidates": CHECKERBOARD, **STRUCTURED}),
 }
+CSR_DEFAULT = "channel-50,channel-50+kernel-50+intra-3of9,channel-50+kernel-50+intra-5of9"
 
 
 def csr_network(model: nn.Module, mask: NetworkMask, groups) -> nn.Module:
@@ -79,7 +82,8 @@ def main() -> int:
     parser.add_argument("--batch", default="64,1")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--no-csr", action="store_true", help="skip the unstructured sparse reference")
+    parser.add_argument("--csr-configs", default=CSR_DEFAULT,
+                        help=f"configurations also run as unstructured sparse (default: {CSR_DEFAULT}; '' for none)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
@@ -108,7 +112,8 @@ def main() -> int:
         candidates.append(Candidate(name, small, (3, 32, 32), {"macs": macs, "params": count_params(small)}))
         summary[name] = {"macs": macs, "mac_ratio": dense_macs / macs, "equivalence_gap": gap,
                          "params": count_params(small)}
-        if HAS_CSR and not args.no_csr:
+        csr_wanted = name in args.csr_configs.split(",")
+        if HAS_CSR and csr_wanted:
             sparse = csr_network(dense, mask, groups).eval()
             with torch.no_grad():
                 summary[name]["csr_gap"] = relative_gap(sparse(x), reference)
