@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="wall: elapsed time; cpu: CPU time of this process (robust to other processes on a shared "
                              "machine when --threads 1; with more threads it also counts the threads' spin-waiting)")
     parser.add_argument("--quick", action="store_true", help="fewer cases and rounds (a smoke run)")
+    parser.add_argument("--only", default="", help="comma-separated substrings: run only the cases whose name has one")
     parser.add_argument("--no-csr", action="store_true", help="skip the (slow) unstructured CSR references")
     parser.add_argument("--json", type=Path, help="write every measurement here")
     args = parser.parse_args(argv)
@@ -150,7 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         dense_macs = macs_of(dense, x_cl)
         for name in variants:
             info[name]["macs"] = dense_macs
+        wanted = [w.strip() for w in args.only.split(",") if w.strip()]
         for case, (layer, mask) in cases(conv, args.quick).items():
+            if wanted and not any(w in case for w in wanted):
+                continue
             layer.eval()
             ref = F.conv2d(x_cl, conv.weight * mask, conv.bias, 1, 1)
             check(case, layer(x_cl), ref)
