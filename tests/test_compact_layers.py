@@ -257,6 +257,22 @@ def test_csr_equals_masked_dense_conv(case, sparsity):
         assert torch.equal(again(x), y)
 
 
+def test_csr_counts_only_nonzero_macs_and_trains():
+    conv = nn.Conv2d(6, 4, 3, padding=1)
+    mask = (torch.rand(4, 6, 3, 3) > 0.6).float()
+    layer = CsrConv2d.from_conv(conv, mask)
+    x = torch.randn(2, 6, 5, 5, requires_grad=True)
+    with FlopCounterMode(display=False) as counter:
+        y = layer(x)
+    assert counter.get_total_flops() == 2 * int(mask.sum()) * 2 * 5 * 5
+    y.square().sum().backward()
+    w = (conv.weight.detach() * mask).requires_grad_()
+    x_ref = x.detach().requires_grad_()
+    F.conv2d(x_ref, w, conv.bias.detach(), 1, 1).square().sum().backward()
+    assert torch.allclose(x.grad, x_ref.grad, atol=1e-4)
+    assert torch.allclose(layer.values.grad, w.grad.flatten()[layer.dense_index], atol=1e-4)
+
+
 def test_csr_bad_input_is_one_clear_error():
     conv = nn.Conv2d(2, 2, 3)
     with pytest.raises(StructpruneError, match="removes every weight"):

@@ -16,10 +16,47 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.flop_counter import register_flop_formula
 
 from structprune.arch import register_module_type
 from structprune.compact.intra_conv import Pair, _pair
 from structprune.errors import StructpruneError
+
+
+@torch.library.custom_op("structprune::csr_matmul", mutates_args=())
+def csr_matmul(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, dense: torch.Tensor, rows: int) -> torch.Tensor:
+    """CSR [rows, K] (crow, col, values) @ dense [K, M] -> [rows, M].  An op of its own so that
+    torch.utils.flop_counter counts its real work (2 · nonzeros · M FLOPs), not that of a dense product."""
+    sparse = torch.sparse_csr_tensor(crow, col, values, (rows, dense.shape[0]), check_invariants=False)
+    return sparse @ dense
+
+
+@csr_matmul.register_fake
+def _(crow, col, values, dense, rows):
+    return dense.new_empty(rows, dense.shape[1])
+
+
+def _csr_matmul_backward(ctx, grad: torch.Tensor):
+    crow, col, values, dense = ctx.saved_tensors
+    row = torch.repeat_interleave(torch.arange(ctx.rows, device=crow.device), crow.diff())  # row of each nonzero
+    grad_values = (grad[row] * dense[col]).sum(dim=1)  # [nnz]
+    sparse = torch.sparse_csr_tensor(crow, col, values, (ctx.rows, dense.shape[0]), check_invariants=False)
+    grad_dense = sparse.to_dense().t() @ grad  # [K, M]
+    return None, None, grad_values, grad_dense, None
+
+
+def _csr_matmul_setup(ctx, inputs, output):
+    crow, col, values, dense, rows = inputs
+    ctx.save_for_backward(crow, col, values, dense)
+    ctx.rows = rows
+
+
+csr_matmul.register_autograd(_csr_matmul_backward, setup_context=_csr_matmul_setup)
+
+
+@register_flop_formula(torch.ops.structprune.csr_matmul)
+def _csr_matmul_flops(crow_shape, col_shape, values_shape, dense_shape, rows, *args, **kwargs) -> int:
+    return 2 * values_shape[0] * dense_shape[1]
 
 
 @register_module_type
@@ -97,7 +134,8 @@ class CsrConv2d(nn.Module):
         out_h, out_w = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
         cols = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)  # [N, I*kh*kw, L]
         cols = cols.transpose(0, 1).reshape(cols.shape[1], -1)  # [I*kh*kw, N*L]
-        y = (self.sparse_weight() @ cols).view(self.out_channels, n, out_h, out_w).transpose(0, 1)  # [N, O, H', W']
+        y = csr_matmul(self.crow_indices, self.col_indices, self.values, cols, self.out_channels)  # [O, N*L]
+        y = y.view(self.out_channels, n, out_h, out_w).transpose(0, 1)  # [N, O, H', W']
         if self.bias is not None:
             y = y + self.bias.view(1, -1, 1, 1)
         return y.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
