@@ -51,6 +51,7 @@ class Recipe:
     search: dict[str, Any] = field(default_factory=dict)  # structprune.search.driver.SearchConfig fields
     retrain_epochs: int = 3
     retrain_lr: float = 0.01
+    retrain_images: int | None = None  # training images used by the final retraining (None: all)
     bits: int = 6
     quant_epochs: int = 1
     bench_batches: tuple[int, ...] = (1, 64)
@@ -69,7 +70,7 @@ RECIPES: dict[tuple[str, bool], Recipe] = {
         "mnist", "paper-mnist", TrainConfig(epochs=2, lr=0.05, batch_size=64), sensitivity_images=1000,
         search={**_MNIST_SEARCH, "particles": 8, "generations": 3, "score_images": 1000, "check_images": 1000,
                 "ladder": (0.5, 0.75, 0.875), "step_epochs": 1, "step_images": 10000, "final_epochs": 0},
-        retrain_epochs=1, quant_epochs=0, bench_rounds=5),
+        retrain_epochs=1, retrain_images=20000, quant_epochs=0, bench_rounds=5),
     ("cifar10", False): Recipe("cifar10", "paper-cifar10", TrainConfig(epochs=30, lr=0.05, batch_size=128),
                                search=_CIFAR_SEARCH, retrain_epochs=5, bits=5),
     ("cifar10", True): Recipe(
@@ -82,7 +83,7 @@ RECIPES: dict[tuple[str, bool], Recipe] = {
     ("digits", True): Recipe(
         "digits", "tiny-paper", TrainConfig(epochs=3, lr=0.05, batch_size=32), val_size=200, sensitivity_images=200,
         ladder_ratios=(0.25, 0.5, 0.75), ladder_methods=("l1", "random"),
-        search={"method": "pf", "tolerance": 0.02, "particles": 4, "generations": 2, "score_images": 100,
+        search={"method": "pf", "ratio": 0.5, "particles": 4, "generations": 2, "score_images": 100,
                 "check_images": 100, "ladder": (0.5,), "step_epochs": 0, "final_epochs": 0},
         retrain_epochs=1, bits=8, quant_epochs=0, bench_batches=(1, 16), bench_rounds=2),
 }
@@ -186,8 +187,8 @@ def ladder_stages(recipe: Recipe) -> list[Stage]:
 def _ladder(ctx: Context, name: str, method: str, scale: str, ratio: float) -> None:
     from structprune.pruning import prune_run, select_masks
 
-    def choose(model, groups, data):
-        return select_masks(model, [scale], ratio, method=method, scope="layer", seed=0, groups=groups)
+    def choose(model, groups, data, base=None):
+        return select_masks(model, [scale], ratio, method=method, scope="layer", seed=0, groups=groups, base=base)
 
     config = {"stage": "ladder", "granularity": scale, "method": method,
               "prune": {"granularity": [scale], "method": method, "ratio": [ratio], "scope": "layer", "seed": 0}}
@@ -215,12 +216,14 @@ def retrain_stage(ctx: Context) -> None:
     r, out = ctx.recipe, ctx.path(RETRAIN)
     cfg = TrainConfig(epochs=r.retrain_epochs, lr=r.retrain_lr, batch_size=r.train.batch_size, seed=r.train.seed)
     groups = channel_groups_of(run.model)
-    history = retrain_masked(run.model, mask, ctx.data, cfg, groups=groups,
+    data = ctx.data if r.retrain_images is None else replace(ctx.data, train=ctx.data.train.subset(r.retrain_images))
+    history = retrain_masked(run.model, mask, data, cfg, groups=groups,
                              checkpoint_dir=out.parent / f"{out.name}.ckpt", progress=ctx.progress)
     metrics = {**size_metrics(run.model), **mask_summary(run.model, mask, groups), **evaluation_metrics(run.model, ctx.data),
                "before_retrain": {k: run.metrics[k] for k in ("val_mcr", "test_mcr") if k in run.metrics},
                "history": history}
-    config = {**run.config, "stage": RETRAIN, "retrain": {**asdict(cfg), "masked": True}, "source_run": str(run.path)}
+    config = {**run.config, "stage": RETRAIN, "source_run": str(run.path),
+              "retrain": {**asdict(cfg), "masked": True, "train_images": len(data.train)}}
     save_run(out, run.model, run.arch, metrics, config, extra_json={"masks.json": mask.to_json()})
     _remove_tree(out.parent / f"{out.name}.ckpt")
 

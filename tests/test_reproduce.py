@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 import structprune.reproduce as rp
 from structprune.cli import main
@@ -14,9 +15,18 @@ from structprune.report.render import fmt_mcr
 STAGE_RUNS = ("train", "search", "retrain", "quantize", "compact")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models on a shared 2-core machine: one thread avoids OpenMP spinning against other processes."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny_recipe() -> rp.Recipe:
     return rp.recipe_with(rp.recipe_for("digits", quick=True), ladder_methods=("l1",), ladder_ratios=(0.5,),
-                          scales=("channel", "intra"), bench_batches=(1,), bench_rounds=1)
+                          scales=("channel", "intra"), bench_batches=(1,), bench_threads=1, bench_rounds=1)
 
 
 def test_interrupted_reproduction_resumes_and_ends_in_a_report(tmp_path, monkeypatch):

@@ -359,24 +359,17 @@ def reference_run(records: list[RunRecord], record: RunRecord) -> RunRecord | No
 def effective_macs(record: RunRecord, reference: RunRecord | None = None,
                    records: list[RunRecord] | None = None) -> float | None:
     """MACs the network really needs. A masked run's dense tensors count every MAC, so: its compact network's
-    MACs (compact_macs); else, from a search run, the reference's MACs less the conv MACs its masks remove;
-    else those of the nearest run it came from with the same masks (e.g. a quantized copy of a masked run)."""
+    MACs (compact_macs), its own or those of any run in `records` with the same masks.json; else, from a search
+    run, the reference's MACs less the conv MACs its masks remove (an estimate that misses the first linear
+    layer's inputs); else its metrics' MACs."""
     if record.number("compact_macs") is not None:
         return record.number("compact_macs")
-    if records is not None and record.masks_digest and record.number("conv_macs") is None:
-        parent, seen = record, set()
-        while (source := _source_of(parent)) and source not in seen:
-            seen.add(source)
-            parent = _match_run(records, source)
-            if parent is None or parent.masks_digest != record.masks_digest:
-                break
-            if parent.number("compact_macs") is not None or parent.number("conv_macs") is not None:
-                return effective_macs(parent, reference)
-    removed = None
-    if record.number("conv_macs") is not None and record.number("conv_macs_dense") is not None:
-        removed = record.number("conv_macs_dense") - record.number("conv_macs")
-    if removed is not None and reference is not None and reference.number("macs") is not None:
-        return reference.number("macs") - removed
+    for other in records or []:
+        if record.masks_digest and other.masks_digest == record.masks_digest and other.number("compact_macs") is not None:
+            return other.number("compact_macs")
+    if record.number("conv_macs") is not None and record.number("conv_macs_dense") is not None \
+            and reference is not None and reference.number("macs") is not None:
+        return reference.number("macs") - (record.number("conv_macs_dense") - record.number("conv_macs"))
     return record.number("macs")
 
 

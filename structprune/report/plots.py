@@ -34,9 +34,22 @@ def _figure(width: float = 6.4, height: float = 4.0) -> tuple[Figure, object]:
     return fig, fig.add_subplot(1, 1, 1)
 
 
+_SCALE_COLORS = {"channel": "tab:blue", "kernel": "tab:orange", "intra": "tab:green"}
+_METHOD_STYLES = {"l1": "-", "random": "--"}
+_STAGE_MARKERS = {"search": "*", "retrain": "P", "quantize": "X", "compact": "D"}
+
+
+def _series_style(granularity: str, method: str, stage: str) -> dict[str, object]:
+    """Colour by scale, line style by method; the pipeline's stages as black markers."""
+    if stage in _STAGE_MARKERS:
+        return {"color": "black", "marker": _STAGE_MARKERS[stage], "markersize": 9, "linestyle": "none"}
+    return {"color": _SCALE_COLORS.get(granularity, "tab:purple"), "marker": "o",
+            "linestyle": _METHOD_STYLES.get(method, "-.")}
+
+
 def mcr_vs_ratio(records: list[RunRecord]) -> bytes | None:
-    """Test MCR (%) against the fraction of MACs removed, one line per (granularity, method)."""
-    series: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    """Test MCR (%, log axis) against the fraction of MACs removed, one line per (scale, method, stage)."""
+    series: dict[tuple[str, str, str], list[tuple[float, float]]] = defaultdict(list)
     dense: list[float] = []
     for r in records:
         mcr = r.number("test_mcr")
@@ -48,23 +61,25 @@ def mcr_vs_ratio(records: list[RunRecord]) -> bytes | None:
         ratio = pruning_ratio(records, r)
         if ratio is None:
             continue
-        label = f"{r.granularity} / {r.method}" if r.granularity else ""
-        if r.stage and r.stage != "prune":
-            label = f"{label} ({r.stage})" if label else r.stage
-        series[label].append((ratio, mcr))
+        stage = "" if r.stage == "prune" else r.stage
+        series[(r.granularity, r.method, stage)].append((ratio, mcr))
     if not series:
         return None
-    fig, ax = _figure()
-    for label, points in sorted(series.items()):
+    fig, ax = _figure(7.6, 4.2)
+    for (granularity, method, stage), points in sorted(series.items()):
         points.sort()
-        ax.plot([100 * x for x, _ in points], [100 * y for _, y in points], marker="o", label=label)
+        label = " / ".join(x for x in (granularity, method) if x)
+        label = f"{label} ({stage})" if label and stage else label or stage
+        ax.plot([100 * x for x, _ in points], [100 * max(y, 1e-4) for _, y in points], label=label,
+                **_series_style(granularity, method, stage))
     for i, mcr in enumerate(sorted(set(dense))):
-        ax.axhline(100 * mcr, color="grey", linestyle="--", linewidth=1, label="dense" if i == 0 else None)
+        ax.axhline(100 * mcr, color="grey", linestyle=":", linewidth=1, label="dense" if i == 0 else None)
+    ax.set_yscale("log")
     ax.set_xlabel("MACs removed (%)")
-    ax.set_ylabel("test MCR (%)")
+    ax.set_ylabel("test MCR (%, log)")
     ax.set_title("Misclassification rate against pruning ratio")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return _png(fig)
 
 
