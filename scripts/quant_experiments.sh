@@ -4,6 +4,7 @@
 # step is skipped when its run folder exists, so the script can be stopped and rerun. Needs the dense runs runs/mnist-dense and runs/cifar10-dense
 # (runs/train-baselines.sh; override with MNIST_DENSE=... CIFAR10_DENSE=...) and waits for them.
 #   usage: scripts/quant_experiments.sh [mnist] [cifar10]
+#   QUANT_NICE=1 runs the chains at nice 19 outside the lock (when long searches hold it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SP=(.venv/bin/python -m structprune)
@@ -49,5 +50,9 @@ if [[ ${1:-} == --locked ]]; then  # internal: the chain itself, run with the lo
 fi
 for target in ${@:-mnist cifar10}; do
   "${target}_source_ready"
-  flock "$LOCK" "$0" --locked "$target"
+  if [[ -n ${QUANT_NICE:-} ]]; then  # spare cycles only, outside the lock (as the lead runs cifar10-dense)
+    nice -n 19 "$0" --locked "$target"
+  else
+    flock "$LOCK" "$0" --locked "$target"
+  fi
 done
