@@ -327,18 +327,10 @@ def _remove_tree(path: Path) -> None:
 def _status(ctx: Context, seconds: dict[str, float], skipped: list[str]) -> None:
     previous = read_json(ctx.path(STATUS_FILE)) if ctx.path(STATUS_FILE).is_file() else {}
     write_json_atomic(ctx.path(STATUS_FILE), {
-        "dataset": ctx.recipe.dataset, "recipe": _jsonable(asdict(ctx.recipe)),
+        "dataset": ctx.recipe.dataset, "recipe": asdict(ctx.recipe),
         "seconds": {**previous.get("seconds", {}), **{k: round(v, 1) for k, v in seconds.items()}},
         "skipped_this_time": skipped,
     })
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 def reproduce(dataset: str, out: str | Path, quick: bool = False, data_dir: str | None = None,
@@ -371,9 +363,4 @@ def reproduce(dataset: str, out: str | Path, quick: bool = False, data_dir: str 
     return seconds
 
 
-def recipe_with(recipe: Recipe, **changes: Any) -> Recipe:
-    """A copy of `recipe` with some fields changed (tests shrink a recipe this way)."""
-    return replace(recipe, **changes)
-
-
-__all__ = ["RECIPES", "Recipe", "recipe_for", "recipe_with", "reproduce", "stages_for"]
+__all__ = ["RECIPES", "Recipe", "recipe_for", "reproduce", "stages_for"]

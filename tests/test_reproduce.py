@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -25,7 +26,7 @@ def one_thread():
 
 
 def tiny_recipe() -> rp.Recipe:
-    return rp.recipe_with(rp.recipe_for("digits", quick=True), ladder_methods=("l1",), ladder_ratios=(0.5,),
+    return replace(rp.recipe_for("digits", quick=True), ladder_methods=("l1",), ladder_ratios=(0.5,),
                           scales=("channel", "intra"), bench_batches=(1,), bench_threads=1, bench_rounds=1)
 
 
