@@ -281,6 +281,18 @@ def test_csr_bad_input_is_one_clear_error():
         CsrConv2d.from_conv(conv, torch.ones(2, 2, 1, 1))
 
 
+def test_load_dense_weight_round_trips_on_every_layer():
+    conv = nn.Conv2d(6, 4, 3, padding=1)
+    keep = structured_kernel_mask(conv.weight, 2, 0.5)
+    layers = [IntraKernelConv2d.from_conv(conv, [IntraPattern(0, 2), None, IntraPattern(1, 3)] * 2),
+              KernelSparseConv2d.from_conv(conv, keep, [IntraPattern(0, 4)] * 6),
+              CsrConv2d.from_conv(conv, (torch.rand(4, 6, 3, 3) > 0.5).float())]
+    for layer in layers:
+        doubled = 2 * layer.dense_weight().detach()
+        layer.load_dense_weight(doubled + 100 * (doubled == 0))  # dropped positions are ignored
+        assert torch.equal(layer.dense_weight().detach(), doubled)
+
+
 # ---- in a network: arch.json rebuild and ONNX --------------------------------------------------------------
 
 

@@ -108,10 +108,15 @@ class CsrConv2d(nn.Module):
         layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, weight_mask.reshape(conv.out_channels, -1) != 0,
                     conv.stride, conv.padding, conv.dilation, conv.groups, conv.bias is not None)
         layer.to(device=conv.weight.device, dtype=conv.weight.dtype)
-        layer.values.data.copy_(conv.weight.detach().flatten()[layer.dense_index])
+        layer.load_dense_weight(conv.weight.detach())
         if conv.bias is not None:
             layer.bias.data.copy_(conv.bias.detach())
         return layer
+
+    @torch.no_grad()
+    def load_dense_weight(self, weight: torch.Tensor) -> None:
+        """Take the kept weights from a dense weight [O, I/g, kh, kw]."""
+        self.values.copy_(weight.reshape(-1)[self.dense_index])
 
     def dense_weight(self) -> torch.Tensor:
         """[O, I/g, kh, kw]: the masked dense weight (differentiable)."""

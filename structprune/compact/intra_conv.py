@@ -326,7 +326,7 @@ class IntraKernelConv2d(nn.Module):
         layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
                     conv.groups, conv.bias is not None, patterns)
         layer.to(device=conv.weight.device, dtype=conv.weight.dtype)
-        layer.blocks.load_dense(conv.weight.detach())
+        layer.load_dense_weight(conv.weight.detach())
         if conv.bias is not None:
             layer.bias.data.copy_(conv.bias.detach())
         return layer
@@ -334,6 +334,11 @@ class IntraKernelConv2d(nn.Module):
     def dense_weight(self) -> torch.Tensor:
         """[O, I/groups, kh, kw]: the masked dense weight this layer computes with."""
         return self.blocks.dense_weight()
+
+    @torch.no_grad()
+    def load_dense_weight(self, weight: torch.Tensor) -> None:
+        """Take the kept taps from a dense weight [O, I/groups, kh, kw] (e.g. after quantizing dense_weight())."""
+        self.blocks.load_dense(weight.to(self.blocks.weights[0].dtype))
 
     def kept_taps(self) -> int:
         """Number of weights stored (per output map, summed over input maps of a group)."""

@@ -159,16 +159,21 @@ class KernelSparseConv2d(nn.Module):
         layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, keep_kernel, conv.stride, conv.padding,
                     conv.dilation, conv.bias is not None, patterns)
         layer.to(device=conv.weight.device, dtype=conv.weight.dtype)
-        kh, kw = conv.kernel_size
-        table = conv.weight.detach().reshape(-1, kh, kw)  # [O * I, kh, kw]
-        start = 0
-        for branch in layer.branches:
-            n = branch.out_channels * branch.in_channels // branch.groups
-            branch.load_dense(table[layer.dense_index[start:start + n]].view(branch.out_channels, -1, kh, kw))
-            start += n
+        layer.load_dense_weight(conv.weight.detach())
         if conv.bias is not None:
             layer.bias.data.copy_(conv.bias.detach())
         return layer
+
+    @torch.no_grad()
+    def load_dense_weight(self, weight: torch.Tensor) -> None:
+        """Take the kept kernels from a dense weight [O, I, kh, kw] (e.g. after quantizing dense_weight())."""
+        kh, kw = self.kernel_size
+        table = weight.reshape(-1, kh, kw)  # [O * I, kh, kw]
+        start = 0
+        for branch in self.branches:
+            n = branch.out_channels * branch.in_channels // branch.groups
+            branch.load_dense(table[self.dense_index[start:start + n]].view(branch.out_channels, -1, kh, kw))
+            start += n
 
     def dense_weight(self) -> torch.Tensor:
         """[O, I, kh, kw]: the masked dense weight this layer computes with (differentiable)."""
