@@ -8,8 +8,10 @@ same size and keep the same number of input maps (the *structured* kernel sparsi
     out 0,1 keep inputs {0, 2} -> x[:, [0, 2, 1, 3]] -> weight [4, 2, kh, kw]
     out 2,3 keep inputs {1, 3}
 
-Otherwise each row group is its own convolution over its gathered inputs, and the outputs are put
-back in order with one channel permutation.  Input maps with every kernel pruned are never read;
+Otherwise (or above MAX_GROUPS groups, where oneDNN's grouped convolution is the slower choice) each row
+group is its own convolution over its gathered inputs, and the outputs are put back in order with one
+channel permutation (none when the groups are consecutive output maps, as structured_kernel_mask makes
+them).  Input maps with every kernel pruned are never read;
 output maps with every kernel pruned are the bias alone.  Intra-kernel patterns (one per input map)
 can be combined: each convolution then runs as the block convolutions of `intra_conv`.
 """
