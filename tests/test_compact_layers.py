@@ -317,6 +317,16 @@ def test_network_with_compact_layers_rebuilds_from_arch_json():
         assert torch.equal(again(x), model(x))
 
 
+def test_bad_compact_layer_spec_in_arch_json_is_one_clear_error():
+    arch = json.loads(json.dumps(describe(compact_tiny_model())))
+    arch["modules"]["features.0"]["patterns"] = [[9, 1]]
+    with pytest.raises(StructpruneError, match="outside a kernel of 9 positions"):
+        rebuild(arch)
+    arch["modules"]["features.0"]["patterns"] = [[0, 1], [0, 1]]
+    with pytest.raises(StructpruneError, match="2 intra-kernel patterns, layer has 1"):
+        rebuild(arch)
+
+
 def test_compact_layers_export_to_onnx(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     model = compact_tiny_model()
