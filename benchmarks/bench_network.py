@@ -84,6 +84,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--csr-configs", default=CSR_DEFAULT,
                         help=f"configurations also run as unstructured sparse (default: {CSR_DEFAULT}; '' for none)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="cpu: this process's CPU time, robust on a shared machine with --threads 1")
+    parser.add_argument("--sample-seconds", type=float, default=0.1)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
@@ -122,9 +125,11 @@ def main() -> int:
         print(f"{name}: MACs {dense_macs:,} -> {macs:,} ({dense_macs / macs:.2f}x fewer), gap {gap:.1e}", file=sys.stderr)
 
     batches = [int(b) for b in args.batch.split(",")]
-    records = bench(candidates, batches, threads=args.threads, rounds=args.rounds)
+    records = bench(candidates, batches, threads=args.threads, rounds=args.rounds, clock=args.clock,
+                    sample_seconds=args.sample_seconds)
     ms = {(r["run"], r["batch"]): r["median_ms"] for r in records}
-    print(f"\npaper-cifar10, random weights, {args.threads} threads, median of {args.rounds} interleaved rounds")
+    print(f"\npaper-cifar10, random weights, {args.threads} threads, {args.clock} clock, median of {args.rounds} "
+          "interleaved rounds")
     print("| configuration | MAC ratio | batch | dense ms | compact ms | latency ratio | latency / MAC ratio "
           "| CSR ms | compact vs CSR |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -140,8 +145,9 @@ def main() -> int:
                   f"{(d / c) / info['mac_ratio']:.2f} | {csr_cols} |")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"records": records, "summary": summary,
-                                         "torch": torch.__version__, "threads": args.threads}, indent=2) + "\n")
+        args.json.write_text(json.dumps({"command": " ".join(sys.argv), "records": records, "summary": summary,
+                                         "torch": torch.__version__, "threads": args.threads, "clock": args.clock},
+                                        indent=2) + "\n")
     return 0
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import statistics
 import sys
+import time
+import timeit
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +24,9 @@ from tqdm import tqdm
 log = logging.getLogger(__name__)
 
 LAYOUTS = ("nchw", "channels_last")
+# wall: elapsed time (what a user waits); cpu: CPU time of this process, immune to waiting for a core on a
+# shared machine (with 1 thread it equals the compute time; with more it also counts threads' spinning).
+CLOCKS = {"wall": timeit.default_timer, "cpu": time.process_time}
 
 
 @dataclass
@@ -46,9 +51,9 @@ def _input(shape: tuple[int, ...], batch: int, layout: str) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else x
 
 
-def _time_once(model: nn.Module, x: torch.Tensor, threads: int, number: int) -> float:
+def _time_once(model: nn.Module, x: torch.Tensor, threads: int, number: int, clock: str = "wall") -> float:
     """Seconds per call, over `number` calls."""
-    timer = Timer(stmt="model(x)", globals={"model": model, "x": x}, num_threads=threads)
+    timer = Timer(stmt="model(x)", globals={"model": model, "x": x}, num_threads=threads, timer=CLOCKS[clock])
     return timer.timeit(number).mean
 
 
@@ -61,8 +66,11 @@ def bench(
     sample_seconds: float = 0.1,
     layouts: tuple[str, ...] = LAYOUTS,
     progress: bool = True,
+    clock: str = "wall",
 ) -> list[dict[str, Any]]:
     """One record per (candidate, batch): median_ms of its fastest layout, plus each layout's median."""
+    if clock not in CLOCKS:
+        raise ValueError(f"clock must be one of {', '.join(CLOCKS)}")
     records: list[dict[str, Any]] = []
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -75,7 +83,7 @@ def bench(
                 model, x = _prepared(c.model, layout), inputs[(c.name, layout)]
                 for _ in range(3):
                     model(x)
-                once = _time_once(model, x, threads, 2)
+                once = _time_once(model, x, threads, 2, clock)
                 numbers[(c.name, layout)] = max(1, int(sample_seconds / max(once, 1e-6)))
             samples: dict[tuple[str, str], list[float]] = {k: [] for k in numbers}
             bar = tqdm(total=rounds * len(entries), desc=f"batch {batch}", file=sys.stderr, disable=not progress,
@@ -85,7 +93,7 @@ def bench(
                 for c, layout in entries[shift:] + entries[:shift]:
                     key = (c.name, layout)
                     model = _prepared(c.model, layout)
-                    samples[key].append(_time_once(model, inputs[key], threads, numbers[key]))
+                    samples[key].append(_time_once(model, inputs[key], threads, numbers[key], clock))
                     bar.update(1)
             bar.close()
             for c in candidates:
@@ -95,7 +103,7 @@ def bench(
                 records.append({
                     "run": c.name, "batch": batch, "threads": threads, "median_ms": per_layout[best],
                     "memory_format": best, **{f"median_ms_{k}": v for k, v in per_layout.items()},
-                    "min_ms": 1e3 * min(spread), "max_ms": 1e3 * max(spread), "rounds": rounds,
+                    "min_ms": 1e3 * min(spread), "max_ms": 1e3 * max(spread), "rounds": rounds, "clock": clock,
                     **c.info,
                 })
                 log.debug("%s batch %d: %.3f ms (%s)", c.name, batch, per_layout[best], best)

@@ -23,6 +23,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int_list, default=[1, 64], help="batch sizes, e.g. 1,64 (default)")
     p.add_argument("--threads", type=positive_int, default=2)
     p.add_argument("--rounds", type=positive_int, default=7, help="timing rounds per network (median taken)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="wall: elapsed time; cpu: this process's CPU time (robust on a busy machine with --threads 1)")
     p.add_argument("--json", type=Path, default=None, metavar="FILE", help="write the records here")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -36,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
         r = load_run(path)
         info = {"macs": r.metrics.get("macs"), "params": r.metrics.get("params"), "test_mcr": r.metrics.get("test_mcr")}
         candidates.append(Candidate(str(path), r.model, input_shape_of(r.model), info))
-    records = bench(candidates, args.batch, threads=args.threads, rounds=args.rounds, progress=not args.no_progress)
+    records = bench(candidates, args.batch, threads=args.threads, rounds=args.rounds, progress=not args.no_progress,
+                    clock=args.clock)
     if args.json is not None:
         write_json_atomic(args.json, records)
     width = max(len(c.name) for c in candidates)
