@@ -118,6 +118,31 @@ def time_variants(variants: dict[str, tuple[Callable, torch.Tensor]], threads: i
     return samples
 
 
+def print_table(results: list[dict]) -> None:
+    """Markdown table of the compact layers of one or more runs, each against its own run's references.
+    × = reference median / compact median; "range" = min..max of the per-round ratios to dense CL."""
+    for res in results:
+        st, med = res["setup"], {r["variant"]: r["median_ms"] for r in res["records"]}
+        print(f"{st['channels']}→{st['channels']} maps, 3×3, {st['size']}×{st['size']}, batch {st['batch']}, "
+              f"{st['threads']} threads, {st['clock']} clock, medians of {st['rounds']} interleaved rounds: dense "
+              f"channels_last {med['dense-cl']:.2f} ms, NCHW {med['dense-nchw']:.2f} ms, im2col+GEMM {med['im2col']:.2f} ms")
+    print("\n| case | MAC ratio | compact ms | × vs dense CL (range) | × vs dense NCHW | × vs im2col | CSR ms | × vs CSR |")
+    print("|---|---|---|---|---|---|---|---|")
+    for res in results:
+        recs = {r["variant"]: r for r in res["records"]}
+        med = {name: r["median_ms"] for name, r in recs.items()}
+        dense = recs["dense-cl"]
+        for r in recs.values():
+            if r["kind"] != "compact":
+                continue
+            case, ms = r["case"], r["median_ms"]
+            per_round = [d / c for d, c in zip(dense["samples_ms"], r["samples_ms"], strict=True)]
+            csr_ms = med.get(f"{case} | csr")
+            print(f"| {case} | {dense['macs'] / r['macs']:.2f} | {ms:.2f} | {med['dense-cl'] / ms:.2f} "
+                  f"({min(per_round):.2f}–{max(per_round):.2f}) | {med['dense-nchw'] / ms:.2f} | {med['im2col'] / ms:.2f} | "
+                  f"{'' if csr_ms is None else f'{csr_ms:.1f}'} | {'' if csr_ms is None else f'{csr_ms / ms:.1f}'} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--channels", type=int, default=128, help="input and output maps")
@@ -133,7 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help="comma-separated substrings: run only the cases whose name has one")
     parser.add_argument("--no-csr", action="store_true", help="skip the (slow) unstructured CSR references")
     parser.add_argument("--json", type=Path, help="write every measurement here")
+    parser.add_argument("--report", type=Path, nargs="+", metavar="JSON",
+                        help="measure nothing: print the table of earlier runs' JSON files")
     args = parser.parse_args(argv)
+    if args.report:
+        print_table([json.loads(path.read_text()) for path in args.report])
+        return 0
     if args.quick:
         args.rounds, args.sample_seconds = min(args.rounds, 3), min(args.sample_seconds, 0.05)
 
@@ -179,20 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"setup": setup, "records": records}, indent=1))
 
-    print(f"{c}→{c} maps, 3×3, {args.size}×{args.size}, batch {args.batch}, {args.threads} threads, "
-          f"{args.clock} clock, medians of {args.rounds} interleaved rounds (ms)\n")
-    print(f"dense channels_last {med['dense-cl']:.2f} ms · dense NCHW {med['dense-nchw']:.2f} ms · "
-          f"dense im2col+GEMM {med['im2col']:.2f} ms\n")
-    print("| case | MAC ratio | compact ms | × vs dense CL | × vs dense NCHW | × vs im2col | CSR ms | × vs CSR |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name in variants:
-        if not name.endswith("| compact"):
-            continue
-        case, ms = info[name]["case"], med[name]
-        csr_ms = med.get(f"{case} | csr")
-        print(f"| {case} | {dense_macs / info[name]['macs']:.2f}× fewer | {ms:.2f} | {med['dense-cl'] / ms:.2f} | "
-              f"{med['dense-nchw'] / ms:.2f} | {med['im2col'] / ms:.2f} | "
-              f"{'' if csr_ms is None else f'{csr_ms:.1f}'} | {'' if csr_ms is None else f'{csr_ms / ms:.1f}'} |")
+    print_table([{"setup": setup, "records": records}])
     return 0
 
 
