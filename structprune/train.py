@@ -153,7 +153,8 @@ def train(
     start = 0
     if has_checkpoint(checkpoint_dir):
         record = load_checkpoint(checkpoint_dir, model, opt)
-        if record.get("config") != config:
+        saved = {**asdict(TrainConfig()), **record.get("config", {})}  # fields added later keep their defaults
+        if saved != config:
             raise StructpruneError(
                 f"{checkpoint_dir}: checkpoint was made with other settings ({record.get('config')}); "
                 "delete it or pass the same settings"

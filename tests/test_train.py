@@ -86,6 +86,30 @@ def test_checkpoint_of_other_settings_is_refused(tmp_path, digits):
         train(_model(), digits, TrainConfig(epochs=2, batch_size=128), checkpoint_dir=ckpt)
 
 
+def test_checkpoint_without_newer_fields_resumes_with_their_defaults(tmp_path, digits):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    ckpt = tmp_path / "ckpt"
+    cfg = TrainConfig(epochs=2, batch_size=128)
+    def stop(record):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(_model(), digits, cfg, checkpoint_dir=ckpt, on_epoch=stop)
+    path = ckpt / CHECKPOINT_FILE
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata()
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+    record = json.loads(meta["structprune_checkpoint"])
+    del record["config"]["lr_gamma"]  # as written by a version before that field existed
+    save_file(tensors, str(path), metadata={"structprune_checkpoint": json.dumps(record)})
+    history = train(_model(), digits, cfg, checkpoint_dir=ckpt)
+    assert [h["epoch"] for h in history] == [1, 2]
+
+
 def test_corrupt_checkpoint_is_a_user_error(tmp_path, digits):
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
