@@ -113,6 +113,24 @@ def test_regular_patterns_become_single_small_convs():
     assert sorted(tuple(w.shape) for w in corners.blocks.weights) == [(4, 4, 1, 1), (4, 4, 2, 2)]
 
 
+@pytest.mark.parametrize("patterns, path", [
+    ([IntraPattern(1, 3)] * 6, "direct"),  # centre column read by every map: a plain 3×1 conv
+    ([IntraPattern(0, 4)] * 6, "views"),  # diagonal: three shifted views side by side, one 1×1 conv
+    ([IntraPattern(0, 3), IntraPattern(2, 3), IntraPattern(0, 4)] * 2, "gather"),  # per-map: index_select
+])
+def test_each_lowering_path_equals_masked_conv(patterns, path):
+    conv = nn.Conv2d(6, 5, 3, padding=1)
+    layer = IntraKernelConv2d.from_conv(conv, patterns)
+    blocks = layer.blocks
+    views = [v and not d for v, d in zip(blocks._by_views, blocks._direct, strict=True)]
+    used = {"direct": any(blocks._direct), "views": any(views), "gather": not all(blocks._by_views)}
+    assert used[path]
+    x = torch.randn(3, 6, 7, 9).contiguous(memory_format=torch.channels_last)
+    mask = LayerMask(shape=(5, 6, 3, 3), intra=patterns).weight_mask()
+    with torch.no_grad():
+        assert_close(layer(x), masked_conv(conv, mask, x))
+
+
 def test_intra_macs_are_those_of_the_kept_taps():
     conv = nn.Conv2d(8, 6, 3, padding=1)
     patterns = [IntraPattern(0, 3), IntraPattern(0, 2), None, IntraPattern(0, 4)] * 2
