@@ -38,7 +38,7 @@ def trained(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cli") / "digits-run"
     before = torch.get_num_threads()
     torch.set_num_threads(1)
-    assert main(["train", "--model", "tiny-paper", "--data", "digits", "--epochs", "2", "--out", str(out),
+    assert main(["train", "--model", "tiny-paper", "--data", "digits", "--epochs", "2", "--out", str(out), "--threads", "1",
                  "--no-progress"]) == 0
     torch.set_num_threads(before)
     return out
@@ -69,7 +69,7 @@ def test_train_writes_a_complete_run_folder(trained):
         assert key in metrics
     assert 0 <= metrics["test_mcr"] <= 1 and metrics["macs"] > 0
     config = json.loads((trained / "config.json").read_text())
-    assert config["model"] == "tiny-paper" and config["train"]["epochs"] == 2
+    assert config["model"] == "tiny-paper" and config["train"]["epochs"] == 2 and config["threads"] == 1
     assert not (trained.parent / "digits-run.ckpt").exists()  # the checkpoint goes once the run is saved
 
 

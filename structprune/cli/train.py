@@ -66,6 +66,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-augment", action="store_true", help="no crop/flip augmentation (CIFAR-10 has it by default)")
     p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
                    help="NHWC layout for convolutions (auto: on for CPU)")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="CPU threads for PyTorch (default: its own choice; 1 is fastest for tiny models)")
     p.add_argument("--restart", action="store_true", help="discard an existing checkpoint in OUT.ckpt/")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -80,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
                       batch_size=args.batch_size, seed=args.seed, schedule=args.schedule, optimizer=args.optimizer)
     device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     data = load_dataset(args.data, args.data_dir, val_size=args.val_size, seed=args.seed)
     model_kwargs = dict(args.model_arg)
     torch.manual_seed(args.seed)
@@ -104,8 +108,8 @@ def run(args: argparse.Namespace) -> int:
     config = {"command": shlex.join(["structprune", *sys.argv[1:]]), "verb": "train", "model": args.model,
               "model_kwargs": model_kwargs, "dataset": args.data, "data_dir": args.data_dir, "val_size": len(data.val),
               "augment": bool(data.augment and not args.no_augment), "device": str(device),
-              "channels_last": channels_last, "train": asdict(cfg), "structprune": __version__,
-              "torch": torch.__version__}
+              "channels_last": channels_last, "threads": torch.get_num_threads(), "train": asdict(cfg),
+              "structprune": __version__, "torch": torch.__version__}
     save_run(out, model, None, metrics, config)
     shutil.rmtree(ckpt, ignore_errors=True)
     print(f"{out}: val MCR {val.mcr:.4f}, test MCR {test.mcr:.4f} ({len(data.test)} test images), "
