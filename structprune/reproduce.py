@@ -258,13 +258,35 @@ def export_stage(ctx: Context) -> None:
 
 
 def bench_runs(ctx: Context) -> list[Path]:
-    """Dense, the masked network run dense (same nonzeros, no speed-up expected), and compact."""
+    """Dense, the masked network run dense (same nonzeros, no speed-up expected) and as unstructured
+    sparse, and compact."""
     return [ctx.path(TRAIN), ctx.path(RETRAIN), ctx.path(COMPACT)]
+
+
+@torch.no_grad()
+def unstructured_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of a masked network whose convs skip exactly its zero weights as CSR sparse products: the
+    unstructured-sparse reference at equal nonzeros (linear layers stay dense). Checked against the original."""
+    import copy
+
+    from structprune.arch import example_input
+    from structprune.compact.csr_conv import CsrConv2d
+
+    csr = copy.deepcopy(model).eval()
+    for name, module in list(csr.named_modules()):
+        if isinstance(module, torch.nn.Conv2d):
+            csr.set_submodule(name, CsrConv2d.from_conv(module, module.weight != 0))
+    x = example_input(model, 4)
+    gap = float((csr(x) - model(x)).abs().max()) / max(float(model(x).abs().max()), 1e-12)
+    if gap > 1e-4:
+        raise StructpruneError(f"the CSR copy differs from the masked network (relative gap {gap:.2g})")
+    return csr
 
 
 def bench_stage(ctx: Context) -> None:
     from structprune.arch import input_shape_of
     from structprune.bench import Candidate, bench
+    from structprune.metrics import count_macs
 
     r = ctx.recipe
     candidates = []
@@ -272,6 +294,9 @@ def bench_stage(ctx: Context) -> None:
         run = load_run(path)
         info = {k: run.metrics.get(k) for k in ("macs", "params", "test_mcr")}
         if path.name == RETRAIN:  # the same nonzeros as the compact network, computed with dense tensors
+            csr = unstructured_copy(run.model)
+            csr_info = {**info, "macs": count_macs(csr), "reference": "unstructured sparse (CSR convs)"}
+            candidates.append(Candidate(f"{path}#csr", csr, input_shape_of(run.model), csr_info))
             info["reference"] = "masked, dense tensors"
         candidates.append(Candidate(str(path), run.model, input_shape_of(run.model), info))
     records = bench(candidates, list(r.bench_batches), threads=r.bench_threads, rounds=r.bench_rounds,

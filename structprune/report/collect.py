@@ -327,7 +327,7 @@ def collect(paths: list[str | Path], bench_files: list[str | Path] = ()) -> list
 
 
 def _match_run(records: list[RunRecord], run: str) -> RunRecord | None:
-    wanted = Path(run)
+    wanted = Path(run.split("#")[0])  # "DIR#variant": a reference row built from DIR's network
     for record in records:
         if record.path.resolve() == wanted.resolve() or record.name == wanted.name:
             return record
