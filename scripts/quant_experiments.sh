@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Pruning + fixed-point quantization of paper-mnist and paper-cifar10 (docs/results.md, "Fixed-point
-# quantization"). Each network's chain runs under the shared heavy-job lock (taken once per chain) and each
+# quantization"). prune (L1, channel scale) -> compact -> retrain the compact network -> quantize. Each network's chain runs under the shared heavy-job lock (taken once per chain) and each
 # step is skipped when its run folder exists, so the script can be stopped and rerun. Needs the dense runs runs/mnist-dense and runs/cifar10-dense
 # (runs/train-baselines.sh; override with MNIST_DENSE=... CIFAR10_DENSE=...) and waits for them.
 #   usage: scripts/quant_experiments.sh [mnist] [cifar10]
@@ -28,20 +28,20 @@ cifar10_source_ready() { wait_for "${CIFAR10_DENSE:-runs/cifar10-dense}"; }
 mnist() {
   local d=${MNIST_DENSE:-runs/mnist-dense} p=runs/q5-mnist
   step $p-pruned "${SP[@]}" prune $d --granularity channel --ratio 0.625 --method l1 --out $p-pruned "${DATA[@]}"
-  step $p-retrained "${SP[@]}" retrain $p-pruned --epochs 3 --out $p-retrained --no-progress "${DATA[@]}"
-  step $p-compact "${SP[@]}" compact $p-retrained --out $p-compact "${DATA[@]}"
-  step $p-q4 "${SP[@]}" quantize $p-compact --bits 4 --epochs 1 --out $p-q4 --no-progress "${DATA[@]}"
-  step $p-q4auto "${SP[@]}" quantize $p-compact --bits 4 --per-layer auto --epochs 1 --out $p-q4auto --no-progress "${DATA[@]}"
-  step $p-q3 "${SP[@]}" quantize $p-compact --bits 3 --epochs 1 --out $p-q3 --no-progress "${DATA[@]}"
+  step $p-compact "${SP[@]}" compact $p-pruned --out $p-compact "${DATA[@]}"
+  step $p-retrained "${SP[@]}" retrain $p-compact --epochs 3 --out $p-retrained --no-progress "${DATA[@]}"
+  step $p-q4 "${SP[@]}" quantize $p-retrained --bits 4 --epochs 1 --out $p-q4 --no-progress "${DATA[@]}"
+  step $p-q4auto "${SP[@]}" quantize $p-retrained --bits 4 --per-layer auto --epochs 1 --out $p-q4auto --no-progress "${DATA[@]}"
+  step $p-q3 "${SP[@]}" quantize $p-retrained --bits 3 --epochs 1 --out $p-q3 --no-progress "${DATA[@]}"
 }
 
 cifar10() {
   local d=${CIFAR10_DENSE:-runs/cifar10-dense} p=runs/q5-cifar10
   step $p-pruned "${SP[@]}" prune $d --granularity channel --ratio 0.5 --method l1 --out $p-pruned "${DATA[@]}"
-  step $p-retrained "${SP[@]}" retrain $p-pruned --epochs 2 --out $p-retrained --no-progress "${DATA[@]}"
-  step $p-compact "${SP[@]}" compact $p-retrained --out $p-compact "${DATA[@]}"
-  step $p-q5 "${SP[@]}" quantize $p-compact --bits 5 --epochs 1 --out $p-q5 --no-progress "${DATA[@]}"
-  step $p-q4 "${SP[@]}" quantize $p-compact --bits 4 --epochs 1 --out $p-q4 --no-progress "${DATA[@]}"
+  step $p-compact "${SP[@]}" compact $p-pruned --out $p-compact "${DATA[@]}"
+  step $p-retrained "${SP[@]}" retrain $p-compact --epochs 2 --out $p-retrained --no-progress "${DATA[@]}"
+  step $p-q5 "${SP[@]}" quantize $p-retrained --bits 5 --epochs 1 --out $p-q5 --no-progress "${DATA[@]}"
+  step $p-q4 "${SP[@]}" quantize $p-retrained --bits 4 --epochs 1 --out $p-q4 --no-progress "${DATA[@]}"
 }
 
 if [[ ${1:-} == --locked ]]; then  # internal: the chain itself, run with the lock held

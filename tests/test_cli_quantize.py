@@ -141,3 +141,17 @@ def test_bad_inputs_are_one_line(runs, capsys, tmp_path):
     assert len(lines) == 3 and all(line.startswith("structprune: error:") for line in lines)
     assert "truncated" in lines[2]
     assert not (tmp_path / "x.onnx").exists() and not (tmp_path / "y.onnx").exists()
+
+
+def test_masks_are_found_along_the_source_run_chain(tmp_path):
+    from structprune.cli.quantize import find_masks
+
+    pruned, compacted_run, retrained = tmp_path / "p", tmp_path / "c", tmp_path / "r"
+    for folder in (pruned, compacted_run, retrained):
+        folder.mkdir()
+    (pruned / MASKS_FILE).write_text("{}")
+    (compacted_run / "config.json").write_text(json.dumps({"source_run": str(pruned)}))
+    assert find_masks(None, retrained, {"source_run": str(compacted_run)}) == pruned / MASKS_FILE
+    assert find_masks(None, retrained, {}) is None
+    (compacted_run / "config.json").write_text(json.dumps({"source_run": str(compacted_run)}))  # a loop
+    assert find_masks(None, retrained, {"source_run": str(compacted_run)}) is None

@@ -149,12 +149,19 @@ def find_masks(explicit: Path | None, run_dir: Path, config: dict) -> Path | Non
         return explicit
     if (run_dir / MASKS_FILE).is_file():
         return run_dir / MASKS_FILE
-    source = config.get("source_run")
-    for base in (Path.cwd(), run_dir.parent) if source else ():
-        candidate = base / source / MASKS_FILE
-        if candidate.is_file():
-            log.info("index cost from %s (the run %s was compacted from)", candidate, run_dir)
-            return candidate
+    seen: set[Path] = set()
+    for _ in range(8):  # follow source_run links: retrained <- compact <- pruned (which has masks.json)
+        source = config.get("source_run")
+        if not source:
+            return None
+        folder = next((b / source for b in (Path.cwd(), run_dir.parent) if (b / source).is_dir()), None)
+        if folder is None or folder.resolve() in seen:
+            return None
+        seen.add(folder.resolve())
+        if (folder / MASKS_FILE).is_file():
+            log.info("index cost from %s (a source of %s)", folder / MASKS_FILE, run_dir)
+            return folder / MASKS_FILE
+        config = read_json(folder / "config.json") if (folder / "config.json").is_file() else {}
     return None
 
 
