@@ -96,6 +96,17 @@ def test_intra_spec_round_trip_gives_identical_outputs(case):
         assert torch.equal(again(x), layer(x))
 
 
+def test_one_channel_lowered_inputs_are_computed_right():
+    # found by hypothesis: a one-map lowered input with strides (H·W, 1, W, 1) made oneDNN return wrong rows
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 1, 5, stride=(1, 2), padding=(0, 1), bias=False)
+    patterns = [None, IntraPattern(1, 1)]
+    x = torch.randn(1, 2, 7, 3)
+    mask = LayerMask(shape=(1, 2, 5, 5), intra=patterns).weight_mask()
+    with torch.no_grad():
+        assert_close(IntraKernelConv2d.from_conv(conv, patterns)(x), masked_conv(conv, mask, x))
+
+
 def test_block_decomposition_covers_each_tap_once():
     for kh, kw in [*KERNELS, (7, 7)]:
         for pattern in IntraPattern.all_patterns(kh * kw):

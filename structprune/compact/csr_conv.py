@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.flop_counter import register_flop_formula
 
 from structprune.arch import register_module_type
-from structprune.compact.intra_conv import Pair, _pair
+from structprune.compact.intra_conv import Pair, _pair, one_channel_fix
 from structprune.errors import StructpruneError
 
 
@@ -143,7 +143,7 @@ class CsrConv2d(nn.Module):
         y = y.view(self.out_channels, n, out_h, out_w).transpose(0, 1)  # [N, O, H', W']
         if self.bias is not None:
             y = y + self.bias.view(1, -1, 1, 1)
-        return y.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        return one_channel_fix(y.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format))
 
     def to_spec(self) -> dict[str, Any]:
         return {

@@ -41,6 +41,17 @@ def _pair(value: int | tuple[int, ...] | list[int], name: str) -> Pair:
     return (int(value[0]), int(value[1]))
 
 
+def one_channel_fix(t: torch.Tensor) -> torch.Tensor:
+    """A [N, 1, H, W] tensor laid out densely gets the plain strides (H·W, H·W, W, 1).
+
+    With one channel, strides like (H·W, 1, W, 1) describe the same memory, but PyTorch 2.13's oneDNN
+    convolution computes wrong outputs from them (e.g. stride (1, 2), 5×5 kernel).  A free re-view."""
+    if t.dim() == 4 and t.shape[1] == 1 and t.is_contiguous() and not torch.onnx.is_in_onnx_export():
+        h, w = t.shape[2:]
+        return t.as_strided(t.shape, (h * w, h * w, w, 1))
+    return t
+
+
 def gather_channels(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """x[:, index] for a channels_last x, as a channels_last tensor (one row gather of the [N·H·W, C]
     matrix; `x.index_select(1, ...)` would return NCHW and run 4× slower)."""
@@ -285,6 +296,7 @@ class BlockConvs(nn.Module):
                     flat = padded.permute(0, 2, 3, 1).reshape(n, -1)  # [N, Hp*Wp*I] channels_last order
                     xin = flat.index_select(1, index).view(n, hs, ws, -1).permute(0, 3, 1, 2)  # [N, C', hs, ws] CL
                 padding = (0, 0)
+            xin = one_channel_fix(xin)
             y = F.conv2d(xin, weight, bias if out is None else None, self.stride, padding, dilation, self.groups)
             if out is None:
                 out = y
@@ -348,7 +360,7 @@ class IntraKernelConv2d(nn.Module):
         nchw = x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last)  # ambiguous: NCHW
         x = x.contiguous(memory_format=torch.channels_last)
         y = self.blocks(x, self.bias)
-        return y.contiguous() if nchw else y.contiguous(memory_format=torch.channels_last)
+        return one_channel_fix(y.contiguous() if nchw else y.contiguous(memory_format=torch.channels_last))
 
     def to_spec(self) -> dict[str, Any]:
         return {

@@ -25,7 +25,15 @@ import torch
 from torch import nn
 
 from structprune.arch import register_module_type
-from structprune.compact.intra_conv import BlockConvs, Pair, _pair, check_patterns, gather_channels, plan_pieces
+from structprune.compact.intra_conv import (
+    BlockConvs,
+    Pair,
+    _pair,
+    check_patterns,
+    gather_channels,
+    one_channel_fix,
+    plan_pieces,
+)
 from structprune.errors import StructpruneError
 from structprune.granularity import IntraPattern
 
@@ -201,7 +209,7 @@ class KernelSparseConv2d(nn.Module):
         y = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
         if self._permute:
             y = gather_channels(y.contiguous(memory_format=torch.channels_last), self.inverse_order)
-        return y.contiguous() if nchw else y.contiguous(memory_format=torch.channels_last)
+        return one_channel_fix(y.contiguous() if nchw else y.contiguous(memory_format=torch.channels_last))
 
     def kept_kernels(self) -> int:
         return int(self.keep_kernel.sum())
