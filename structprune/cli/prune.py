@@ -81,11 +81,6 @@ def baseline_chooser(args: argparse.Namespace, granularities: list[Granularity])
     return choose
 
 
-def search_chooser(args: argparse.Namespace, granularities: list[Granularity]) -> MaskChooser:
-    # --method pf|epf: the particle-filter search (engineer C's structprune.search) returns its chooser here.
-    raise StructpruneError(f"--method {args.method}: the particle-filter search is not available in this build")
-
-
 def run(args: argparse.Namespace) -> int:
     granularities = Granularity.parse_list(args.granularity)
     if args.method in SEARCH_METHODS or args.max:
@@ -95,8 +90,7 @@ def run(args: argparse.Namespace) -> int:
     if len(args.ratio) not in (1, len(granularities)):
         raise StructpruneError(f"--ratio lists {len(args.ratio)} values for {len(granularities)} granularities")
     check_writable_destination(args.out)
-    chooser = search_chooser if args.method in SEARCH_METHODS else baseline_chooser
-    choose = chooser(args, granularities)
+    choose = baseline_chooser(args, granularities)
     config = {"command": shlex.join(["structprune", *sys.argv[1:]]), "verb": "prune",
               "prune": {"granularity": [g.value for g in granularities], "method": args.method, "ratio": args.ratio,
                         "scope": args.scope, "seed": args.seed, "round_to": args.round_to,
