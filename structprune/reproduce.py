@@ -307,7 +307,7 @@ def bench_stage(ctx: Context) -> None:
 def report_stage(ctx: Context) -> None:
     from structprune.report import collect, write_report
 
-    records = collect([ctx.out], [ctx.path(BENCH_FILE)] if ctx.path(BENCH_FILE).is_file() else [])
+    records = collect([ctx.out])  # picks up OUT/bench.json too
     title = f"structprune reproduce {ctx.recipe.dataset}"
     write_report(records, ctx.path("report.md"), title)
     write_report(records, ctx.path("report.html"), title)

@@ -19,7 +19,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="FILE", help="report.html (self-contained) or report.md")
     p.add_argument("--markdown", metavar="FILE", help="also write a Markdown version (PNGs beside it)")
     p.add_argument("--bench", action="append", default=[], metavar="FILE",
-                   help="bench JSON file(s) from `structprune bench --json` (repeatable)")
+                   help="bench JSON file(s) from `structprune bench --json` (repeatable); a bench.json directly "
+                   "inside a DIR that holds runs is read without it")
     p.add_argument("--title", default="structprune report")
     p.set_defaults(func=run)
 

@@ -313,8 +313,13 @@ def read_run(path: str | Path) -> RunRecord:
 
 
 def collect(paths: list[str | Path], bench_files: list[str | Path] = ()) -> list[RunRecord]:
-    """Records of every run under `paths`; bench records from `bench_files` attached to their runs."""
+    """Records of every run under `paths`; bench records from `bench_files` (and from a bench.json directly
+    inside a given folder of runs) attached to their runs."""
     records = [read_run(p) for p in find_runs(paths)]
+    bench_files = list(bench_files)
+    for given in paths:  # a folder of runs may hold their bench.json beside them (structprune reproduce does)
+        if not _is_run(Path(given)) and (Path(given) / BENCH_FILE).is_file() and Path(given) / BENCH_FILE not in bench_files:
+            bench_files.append(Path(given) / BENCH_FILE)
     for source in bench_files:
         source = Path(source)
         for row in read_bench(read_json(source), source):
