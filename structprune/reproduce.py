@@ -64,10 +64,10 @@ _MNIST_SEARCH = {"method": "pf", "tolerance": 0.002, "particles": 16, "generatio
 _CIFAR_SEARCH = {**_MNIST_SEARCH, "tolerance": 0.005}
 
 RECIPES: dict[tuple[str, bool], Recipe] = {
-    ("mnist", False): Recipe("mnist", "paper-mnist", TrainConfig(epochs=10, lr=0.05, batch_size=64),
+    ("mnist", False): Recipe("mnist", "paper-mnist", TrainConfig(epochs=10, lr=0.02, batch_size=64),
                              search=_MNIST_SEARCH, retrain_epochs=3),
     ("mnist", True): Recipe(
-        "mnist", "paper-mnist", TrainConfig(epochs=2, lr=0.05, batch_size=64), sensitivity_images=1000,
+        "mnist", "paper-mnist", TrainConfig(epochs=2, lr=0.02, batch_size=64), sensitivity_images=1000,
         search={**_MNIST_SEARCH, "particles": 8, "generations": 3, "score_images": 1000, "check_images": 1000,
                 "ladder": (0.5, 0.75, 0.875), "step_epochs": 1, "step_images": 10000, "final_epochs": 0},
         retrain_epochs=1, retrain_images=20000, quant_epochs=0, bench_rounds=5),
