@@ -246,3 +246,29 @@ def test_full_size_zoo_models_compact_at_every_scale(name):
         assert float(reference.std(0).mean()) > 1e-3  # the inputs still matter
         assert relative_gap(small(x), reference) <= RTOL
     assert count_params(small) < 0.5 * count_params(model)
+
+
+def test_maps_no_kept_kernel_reads_leave_with_their_producer():
+    torch.manual_seed(0)
+    model = models.create("tiny-paper", in_channels=1, input_size=8).eval()
+    mask = NetworkMask()
+    kk = torch.ones(8, 8, dtype=torch.bool)
+    kk[:, :3] = False  # no output map of features.2 reads input maps 0, 1, 2
+    mask.layer("features.2", model.features[2]).keep_kernel = kk
+    small = compact(model, mask)
+    assert small.features[0].out_channels == 5  # features.0 no longer computes maps 0, 1, 2
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad(), MaskApplier(model, None).applied(mask):
+        reference = model(x)
+    with torch.no_grad():
+        assert relative_gap(small(x), reference) <= RTOL
+
+
+def test_maps_a_residual_partner_still_reads_are_kept():
+    model, shape = FAMILIES["resnet"]
+    mask = NetworkMask()
+    kk = torch.ones(6, 6, dtype=torch.bool)
+    kk[:, 0] = False
+    mask.layer("b1.0", model.get_submodule("b1.0")).keep_kernel = kk  # the identity path still reads map 0
+    small = compact(model, mask, sample=torch.randn(1, *shape), groups=GROUPS["resnet"])
+    assert small.get_submodule("stem.0").out_channels == 6
