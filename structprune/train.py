@@ -44,10 +44,13 @@ class TrainConfig:
     schedule: str = "cosine"
     optimizer: str = "sgd"
     lr_gamma: float = 0.1
+    warmup_epochs: float = 0.0  # linear ramp from lr/steps to lr before the schedule starts
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.batch_size < 1:
             raise StructpruneError(f"epochs must be >= 0 and batch size >= 1 (got {self.epochs}, {self.batch_size})")
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            raise StructpruneError(f"warm-up ({self.warmup_epochs} epochs) must be between 0 and the {self.epochs} epochs")
         if not self.lr > 0:
             raise StructpruneError(f"learning rate must be positive (got {self.lr})")
         if self.schedule not in SCHEDULES:
@@ -100,8 +103,12 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
-    """Learning rate for optimizer step `step` (0-based) of the whole run."""
-    total = max(cfg.epochs * steps_per_epoch, 1)
+    """Learning rate for optimizer step `step` (0-based) of the whole run: a linear warm-up over
+    `warmup_epochs`, then the schedule over the remaining steps."""
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    step, total = step - warmup, max(cfg.epochs * steps_per_epoch - warmup, 1)
     if cfg.schedule == "cosine":
         return cfg.lr * 0.5 * (1 + math.cos(math.pi * step / total))
     if cfg.schedule == "step":

@@ -148,9 +148,13 @@ def test_schedules():
     step = TrainConfig(epochs=4, lr=0.1, schedule="step")
     assert [lr_at(step, s, 10) for s in (0, 19, 20, 29, 30, 39)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
     assert lr_at(TrainConfig(lr=0.1, schedule="constant"), 99, 10) == 0.1
+    warm = TrainConfig(epochs=3, lr=0.1, warmup_epochs=1)
+    assert [lr_at(warm, s, 10) for s in (0, 4, 9)] == pytest.approx([0.01, 0.05, 0.1])
+    assert lr_at(warm, 10, 10) == pytest.approx(0.1) and lr_at(warm, 20, 10) == pytest.approx(0.05)
 
 
-@pytest.mark.parametrize("kwargs", [{"schedule": "linear"}, {"optimizer": "rmsprop"}, {"lr": 0.0}, {"batch_size": 0}])
+@pytest.mark.parametrize("kwargs", [{"schedule": "linear"}, {"optimizer": "rmsprop"}, {"lr": 0.0}, {"batch_size": 0},
+                                    {"warmup_epochs": 5}])
 def test_bad_settings_are_user_errors(kwargs):
     with pytest.raises(StructpruneError):
         TrainConfig(**kwargs)

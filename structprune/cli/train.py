@@ -59,6 +59,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--schedule", choices=SCHEDULES, default="cosine", help="cosine, or step (x0.1 at 50%% and 75%%)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")
+    p.add_argument("--warmup-epochs", type=float, default=0.0, help="linear learning-rate warm-up (epochs, may be fractional)")
     p.add_argument("--val-size", type=int, default=None, help="validation images carved from the training set")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--model-arg", action="append", type=model_arg, default=[], metavar="KEY=VALUE",
@@ -80,7 +81,8 @@ def checkpoint_dir_for(out: Path) -> Path:
 def run(args: argparse.Namespace) -> int:
     out = check_writable_destination(args.out)
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
-                      batch_size=args.batch_size, seed=args.seed, schedule=args.schedule, optimizer=args.optimizer)
+                      batch_size=args.batch_size, seed=args.seed, schedule=args.schedule, optimizer=args.optimizer,
+                      warmup_epochs=args.warmup_epochs)
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
