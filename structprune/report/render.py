@@ -92,7 +92,7 @@ def bench_table(records: list[RunRecord]) -> Table | None:
         mac_x = _div(base.macs, b.macs) if base.macs and b.macs else None
         rows.append([r.name, b.label or "as run", str(b.batch), str(b.threads), fmt_ms(b.median_ms),
                      fmt_ms(b.spread_ms), fmt_ratio(speedup), fmt_ratio(mac_x)])
-    return Table(["run", "variant", "batch", "threads", "median ms", "spread ms", "speed-up", "MAC ratio"], rows)
+    return Table(["run", "variant", "batch", "threads", "median ms", "spread ms (max−min)", "speed-up", "MAC ratio"], rows)
 
 
 def storage_table(records: list[RunRecord]) -> Table | None:
