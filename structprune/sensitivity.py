@@ -110,7 +110,11 @@ def sweep(
     result = _header(cfg, len(split), baseline)
     done: dict[str, list[float]] = {}
     if out_file is not None and Path(out_file).is_file():
-        done = _resumable(read_json(out_file), result)
+        previous = read_json(out_file)
+        if not isinstance(previous, dict) or previous.get("format") != SENSITIVITY_FORMAT:
+            raise StructpruneError(f"{out_file} holds another kind of sweep (e.g. the word-length sweep of "
+                                   "`structprune quantize --per-layer auto`); not overwriting it")
+        done = _resumable(previous, result)
     layers = sweep_layers(model, applier, cfg.granularity)
     if not layers:
         raise StructpruneError(f"the model has no conv layer that can be pruned at {cfg.granularity.value} scale")

@@ -87,6 +87,15 @@ def test_resume_keeps_finished_layers(trained, tmp_path):
     assert other["layers"][names[0]] != [0.123]  # a different sweep does not resume from it
 
 
+def test_never_overwrites_another_sweep(trained, tmp_path):
+    model, data = trained
+    out = tmp_path / "sensitivity.json"
+    out.write_text(json.dumps({"base_mcr": 0.1, "layers": {"features.0": {"4": 0.2}}}))
+    with pytest.raises(StructpruneError, match="another kind of sweep"):
+        sweep(model, data, SensitivityConfig(ratios=(0.5,), images=50), out_file=out)
+    assert json.loads(out.read_text())["base_mcr"] == 0.1
+
+
 def test_bad_config_is_one_line_error():
     with pytest.raises(StructpruneError, match="between 0 and 1"):
         SensitivityConfig(ratios=(0.5, 1.0))
