@@ -72,6 +72,18 @@ def csr_network(model: nn.Module, mask: NetworkMask, groups) -> nn.Module:
     return net
 
 
+def source_version() -> str:
+    """The git commit the benchmark ran on ('+dirty' when the tracked package files differ from it)."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True).stdout
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "structprune"], capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head.strip() + ("+dirty" if any(line[:2].strip() == "M" for line in dirty.splitlines()) else "")
+
+
 def relative_gap(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max()) / max(float(b.abs().max()), 1e-12)
 
@@ -146,7 +158,8 @@ def main() -> int:
                   f"{(d / c) / info['mac_ratio']:.2f} | {csr_cols} |")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"command": " ".join(sys.argv), "records": records, "summary": summary,
+        args.json.write_text(json.dumps({"command": " ".join(sys.argv), "source": source_version(),
+                                         "records": records, "summary": summary,
                                          "torch": torch.__version__, "threads": args.threads, "clock": args.clock},
                                         indent=2) + "\n")
     return 0
