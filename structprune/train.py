@@ -164,7 +164,7 @@ def train(
         if saved != config:
             raise StructpruneError(
                 f"{checkpoint_dir}: checkpoint was made with other settings ({record.get('config')}); "
-                "delete it or pass the same settings"
+                "delete it (structprune train: --restart) or pass the same settings"
             )
         start, history = int(record["epoch"]), list(record["history"])
         log.info("resuming from %s after epoch %d", checkpoint_dir, start)
