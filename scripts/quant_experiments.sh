@@ -3,7 +3,7 @@
 # quantization"). prune (L1, channel scale) -> compact -> retrain the compact network -> quantize. Each network's chain runs under the shared heavy-job lock (taken once per chain) and each
 # step is skipped when its run folder exists, so the script can be stopped and rerun. Needs the dense runs runs/mnist-dense and runs/cifar10-dense
 # (runs/train-baselines.sh; override with MNIST_DENSE=... CIFAR10_DENSE=...) and waits for them.
-#   usage: scripts/quant_experiments.sh [mnist] [cifar10]
+#   usage: scripts/quant_experiments.sh [mnist] [mnist_pf] [cifar10]
 #   QUANT_NICE=1 runs the chains at nice 19 outside the lock (when long searches hold it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +33,14 @@ mnist() {
   step $p-q4 "${SP[@]}" quantize $p-retrained --bits 4 --epochs 1 --out $p-q4 --no-progress "${DATA[@]}"
   step $p-q4auto "${SP[@]}" quantize $p-retrained --bits 4 --per-layer auto --epochs 1 --out $p-q4auto --no-progress "${DATA[@]}"
   step $p-q3 "${SP[@]}" quantize $p-retrained --bits 3 --epochs 1 --out $p-q3 --no-progress "${DATA[@]}"
+}
+
+mnist_pf_source_ready() { wait_for "${MNIST_PF:-runs/search-mnist-pf}"; }
+
+mnist_pf() {  # the particle-filter search result of benchmarks/search_mnist.sh (channel + intra-kernel)
+  local s=${MNIST_PF:-runs/search-mnist-pf} p=runs/q5-mnist-pf
+  step $p-compact "${SP[@]}" compact $s --out $p-compact "${DATA[@]}"
+  step $p-q4 "${SP[@]}" quantize $p-compact --bits 4 --epochs 1 --out $p-q4 --no-progress "${DATA[@]}"
 }
 
 cifar10() {
