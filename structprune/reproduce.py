@@ -204,28 +204,35 @@ def search_stage(ctx: Context) -> None:
                extra_config={"stage": SEARCH, "granularity": ",".join(cfg.granularities), "method": cfg.method})
 
 
-def retrain_stage(ctx: Context) -> None:
+def retrain_run(src: Path, out: Path, cfg: TrainConfig, data: Any, progress: bool = False,
+                extra_config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Retrain the masked run in `src` with its masks held (structprune.retrain) and save it to `out`."""
     from structprune.metrics import size_metrics
     from structprune.pruning import channel_groups_of, evaluation_metrics, load_masks, mask_summary
     from structprune.retrain import retrain_masked
 
-    run = load_run(ctx.path(SEARCH))
+    run = load_run(src)
     mask = load_masks(run)
     if mask is None:
-        raise StructpruneError(f"{run.path}: the search left no masks.json")
-    r, out = ctx.recipe, ctx.path(RETRAIN)
-    cfg = TrainConfig(epochs=r.retrain_epochs, lr=r.retrain_lr, batch_size=r.train.batch_size, seed=r.train.seed)
+        raise StructpruneError(f"{run.path}: no masks.json to hold during retraining")
     groups = channel_groups_of(run.model)
-    data = ctx.data if r.retrain_images is None else replace(ctx.data, train=ctx.data.train.subset(r.retrain_images))
     history = retrain_masked(run.model, mask, data, cfg, groups=groups,
-                             checkpoint_dir=out.parent / f"{out.name}.ckpt", progress=ctx.progress)
-    metrics = {**size_metrics(run.model), **mask_summary(run.model, mask, groups), **evaluation_metrics(run.model, ctx.data),
+                             checkpoint_dir=out.parent / f"{out.name}.ckpt", progress=progress)
+    metrics = {**size_metrics(run.model), **mask_summary(run.model, mask, groups), **evaluation_metrics(run.model, data),
                "before_retrain": {k: run.metrics[k] for k in ("val_mcr", "test_mcr") if k in run.metrics},
                "history": history}
-    config = {**run.config, "stage": RETRAIN, "source_run": str(run.path),
+    config = {**run.config, "stage": RETRAIN, "source_run": str(run.path), **(extra_config or {}),
               "retrain": {**asdict(cfg), "masked": True, "train_images": len(data.train)}}
     save_run(out, run.model, run.arch, metrics, config, extra_json={"masks.json": mask.to_json()})
     _remove_tree(out.parent / f"{out.name}.ckpt")
+    return metrics
+
+
+def retrain_stage(ctx: Context) -> None:
+    r = ctx.recipe
+    cfg = TrainConfig(epochs=r.retrain_epochs, lr=r.retrain_lr, batch_size=r.train.batch_size, seed=r.train.seed)
+    data = ctx.data if r.retrain_images is None else replace(ctx.data, train=ctx.data.train.subset(r.retrain_images))
+    retrain_run(ctx.path(SEARCH), ctx.path(RETRAIN), cfg, data, progress=ctx.progress)
 
 
 def quantize_stage(ctx: Context) -> None:
