@@ -137,4 +137,12 @@ def _stage_report(ctx: DemoContext) -> None:
     stage_report(ctx)
 
 
+def _stage_pruned(ctx: DemoContext) -> None:
+    """An "after" for the report: L1 channel pruning, retraining, compaction (structprune.report.demo_stage)."""
+    from structprune.report.demo_stage import stage_pruned
+
+    stage_pruned(ctx)
+
+
+add_stage("pruned", _stage_pruned)
 add_stage("report", _stage_report)  # last: stages added later should pass after= to stay before it
