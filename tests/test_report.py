@@ -165,3 +165,19 @@ def test_demo_stage_appends_table_and_figures(runs, tmp_path):
     assert "figures/mcr_vs_ratio.png" in figures
     assert all((work / f).read_bytes().startswith(b"\x89PNG") for f in figures)
     assert (work / "report.html").is_file()
+
+
+def test_demo_ends_with_before_after_table_and_plots(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--epochs", "2", "--no-progress"]) == 0
+    report = (out / "report.md").read_text()
+    section = report[report.index("## Report: before and after"):]
+    metrics = {n: json.loads((out / n / "metrics.json").read_text()) for n in ("dense", "pruned", "retrained", "compact")}
+    for name, m in metrics.items():
+        row = next(line for line in section.splitlines() if line.startswith(f"| {name} |"))
+        assert f"| {fmt_mcr(m['test_mcr'])} | {fmt_int(m['params'])} | {fmt_int(m['macs'])} |" in row
+    assert metrics["compact"]["macs"] < metrics["dense"]["macs"]
+    figures = re.findall(r"\]\((figures/[a-z_]+\.png)\)", section)
+    assert {"figures/mcr_vs_ratio.png", "figures/sensitivity_dense.png"} <= set(figures)
+    assert all((out / f).read_bytes().startswith(b"\x89PNG") for f in figures)
+    assert (out / "report.html").is_file()
