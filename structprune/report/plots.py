@@ -181,25 +181,46 @@ def latency_vs_mcr(records: list[RunRecord]) -> bytes | None:
 
 
 def storage_breakdown(records: list[RunRecord]) -> bytes | None:
-    """Stacked bars per run: kept-weight bits and sparsity-index bits, in kilobytes."""
+    """Left: each run's stored bytes (kept weights at their word lengths + sparsity index) against its dense
+    32-bit original. Right: the last such run, layer by layer."""
     runs = [r for r in records if r.storage]
     if not runs:
         return None
-    fig, ax = _figure(max(6.4, 1.2 * len(runs) + 2), 4.0)
+    fig = Figure(figsize=(11.0, 4.0))
+    ax, per_layer = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     names = [r.name for r in runs]
     weights = [sum(s.weight_bits for s in r.storage) / 8192 for r in runs]
     index = [sum(s.index_bits for s in r.storage) / 8192 for r in runs]
-    ax.bar(names, weights, label="kept weights")
-    ax.bar(names, index, bottom=weights, label="sparsity index")
-    for i, r in enumerate(runs):
-        dense = r.number("dense_weight_bytes")
-        if dense:
-            ax.scatter([i], [dense / 1024], marker="_", s=400, color="black", label="dense 32-bit" if i == 0 else None)
-    ax.set_ylabel("storage (KiB)")
-    ax.set_title("Storage breakdown")
-    ax.tick_params(axis="x", labelrotation=30, labelsize=8)
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
+    dense = [(r.number("dense_weight_bytes") or 0) / 1024 for r in runs]
+    xs = range(len(runs))
+    ax.bar([x - 0.2 for x in xs], dense, width=0.4, color="lightgrey", label="dense, 32-bit")
+    ax.bar([x + 0.2 for x in xs], weights, width=0.4, label="kept weights")
+    ax.bar([x + 0.2 for x in xs], index, width=0.4, bottom=weights, label="sparsity index")
+    for x, d, w, i in zip(xs, dense, weights, index, strict=True):
+        if d and w + i:
+            ax.annotate(f"{d / (w + i):.1f}× smaller", (x + 0.2, w + i), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(list(xs), names, fontsize=8)
+    ax.set_yscale("log")
+    smallest = min([w + i for w, i in zip(weights, index, strict=True) if w + i] + [d for d in dense if d] or [1.0])
+    ax.set_ylim(bottom=smallest / 4)  # log bars need a floor below the smallest bar
+    ax.set_ylabel("storage (KiB, log)")
+    ax.set_title("Storage against the dense original")
+    ax.legend(fontsize=7)
+    last = runs[-1]
+    layers = [s.name for s in last.storage]
+    lw = [s.weight_bits / 8192 for s in last.storage]
+    li = [s.index_bits / 8192 for s in last.storage]
+    per_layer.bar(layers, lw, label="kept weights")
+    per_layer.bar(layers, li, bottom=lw, label="sparsity index")
+    for x, s in enumerate(last.storage):
+        if s.word_length:
+            per_layer.annotate(f"{s.word_length} b", (x, lw[x] + li[x]), ha="center", va="bottom", fontsize=7)
+    per_layer.set_ylabel("storage (KiB)")
+    per_layer.set_title(f"Per layer: {last.name} (word length on top)")
+    per_layer.tick_params(axis="x", labelrotation=30, labelsize=7)
+    per_layer.legend(fontsize=7)
+    for a in (ax, per_layer):
+        a.grid(axis="y", alpha=0.3)
     return _png(fig)
 
 
