@@ -86,33 +86,18 @@ def _global_keep(scores: dict[str, torch.Tensor], alive: dict[str, torch.Tensor]
         s, a = scores[name].flatten(), alive[name].flatten()
         mean = s[a].mean() if bool(a.any()) and float(s[a].mean()) > 0 else torch.tensor(1.0)
         normalised.append((s / mean).masked_fill(~a, -math.inf))
-    flat = torch.cat(normalised)
     sizes = [scores[n].numel() for n in names]
-    layer_of = torch.repeat_interleave(torch.arange(len(names)), torch.tensor(sizes))
+    offsets = [0, *torch.cumsum(torch.tensor(sizes), 0).tolist()]
+    for k, name in enumerate(names):  # each layer's best alive unit is never pruned
+        if bool(alive[name].any()):
+            normalised[k][int(normalised[k].argmax())] = math.inf
+    flat = torch.cat(normalised)  # -inf: pruned already (ranked first), +inf: protected
     counted = sum(int(region[n].sum()) for n in names) if region is not None else sum(sizes)
     prune_target = counted - keep_count(counted, ratio) + (sum(sizes) - counted)
+    prunable = int((flat != math.inf).sum())
     keep = torch.ones(sum(sizes), dtype=torch.bool)
-    left = torch.tensor([int(alive[n].sum()) for n in names])
-    pruned = 0
-    for idx in torch.argsort(flat, stable=True).tolist():
-        layer = int(layer_of[idx])
-        dead_already = flat[idx] == -math.inf
-        if dead_already:
-            keep[idx] = False
-            pruned += 1
-            continue
-        if pruned >= prune_target:
-            break
-        if left[layer] <= 1:
-            continue
-        keep[idx] = False
-        left[layer] -= 1
-        pruned += 1
-    out, start = {}, 0
-    for name, size in zip(names, sizes, strict=True):
-        out[name] = keep[start : start + size].view_as(scores[name]) & alive[name]
-        start += size
-    return out
+    keep[torch.argsort(flat, stable=True)[: min(prune_target, prunable)]] = False
+    return {name: keep[offsets[k] : offsets[k + 1]].view_as(scores[name]) & alive[name] for k, name in enumerate(names)}
 
 
 def _scores(weights: torch.Tensor, cfg: SelectionConfig, gen: torch.Generator) -> torch.Tensor:
