@@ -43,6 +43,7 @@ class Recipe:
     dataset: str
     model: str
     train: TrainConfig
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {"bn": True}
     val_size: int = 5000
     sensitivity_images: int = 2000
     ladder_ratios: tuple[float, ...] = (0.25, 0.5, 0.75)
@@ -72,9 +73,9 @@ RECIPES: dict[tuple[str, bool], Recipe] = {
                 "ladder": (0.5, 0.75, 0.875), "step_epochs": 1, "step_images": 10000, "final_epochs": 0},
         retrain_epochs=1, retrain_images=20000, quant_epochs=0, bench_rounds=5),
     ("cifar10", False): Recipe("cifar10", "paper-cifar10", TrainConfig(epochs=30, lr=0.05, batch_size=128),
-                               search=_CIFAR_SEARCH, retrain_epochs=5, bits=5),
+                               model_kwargs={"bn": True}, search=_CIFAR_SEARCH, retrain_epochs=5, bits=5),
     ("cifar10", True): Recipe(
-        "cifar10", "paper-cifar10", TrainConfig(epochs=3, lr=0.05, batch_size=128), sensitivity_images=1000,
+        "cifar10", "paper-cifar10", TrainConfig(epochs=3, lr=0.05, batch_size=128), {"bn": True}, sensitivity_images=1000,
         ladder_ratios=(0.25, 0.5), ladder_methods=("l1",),
         search={**_CIFAR_SEARCH, "particles": 6, "generations": 2, "score_images": 500, "check_images": 1000,
                 "ladder": (0.5, 0.75), "step_epochs": 0, "final_epochs": 0},
@@ -144,11 +145,12 @@ def train_stage(ctx: Context) -> None:
 
     r, data = ctx.recipe, ctx.data
     torch.manual_seed(r.train.seed)
-    model = create(r.model, num_classes=data.num_classes, in_channels=data.in_channels, input_size=data.input_size)
+    model = create(r.model, num_classes=data.num_classes, in_channels=data.in_channels, input_size=data.input_size,
+                   **r.model_kwargs)
     out = ctx.path(TRAIN)
     history = train(model, data, r.train, checkpoint_dir=out.parent / f"{out.name}.ckpt", progress=ctx.progress)
     metrics = {**evaluation_metrics(model, data), **size_metrics(model), "history": history}
-    config = {"verb": "reproduce", "stage": TRAIN, "model": r.model, "model_kwargs": {}, "dataset": r.dataset,
+    config = {"verb": "reproduce", "stage": TRAIN, "model": r.model, "model_kwargs": r.model_kwargs, "dataset": r.dataset,
               "data_dir": ctx.data_dir, "val_size": len(data.val), "train": asdict(r.train), "structprune": __version__,
               "torch": torch.__version__}
     save_run(out, model, None, metrics, config)
