@@ -194,7 +194,7 @@ def train(
             seen += len(y)
             bar.update(1)
             if i % 20 == 0:
-                bar.set_postfix(loss=f"{total / seen:.4f}")
+                bar.set_postfix(mean_loss=f"{total / seen:.4f}")  # mean over the epoch so far
         bar.close()
         val = evaluate(model, data.val)
         history.append({"epoch": epoch + 1, "train_loss": total / max(seen, 1), "val_mcr": val.mcr, "val_loss": val.loss})
