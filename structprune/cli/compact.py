@@ -30,6 +30,10 @@ def run(args: argparse.Namespace) -> int:
     out, m = compact_run(args.run_dir, args.out, data_dir=args.data_dir, config=config)
     src = m.get("source_metrics", {})
     mcr = f", test MCR {m['test_mcr']:.4f}" if "test_mcr" in m else ""
-    print(f"{out}: {m['params']:,} params (was {src.get('params', '?'):,}), {m['macs']:,} MACs "
-          f"(was {src.get('macs', '?'):,}), {m['weight_bytes']:,} weight bytes{mcr}")
+
+    def was(key: str) -> str:
+        return f" (was {src[key]:,})" if isinstance(src.get(key), int) else ""
+
+    print(f"{out}: {m['params']:,} params{was('params')}, {m['macs']:,} MACs{was('macs')}, "
+          f"{m['weight_bytes']:,} weight bytes{mcr}")
     return 0
