@@ -145,3 +145,17 @@ def test_cli_search_writes_a_run(tiny_run, tmp_path, capsys):
     assert 0 < metrics["conv_macs_removed"] < 1 and np.isfinite(metrics["test_mcr"])
     assert {"masks.json", "search.json", "model.safetensors"} <= {p.name for p in out.iterdir()}
     assert driver_mod.SEARCH_FILE == "search.json"
+
+
+def test_batch_norm_recalibration_runs_through_the_search(digits, tmp_path):
+    torch.manual_seed(0)
+    model = create("tiny-paper", in_channels=1, input_size=8, bn=True)
+    train(model, digits, TrainConfig(epochs=1, lr=0.05))
+    save_run(tmp_path / "bn", model, None, {}, {"dataset": "digits"})
+    runs = {}
+    for batches in (0, 2):
+        cfg = SearchConfig(method="pf", ratio=0.5, bn_batches=batches, layers=("features.3",), **FAST)
+        search_run(load_run(tmp_path / "bn"), digits, cfg, tmp_path / f"b{batches}")
+        runs[batches] = json.loads((tmp_path / f"b{batches}" / "search.json").read_text())["history"]
+    # the candidates were scored with other batch-norm statistics, so the scores differ
+    assert [h["best"] for h in runs[0]] != [h["best"] for h in runs[2]]
