@@ -272,29 +272,9 @@ def bench_runs(ctx: Context) -> list[Path]:
     return [ctx.path(TRAIN), ctx.path(RETRAIN), ctx.path(COMPACT)]
 
 
-@torch.no_grad()
-def unstructured_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy of a masked network whose convs skip exactly its zero weights as CSR sparse products: the
-    unstructured-sparse reference at equal nonzeros (linear layers stay dense). Checked against the original."""
-    import copy
-
-    from structprune.arch import example_input
-    from structprune.compact.csr_conv import CsrConv2d
-
-    csr = copy.deepcopy(model).eval()
-    for name, module in list(csr.named_modules()):
-        if isinstance(module, torch.nn.Conv2d):
-            csr.set_submodule(name, CsrConv2d.from_conv(module, module.weight != 0))
-    x = example_input(model, 4)
-    gap = float((csr(x) - model(x)).abs().max()) / max(float(model(x).abs().max()), 1e-12)
-    if gap > 1e-4:
-        raise StructpruneError(f"the CSR copy differs from the masked network (relative gap {gap:.2g})")
-    return csr
-
-
 def bench_stage(ctx: Context) -> None:
     from structprune.arch import input_shape_of
-    from structprune.bench import Candidate, bench
+    from structprune.bench import Candidate, bench, unstructured_copy
     from structprune.metrics import count_macs
 
     r = ctx.recipe
