@@ -6,8 +6,9 @@ import argparse
 from pathlib import Path
 
 from structprune.arch import input_shape_of
-from structprune.bench import Candidate, bench
+from structprune.bench import REFERENCES, Candidate, bench, reference_candidates
 from structprune.cli.common import int_list, positive_int
+from structprune.errors import StructpruneError
 from structprune.jsonio import write_json_atomic
 from structprune.runfolder import check_writable_destination, load_run
 
@@ -17,12 +18,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "bench",
         help="time the networks of run folders side by side",
         description="Time each run's network after warm-up, all in one process, interleaved over rounds; report the "
-        "median of the faster memory layout (NCHW or channels_last). Random inputs; weights as saved.",
+        "median of the faster memory layout (NCHW or channels_last), its spread over rounds, and ratios against "
+        "the first run. Random inputs; weights as saved.",
     )
-    p.add_argument("runs", type=Path, nargs="+", metavar="DIR", help="run folders")
+    p.add_argument("runs", type=Path, nargs="+", metavar="DIR", help="run folders; the first is the baseline of the ratios")
     p.add_argument("--batch", type=int_list, default=[1, 64], help="batch sizes, e.g. 1,64 (default)")
     p.add_argument("--threads", type=positive_int, default=2)
     p.add_argument("--rounds", type=positive_int, default=7, help="timing rounds per network (median taken)")
+    p.add_argument("--sample-seconds", type=float, default=0.1, help="time per network per round (default 0.1)")
+    p.add_argument("--reference", default="", metavar="NAMES",
+                   help=f"reference rows for pruned or compact runs, comma-separated: {', '.join(REFERENCES)} "
+                   "(masked-dense: the masked network with dense tensors; unstructured: its nonzeros as CSR convs)")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="wall: elapsed time; cpu: this process's CPU time (robust on a busy machine with --threads 1)")
     p.add_argument("--json", type=Path, default=None, metavar="FILE", help="write the records here")
@@ -30,7 +36,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _references(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    for name in names:
+        if name not in REFERENCES:
+            raise StructpruneError(f"--reference: unknown name {name!r}; choose from {', '.join(REFERENCES)}")
+    return names
+
+
+def _ratio(value: float | None) -> str:
+    return f"{value:.2f}x" if value is not None else "?"
+
+
 def run(args: argparse.Namespace) -> int:
+    references = _references(args.reference)
+    if not args.sample_seconds > 0:
+        raise StructpruneError("--sample-seconds must be positive")
     if args.json is not None:
         check_writable_destination(args.json)
     candidates = []
@@ -38,13 +59,17 @@ def run(args: argparse.Namespace) -> int:
         r = load_run(path)
         info = {"macs": r.metrics.get("macs"), "params": r.metrics.get("params"), "test_mcr": r.metrics.get("test_mcr")}
         candidates.append(Candidate(str(path), r.model, input_shape_of(r.model), info))
+        candidates += reference_candidates(r, str(path), references)
     records = bench(candidates, args.batch, threads=args.threads, rounds=args.rounds, progress=not args.no_progress,
-                    clock=args.clock)
+                    clock=args.clock, sample_seconds=args.sample_seconds)
     if args.json is not None:
         write_json_atomic(args.json, records)
     width = max(len(c.name) for c in candidates)
-    print(f"{'run':<{width}}  batch  median ms  layout          MACs")
+    print(f"{'run':<{width}}  batch  median ms  IQR ms   min ms   max ms  speedup  MAC ratio  layout          MACs")
     for rec in records:
         macs = f"{rec['macs']:,}" if rec["macs"] is not None else "?"
-        print(f"{rec['run']:<{width}}  {rec['batch']:>5}  {rec['median_ms']:>9.3f}  {rec['memory_format']:<13}  {macs}")
+        print(f"{rec['run']:<{width}}  {rec['batch']:>5}  {rec['median_ms']:>9.3f}  {rec['iqr_ms']:>6.3f}  "
+              f"{rec['min_ms']:>7.3f}  {rec['max_ms']:>7.3f}  {_ratio(rec['speedup_vs_first']):>7}  "
+              f"{_ratio(rec['mac_ratio_vs_first']):>9}  {rec['memory_format']:<13}  {macs}")
+    print(f"speedup and MAC ratio: {records[0]['run']} at the same batch / each row (above 1: faster, fewer MACs)")
     return 0
