@@ -8,23 +8,22 @@ STAMP  := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev,onnx]"
+	$(PY) -m pip install -q -e ".[dev,onnx,ray]"
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m structprune demo --out runs/demo
 
 test: $(STAMP)
-	$(PY) -m ruff check structprune tests benchmarks
-	$(PY) -m pytest -q -x --durations=15
+	$(PY) -m ruff check structprune tests benchmarks scripts
+	$(PY) -m pytest -q -rs --durations=15
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_throughput.py --out runs/bench-throughput.json
 
 lint: $(STAMP)
-	$(PY) -m ruff check structprune tests benchmarks
+	$(PY) -m ruff check structprune tests benchmarks scripts
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis
