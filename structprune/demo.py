@@ -145,4 +145,16 @@ def _stage_pruned(ctx: DemoContext) -> None:
 
 
 add_stage("pruned", _stage_pruned)
+
+
+def _register_method_stages() -> None:
+    from structprune.demo_stages import stage_bench, stage_export, stage_quantize, stage_search
+
+    add_stage("search", stage_search, after="pruned")
+    add_stage("quantize", stage_quantize, after="search")
+    add_stage("export", stage_export, after="quantize")
+    add_stage("bench", stage_bench, after="export")
+
+
+_register_method_stages()
 add_stage("report", _stage_report)  # last: stages added later should pass after= to stay before it

@@ -172,11 +172,25 @@ def test_demo_ends_with_before_after_table_and_plots(tmp_path):
     assert main(["demo", "--out", str(out), "--epochs", "2", "--no-progress"]) == 0
     report = (out / "report.md").read_text()
     section = report[report.index("## Report: before and after"):]
-    metrics = {n: json.loads((out / n / "metrics.json").read_text()) for n in ("dense", "pruned", "retrained", "compact")}
+    runs = ("dense", "pruned", "retrained", "compact", "search", "search-compact", "quantized")
+    metrics = {n: json.loads((out / n / "metrics.json").read_text()) for n in runs}
     for name, m in metrics.items():
         row = next(line for line in section.splitlines() if line.startswith(f"| {name} |"))
-        assert f"| {fmt_mcr(m['test_mcr'])} | {fmt_int(m['params'])} | {fmt_int(m['macs'])} |" in row
+        if "params" in m:
+            assert f"| {fmt_mcr(m['test_mcr'])} | {fmt_int(m['params'])} | {fmt_int(m['macs'])} |" in row
+        else:  # a search run records the conv MACs removed, not whole-network sizes
+            assert f"| {fmt_mcr(m['test_mcr'])} |" in row
     assert metrics["compact"]["macs"] < metrics["dense"]["macs"]
+    assert metrics["search-compact"]["macs"] < metrics["dense"]["macs"]
+    assert "| channel,intra | pf |" in next(line for line in section.splitlines() if line.startswith("| search |"))
+    assert metrics["quantized"]["weight_bytes"] < metrics["search-compact"]["weight_bytes"]
+    assert (out / "quantized" / "model.packed.safetensors").stat().st_size > 0
+    export = json.loads((out / "export" / "export.json").read_text())
+    assert (out / "export" / "model.onnx").stat().st_size == export["onnx_bytes"] > 0
+    bench = report[report.index("## Bench"):report.index("## Report: before and after")]
+    for run, batch in [(r, b) for r in ("dense", "search-compact") for b in (1, 64)]:
+        assert re.search(rf"^\| {run} \| as run \| {batch} \| 1 \|", bench, re.M), (run, batch)
+    assert {"dense", "search-compact"} <= {Path(r["run"]).name for r in json.loads((out / "bench.json").read_text())}
     figures = re.findall(r"\]\((figures/[a-z_]+\.png)\)", section)
     assert {"figures/mcr_vs_ratio.png", "figures/sensitivity_dense.png"} <= set(figures)
     assert all((out / f).read_bytes().startswith(b"\x89PNG") for f in figures)

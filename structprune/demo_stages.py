@@ -1,0 +1,94 @@
+"""The demo's method stages after `pruned`: search -> compact, quantize (QAT + packed), export (ONNX), bench.
+
+Each stage calls the library step the way `structprune reproduce` does (structprune.reproduce), with budgets
+small enough for the embedded 8×8 digits: a pipeline check in seconds, not a result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from structprune.jsonio import write_json_atomic
+from structprune.runfolder import load_run, staged_run_folder
+
+SEARCH_RUN, SEARCH_COMPACT, QUANT_RUN, EXPORT_DIR, BENCH_FILE = (
+    "search", "search-compact", "quantized", "export", "bench.json")
+SEARCH = {"method": "pf", "granularities": ("channel", "intra"), "ratio": 0.5, "particles": 4, "generations": 2,
+          "score_images": 300, "check_images": 300, "ladder": (0.5,), "step_epochs": 0, "final_epochs": 2}
+QUANT_BITS, QUANT_EPOCHS = 4, 1
+BENCH_BATCHES, BENCH_ROUNDS = (1, 64), 3
+
+
+def stage_search(ctx: Any) -> None:
+    """Particle filter at channel then intra-kernel scale on the dense run, short final retrain, compaction."""
+    from structprune.demo import DENSE_RUN, torch_threads
+    from structprune.pruning import compact_run
+    from structprune.search.driver import SearchConfig, search_run
+
+    cfg = SearchConfig(seed=ctx.seed, **SEARCH)
+    with torch_threads(1):
+        search_run(load_run(ctx.work / DENSE_RUN), ctx.data, cfg, ctx.work / SEARCH_RUN,
+                   extra_config={"stage": "search", "granularity": ",".join(cfg.granularities), "method": cfg.method})
+        _, small = compact_run(ctx.work / SEARCH_RUN, ctx.work / SEARCH_COMPACT, config={"stage": "compact"})
+    searched = load_run(ctx.work / SEARCH_RUN).metrics
+    ctx.results["search"] = {"test_mcr": searched["test_mcr"], "compact_macs": small["macs"],
+                             "compact_params": small["params"]}
+    ctx.report.append(
+        f"## Search\n\nParticle filter ({cfg.particles} particles, {cfg.generations} generations, MCR on "
+        f"{cfg.score_images} validation images) at channel then intra-kernel scale, target ratio {cfg.ratio}, "
+        f"retrained {cfg.final_epochs} epochs (`{SEARCH_RUN}/`: test MCR {searched['test_mcr']:.2%}), compacted "
+        f"(`{SEARCH_COMPACT}/`: {small['macs']:,} MACs, {small['params']:,} params).\n")
+
+
+def stage_quantize(ctx: Any) -> None:
+    """Fixed-point weights of the searched compact network, quantization-aware retraining, packed artifact."""
+    from structprune.demo import torch_threads
+    from structprune.reproduce import _run_verb
+
+    argv = ["quantize", str(ctx.work / SEARCH_COMPACT), "--bits", str(QUANT_BITS), "--epochs", str(QUANT_EPOCHS),
+            "--seed", str(ctx.seed), "--out", str(ctx.work / QUANT_RUN), "--no-progress"]
+    with torch_threads(1):
+        _run_verb(argv)
+    m = load_run(ctx.work / QUANT_RUN).metrics
+    ctx.results["quantize"] = {"test_mcr": m["test_mcr"], "bits": QUANT_BITS}
+    ctx.report.append(
+        f"## Quantized\n\n{QUANT_BITS}-bit fixed-point weights of `{SEARCH_COMPACT}/`, {QUANT_EPOCHS} epoch(s) of "
+        f"quantization-aware retraining (`{QUANT_RUN}/`: test MCR {m['test_mcr']:.2%}; packed weights in "
+        f"`{QUANT_RUN}/model.packed.safetensors`).\n")
+
+
+def stage_export(ctx: Any) -> None:
+    """ONNX of the quantized compact network, checked against PyTorch by onnxruntime."""
+    from structprune.export_onnx import export_onnx
+
+    run = load_run(ctx.work / QUANT_RUN)
+    with staged_run_folder(ctx.work / EXPORT_DIR) as tmp:
+        check = export_onnx(run.model, tmp / "model.onnx")
+        write_json_atomic(tmp / "export.json", {"source_run": QUANT_RUN, "onnx": "model.onnx",
+                                                "onnx_bytes": (tmp / "model.onnx").stat().st_size, **asdict(check)})
+    ctx.results["export"] = asdict(check)
+    ctx.report.append(f"## Export\n\n`{EXPORT_DIR}/model.onnx` from `{QUANT_RUN}/`, checked with onnxruntime: "
+                      f"{asdict(check)}.\n")
+
+
+def stage_bench(ctx: Any) -> None:
+    """Dense vs searched-compact latency, batch 1 and 64, one thread."""
+    from structprune.arch import input_shape_of
+    from structprune.bench import Candidate, bench
+    from structprune.demo import DENSE_RUN
+    from structprune.report.collect import collect
+    from structprune.report.render import bench_table, md_table
+
+    candidates = []
+    for name in (DENSE_RUN, SEARCH_COMPACT):
+        run = load_run(ctx.work / name)
+        info = {k: run.metrics.get(k) for k in ("macs", "params", "test_mcr")}
+        candidates.append(Candidate(str(ctx.work / name), run.model, input_shape_of(run.model), info))
+    records = bench(candidates, list(BENCH_BATCHES), threads=1, rounds=BENCH_ROUNDS, progress=ctx.progress)
+    write_json_atomic(ctx.work / BENCH_FILE, records)
+    table = bench_table([r for r in collect([ctx.work]) if r.bench])
+    ctx.results["bench"] = {"records": len(records)}
+    ctx.report.append(f"## Bench\n\nDense against `{SEARCH_COMPACT}/`, batch {' and '.join(map(str, BENCH_BATCHES))}, "
+                      f"1 thread, {BENCH_ROUNDS} rounds (`{BENCH_FILE}`; timings on a shared machine are noisy).\n\n"
+                      + (md_table(table) + "\n" if table is not None else ""))
