@@ -88,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     data = load_dataset(args.data, args.data_dir, val_size=args.val_size, seed=args.seed)
     model_kwargs = dict(args.model_arg)
+    fixed = sorted({"num_classes", "in_channels", "input_size"} & model_kwargs.keys())
+    if fixed:
+        raise StructpruneError(f"--model-arg {', '.join(fixed)}: set by the dataset {args.data!r}, not by hand")
     torch.manual_seed(args.seed)
     try:
         model = create(args.model, num_classes=data.num_classes, in_channels=data.in_channels,
