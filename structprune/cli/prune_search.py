@@ -15,21 +15,11 @@ import argparse
 import shlex
 import sys
 
-from structprune.cli.common import positive_int
+from structprune.cli.common import non_negative_int, positive_int
 from structprune.errors import StructpruneError
 from structprune.granularity import Granularity
 
 DRIVER_METHOD = {"pf": "pf", "epf": "epf", "l1": "l1", "random-best": "random", "tp-l2": "tp-l2"}
-
-
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 0")
-    return value
 
 
 def add_search_arguments(p: argparse.ArgumentParser) -> None:
