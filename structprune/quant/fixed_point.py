@@ -98,11 +98,13 @@ def _lloyd(flat: torch.Tensor, step: float, qmax: int, iterations: int) -> float
     return best
 
 
-def optimal_format(w: torch.Tensor, bits: int, grid: int = 64, refine: int = 20, sample: int = 65_536) -> FixedPoint:
+def optimal_format(
+    w: torch.Tensor, bits: int, grid: int = 256, refine: int = 20, sample: int = 65_536, starts: int = 4
+) -> FixedPoint:
     """The step of a `bits`-bit format that minimises the L2 quantisation error of `w`.
 
-    A grid of `grid` clipping levels between 5% and 100% of max|w| is scored; the best is refined by
-    Lloyd iterations, then by a finer grid of ±5% around it and Lloyd again (the error is piecewise
+    A grid of `grid` steps between 5% and 120% of max|w|/qmax is scored; each of the best `starts` is
+    refined by Lloyd iterations, then by finer grids of ±5% and ±1% around it with Lloyd again (the error is piecewise
     quadratic in the step, so a single descent can stop at a kink). Large tensors are scored on a fixed
     random `sample` of their values.
     """
@@ -115,11 +117,19 @@ def optimal_format(w: torch.Tensor, bits: int, grid: int = 64, refine: int = 20,
     qmax = 2 ** (bits - 1) - 1
     if top == 0.0:
         return FixedPoint(bits, 1.0)  # all zeros: any step is exact
-    candidates = [top * f / qmax for f in torch.linspace(0.05, 1.0, grid).tolist()]
-    for spread in (None, 0.05, 0.01):
-        if spread is not None:
-            centre = candidates[0]
-            candidates = [centre * f for f in torch.linspace(1 - spread, 1 + spread, grid // 2 + 1).tolist()]
-        start = min(candidates, key=lambda s: _error_at(flat, s, qmax))
-        candidates = [_lloyd(flat, start, qmax, refine)]
-    return FixedPoint(bits, candidates[0])
+    # Steps up to 1.2·max|w|/qmax: a step a little above max|w|/qmax can win (max|w| still rounds to qmax).
+    # The error is rugged in the step when there are few values per level, so the best few grid points are
+    # each refined, and the best result kept.
+    coarse = sorted((top * f / qmax for f in torch.linspace(0.05, 1.2, grid).tolist()),
+                    key=lambda s: _error_at(flat, s, qmax))
+    finalists = []
+    for start in coarse[:starts]:
+        best = start
+        for spread in (None, 0.05, 0.01):
+            if spread is not None:
+                candidates = [best * f for f in torch.linspace(1 - spread, 1 + spread, grid // 4 + 1).tolist()]
+                best = min([best, *candidates], key=lambda s: _error_at(flat, s, qmax))
+            best = _lloyd(flat, best, qmax, refine)  # never worse than its start
+        finalists.append(best)
+    best = min(finalists, key=lambda s: _error_at(flat, s, qmax))
+    return FixedPoint(bits, best)
