@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.flop_counter import register_flop_formula
 
 from structprune.arch import register_module_type
+from structprune.compact.conv_source import check_zero_padded_conv, take_weights_from
 from structprune.compact.intra_conv import Pair, _pair, one_channel_fix
 from structprune.errors import StructpruneError
 
@@ -101,16 +102,12 @@ class CsrConv2d(nn.Module):
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, weight_mask: torch.Tensor) -> CsrConv2d:
         """`conv` with the weights where weight_mask [O, I/g, kh, kw] is 0 removed, run as CSR."""
-        if not isinstance(conv, nn.Conv2d) or isinstance(conv.padding, str) or conv.padding_mode != "zeros":
-            raise StructpruneError(f"CSR compaction needs an nn.Conv2d with numeric zero padding, not {conv!r}")
+        check_zero_padded_conv(conv, "CSR")
         if tuple(weight_mask.shape) != tuple(conv.weight.shape):
             raise StructpruneError(f"weight mask is {tuple(weight_mask.shape)}, conv weight is {tuple(conv.weight.shape)}")
         layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, weight_mask.reshape(conv.out_channels, -1) != 0,
                     conv.stride, conv.padding, conv.dilation, conv.groups, conv.bias is not None)
-        layer.to(device=conv.weight.device, dtype=conv.weight.dtype)
-        layer.load_dense_weight(conv.weight.detach())
-        if conv.bias is not None:
-            layer.bias.data.copy_(conv.bias.detach())
+        take_weights_from(layer, conv)
         return layer
 
     @torch.no_grad()

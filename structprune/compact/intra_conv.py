@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from structprune.arch import register_module_type
+from structprune.compact.conv_source import check_zero_padded_conv, take_weights_from
 from structprune.errors import StructpruneError
 from structprune.granularity import IntraPattern
 
@@ -333,14 +334,10 @@ class IntraKernelConv2d(nn.Module):
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, patterns: list[IntraPattern | None]) -> IntraKernelConv2d:
         """The compact form of `conv` with `patterns[i]` applied to input map i of every group."""
-        if not isinstance(conv, nn.Conv2d) or isinstance(conv.padding, str) or conv.padding_mode != "zeros":
-            raise StructpruneError(f"intra-kernel compaction needs an nn.Conv2d with numeric zero padding, not {conv!r}")
+        check_zero_padded_conv(conv, "intra-kernel")
         layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
                     conv.groups, conv.bias is not None, patterns)
-        layer.to(device=conv.weight.device, dtype=conv.weight.dtype)
-        layer.load_dense_weight(conv.weight.detach())
-        if conv.bias is not None:
-            layer.bias.data.copy_(conv.bias.detach())
+        take_weights_from(layer, conv)
         return layer
 
     def dense_weight(self) -> torch.Tensor:

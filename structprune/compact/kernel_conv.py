@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from structprune.arch import register_module_type
+from structprune.compact.conv_source import check_zero_padded_conv, take_weights_from
 from structprune.compact.intra_conv import (
     BlockConvs,
     Pair,
@@ -162,16 +163,12 @@ class KernelSparseConv2d(nn.Module):
     def from_conv(cls, conv: nn.Conv2d, keep_kernel: torch.Tensor,
                   patterns: list[IntraPattern | None] | None = None) -> KernelSparseConv2d:
         """The compact form of `conv` with the kernels where keep_kernel is False removed."""
-        if not isinstance(conv, nn.Conv2d) or isinstance(conv.padding, str) or conv.padding_mode != "zeros":
-            raise StructpruneError(f"kernel compaction needs an nn.Conv2d with numeric zero padding, not {conv!r}")
+        check_zero_padded_conv(conv, "kernel")
         if conv.groups != 1:
             raise StructpruneError(f"kernel-level compaction supports groups=1 convolutions only, not groups={conv.groups}")
         layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, keep_kernel, conv.stride, conv.padding,
                     conv.dilation, conv.bias is not None, patterns)
-        layer.to(device=conv.weight.device, dtype=conv.weight.dtype)
-        layer.load_dense_weight(conv.weight.detach())
-        if conv.bias is not None:
-            layer.bias.data.copy_(conv.bias.detach())
+        take_weights_from(layer, conv)
         return layer
 
     @torch.no_grad()
