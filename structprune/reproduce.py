@@ -266,28 +266,19 @@ def export_stage(ctx: Context) -> None:
                                                 "onnx_bytes": (tmp / "model.onnx").stat().st_size, **asdict(check)})
 
 
-def bench_runs(ctx: Context) -> list[Path]:
-    """Dense, the masked network run dense (same nonzeros, no speed-up expected) and as unstructured
-    sparse, and compact."""
-    return [ctx.path(TRAIN), ctx.path(RETRAIN), ctx.path(COMPACT)]
-
-
 def bench_stage(ctx: Context) -> None:
+    """Dense against compact, with the compact network's references (structprune.bench.REFERENCES): the same
+    network masked but run with dense tensors, and the same nonzeros run as unstructured sparse (CSR)."""
     from structprune.arch import input_shape_of
-    from structprune.bench import Candidate, bench, unstructured_copy
-    from structprune.metrics import count_macs
+    from structprune.bench import REFERENCES, Candidate, bench, reference_candidates
 
     r = ctx.recipe
     candidates = []
-    for path in bench_runs(ctx):
+    for path in (ctx.path(TRAIN), ctx.path(COMPACT)):
         run = load_run(path)
         info = {k: run.metrics.get(k) for k in ("macs", "params", "test_mcr")}
-        if path.name == RETRAIN:  # the same nonzeros as the compact network, computed with dense tensors
-            csr = unstructured_copy(run.model)
-            csr_info = {**info, "macs": count_macs(csr), "reference": "unstructured sparse (CSR convs)"}
-            candidates.append(Candidate(f"{path}#csr", csr, input_shape_of(run.model), csr_info))
-            info["reference"] = "masked, dense tensors"
         candidates.append(Candidate(str(path), run.model, input_shape_of(run.model), info))
+    candidates += reference_candidates(load_run(ctx.path(COMPACT)), str(ctx.path(COMPACT)), list(REFERENCES))
     records = bench(candidates, list(r.bench_batches), threads=r.bench_threads, rounds=r.bench_rounds,
                     progress=ctx.progress)
     write_json_atomic(ctx.path(BENCH_FILE), records)
