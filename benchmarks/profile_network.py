@@ -1,0 +1,94 @@
+"""Where the time of a compact paper-cifar10 goes: PyTorch's profiler, self CPU time per operator.
+
+Builds the same dense and compact networks as bench_network.py (random weights, checked equal to the masked
+dense network there), runs each a few times under torch.profiler and prints, per network, the share of
+convolutions, pooling, ReLU, the linear head and everything else. This answers why the latency ratio falls
+short of the MAC ratio: the operators that pruning does not shrink (pooling and ReLU scale with the number of
+maps, not with the kernels or taps kept) take a growing share as the convolutions shrink.
+
+    .venv/bin/python benchmarks/profile_network.py --configs channel-50,channel-50+kernel-50+intra-3of9 --batch 64 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_network import CONFIGS
+
+from structprune import models
+from structprune.channel_groups import find_channel_groups
+from structprune.compact.compaction import compact, unread_channels
+from structprune.metrics import count_macs
+from structprune.pruning import select_masks
+
+# operator name -> bucket; anything else is "other" (gathers, copies, adds of intra-kernel blocks, views)
+BUCKETS = {"aten::mkldnn_convolution": "conv", "aten::thnn_conv2d": "conv", "aten::_slow_conv2d_forward": "conv",
+           "aten::max_pool2d_with_indices": "pool", "aten::clamp_min_": "relu", "aten::clamp_min": "relu",
+           "aten::relu_": "relu", "aten::addmm": "linear"}
+NESTED = {"aten::relu_"}  # wraps clamp_min_: counted through it
+
+
+def op_shares(model: nn.Module, x: torch.Tensor, repeats: int) -> dict[str, float]:
+    """Self CPU milliseconds per forward pass, by bucket."""
+    with torch.no_grad():
+        for _ in range(3):
+            model(x)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            for _ in range(repeats):
+                model(x)
+    totals: dict[str, float] = {"conv": 0.0, "pool": 0.0, "relu": 0.0, "linear": 0.0, "other": 0.0}
+    for event in prof.key_averages():
+        if event.key in NESTED:
+            continue
+        totals[BUCKETS.get(event.key, "other")] += event.self_cpu_time_total / 1000.0 / repeats
+    return totals
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", default="channel-50,channel-50+intra-3of9,channel-50+kernel-50+intra-3of9")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    dense = models.create("paper-cifar10").eval()
+    sample = torch.randn(1, 3, 32, 32)
+    groups = find_channel_groups(dense, sample)
+    networks = {"dense": dense}
+    for name in args.configs.split(","):
+        grans, ratios, options = CONFIGS[name]
+        mask = unread_channels(dense, select_masks(dense, grans, ratios, groups=groups, **options), groups)
+        networks[name] = compact(dense, mask, sample=sample, groups=groups).eval()
+    x = torch.randn(args.batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    dense_macs = count_macs(dense)
+    rows = {}
+    print(f"paper-cifar10, batch {args.batch}, {args.threads} threads, channels_last, self CPU ms per forward "
+          f"(mean of {args.repeats}), share of the total in brackets")
+    print("| network | MAC ratio | conv | pool | ReLU | linear | other | total |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, model in networks.items():
+        model = model.to(memory_format=torch.channels_last)
+        ms = op_shares(model, x, args.repeats)
+        total = sum(ms.values())
+        rows[name] = {"mac_ratio": dense_macs / count_macs(model), "ms": ms, "total_ms": total}
+        cells = " | ".join(f"{ms[k]:.2f} ({ms[k] / total:.0%})" for k in ("conv", "pool", "relu", "linear", "other"))
+        print(f"| {name} | {rows[name]['mac_ratio']:.2f} | {cells} | {total:.2f} |")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"command": " ".join(sys.argv), "batch": args.batch, "threads": args.threads,
+                                         "torch": torch.__version__, "rows": rows}, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
