@@ -338,20 +338,48 @@ def _status(ctx: Context, seconds: dict[str, float], skipped: list[str]) -> None
         "dataset": ctx.recipe.dataset, "recipe": asdict(ctx.recipe),
         "seconds": {**previous.get("seconds", {}), **{k: round(v, 1) for k, v in seconds.items()}},
         "skipped_this_time": skipped,
+        **({"train_from": previous["train_from"]} if "train_from" in previous else {}),
     })
+
+
+def adopt_trained_run(ctx: Context, source: Path) -> None:
+    """Use an already trained dense run as the `train` stage: it must hold the recipe's model trained on the
+    recipe's dataset, without masks. Copied into OUT/train atomically; the source is named in reproduce.json."""
+    import shutil
+
+    run = load_run(source)
+    model, dataset = run.config.get("model"), run.config.get("dataset")
+    if model != ctx.recipe.model or dataset != ctx.recipe.dataset:
+        raise StructpruneError(f"{source}: holds {model!r} trained on {dataset!r}; this reproduction needs "
+                               f"{ctx.recipe.model!r} on {ctx.recipe.dataset!r}")
+    if (run.path / "masks.json").is_file():
+        raise StructpruneError(f"{source}: is a pruned run (masks.json); start from the dense one")
+    val_size = run.config.get("val_size")
+    if val_size is not None and val_size != ctx.recipe.val_size:
+        raise StructpruneError(f"{source}: trained with {val_size} validation images held out, the recipe holds out "
+                               f"{ctx.recipe.val_size}: the search would score images the network was trained on")
+    with staged_run_folder(ctx.path(TRAIN)) as tmp:
+        for item in run.path.iterdir():
+            if item.is_file():
+                shutil.copy2(item, tmp / item.name)
+    previous = read_json(ctx.path(STATUS_FILE)) if ctx.path(STATUS_FILE).is_file() else {}
+    write_json_atomic(ctx.path(STATUS_FILE), {**previous, "train_from": str(source)})
 
 
 def reproduce(dataset: str, out: str | Path, quick: bool = False, data_dir: str | None = None,
               progress: bool = True, recipe: Recipe | None = None,
-              on_stage: Callable[[str, str], None] | None = None) -> dict[str, float]:
+              on_stage: Callable[[str, str], None] | None = None, trained: str | Path | None = None) -> dict[str, float]:
     """Run (or resume) a reproduction into `out`; returns the seconds each stage run this time took.
 
+    `trained`: a dense run folder to start from instead of training (used when OUT/train is not there yet).
     `on_stage(name, "skip" | "run")` is told about every stage as it comes."""
     recipe = recipe or recipe_for(dataset, quick)
     out = Path(out)
     ctx = Context(out=out, recipe=recipe, data_dir=data_dir, progress=progress)
     ctx.data  # noqa: B018  (a missing dataset fails here, before anything is written)
     out.mkdir(parents=True, exist_ok=True)
+    if trained is not None and not _is_run(ctx.path(TRAIN)):
+        adopt_trained_run(ctx, Path(trained))
     seconds: dict[str, float] = {}
     skipped: list[str] = []
     for stage in stages_for(recipe):

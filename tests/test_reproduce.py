@@ -10,6 +10,7 @@ import torch
 
 import structprune.reproduce as rp
 from structprune.cli import main
+from structprune.errors import StructpruneError
 from structprune.report import collect
 from structprune.report.render import fmt_mcr
 
@@ -93,3 +94,22 @@ def test_unknown_dataset_and_missing_data_are_one_line_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "structprune: error:" in err and "not found" in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_a_trained_run_is_adopted_as_the_train_stage_and_a_mismatch_refused(tmp_path):
+    trained = tmp_path / "dense"
+    assert main(["train", "--model", "tiny-paper", "--data", "digits", "--epochs", "1", "--val-size", "200",
+                 "--no-progress", "--out", str(trained)]) == 0
+    recipe = replace(tiny_recipe(), ladder_methods=(), scales=("channel",))
+    out = tmp_path / "repro"
+    seen: list[tuple[str, str]] = []
+    rp.reproduce("digits", out, recipe=recipe, progress=False, trained=trained,
+                 on_stage=lambda n, w: seen.append((n, w)))
+    assert dict(seen)["train"] == "skip" and dict(seen)["search"] == "run"
+    assert (out / "train" / "model.safetensors").read_bytes() == (trained / "model.safetensors").read_bytes()
+    assert json.loads((out / "reproduce.json").read_text())["train_from"] == str(trained)
+
+    other = tmp_path / "other"
+    with pytest.raises(StructpruneError, match="holds 'tiny-paper' trained on 'digits'"):
+        rp.reproduce("digits", other, recipe=replace(recipe, model="tiny-vgg"), progress=False, trained=trained)
+    assert not (other / "train").exists()

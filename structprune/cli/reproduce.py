@@ -20,6 +20,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="fewer epochs and smaller search budgets")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: reproduce-DATASET[-quick])")
     p.add_argument("--data-dir", default=None, help="folder with mnist.npz / cifar10.npz (default: $STRUCTPRUNE_DATA or ./data)")
+    p.add_argument("--from-run", type=Path, default=None, metavar="DIR",
+                   help="start from this trained dense run (same model and dataset) instead of training one")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -35,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)
 
     seconds = reproduce(args.dataset, out, quick=args.quick, data_dir=args.data_dir, progress=not args.no_progress,
-                        on_stage=tell)
+                        on_stage=tell, trained=args.from_run)
     total = time.perf_counter() - started
     print(f"{out}: {len(seconds)} stage(s) run in {total:.0f} s; report: {out / 'report.html'} and {out / 'report.md'}")
     return 0
