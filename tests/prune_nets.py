@@ -6,7 +6,6 @@ millisecond, so property tests can afford hundreds of cases.
 
 from __future__ import annotations
 
-import pytest
 import torch
 from torch import nn
 
@@ -118,11 +117,3 @@ def family_models() -> dict[str, tuple[nn.Module, tuple[int, int, int]]]:
         model.eval()
     return nets
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny tensors run fastest on one thread, and the shared machine stays free for others."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

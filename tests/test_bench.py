@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from prune_nets import single_thread  # noqa: F401
 
 from structprune import models
 from structprune.bench import Candidate, add_ratios, bench, reference_candidates

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from prune_nets import TinyDenseNet, TinyResNet, family_models, single_thread  # noqa: F401
+from prune_nets import TinyDenseNet, TinyResNet, family_models
 from torch import nn
 
 from structprune import models

@@ -25,13 +25,6 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           cwd=REPO, timeout=300)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from prune_nets import family_models, randomize_bn, single_thread  # noqa: F401
+from prune_nets import family_models, randomize_bn
 from torch import nn
 
 from structprune import models

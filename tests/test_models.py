@@ -15,14 +15,6 @@ FULL = ["paper-mnist", "paper-cifar10", "vgg11", "vgg16", "resnet20", "resnet56"
 TINY = ["tiny-paper", "tiny-vgg", "tiny-resnet", "tiny-mobilenet", "tiny-densenet"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small forward passes run fastest on one thread, and the shared machine stays free for others."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def test_registry_lists_the_zoo():
     names = set(available())

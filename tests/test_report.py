@@ -24,15 +24,6 @@ from structprune.runfolder import save_run
 from structprune.train import TrainConfig, evaluate, train
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: one thread avoids OpenMP spinning against other processes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _metrics(model, data) -> dict:
     return {"val_mcr": evaluate(model, data.val).mcr, "test_mcr": evaluate(model, data.test).mcr, **size_metrics(model)}
 

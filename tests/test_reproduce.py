@@ -6,7 +6,6 @@ import json
 from dataclasses import replace
 
 import pytest
-import torch
 
 import structprune.reproduce as rp
 from structprune.cli import main
@@ -16,14 +15,6 @@ from structprune.report.render import fmt_mcr
 
 STAGE_RUNS = ("train", "search", "retrain", "quantize", "compact")
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: one thread avoids OpenMP spinning against other processes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_recipe() -> rp.Recipe:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from prune_nets import single_thread  # noqa: F401
 
 from structprune import models
 from structprune.compact.compaction import compact

@@ -16,15 +16,6 @@ from structprune.search import driver as driver_mod
 from structprune.search.driver import Search, SearchConfig, conv_macs, search_run
 from structprune.train import TrainConfig, train
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread avoids thread contention on shared machines (10x faster there)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 FAST = {"particles": 4, "generations": 3, "score_images": 80, "check_images": 80, "step_epochs": 0, "final_epochs": 0}
 
 

@@ -15,15 +15,6 @@ from structprune.search.latency import LatencyTable, measure_latency_table
 from structprune.train import TrainConfig, train
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread avoids thread contention on shared machines (10x faster there)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_measured_table_interpolates_its_grid():
     model = create("tiny-paper", in_channels=1, input_size=8)
     table = measure_latency_table(model, (1, 8, 8), batch=2, fractions=(0.5, 1.0), min_run_time=0.001)

@@ -21,15 +21,6 @@ from structprune.search.scoring import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread avoids thread contention on shared machines (10x faster there)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny(bn: bool):
     torch.manual_seed(0)
     model = create("tiny-paper", in_channels=1, input_size=8, bn=bn).eval()

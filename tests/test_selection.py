@@ -8,7 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prune_nets import family_models, single_thread  # noqa: F401
+from prune_nets import family_models
 
 from structprune import models
 from structprune.channel_groups import find_channel_groups

@@ -13,15 +13,6 @@ from structprune.models import create
 from structprune.train import TrainConfig, evaluate, lr_at, resolve_device, train
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and the shared machine stays free for others."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def digits() -> Dataset:
     d = load_dataset("digits")
