@@ -28,7 +28,7 @@ from structprune.masks import NetworkMask
 def _slice_factor(param: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
     """A multiplier of `param`'s shape that is 0 at `index` along `dim`, 1 elsewhere."""
     factor = torch.ones_like(param)
-    return factor.index_fill_(dim, index, 0.0)
+    return factor.index_fill_(dim, index.to(param.device), 0.0)
 
 
 def channel_factor_targets(

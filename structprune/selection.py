@@ -115,7 +115,7 @@ def select_channels(model: nn.Module, groups: ChannelGroups, ratio: float, cfg: 
         for member in group.members:
             module = model.get_submodule(member.name)
             if member.role == "out" and isinstance(module, nn.Conv2d):
-                per_map = module.weight.detach().abs().flatten(1).sum(1)  # [O_member]
+                per_map = module.weight.detach().cpu().abs().flatten(1).sum(1)  # [O_member]
                 l1.index_add_(0, member.root, per_map[member.index])
         base = mask.layers.get(group.root)
         alive[group.root] = base.keep_out.clone() if base is not None and base.keep_out is not None else torch.ones(
@@ -173,7 +173,7 @@ def select_kernels(model: nn.Module, groups: ChannelGroups | None, ratio: float,
     for name, conv in convs.items():
         region[name] = _kernel_region(name, conv, mask, groups)
         alive[name] = _alive_kernels(name, conv, mask, groups)
-        scores[name] = _scores(conv.weight.detach().abs().sum((2, 3)), cfg, gen)  # [O, I]
+        scores[name] = _scores(conv.weight.detach().cpu().abs().sum((2, 3)), cfg, gen)  # [O, I]
     if cfg.scope == "global":
         keeps = _global_keep(scores, alive, ratio, region)
     else:
@@ -191,7 +191,7 @@ def _structured(conv: nn.Conv2d, alive: torch.Tensor, scores: torch.Tensor, frac
 
     rows = torch.nonzero(alive.any(1)).flatten()
     cols = torch.nonzero(alive.any(0)).flatten()
-    weight = conv.weight.detach()[rows][:, cols]  # [O', I', kh, kw]
+    weight = conv.weight.detach().cpu()[rows][:, cols]  # [O', I', kh, kw]
     sub_scores = scores[rows][:, cols]
     groups = max(d for d in range(1, min(out_groups, len(rows)) + 1) if len(rows) % d == 0)  # must divide O'
     sub = structured_kernel_mask(weight, groups, fraction, scores=sub_scores)
@@ -224,7 +224,7 @@ def select_intra(model: nn.Module, groups: ChannelGroups | None, ratio: float, c
         positions = conv.weight.shape[2] * conv.weight.shape[3]
         patterns = _candidates(name, positions, taps[name], cfg)
         alive = _alive_kernels(name, conv, mask, groups)  # [O, I]
-        l1 = (conv.weight.detach().abs().flatten(2) * alive.unsqueeze(-1)).sum(0)  # [I, k²]
+        l1 = (conv.weight.detach().cpu().abs().flatten(2) * alive.unsqueeze(-1)).sum(0)  # [I, k²]
         if cfg.method == "l1":
             table = _pattern_scores(l1, patterns, positions)  # [I, P]
         else:
@@ -258,7 +258,7 @@ def _global_tap_counts(convs: dict[str, nn.Conv2d], mask: NetworkMask, groups: C
     for name, conv in convs.items():
         positions = conv.weight.shape[2] * conv.weight.shape[3]
         alive = _alive_kernels(name, conv, mask, groups)
-        l1 = (conv.weight.detach().abs().flatten(2) * alive.unsqueeze(-1)).sum(0)  # [I, k²]
+        l1 = (conv.weight.detach().cpu().abs().flatten(2) * alive.unsqueeze(-1)).sum(0)  # [I, k²]
         total = float(l1.sum()) or 1.0
         best_kept[name] = [0.0] + [
             float(_pattern_scores(l1, IntraPattern.with_taps(positions, t), positions).max(1).values.sum()) / total
