@@ -272,3 +272,22 @@ def test_maps_a_residual_partner_still_reads_are_kept():
     mask.layer("b1.0", model.get_submodule("b1.0")).keep_kernel = kk  # the identity path still reads map 0
     small = compact(model, mask, sample=torch.randn(1, *shape), groups=GROUPS["resnet"])
     assert small.get_submodule("stem.0").out_channels == 6
+
+
+def test_irregular_kernel_masks_warn_that_the_layer_may_be_slower(caplog):
+    torch.manual_seed(0)
+    model = models.create("paper-cifar10").eval()
+    conv = model.features[2]
+    irregular = NetworkMask()
+    irregular.layer("features.2", conv).keep_kernel = torch.rand(conv.out_channels, conv.in_channels) > 0.5
+    with caplog.at_level("WARNING", logger="structprune.compact.compaction"):
+        compact(model, irregular)
+    assert "features.2: its kernel masks differ from output map to output map" in caplog.text
+    caplog.clear()
+    same_inputs = NetworkMask()  # every output map reads the same half of the input maps: one convolution
+    keep = torch.zeros(conv.out_channels, conv.in_channels, dtype=torch.bool)
+    keep[:, ::2] = True
+    same_inputs.layer("features.2", conv).keep_kernel = keep
+    with caplog.at_level("WARNING", logger="structprune.compact.compaction"):
+        compact(model, same_inputs)
+    assert "differ from output map" not in caplog.text

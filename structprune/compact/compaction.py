@@ -71,6 +71,9 @@ def _reindexed(name: str, layer: LayerMask, conv: nn.Conv2d, groups: ChannelGrou
     return keep_kernel, intra
 
 
+IRREGULAR_BRANCHES = 8  # more branches than this in a kernel-sparse layer: warn that it may be slower than dense
+
+
 def _compact_conv(name: str, conv: nn.Conv2d, keep_kernel: torch.Tensor | None, intra: list | None) -> nn.Module:
     from structprune.compact.intra_conv import IntraKernelConv2d
 
@@ -82,7 +85,12 @@ def _compact_conv(name: str, conv: nn.Conv2d, keep_kernel: torch.Tensor | None, 
             return conv
         if bool(keep_kernel.all()) and intra is None:
             return conv
-        return KernelSparseConv2d.from_conv(conv, keep_kernel, intra)
+        layer = KernelSparseConv2d.from_conv(conv, keep_kernel, intra)
+        if len(layer.branches) > IRREGULAR_BRANCHES:
+            log.warning("%s: its kernel masks differ from output map to output map and compact into %d convolutions, "
+                        "which can run slower than the dense layer; masks chosen with --kernel-structure structured "
+                        "compact into one or a few", name, len(layer.branches))
+        return layer
     if intra is not None:
         return IntraKernelConv2d.from_conv(conv, intra)
     return conv
