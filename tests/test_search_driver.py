@@ -150,3 +150,44 @@ def test_batch_norm_recalibration_runs_through_the_search(digits, tmp_path):
         runs[batches] = json.loads((tmp_path / f"b{batches}" / "search.json").read_text())["history"]
     # the candidates were scored with other batch-norm statistics, so the scores differ
     assert [h["best"] for h in runs[0]] != [h["best"] for h in runs[2]]
+
+
+def test_kernel_units_share_one_bit_per_group_and_input_map():
+    from structprune.search.scoring import kernel_masks_from_units, kernel_units
+
+    alive = torch.ones(4, 3, dtype=torch.bool)
+    alive[1] = False  # a pruned output map
+    free = kernel_units(alive, 0)
+    assert free[alive].tolist() == list(range(9)) and bool((free[~alive] == -1).all())
+    units = kernel_units(alive, 3)  # 3 alive rows: 3 groups of one row each
+    assert units.max() == 8 and bool((units[1] == -1).all())
+    units = kernel_units(alive, 2)  # 3 alive rows do not split in 2: one group, every row the same bits
+    assert units[0].tolist() == units[2].tolist() == units[3].tolist() == [0, 1, 2]
+    alive[:, 1] = False  # input map 1 pruned everywhere: its unit drops out, the others are renumbered
+    units = kernel_units(alive, 1)
+    assert units[0].tolist() == [0, -1, 1]
+    masks = kernel_masks_from_units(np.array([[1, 0]], dtype=np.int16), units, (4, 3, 3, 3))
+    assert masks[0, :, :, 1, 1].tolist() == [[1, 0, 0], [0, 0, 0], [1, 0, 0], [1, 0, 0]]
+
+
+@pytest.mark.parametrize("method", ["pf", "l1"])
+def test_structured_kernel_and_shared_pattern_searches_give_fast_masks(tiny_run, digits, tmp_path, method):
+    from structprune.compact.compaction import compact
+    from structprune.granularity import IntraPattern
+    from structprune.pruning import load_masks
+
+    cfg = SearchConfig(method=method, granularities=("kernel", "intra"), tolerance=0.99, ratio=0.5,
+                       kernel_groups=1, intra_shared=True, intra_patterns=((1, 3), (0, 2)), **FAST)
+    out, _ = search_run(load_run(tiny_run), digits, cfg, tmp_path / "fast")
+    run = load_run(out)
+    mask = load_masks(run)
+    kk = mask.layers["features.2"].keep_kernel  # the second conv: every output map keeps the same input maps
+    assert 0 < int(kk.sum()) < kk.numel() and bool((kk == kk[0]).all())
+    for name, layer in mask:
+        if layer.intra is not None:
+            assert len({(p.start, p.stride) for p in layer.intra if p is not None}) == 1, name
+            assert {p for p in layer.intra if p is not None} <= {IntraPattern(1, 3), IntraPattern(0, 2)}
+    small = compact(run.model, mask)
+    for module in small.modules():
+        if hasattr(module, "branches"):
+            assert len(module.branches) == 1

@@ -60,7 +60,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--round-to", type=int, default=1, metavar="N",
                    help="channel scale: round kept maps up to a multiple of N (8 suits CPU kernels)")
     p.add_argument("--kernel-structure", choices=("unstructured", "structured"), default="unstructured",
-                   help="kernel scale: free masks, or output-map groups sharing their kept input maps (fast)")
+                   help="kernel scale (every method, the search too): free masks, or output-map groups sharing their "
+                   "kept input maps (fast once compacted)")
     p.add_argument("--kernel-groups", type=int, default=4, help="structured kernels: output-map groups per layer")
     p.add_argument("--intra-shared", action="store_true", help="intra scale: one pattern for the whole layer")
     p.add_argument("--intra-patterns", type=pattern_list, default=None, metavar="S:T,...",

@@ -70,6 +70,8 @@ def run_search(args: argparse.Namespace, granularities: list[Granularity]) -> in
         raise StructpruneError(f"--tolerance {args.tolerance} must be between 0 and 100 points")
     if not args.temperature > 0:
         raise StructpruneError(f"--temperature {args.temperature} must be positive")
+    if args.kernel_structure == "structured" and args.kernel_groups < 1:
+        raise StructpruneError(f"--kernel-groups {args.kernel_groups} must be at least 1")
     run = load_run(args.run_dir)
     data = run_dataset(run, args.data_dir)
     if data is None:
@@ -82,6 +84,9 @@ def run_search(args: argparse.Namespace, granularities: list[Granularity]) -> in
         final_epochs=args.final_epochs, final_images=args.final_images, lr=args.lr, backend=args.backend,
         workers=args.workers, seed=args.seed, scope=args.scope, latency_weight=args.latency_weight,
         latency_table=args.latency_table, bn_batches=args.bn_recalibrate,
+        kernel_groups=args.kernel_groups if args.kernel_structure == "structured" else 0,
+        intra_shared=args.intra_shared,
+        intra_patterns=None if args.intra_patterns is None else tuple((p.start, p.stride) for p in args.intra_patterns),
         layers=None if args.layers is None else tuple(s.strip() for s in args.layers.split(",") if s.strip()))
     command = {"command": shlex.join(["structprune", *sys.argv[1:]]), "verb": "prune"}
     out, m = search_run(run, data, cfg, args.out, extra_config=command)

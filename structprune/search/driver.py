@@ -68,7 +68,9 @@ from structprune.search.scoring import (
     channel_masks_from_bits,
     conv_layers,
     intra_masks_from_choices,
-    kernel_masks_from_bits,
+    kernel_groups_in_use,
+    kernel_masks_from_units,
+    kernel_units,
 )
 from structprune.train import TrainConfig, evaluate
 
@@ -104,6 +106,9 @@ class SearchConfig:
     final_images: int | None = None  # training images for the final retraining (None: all)
     lr: float = 0.01
     layers: tuple[str, ...] | None = None  # convolutions to prune (None: all)
+    kernel_groups: int = 0  # kernel scale: 0 = free kernels; G >= 1 = G output-map groups sharing kept input maps
+    intra_shared: bool = False  # intra scale: one pattern for the whole layer instead of one per input map
+    intra_patterns: tuple[tuple[int, int], ...] | None = None  # intra scale: (start, stride) choices (None: all)
     scope: str = "layer"  # "layer": one layer at a time; "global": one channel search over every layer at once
     latency_weight: float = 0.0  # λ, MCR per millisecond of predicted conv latency (see latency.py)
     latency_table: str | None = None  # a saved table (JSON); measured into the output folder when absent
@@ -135,6 +140,8 @@ class SearchConfig:
             raise StructpruneError("batch-norm recalibration batches must be >= 0")
         if self.latency_weight < 0:
             raise StructpruneError(f"latency weight {self.latency_weight} must be >= 0")
+        if self.kernel_groups < 0:
+            raise StructpruneError(f"kernel groups {self.kernel_groups} must be >= 0 (0: free kernel masks)")
 
     @property
     def budget(self) -> int:
@@ -221,7 +228,9 @@ class Rung:
     ratio: float  # fraction of the layer's units (intra: taps) pruned at this rung
     space: Space
     alive: torch.Tensor | None = None  # channel: bool [O]; kernel: bool [O, I]
+    units: torch.Tensor | None = None  # kernel: long [O, I], the particle bit deciding each kernel (-1: dead)
     patterns: list[IntraPattern] = field(default_factory=list)  # intra: the choices
+    shared: bool = False  # intra: one choice for every input map of the layer
     layers: list[str] = field(default_factory=list)  # global: the layers whose maps `alive` concatenates
     sizes: list[int] = field(default_factory=list)  # global: maps per layer
     shapes: list[tuple[int, ...]] = field(default_factory=list)  # global: weight shape per layer
@@ -230,8 +239,11 @@ class Rung:
         if self.granularity is Granularity.CHANNEL:
             return channel_masks_from_bits(particles, self.alive)
         if self.granularity is Granularity.KERNEL:
-            return kernel_masks_from_bits(particles, self.alive, shape)
-        return intra_masks_from_choices(particles, self.patterns, shape)
+            return kernel_masks_from_units(particles, self.units, shape)
+        return intra_masks_from_choices(self._per_input(particles, shape), self.patterns, shape)
+
+    def _per_input(self, particles: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        return np.repeat(particles, shape[1], axis=1) if self.shared else particles
 
     def to_mask(self, particle: np.ndarray, mask: NetworkMask, shape: tuple[int, ...] | None) -> NetworkMask:
         if self.layers:  # global: split the concatenated keep vector by layer
@@ -242,10 +254,11 @@ class Rung:
         if self.granularity is Granularity.CHANNEL:
             return _with_layer(mask, self.layer, shape, keep_out=channel_masks_from_bits(particle[None], self.alive)[0])
         if self.granularity is Granularity.KERNEL:
-            keep = torch.zeros(shape[0] * shape[1], dtype=torch.bool)
-            keep[self.alive.flatten().nonzero().flatten()] = torch.from_numpy(particle).bool()
-            return _with_layer(mask, self.layer, shape, keep_kernel=keep.view(shape[0], shape[1]))
-        return _with_layer(mask, self.layer, shape, intra=[self.patterns[int(c)] for c in particle])
+            keep = kernel_masks_from_units(particle[None], self.units, shape)[0, :, :, 0, 0].bool()
+            return _with_layer(mask, self.layer, shape, keep_kernel=keep)
+        choices = self._per_input(particle[None], shape)[0]
+        return _with_layer(mask, self.layer, shape, intra=[self.patterns[int(c)] for c in choices])
+
 
 
 def rungs_for(model: nn.Module, mask: NetworkMask, g: Granularity, layer: str, cfg: SearchConfig) -> list[Rung]:
@@ -262,18 +275,26 @@ def rungs_for(model: nn.Module, mask: NetworkMask, g: Granularity, layer: str, c
                 out.append(Rung(g, layer, r, BitSpace(int(alive.sum()), keep), alive=alive))
     elif g is Granularity.KERNEL:
         alive = alive_kernels(model, mask, layer)
+        units = kernel_units(alive, cfg.kernel_groups)
+        count = int(units.max()) + 1
+        # units of the unpruned layer: O·I kernels, or (groups in use) × I input maps
+        full = shape[0] * shape[1] if cfg.kernel_groups == 0 else kernel_groups_in_use(alive, cfg.kernel_groups) * shape[1]
         for r in ratios:
-            keep = max(1, round((1 - r) * shape[0] * shape[1]))
-            if keep < int(alive.sum()) and (not out or keep < out[-1].space.keep):
-                out.append(Rung(g, layer, r, BitSpace(int(alive.sum()), keep), alive=alive))
+            keep = max(1, round((1 - r) * full))
+            if keep < count and (not out or keep < out[-1].space.keep):
+                out.append(Rung(g, layer, r, BitSpace(count, keep), alive=alive, units=units))
     else:
         positions = shape[2] * shape[3]
-        available = sorted({len(p.taps(positions)) for p in IntraPattern.all_patterns(positions)} - {positions})
+        allowed = (IntraPattern.all_patterns(positions) if cfg.intra_patterns is None
+                   else [IntraPattern(a, b) for a, b in cfg.intra_patterns])
+        available = sorted({len(p.taps(positions)) for p in allowed} - {positions})
         # the tap counts nearest to the ladder's ratios, fewest pruned first
         counts = sorted({min(available, key=lambda c: (abs(c - (1 - r) * positions), -c)) for r in ratios}, reverse=True)
         for c in counts:
-            patterns = IntraPattern.with_taps(positions, c)
-            out.append(Rung(g, layer, 1 - c / positions, ChoiceSpace(shape[1], len(patterns)), patterns=patterns))
+            patterns = [p for p in IntraPattern.with_taps(positions, c) if p in allowed]
+            choices = 1 if cfg.intra_shared else shape[1]
+            out.append(Rung(g, layer, 1 - c / positions, ChoiceSpace(choices, len(patterns)), patterns=patterns,
+                            shared=cfg.intra_shared))
     return out
 
 
@@ -316,11 +337,14 @@ def l1_particle(model: nn.Module, rung: Rung) -> np.ndarray:
     if rung.granularity is Granularity.CHANNEL:
         scores = w.sum((1, 2, 3))[rung.alive]
     elif rung.granularity is Granularity.KERNEL:
-        scores = w.sum((2, 3))[rung.alive]
+        per_kernel, units = w.sum((2, 3)).cpu(), rung.units
+        scores = torch.zeros(int(units.max()) + 1).index_add_(0, units[units >= 0], per_kernel[units >= 0])
     else:
         per_tap = w.sum(0).flatten(1)  # [I, kh·kw]
         table = torch.stack([per_tap[:, list(p.taps(per_tap.shape[1]))].sum(1) for p in rung.patterns], 1)  # [I, patterns]
-        return table.argmax(1).numpy().astype(np.int16)
+        if rung.shared:
+            table = table.sum(0, keepdim=True)
+        return table.argmax(1).cpu().numpy().astype(np.int16)
     bits = np.zeros(len(scores), dtype=np.int16)
     bits[torch.argsort(scores, descending=True, stable=True)[: rung.space.keep].numpy()] = 1
     return bits

@@ -186,10 +186,43 @@ class LayerScorer:
 
 def kernel_masks_from_bits(bits: np.ndarray, alive: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     """Particles over the alive (out, in) kernels [P, n_alive] -> weight masks [P, O, I, kh, kw]."""
+    return kernel_masks_from_units(bits, kernel_units(alive, 0), shape)
+
+
+def kernel_groups_in_use(alive: torch.Tensor, groups: int) -> int:
+    """The most output-map groups, at most `groups`, that split the alive output maps evenly."""
+    rows = max(int(alive.any(1).sum()), 1)
+    return max(d for d in range(1, min(groups, rows) + 1) if rows % d == 0)
+
+
+def kernel_units(alive: torch.Tensor, groups: int) -> torch.Tensor:
+    """long [O, I]: the particle bit of each alive kernel (-1 for dead ones), numbered 0..U-1. groups = 0: one
+    bit per kernel; G >= 1: the alive output maps split into contiguous groups (kernel_groups_in_use), one bit per
+    (group, input map), so every output map of a group keeps the same input maps: one grouped convolution."""
+    units = torch.full(alive.shape, -1, dtype=torch.long)
+    if groups == 0:
+        units[alive] = torch.arange(int(alive.sum()))
+        return units
+    rows = alive.any(1).nonzero().flatten()
+    cols = torch.arange(alive.shape[1])
+    group_of_row = torch.arange(len(rows)) * kernel_groups_in_use(alive, groups) // max(len(rows), 1)
+    units[rows.unsqueeze(1), cols.unsqueeze(0)] = group_of_row.unsqueeze(1) * len(cols) + cols.unsqueeze(0)
+    units = units.masked_fill(~alive, -1)
+    present = units[units >= 0].unique()  # sorted; units whose kernels are all pruned drop out
+    remap = torch.full((int(units.max()) + 1,), -1, dtype=torch.long)
+    remap[present] = torch.arange(len(present))
+    units[units >= 0] = remap[units[units >= 0]]
+    return units
+
+
+def kernel_masks_from_units(bits: np.ndarray, units: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Particles over kernel units [P, U] (see kernel_units) -> weight masks [P, O, I, kh, kw]."""
     count = len(bits)
     out_ch, in_ch, kh, kw = shape
     flat = torch.zeros(count, out_ch * in_ch)
-    flat[:, alive.flatten().nonzero().flatten()] = torch.from_numpy(bits).float()
+    unit = units.flatten()
+    live = (unit >= 0).nonzero().flatten()
+    flat[:, live] = torch.from_numpy(bits).float()[:, unit[live]]
     return flat.view(count, out_ch, in_ch, 1, 1).expand(count, out_ch, in_ch, kh, kw)
 
 
