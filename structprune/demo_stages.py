@@ -16,7 +16,8 @@ from structprune.runfolder import load_run, staged_run_folder
 SEARCH_RUN, SEARCH_COMPACT, QUANT_RUN, EXPORT_DIR, BENCH_FILE = (
     "search", "search-compact", "quantized", "export", "bench.json")
 SEARCH = {"method": "pf", "granularities": ("channel", "intra"), "ratio": 0.5, "particles": 4, "generations": 2,
-          "score_images": 300, "check_images": 300, "ladder": (0.5,), "step_epochs": 2, "final_epochs": 10}
+          "score_images": 300, "check_images": 300, "ladder": (0.5,), "step_epochs": 2, "final_epochs": 10,
+          "intra_shared": True}
 QUANT_BITS, QUANT_EPOCHS = 4, 1
 BENCH_BATCHES, BENCH_ROUNDS = (1, 64), 3
 

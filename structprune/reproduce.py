@@ -60,8 +60,10 @@ class Recipe:
     bench_rounds: int = 7
 
 
+# kernel masks in two output-map groups sharing their kept inputs and one intra pattern per layer: the forms that
+# compact into few fast convolutions (docs/benchmarks.md); free per-kernel masks compact into many slow ones
 _MNIST_SEARCH = {"method": "pf", "tolerance": 0.002, "particles": 16, "generations": 6, "score_images": 2000,
-                 "check_images": 2000, "step_epochs": 1, "final_epochs": 1}
+                 "check_images": 2000, "step_epochs": 1, "final_epochs": 1, "kernel_groups": 2, "intra_shared": True}
 _CIFAR_SEARCH = {**_MNIST_SEARCH, "tolerance": 0.005}
 
 RECIPES: dict[tuple[str, bool], Recipe] = {
