@@ -191,3 +191,26 @@ def test_structured_kernel_and_shared_pattern_searches_give_fast_masks(tiny_run,
     for module in small.modules():
         if hasattr(module, "branches"):
             assert len(module.branches) == 1
+
+
+def test_recalibrated_statistics_stay_with_an_accepted_rung_and_leave_with_an_undone_one(digits, tmp_path):
+    torch.manual_seed(0)
+    model = create("tiny-paper", in_channels=1, input_size=8, bn=True)
+    train(model, digits, TrainConfig(epochs=1, lr=0.05))
+    save_run(tmp_path / "bn", model, None, {}, {"dataset": "digits"})
+    before = {k: v for k, v in load_run(tmp_path / "bn").model.state_dict().items() if "running_" in k}
+
+    def statistics(out):
+        return {k: v for k, v in load_run(out).model.state_dict().items() if "running_" in k}
+
+    kept = SearchConfig(method="l1", ratio=0.5, bn_batches=2, layers=("features.3",), **FAST)
+    search_run(load_run(tmp_path / "bn"), digits, kept, tmp_path / "kept")
+    after = statistics(tmp_path / "kept")
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # re-estimated under the accepted mask
+
+    undone = SearchConfig(method="l1", tolerance=0.0, ladder=(0.9,), bn_batches=2, layers=("features.3",), **FAST)
+    search_run(load_run(tmp_path / "bn"), digits, undone, tmp_path / "undone")
+    steps = json.loads((tmp_path / "undone" / "search.json").read_text())["steps"]
+    assert [s["accepted"] for s in steps] == [False]
+    after = statistics(tmp_path / "undone")
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the candidate's statistics left with it

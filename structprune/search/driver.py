@@ -21,7 +21,8 @@ One rung:
 After the last layer the network is retrained `final_epochs` with every mask held.
 
 Options: `bn_batches` re-estimates the batch-norm statistics after the scored layer for every candidate on
-that many training batches (scoring.LayerScorer). `scope="global"` replaces the per-layer ladder by one
+that many training batches (scoring.LayerScorer), and those of the whole network for the chosen candidate
+before its check (kept if the rung is accepted, restored if it is undone). `scope="global"` replaces the per-layer ladder by one
 channel search over every layer's maps at a fixed overall ratio; with `latency_weight` λ > 0 its objective
 adds λ × the conv latency predicted from a table measured on this machine (latency.py).
 
@@ -442,6 +443,31 @@ class Search:
         with self.applier.applied(mask):
             return evaluate(self.model, self.check_split).mcr
 
+    def recalibrate_norms(self, mask: NetworkMask) -> dict[str, torch.Tensor] | None:
+        """With bn_batches > 0: re-estimate every batch norm's statistics under `mask` on that many training
+        batches (no gradient, cumulative average), as the candidates were scored. Returns the statistics it
+        replaced (restore them if the candidate is undone), or None when there is nothing to do."""
+        norms = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if self.cfg.bn_batches < 1 or not norms:
+            return None
+        saved = {k: v.detach().clone() for k, v in self.model.state_dict().items() if "running_" in k
+                 or "num_batches_tracked" in k}
+        images = self.data.train.x[: self.cfg.bn_batches * 64]
+        momenta = [m.momentum for m in norms]
+        was_training = self.model.training
+        with torch.no_grad(), self.applier.applied(mask):
+            self.model.eval()
+            for m in norms:
+                m.reset_running_stats()
+                m.momentum = None
+                m.train()
+            for start in range(0, len(images), 64):
+                self.model(images[start:start + 64])
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+        self.model.train(was_training)
+        return saved
+
     def retrain(self, mask: NetworkMask, epochs: int, seed: int, images: int | None) -> None:
         if epochs < 1:
             return
@@ -569,6 +595,7 @@ class Search:
             shape = self.shape_of(layer)
             particle, score = self.choose(rung, mask, seed)
             trial = rung.to_mask(particle, mask, shape)
+            norms_before = self.recalibrate_norms(trial)
             check = self.check_mcr(trial)
             record = {"step": self.state.step, "layer": layer, "granularity": g.value, "ratio": rung.ratio,
                       "score": score, "check_mcr": check, "retrained": False}
@@ -598,6 +625,8 @@ class Search:
                 if fixed:
                     self._next_step()
             else:
+                if norms_before is not None:
+                    self.model.load_state_dict(norms_before, strict=False)
                 self._next_step()
             (self.state_dir / "pf.json").unlink(missing_ok=True)
             self._save_driver()
