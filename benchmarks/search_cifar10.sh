@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Mask search on CIFAR-10 (paper-cifar10, batch norm): PF, EPF, L1, random best-of-N and Torch-Pruning's group
-# L2 importance at equal conv MACs
-# (every layer keeps the same number of maps: ratio 0.30 -> 2.02x fewer conv MACs, 0.43 -> 3.05x) and equal
-# retraining. Table: python benchmarks/search_table.py runs/search-cifar10-*
+# L2 importance at equal conv MACs (every layer keeps the same number of maps: ratio 0.30 -> 2.02x fewer conv
+# MACs, 0.43 -> 3.05x) and equal retraining (l1 runs through the same schedule with --schedule). Table: python benchmarks/search_table.py runs/search-cifar10-*
 #
 # REDUCED protocol (default; what docs/results.md reports, sized for 2 CPU cores, about 25 min): the dense
 # model of docs/results.md (10 epochs); 8 particles x 3 generations per layer scored on 500 validation images,
@@ -29,7 +28,7 @@ fi
 for ratio in 0.43 0.30; do
   for m in $METHODS; do
     # shellcheck disable=SC2086
-    .venv/bin/python -m structprune prune "$DENSE" --data-dir ../shared/data --granularity channel --method "$m" \
+    .venv/bin/python -m structprune prune "$DENSE" --data-dir ../shared/data --granularity channel --method "$m" --schedule \
       --ratio "$ratio" $OPTS --lr 0.01 --seed 0 --out "runs/search-cifar10-$TAG-r$ratio-$m"
   done
 done

@@ -152,3 +152,16 @@ def test_pruning_a_pruned_run_nests_inside_its_masks(pruned, tmp_path, capsys):
         if layer["keep_out"] is not None:
             assert set(second[name]["keep_out"]) < set(layer["keep_out"])
         assert second[name]["intra"] == layer["intra"]  # the earlier intra patterns are kept
+
+
+def test_l1_with_schedule_runs_the_search_schedule_with_its_retraining(source, tmp_path, capsys):
+    out = tmp_path / "l1-schedule"
+    code, _ = cli_inline(capsys, "prune", str(source), "--granularity", "channel", "--method", "l1", "--ratio", "0.5",
+                         "--schedule", "--particles", "2", "--generations", "1", "--score-images", "50",
+                         "--check-images", "50", "--retrain-epochs", "0", "--final-epochs", "1", "--final-images",
+                         "200", "--out", str(out))
+    assert code == 0
+    search = json.loads((out / "search.json").read_text())
+    assert search["config"]["method"] == "l1" and search["config"]["final_epochs"] == 1
+    one_shot = load_run(source.parent / "pruned").metrics  # the plain l1 path: no search.json, no retraining
+    assert not (source.parent / "pruned" / "search.json").exists() and "search_seconds" not in one_shot

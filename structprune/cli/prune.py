@@ -84,7 +84,7 @@ def baseline_chooser(args: argparse.Namespace, granularities: list[Granularity])
 
 def run(args: argparse.Namespace) -> int:
     granularities = Granularity.parse_list(args.granularity)
-    if args.method in SEARCH_METHODS or args.max:
+    if args.method in SEARCH_METHODS or args.max or args.schedule:
         return run_search(args, granularities)
     if args.ratio is None:
         raise StructpruneError(f"--method {args.method} needs --ratio (or --max for the search schedule)")

@@ -26,6 +26,9 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("mask search (--method pf|epf, or any method with --max)")
     g.add_argument("--max", action="store_true",
                    help="per layer, the largest ratio on the ladder whose candidate stays within --tolerance")
+    g.add_argument("--schedule", action="store_true",
+                   help="run l1 through the search schedule too (layer by layer, retraining between steps and at "
+                   "the end, search.json), for comparisons at equal retraining; the other search methods always do")
     g.add_argument("--tolerance", type=float, default=0.2, metavar="POINTS",
                    help="allowed rise of validation MCR over the unpruned network, in percentage points (default 0.2)")
     g.add_argument("--particles", type=positive_int, default=16, help="particles per generation (default 16)")
