@@ -84,7 +84,7 @@ RECIPES: dict[tuple[str, bool], Recipe] = {
         "cifar10", "paper-cifar10", TrainConfig(epochs=3, lr=0.02, batch_size=64, warmup_epochs=0.5), {"bn": True},
         sensitivity_images=1000,
         ladder_ratios=(0.25, 0.5), ladder_methods=("l1",),
-        search={**_CIFAR_SEARCH, "tolerance": 0.01, "particles": 6, "generations": 2, "score_images": 500,
+        search={**_CIFAR_SEARCH, "tolerance": 0.02, "particles": 6, "generations": 2, "score_images": 500,
                 "check_images": 1000, "ladder": (0.25, 0.5), "step_epochs": 0, "final_epochs": 0},
         retrain_epochs=1, bits=5, quant_epochs=0, bench_rounds=3),
     # the embedded 8×8 digits: a pipeline check in seconds, not a result

@@ -574,8 +574,11 @@ class Search:
     def run_search(self) -> tuple[NetworkMask, dict[str, Any]]:
         """Search every step (resuming if the output folder holds a matching state), then retrain."""
         resumed = self._try_resume()
-        if not resumed:
+        if not resumed:  # with bn_batches, under the same re-estimation as the candidates: its own cost is no pruning's
+            norms = self.recalibrate_norms(NetworkMask())
             self.state.base_check_mcr = evaluate(self.model, self.check_split).mcr
+            if norms is not None:
+                self.model.load_state_dict(norms, strict=False)
             self._save_driver()
         base = self.state.base_check_mcr
         while self.state.step < len(self.plan):
