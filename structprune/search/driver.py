@@ -72,6 +72,7 @@ from structprune.search.scoring import (
     kernel_groups_in_use,
     kernel_masks_from_units,
     kernel_units,
+    reestimate_norms,
 )
 from structprune.train import TrainConfig, evaluate
 
@@ -259,7 +260,6 @@ class Rung:
             return _with_layer(mask, self.layer, shape, keep_kernel=keep)
         choices = self._per_input(particle[None], shape)[0]
         return _with_layer(mask, self.layer, shape, intra=[self.patterns[int(c)] for c in choices])
-
 
 
 def rungs_for(model: nn.Module, mask: NetworkMask, g: Granularity, layer: str, cfg: SearchConfig) -> list[Rung]:
@@ -453,19 +453,9 @@ class Search:
         saved = {k: v.detach().clone() for k, v in self.model.state_dict().items() if "running_" in k
                  or "num_batches_tracked" in k}
         images = self.data.train.x[: self.cfg.bn_batches * 64]
-        momenta = [m.momentum for m in norms]
-        was_training = self.model.training
-        with torch.no_grad(), self.applier.applied(mask):
-            self.model.eval()
-            for m in norms:
-                m.reset_running_stats()
-                m.momentum = None
-                m.train()
-            for start in range(0, len(images), 64):
-                self.model(images[start:start + 64])
-        for m, momentum in zip(norms, momenta, strict=True):
-            m.momentum = momentum
-        self.model.train(was_training)
+        with self.applier.applied(mask):
+            reestimate_norms(norms, (lambda start=start: self.model(images[start:start + 64])
+                                     for start in range(0, len(images), 64)))
         return saved
 
     def retrain(self, mask: NetworkMask, epochs: int, seed: int, images: int | None) -> None:

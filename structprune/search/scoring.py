@@ -16,9 +16,10 @@ and the cross-entropy term (tie = 1e-3 by default, far below 1/N for N ≤ 1000)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -128,25 +129,17 @@ class LayerScorer:
     @contextmanager
     def _recalibrated(self, mask: torch.Tensor) -> Iterator[None]:
         """Batch-norm statistics of the rest of the chain re-estimated for one candidate, restored on exit."""
-        saved = [(bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone(), bn.momentum)
-                 for bn in self.norms]
+        saved = [(bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone()) for bn in self.norms]
         try:
-            for bn in self.norms:
-                bn.reset_running_stats()
-                bn.momentum = None  # cumulative average over the recalibration batches
-                bn.train()
-            for start in range(0, len(self.recal_cache), self.recal_batch):
-                run_chain(self.rest, self._masked(self.recal_cache[start:start + self.recal_batch], mask))
-            for bn in self.norms:
-                bn.eval()
+            batches = range(0, len(self.recal_cache), self.recal_batch)
+            reestimate_norms(self.norms, (lambda start=start: run_chain(
+                self.rest, self._masked(self.recal_cache[start:start + self.recal_batch], mask)) for start in batches))
             yield
         finally:
-            for bn, (mean, var, tracked, momentum) in zip(self.norms, saved, strict=True):
+            for bn, (mean, var, tracked) in zip(self.norms, saved, strict=True):
                 bn.running_mean.copy_(mean)
                 bn.running_var.copy_(var)
                 bn.num_batches_tracked.copy_(tracked)
-                bn.momentum = momentum
-                bn.eval()
 
     def _losses(self, logits: torch.Tensor, y: torch.Tensor, particles: int) -> tuple[torch.Tensor, torch.Tensor]:
         """logits [P·n, classes] (particle-major) -> wrong counts and CE sums per particle, [P] each."""
@@ -182,6 +175,24 @@ class LayerScorer:
     def score_masks(self, masks: torch.Tensor) -> np.ndarray:
         mcr, ce = self.mcr_and_ce(masks)
         return mcr + self.tie * ce
+
+
+def reestimate_norms(norms: list[nn.Module], forwards: Iterable[Callable[[], Any]]) -> None:
+    """Replace the running statistics of `norms` by their cumulative average over the passes `forwards` runs
+    (each a no-argument call running one batch through them); the norms end in eval mode, momenta unchanged."""
+    momenta = [bn.momentum for bn in norms]
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the batches
+        bn.train()
+    try:
+        with torch.no_grad():
+            for forward in forwards:
+                forward()
+    finally:
+        for bn, momentum in zip(norms, momenta, strict=True):
+            bn.momentum = momentum
+            bn.eval()
 
 
 def kernel_masks_from_bits(bits: np.ndarray, alive: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
