@@ -73,6 +73,18 @@ def retrain_masked_on_device(run_dir: Path, device: str, results: dict) -> None:
           f"pruned weights held at zero (max change when re-masked {changed:.1e}), test MCR {mcr:.2%}")
 
 
+def compact_gap(net: torch.nn.Module, mask, groups, sample: torch.Tensor, x: torch.Tensor) -> tuple[torch.nn.Module, float]:
+    """Compact `net` (on the CPU) under `mask`, move both to x's device, and return the compact network with its
+    relative gap to the masked one there. `net` is left on x's device."""
+    net.cpu()
+    small = compact(net, mask, sample=sample, groups=groups).eval().to(x.device)
+    net.to(x.device)
+    with torch.no_grad(), MaskApplier(net, groups).applied(mask):
+        want = net(x)
+    with torch.no_grad():
+        return small, relative_gap(small(x), want)
+
+
 def compact_on_device(device: str, results: dict) -> dict:
     torch.manual_seed(0)
     dense = models.create("paper-cifar10", bn=True).eval()
@@ -85,26 +97,14 @@ def compact_on_device(device: str, results: dict) -> dict:
     x = torch.randn(16, 3, 32, 32, device=device)
     small = None
     for label, options in (("free masks", {}), ("fast masks", FAST)):
-        dense.cpu()
         mask = unread_channels(dense, select_masks(dense, CKI[0], CKI[1], groups=groups, **options), groups)
-        small = compact(dense, mask, sample=sample, groups=groups).eval().to(device)
-        dense.to(device)
-        with torch.no_grad(), MaskApplier(dense, groups).applied(mask):
-            want = dense(x)
-        with torch.no_grad():
-            gap = relative_gap(small(x), want)
+        small, gap = compact_gap(dense, mask, groups, sample, x)
         check(results, f"compact_paper_cifar10 ({label})", gap <= RTOL,
               f"channel+kernel+intra, relative gap {gap:.1e} on {device}")
     for family in ("resnet20", "mobilenetv2", "densenet"):
         net = models.create(family).eval()
         g = find_channel_groups(net, sample)
-        m = select_masks(net, "channel", 0.5, groups=g)
-        c = compact(net, m, sample=sample, groups=g).eval().to(device)
-        net.to(device)
-        with torch.no_grad(), MaskApplier(net, g).applied(m):
-            want = net(x)
-        with torch.no_grad():
-            gap = relative_gap(c(x), want)
+        _, gap = compact_gap(net, select_masks(net, "channel", 0.5, groups=g), g, sample, x)
         check(results, f"compact_{family}", gap <= RTOL, f"channel 50%, relative gap {gap:.1e}")
     return {"dense": dense, "compact": small}
 
