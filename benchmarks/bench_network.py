@@ -58,6 +58,14 @@ CONFIGS: dict[str, tuple[str, list[float], dict]] = {
 CSR_DEFAULT = "channel-50,channel-50+kernel-50+intra-3of9,channel-50+kernel-50+intra-5of9"
 
 
+def compact_config(dense: nn.Module, name: str, groups, sample: torch.Tensor) -> tuple[NetworkMask, nn.Module]:
+    """The masks of configuration `name` (CONFIGS) on `dense`, with the maps no kept kernel reads dropped as
+    compact() drops them (so a CSR twin drops them too), and the compact network."""
+    grans, ratios, options = CONFIGS[name]
+    mask = unread_channels(dense, select_masks(dense, grans, ratios, groups=groups, **options), groups)
+    return mask, compact(dense, mask, sample=sample, groups=groups).eval()
+
+
 def csr_network(model: nn.Module, mask: NetworkMask, groups) -> nn.Module:
     """The masked network with every conv run as unstructured sparse (B1's CsrConv2d) on its nonzeros."""
     import copy
@@ -110,13 +118,10 @@ def main() -> int:
     candidates = [Candidate("dense", dense, (3, 32, 32), {"macs": dense_macs, "params": count_params(dense)})]
     summary: dict[str, dict] = {}
     for name in args.configs.split(","):
-        grans, ratios, options = CONFIGS[name]
-        if "kernel" in grans and not HAS_KERNEL:
+        if "kernel" in CONFIGS[name][0] and not HAS_KERNEL:
             print(f"skip {name}: structprune.compact.kernel_conv is not available", file=sys.stderr)
             continue
-        mask = select_masks(dense, grans, ratios, groups=groups, **options)
-        mask = unread_channels(dense, mask, groups)  # what compact() removes: the CSR twin drops it too
-        small = compact(dense, mask, sample=sample, groups=groups).eval()
+        mask, small = compact_config(dense, name, groups, sample)
         x = torch.randn(8, 3, 32, 32)
         with torch.no_grad(), MaskApplier(dense, groups).applied(mask):
             reference = dense(x)

@@ -20,13 +20,11 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_network import CONFIGS
+from bench_network import compact_config
 
 from structprune import models
 from structprune.channel_groups import find_channel_groups
-from structprune.compact.compaction import compact, unread_channels
 from structprune.metrics import count_macs
-from structprune.pruning import select_masks
 
 # operator name -> bucket; anything else is "other" (gathers, copies, adds of intra-kernel blocks, views)
 BUCKETS = {"aten::mkldnn_convolution": "conv", "aten::thnn_conv2d": "conv", "aten::_slow_conv2d_forward": "conv",
@@ -66,9 +64,7 @@ def main() -> int:
     groups = find_channel_groups(dense, sample)
     networks = {"dense": dense}
     for name in args.configs.split(","):
-        grans, ratios, options = CONFIGS[name]
-        mask = unread_channels(dense, select_masks(dense, grans, ratios, groups=groups, **options), groups)
-        networks[name] = compact(dense, mask, sample=sample, groups=groups).eval()
+        networks[name] = compact_config(dense, name, groups, sample)[1]
     x = torch.randn(args.batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     dense_macs = count_macs(dense)
     rows = {}
