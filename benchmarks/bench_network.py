@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 
 from structprune import models
-from structprune.bench import Candidate, bench
+from structprune.bench import Candidate, bench, compiled_candidate
 from structprune.channel_groups import find_channel_groups
 from structprune.compact.compaction import compact, unread_channels
 from structprune.granularity import IntraPattern
@@ -35,33 +36,56 @@ from structprune.pruning import select_masks
 HAS_KERNEL = importlib.util.find_spec("structprune.compact.kernel_conv") is not None
 HAS_CSR = importlib.util.find_spec("structprune.compact.csr_conv") is not None
 
-CENTRE_COLUMN = (IntraPattern(1, 3),)  # taps 1, 4, 7: one pad-free 3×1 convolution per layer
-CHECKERBOARD = (IntraPattern(0, 2),)  # taps 0, 2, 4, 6, 8: a dilated 2×2 plus a 1×1 convolution
-STRUCTURED = {"kernel_structure": "structured", "kernel_groups": 1}  # every output map keeps the same inputs
-STRUCTURED_2 = {"kernel_structure": "structured", "kernel_groups": 2}  # two output groups, own inputs each
-
-# name -> (granularities, ratios, selection options). Channel scale keeps multiples of 8 maps (PERF-NOTES).
-CONFIGS: dict[str, tuple[str, list[float], dict]] = {
-    "channel-50": ("channel", [0.5], {"round_to": 8}),
-    "channel-75": ("channel", [0.75], {"round_to": 8}),
-    "intra-3of9": ("intra", [6 / 9], {"intra_candidates": CENTRE_COLUMN}),
-    "kernel-50": ("kernel", [0.5], STRUCTURED),
-    "channel-50+intra-3of9": ("channel,intra", [0.5, 6 / 9], {"round_to": 8, "intra_candidates": CENTRE_COLUMN}),
-    "channel-50+kernel-50": ("channel,kernel", [0.5, 0.5], {"round_to": 8, **STRUCTURED}),
-    "channel-50+kernel-50+intra-3of9": ("channel,kernel,intra", [0.5, 0.5, 6 / 9],
-                                        {"round_to": 8, "intra_candidates": CENTRE_COLUMN, **STRUCTURED}),
-    "channel-50+kernel-50g2+intra-3of9": ("channel,kernel,intra", [0.5, 0.5, 6 / 9],
-                                          {"round_to": 8, "intra_candidates": CENTRE_COLUMN, **STRUCTURED_2}),
-    "channel-50+kernel-50+intra-5of9": ("channel,kernel,intra", [0.5, 0.5, 4 / 9],
-                                        {"round_to": 8, "intra_candidates": CHECKERBOARD, **STRUCTURED}),
+# intra-kernel patterns by kept taps of a 3×3 kernel: each one (start, stride) pattern shared by the whole layer
+INTRA_PATTERNS = {
+    3: IntraPattern(1, 3),  # taps 1, 4, 7: the centre column, one pad-free 3×1 convolution per layer
+    5: IntraPattern(0, 2),  # taps 0, 2, 4, 6, 8: a dilated 2×2 plus a 1×1 convolution
+    6: IntraPattern(3, 1),  # taps 3..8: the bottom two rows, one 2×3 convolution on a shifted input
 }
+CONFIG_HELP = ("'+'-joined scales: channel-P (P percent of the maps removed), kernel-P[gG] (P percent of each layer's "
+               "kernels removed, structured: G output groups, default 1, each keeping the same input maps), intra-Kof9 "
+               f"(K of 9 taps kept, K in {sorted(INTRA_PATTERNS)})")
+CONFIGS = ["channel-50", "channel-75", "intra-3of9", "kernel-50", "channel-50+intra-3of9", "channel-50+kernel-50",
+           "channel-50+kernel-50+intra-3of9", "channel-50+kernel-50g2+intra-3of9", "channel-50+kernel-50+intra-5of9"]
+_SCALE = re.compile(r"^(channel|kernel|intra)-(\d+)(?:g(\d+)|of9)?$")
+
+
+def parse_config(name: str, round_to: int = 8) -> tuple[str, list[float], dict]:
+    """'channel-50+kernel-25g2+intra-5of9' -> (granularities, ratios, select_masks options); kept maps and kept
+    input maps per kernel group rounded up to multiples of `round_to`."""
+    grans: list[str] = []
+    ratios: list[float] = []
+    options: dict = {}
+    for part in name.split("+"):
+        m = _SCALE.match(part)
+        if m is None or m.group(1) in grans:
+            raise SystemExit(f"bad configuration {name!r} at {part!r}: " + CONFIG_HELP)
+        scale, number = m.group(1), int(m.group(2))
+        if scale == "intra":
+            if not part.endswith("of9") or number not in INTRA_PATTERNS:
+                raise SystemExit(f"bad configuration {name!r} at {part!r}: " + CONFIG_HELP)
+            ratios.append(1 - number / 9)
+            options["intra_candidates"] = (INTRA_PATTERNS[number],)
+        else:
+            if part.endswith("of9") or not 0 < number < 100:
+                raise SystemExit(f"bad configuration {name!r} at {part!r}: " + CONFIG_HELP)
+            ratios.append(number / 100)
+            options["round_to"] = round_to
+            if scale == "kernel":
+                options.update(kernel_structure="structured", kernel_groups=int(m.group(3) or 1))
+        grans.append(scale)
+    order = sorted(range(len(grans)), key=lambda i: ("channel", "kernel", "intra").index(grans[i]))
+    return ",".join(grans[i] for i in order), [ratios[i] for i in order], options
+
+
 CSR_DEFAULT = "channel-50,channel-50+kernel-50+intra-3of9,channel-50+kernel-50+intra-5of9"
 
 
-def compact_config(dense: nn.Module, name: str, groups, sample: torch.Tensor) -> tuple[NetworkMask, nn.Module]:
+def compact_config(dense: nn.Module, name: str, groups, sample: torch.Tensor,
+                   round_to: int = 8) -> tuple[NetworkMask, nn.Module]:
     """The masks of configuration `name` (CONFIGS) on `dense`, with the maps no kept kernel reads dropped as
     compact() drops them (so a CSR twin drops them too), and the compact network."""
-    grans, ratios, options = CONFIGS[name]
+    grans, ratios, options = parse_config(name, round_to)
     mask = unread_channels(dense, select_masks(dense, grans, ratios, groups=groups, **options), groups)
     return mask, compact(dense, mask, sample=sample, groups=groups).eval()
 
@@ -98,7 +122,7 @@ def relative_gap(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", default=",".join(CONFIGS), help="comma list of " + ", ".join(CONFIGS))
+    parser.add_argument("--configs", default=",".join(CONFIGS), help="comma list of configurations: " + CONFIG_HELP)
     parser.add_argument("--batch", default="64,1")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=7)
@@ -107,6 +131,11 @@ def main() -> int:
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="cpu: this process's CPU time, robust on a shared machine with --threads 1")
     parser.add_argument("--sample-seconds", type=float, default=0.1)
+    parser.add_argument("--round-to", type=int, default=8,
+                        help="kept maps (and kept input maps per kernel group) rounded up to a multiple of this")
+    parser.add_argument("--compile", action="store_true",
+                        help="run the dense and compact networks through torch.compile (Inductor, frozen weights), "
+                        "both alike; the CSR twins stay eager")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
@@ -118,10 +147,10 @@ def main() -> int:
     candidates = [Candidate("dense", dense, (3, 32, 32), {"macs": dense_macs, "params": count_params(dense)})]
     summary: dict[str, dict] = {}
     for name in args.configs.split(","):
-        if "kernel" in CONFIGS[name][0] and not HAS_KERNEL:
+        if "kernel" in parse_config(name)[0] and not HAS_KERNEL:
             print(f"skip {name}: structprune.compact.kernel_conv is not available", file=sys.stderr)
             continue
-        mask, small = compact_config(dense, name, groups, sample)
+        mask, small = compact_config(dense, name, groups, sample, args.round_to)
         x = torch.randn(8, 3, 32, 32)
         with torch.no_grad(), MaskApplier(dense, groups).applied(mask):
             reference = dense(x)
@@ -142,12 +171,15 @@ def main() -> int:
                                         layouts=("nchw",)))
         print(f"{name}: MACs {dense_macs:,} -> {macs:,} ({dense_macs / macs:.2f}x fewer), gap {gap:.1e}", file=sys.stderr)
 
+    if args.compile:
+        candidates = [c if c.name.endswith("[csr]") else compiled_candidate(c) for c in candidates]
     batches = [int(b) for b in args.batch.split(",")]
     records = bench(candidates, batches, threads=args.threads, rounds=args.rounds, clock=args.clock,
                     sample_seconds=args.sample_seconds)
     ms = {(r["run"], r["batch"]): r["median_ms"] for r in records}
-    print(f"\npaper-cifar10, random weights, {args.threads} threads, {args.clock} clock, median of {args.rounds} "
-          "interleaved rounds")
+    runtime = "torch.compile" if args.compile else "eager"
+    print(f"\npaper-cifar10, random weights, {runtime}, {args.threads} threads, {args.clock} clock, median of "
+          f"{args.rounds} interleaved rounds")
     print("| configuration | MAC ratio | batch | dense ms | compact ms | latency ratio | latency / MAC ratio "
           "| CSR ms | compact vs CSR |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -165,7 +197,9 @@ def main() -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"command": " ".join(sys.argv), "source": source_version(),
                                          "records": records, "summary": summary,
-                                         "torch": torch.__version__, "threads": args.threads, "clock": args.clock},
+                                         "torch": torch.__version__, "threads": args.threads, "clock": args.clock,
+                                         "runtime": "compile" if args.compile else "eager",
+                                         "round_to": args.round_to},
                                         indent=2) + "\n")
     return 0
 

@@ -57,6 +57,26 @@ class Candidate:
     layouts: tuple[str, ...] | None = None  # None: every layout bench() is asked for
 
 
+class CompiledNetwork(nn.Module):
+    """`model` as deployed with `torch.compile`: Inductor with weights frozen as constants (conv + ReLU fused,
+    weights pre-packed for oneDNN), static shapes, channels_last. The compiled graph is hidden from nn.Module
+    (not a submodule), so layout changes and .eval() on this wrapper leave it alone. For timing."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        model = model.eval().to(memory_format=torch.channels_last)
+        self._compiled = (torch.compile(model, dynamic=False, options={"freezing": True}),)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._compiled[0](x.contiguous(memory_format=torch.channels_last))
+
+
+def compiled_candidate(candidate: Candidate) -> Candidate:
+    """The same candidate run through torch.compile (CompiledNetwork), timed in channels_last only."""
+    return Candidate(candidate.name, CompiledNetwork(candidate.model), candidate.input_shape,
+                     {**candidate.info, "runtime": "compile"}, layouts=("channels_last",))
+
+
 def _prepared(model: nn.Module, layout: str) -> nn.Module:
     model.eval()
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format

@@ -37,7 +37,8 @@ class SelectionConfig:
     seed: int = 0
     kernel_structure: str = "unstructured"  # "unstructured" | "structured"
     kernel_groups: int = 4  # structured kernels: output-map groups per layer sharing kept input maps
-    round_to: int = 1  # channel scale: kept maps rounded up to a multiple (8 suits CPU kernels)
+    round_to: int = 1  # kept maps (channel scale) and kept input maps per group (structured kernels) rounded up
+    # to a multiple: 8 suits CPU kernels
     intra_shared: bool = False  # one intra pattern for the whole layer
     intra_candidates: tuple[IntraPattern, ...] | None = None  # restrict intra patterns (e.g. pad-free ones)
 
@@ -181,16 +182,21 @@ def select_kernels(model: nn.Module, groups: ChannelGroups | None, ratio: float,
     for name, keep in keeps.items():
         if cfg.kernel_structure == "structured":
             fraction = int(keep.sum()) / max(int(alive[name].sum()), 1)
-            keep = _structured(convs[name], alive[name], scores[name], fraction, cfg.kernel_groups)
+            keep = _structured(convs[name], alive[name], scores[name], fraction, cfg.kernel_groups, cfg.round_to)
         mask.layer(name, convs[name]).keep_kernel = keep
 
 
-def _structured(conv: nn.Conv2d, alive: torch.Tensor, scores: torch.Tensor, fraction: float, out_groups: int) -> torch.Tensor:
-    """B1's structured kernel mask on the alive sub-matrix, scattered back to [O, I]."""
+def _structured(conv: nn.Conv2d, alive: torch.Tensor, scores: torch.Tensor, fraction: float, out_groups: int,
+                round_to: int = 1) -> torch.Tensor:
+    """B1's structured kernel mask on the alive sub-matrix, scattered back to [O, I]; each group's count of kept
+    input maps rounded up to a multiple of `round_to` (at most all of them)."""
     from structprune.compact.kernel_conv import structured_kernel_mask
 
     rows = torch.nonzero(alive.any(1)).flatten()
     cols = torch.nonzero(alive.any(0)).flatten()
+    if round_to > 1 and len(cols):
+        kept = min(len(cols), math.ceil(max(1, round(fraction * len(cols))) / round_to) * round_to)
+        fraction = kept / len(cols)
     weight = conv.weight.detach().cpu()[rows][:, cols]  # [O', I', kh, kw]
     sub_scores = scores[rows][:, cols]
     groups = max(d for d in range(1, min(out_groups, len(rows)) + 1) if len(rows) % d == 0)  # must divide O'

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from structprune import models
-from structprune.bench import Candidate, add_ratios, bench, reference_candidates
+from structprune.bench import Candidate, add_ratios, bench, compiled_candidate, reference_candidates
 from structprune.compact.csr_conv import CsrConv2d
 from structprune.metrics import size_metrics
 from structprune.pruning import compact_run, prune_run, select_masks
@@ -131,6 +131,21 @@ def test_cli_bench_writes_labelled_reference_rows_with_ratios(runs, tmp_path):
         assert r["speedup_vs_first"] == pytest.approx(records[0]["median_ms"] / r["median_ms"])
     assert records[1]["mac_ratio_vs_first"] > 1  # the compact network does fewer MACs than dense
     assert "speedup" in done.stdout and f"{runs['compact']}#unstructured" in done.stdout
+
+
+def test_cli_bench_compile_times_compiled_networks_that_compute_the_same(runs, tmp_path):
+    model = load_run(runs["compact"]).model.eval()
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(compiled_candidate(Candidate("c", model, (1, 8, 8), {})).model(x), model(x), atol=1e-5)
+    out = tmp_path / "bench.json"
+    done = _cli("bench", str(runs["compact"]), "--reference", "unstructured", "--compile",
+                "--batch", "1", "--threads", "1", "--rounds", "1", "--sample-seconds", "0.003", "--no-progress",
+                "--json", str(out))
+    assert done.returncode == 0, done.stderr
+    records = json.loads(out.read_text())
+    assert [r.get("runtime") for r in records] == ["compile", None]  # CSR rows stay eager
+    assert records[0]["memory_format"] == "channels_last"
 
 
 @pytest.mark.parametrize("args, words", [

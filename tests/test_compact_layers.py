@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from structprune.arch import describe, example_input, rebuild
 from structprune.compact import CsrConv2d, IntraKernelConv2d, KernelSparseConv2d, structured_kernel_mask
-from structprune.compact.intra_conv import decompose_taps
+from structprune.compact.intra_conv import conv2d, decompose_taps
 from structprune.errors import StructpruneError
 from structprune.granularity import IntraPattern
 from structprune.masks import LayerMask
@@ -140,6 +140,41 @@ def test_each_lowering_path_equals_masked_conv(patterns, path):
     mask = LayerMask(shape=(5, 6, 3, 3), intra=patterns).weight_mask()
     with torch.no_grad():
         assert_close(layer(x), masked_conv(conv, mask, x))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_a_layer_that_is_one_smaller_conv_runs_as_that_conv_in_the_input_layout(channels_last):
+    conv = nn.Conv2d(6, 5, 3, padding=1)
+    centre = IntraKernelConv2d.from_conv(conv, [IntraPattern(1, 3)] * 6)  # a 3×1 conv, padding (1, 0)
+    assert centre.blocks.plain_conv(7, 9) == ((1, 0), (1, 1))
+    left = IntraKernelConv2d.from_conv(conv, [IntraPattern(0, 3)] * 6)  # needs the input shifted first
+    assert left.blocks.plain_conv(7, 9) is None
+    kernels = KernelSparseConv2d.from_conv(conv, torch.ones(5, 6, dtype=torch.bool), [IntraPattern(1, 3)] * 6)
+    x = torch.randn(2, 6, 7, 9)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    mask = LayerMask(shape=(5, 6, 3, 3), intra=[IntraPattern(1, 3)] * 6).weight_mask()
+    with torch.no_grad():
+        want = masked_conv(conv, mask, x)
+        for layer in (centre, kernels):
+            with FlopCounterMode(display=False) as counter:
+                y = layer(x)
+            assert_close(y, want)
+            assert y.is_contiguous(memory_format=torch.channels_last) == channels_last
+            assert counter.get_total_flops() == 2 * 2 * 7 * 9 * 5 * 6 * 3  # 2 × MACs of the 3 kept taps
+
+
+@settings(max_examples=40, deadline=None)
+@given(case=conv_cases(), grad=st.booleans())
+def test_conv2d_helper_equals_f_conv2d_and_is_counted_alike(case, grad):
+    conv, _, x = case
+    args = (conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    with torch.set_grad_enabled(grad), FlopCounterMode(display=False) as ours:
+        y = conv2d(x, *args)
+    with torch.no_grad(), FlopCounterMode(display=False) as reference:
+        want = F.conv2d(x, *args)
+    assert_close(y.detach(), want)
+    assert ours.get_total_flops() == reference.get_total_flops()
 
 
 def test_intra_macs_are_those_of_the_kept_taps():

@@ -135,6 +135,18 @@ def test_structured_kernels_share_kept_inputs_within_output_groups():
     assert len({tuple(row.tolist()) for row in kk}) <= 2
 
 
+@pytest.mark.skipif(not HAS_KERNEL_CONV, reason="structured kernel masks come with the compact kernel layer")
+@pytest.mark.parametrize("ratio", [0.2, 0.5, 0.7])
+def test_structured_kernels_keep_multiples_of_round_to_inputs(ratio):
+    torch.manual_seed(0)
+    model = models.create("plain", spec="32C3-MP2-40C3-10FC", in_channels=3, input_size=8).eval()
+    groups = find_channel_groups(model, torch.randn(1, 3, 8, 8))
+    mask = select_masks(model, "kernel", ratio, groups=groups, kernel_structure="structured", kernel_groups=2,
+                        round_to=8)
+    kept = mask.layers["features.3"].keep_kernel.sum(1)  # kept input maps of each of the 40 output maps
+    assert all(int(k) % 8 == 0 and int(k) >= round((1 - ratio) * 32) for k in kept)
+
+
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_every_family_gets_valid_masks_at_all_scales(family):
     model, shape = FAMILIES[family]

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.flop_counter import conv_flop_count, flop_registry, register_flop_formula
 
 from structprune.arch import register_module_type
 from structprune.compact.conv_source import check_zero_padded_conv, take_weights_from
@@ -59,6 +60,25 @@ def gather_channels(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     n, c, h, w = x.shape
     rows = x.permute(0, 2, 3, 1).reshape(n * h * w, c)  # a view when x is channels_last
     return rows.index_select(1, index).view(n, h, w, -1).permute(0, 3, 1, 2)
+
+
+if torch.ops.aten.mkldnn_convolution not in flop_registry:  # FlopCounterMode must count conv2d()'s direct oneDNN calls
+    @register_flop_formula(torch.ops.aten.mkldnn_convolution)
+    def _mkldnn_conv_flop(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+        return conv_flop_count(x_shape, w_shape, out_shape, transposed=False)
+
+
+def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: Pair, padding: Pair,
+           dilation: Pair, groups: int) -> torch.Tensor:
+    """F.conv2d, except that a dilated float32 CPU convolution in inference runs on oneDNN directly: for one
+    image on small maps PyTorch picks its reference `slow_conv_dilated2d` there, 1.3-3x slower on this CPU
+    (docs/benchmarks.md). Export, tracing, compiling and autograd always take F.conv2d."""
+    if (dilation != (1, 1) and x.device.type == "cpu" and x.dtype == torch.float32
+            and torch.backends.mkldnn.is_available() and not torch.is_grad_enabled()
+            and not torch.onnx.is_in_onnx_export() and not torch.jit.is_tracing()
+            and not torch.compiler.is_compiling()):
+        return torch.mkldnn_convolution(x, weight, bias, padding, stride, dilation, groups)
+    return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
 
 @dataclass(frozen=True, order=True)
@@ -191,6 +211,7 @@ class BlockConvs(nn.Module):
                 dense_index.append((torch.tensor(piece.maps)[:, None] * (kh * kw) + cells[None, :]).flatten())
         self.register_buffer("dense_index", torch.cat(dense_index), persistent=False)
         self._gather_index: dict[tuple[int, int, int, torch.device], list[torch.Tensor | None]] = {}
+        self._plain: dict[Pair, tuple[Pair, Pair] | None] = {}
 
     @torch.no_grad()
     def load_dense(self, weight: torch.Tensor) -> None:
@@ -243,6 +264,21 @@ class BlockConvs(nn.Module):
         if top or bottom or left or right:
             x = F.pad(x, (left, right, top, bottom))
         return x, (ph, pw)
+
+    def plain_conv(self, h: int, w: int) -> tuple[Pair, Pair] | None:
+        """(padding, dilation) when, at this input size, the layer is one convolution of its input as it
+        comes (one block shape read by every input map, needing no crop and no padding beyond the
+        convolution's own): the layer can then run as that `F.conv2d` in any memory layout. Else None."""
+        if (h, w) not in self._plain:
+            plain = None
+            if len(self.plan) == 1 and self._direct[0]:
+                block = self.plan[0][0].block
+                rows, cols = self._axis_plan(block, h, 0), self._axis_plan(block, w, 1)
+                if rows[:4] == (0, h, 0, 0) and cols[:4] == (0, w, 0, 0):
+                    plain = ((rows[4], cols[4]),
+                             (block.row_step * self.dilation[0], block.col_step * self.dilation[1]))
+            self._plain[(h, w)] = plain
+        return self._plain[(h, w)]
 
     def _lowered_size(self, block: Block, h: int, w: int) -> Pair:
         """Spatial size of the lowered input of a block shape: exactly what its convolution reads."""
@@ -298,7 +334,7 @@ class BlockConvs(nn.Module):
                     xin = flat.index_select(1, index).view(n, hs, ws, -1).permute(0, 3, 1, 2)  # [N, C', hs, ws] CL
                 padding = (0, 0)
             xin = one_channel_fix(xin)
-            y = F.conv2d(xin, weight, bias if out is None else None, self.stride, padding, dilation, self.groups)
+            y = conv2d(xin, weight, bias if out is None else None, self.stride, padding, dilation, self.groups)
             if out is None:
                 out = y
             else:
@@ -354,6 +390,10 @@ class IntraKernelConv2d(nn.Module):
         return sum(w[0].numel() for w in self.blocks.weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, C, H, W] -> [N, O, H', W'], layout kept
+        plain = self.blocks.plain_conv(x.shape[2], x.shape[3])
+        if plain is not None:  # one smaller dense convolution: no layout change, no wrapper work
+            return one_channel_fix(conv2d(one_channel_fix(x), self.blocks.weights[0], self.bias, self.stride,
+                                          plain[0], plain[1], self.groups))
         nchw = x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last)  # ambiguous: NCHW
         x = x.contiguous(memory_format=torch.channels_last)
         y = self.blocks(x, self.bias)

@@ -31,6 +31,7 @@ from structprune.compact.intra_conv import (
     Pair,
     _pair,
     check_patterns,
+    conv2d,
     gather_channels,
     one_channel_fix,
     plan_pieces,
@@ -136,6 +137,8 @@ class KernelSparseConv2d(nn.Module):
         self._permute = order != list(range(self.out_channels))
         self.register_buffer("inverse_order", torch.tensor(order).argsort(), persistent=False)
         self.register_buffer("empty_index", torch.tensor(empty, dtype=torch.long), persistent=False)
+        # one branch reading every input map in order, every output map in order: the layer may be one conv
+        self._single = len(self.branches) == 1 and not self._gather[0] and not self._permute and not empty
 
     def _structured(self, rows: list[tuple[list[int], list[int]]]) -> list[tuple[list[int], list[int], int]] | None:
         """One grouped branch when every row group can be cut into equal groups with equal input counts."""
@@ -190,6 +193,10 @@ class KernelSparseConv2d(nn.Module):
         return table.index_copy(0, self.dense_index, parts).view(self.out_channels, self.in_channels, kh, kw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, I, H, W] -> [N, O, H', W'], layout kept
+        if self._single and (plain := self.branches[0].plain_conv(x.shape[2], x.shape[3])) is not None:
+            branch = self.branches[0]  # one smaller dense convolution: no gather, no layout change
+            return one_channel_fix(conv2d(one_channel_fix(x), branch.weights[0], self.bias, self.stride,
+                                          plain[0], plain[1], branch.groups))
         nchw = x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last)  # ambiguous: NCHW
         x = x.contiguous(memory_format=torch.channels_last)
         outs = []
