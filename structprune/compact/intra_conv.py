@@ -71,8 +71,8 @@ if torch.ops.aten.mkldnn_convolution not in flop_registry:  # FlopCounterMode mu
 def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: Pair, padding: Pair,
            dilation: Pair, groups: int) -> torch.Tensor:
     """F.conv2d, except that a dilated float32 CPU convolution in inference runs on oneDNN directly: for one
-    image on small maps PyTorch picks its reference `slow_conv_dilated2d` there, 1.3-3x slower on this CPU
-    (docs/benchmarks.md). Export, tracing, compiling and autograd always take F.conv2d."""
+    image on small maps PyTorch picks its reference `slow_conv_dilated2d` there, a per-channel loop that is
+    much slower. Export, tracing, compiling and autograd always take F.conv2d."""
     if (dilation != (1, 1) and x.device.type == "cpu" and x.dtype == torch.float32
             and torch.backends.mkldnn.is_available() and not torch.is_grad_enabled()
             and not torch.onnx.is_in_onnx_export() and not torch.jit.is_tracing()
