@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from structprune import models
-from structprune.bench import Candidate, bench, compiled_candidate
+from structprune.bench import RUNTIMES, Candidate, bench, runtime_candidate
 from structprune.channel_groups import find_channel_groups
 from structprune.compact.compaction import compact, unread_channels
 from structprune.granularity import IntraPattern
@@ -133,9 +133,9 @@ def main() -> int:
     parser.add_argument("--sample-seconds", type=float, default=0.1)
     parser.add_argument("--round-to", type=int, default=8,
                         help="kept maps (and kept input maps per kernel group) rounded up to a multiple of this")
-    parser.add_argument("--compile", action="store_true",
-                        help="run the dense and compact networks through torch.compile (Inductor, frozen weights), "
-                        "both alike; the CSR twins stay eager")
+    parser.add_argument("--runtime", choices=RUNTIMES, default="eager",
+                        help="run the dense and compact networks alike in eager PyTorch, through torch.compile "
+                        "(Inductor, frozen weights) or exported to ONNX Runtime; the CSR twins stay eager PyTorch")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
@@ -171,14 +171,13 @@ def main() -> int:
                                         layouts=("nchw",)))
         print(f"{name}: MACs {dense_macs:,} -> {macs:,} ({dense_macs / macs:.2f}x fewer), gap {gap:.1e}", file=sys.stderr)
 
-    if args.compile:
-        candidates = [c if c.name.endswith("[csr]") else compiled_candidate(c) for c in candidates]
+    candidates = [c if c.name.endswith("[csr]") else runtime_candidate(c, args.runtime, args.threads)
+                  for c in candidates]
     batches = [int(b) for b in args.batch.split(",")]
     records = bench(candidates, batches, threads=args.threads, rounds=args.rounds, clock=args.clock,
                     sample_seconds=args.sample_seconds)
     ms = {(r["run"], r["batch"]): r["median_ms"] for r in records}
-    runtime = "torch.compile" if args.compile else "eager"
-    print(f"\npaper-cifar10, random weights, {runtime}, {args.threads} threads, {args.clock} clock, median of "
+    print(f"\npaper-cifar10, random weights, {args.runtime}, {args.threads} threads, {args.clock} clock, median of "
           f"{args.rounds} interleaved rounds")
     print("| configuration | MAC ratio | batch | dense ms | compact ms | latency ratio | latency / MAC ratio "
           "| CSR ms | compact vs CSR |")
@@ -198,7 +197,7 @@ def main() -> int:
         args.json.write_text(json.dumps({"command": " ".join(sys.argv), "source": source_version(),
                                          "records": records, "summary": summary,
                                          "torch": torch.__version__, "threads": args.threads, "clock": args.clock,
-                                         "runtime": "compile" if args.compile else "eager",
+                                         "runtime": args.runtime,
                                          "round_to": args.round_to},
                                         indent=2) + "\n")
     return 0

@@ -57,6 +57,9 @@ class Candidate:
     layouts: tuple[str, ...] | None = None  # None: every layout bench() is asked for
 
 
+RUNTIMES = ("eager", "compile", "onnxruntime")
+
+
 class CompiledNetwork(nn.Module):
     """`model` as deployed with `torch.compile`: Inductor with weights frozen as constants (conv + ReLU fused,
     weights pre-packed for oneDNN), static shapes, channels_last. The compiled graph is hidden from nn.Module
@@ -71,10 +74,37 @@ class CompiledNetwork(nn.Module):
         return self._compiled[0](x.contiguous(memory_format=torch.channels_last))
 
 
-def compiled_candidate(candidate: Candidate) -> Candidate:
-    """The same candidate run through torch.compile (CompiledNetwork), timed in channels_last only."""
-    return Candidate(candidate.name, CompiledNetwork(candidate.model), candidate.input_shape,
-                     {**candidate.info, "runtime": "compile"}, layouts=("channels_last",))
+class OnnxRuntimeNetwork(nn.Module):
+    """`model` exported to ONNX (checked against PyTorch) and run by an ONNX Runtime CPU session with
+    `threads` threads: NCHW in, logits out. For timing."""
+
+    def __init__(self, model: nn.Module, threads: int):
+        super().__init__()
+        import tempfile
+
+        from structprune.export_onnx import export_onnx, onnx_session
+
+        with tempfile.TemporaryDirectory(prefix="structprune-bench-") as tmp:
+            path = Path(tmp) / "network.onnx"
+            export_onnx(model, path)
+            self._session = (onnx_session(path, threads=threads),)  # the session holds the model in memory
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self._session[0].run(None, {"input": x.contiguous().numpy()})[0])
+
+
+def runtime_candidate(candidate: Candidate, runtime: str, threads: int) -> Candidate:
+    """The candidate as run by `runtime` (RUNTIMES): eager PyTorch as it is, torch.compile (channels_last
+    only) or ONNX Runtime (NCHW only, a session with `threads` threads)."""
+    if runtime == "eager":
+        return candidate
+    if runtime == "compile":
+        return Candidate(candidate.name, CompiledNetwork(candidate.model), candidate.input_shape,
+                         {**candidate.info, "runtime": runtime}, layouts=("channels_last",))
+    if runtime == "onnxruntime":
+        return Candidate(candidate.name, OnnxRuntimeNetwork(candidate.model, threads), candidate.input_shape,
+                         {**candidate.info, "runtime": runtime}, layouts=("nchw",))
+    raise StructpruneError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
 
 
 def _prepared(model: nn.Module, layout: str) -> nn.Module:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from structprune import models
-from structprune.bench import Candidate, add_ratios, bench, compiled_candidate, reference_candidates
+from structprune.bench import Candidate, add_ratios, bench, reference_candidates, runtime_candidate
 from structprune.compact.csr_conv import CsrConv2d
 from structprune.metrics import size_metrics
 from structprune.pruning import compact_run, prune_run, select_masks
@@ -133,19 +133,21 @@ def test_cli_bench_writes_labelled_reference_rows_with_ratios(runs, tmp_path):
     assert "speedup" in done.stdout and f"{runs['compact']}#unstructured" in done.stdout
 
 
-def test_cli_bench_compile_times_compiled_networks_that_compute_the_same(runs, tmp_path):
+@pytest.mark.parametrize("runtime", ["compile", "onnxruntime"])
+def test_cli_bench_runtimes_time_networks_that_compute_the_same(runs, tmp_path, runtime):
     model = load_run(runs["compact"]).model.eval()
     x = torch.randn(2, 1, 8, 8)
     with torch.no_grad():
-        assert torch.allclose(compiled_candidate(Candidate("c", model, (1, 8, 8), {})).model(x), model(x), atol=1e-5)
+        converted = runtime_candidate(Candidate("c", model, (1, 8, 8), {}), runtime, threads=1).model
+        assert torch.allclose(converted(x), model(x), atol=1e-5)
     out = tmp_path / "bench.json"
-    done = _cli("bench", str(runs["compact"]), "--reference", "unstructured", "--compile",
+    done = _cli("bench", str(runs["compact"]), "--reference", "unstructured", "--runtime", runtime,
                 "--batch", "1", "--threads", "1", "--rounds", "1", "--sample-seconds", "0.003", "--no-progress",
                 "--json", str(out))
     assert done.returncode == 0, done.stderr
     records = json.loads(out.read_text())
-    assert [r.get("runtime") for r in records] == ["compile", None]  # CSR rows stay eager
-    assert records[0]["memory_format"] == "channels_last"
+    assert [r.get("runtime") for r in records] == [runtime, None]  # CSR rows stay eager
+    assert records[0]["memory_format"] == ("channels_last" if runtime == "compile" else "nchw")
 
 
 @pytest.mark.parametrize("args, words", [

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from structprune.arch import input_shape_of
-from structprune.bench import REFERENCES, Candidate, bench, compiled_candidate, reference_candidates
+from structprune.bench import REFERENCES, RUNTIMES, Candidate, bench, reference_candidates, runtime_candidate
 from structprune.cli.common import int_list, positive_int
 from structprune.errors import StructpruneError
 from structprune.jsonio import write_json_atomic
@@ -31,9 +31,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    "(masked-dense: the masked network with dense tensors; unstructured: its nonzeros as CSR convs)")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="wall: elapsed time; cpu: this process's CPU time (robust on a busy machine with --threads 1)")
-    p.add_argument("--compile", action="store_true",
-                   help="time each network as deployed with torch.compile (Inductor, frozen weights, channels_last; "
-                   "needs a C++ compiler); unstructured reference rows stay eager")
+    p.add_argument("--runtime", choices=RUNTIMES, default="eager",
+                   help="run each network in eager PyTorch (default), through torch.compile (Inductor, frozen "
+                   "weights, channels_last; needs a C++ compiler) or exported to ONNX Runtime; unstructured reference "
+                   "rows stay eager")
     p.add_argument("--json", type=Path, default=None, metavar="FILE", help="write the records here")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -63,8 +64,8 @@ def run(args: argparse.Namespace) -> int:
         info = {"macs": r.metrics.get("macs"), "params": r.metrics.get("params"), "test_mcr": r.metrics.get("test_mcr")}
         candidates.append(Candidate(str(path), r.model, input_shape_of(r.model), info))
         candidates += reference_candidates(r, str(path), references)
-    if args.compile:
-        candidates = [c if c.info.get("reference") == "unstructured" else compiled_candidate(c) for c in candidates]
+    candidates = [c if c.info.get("reference") == "unstructured" else runtime_candidate(c, args.runtime, args.threads)
+                  for c in candidates]
     records = bench(candidates, args.batch, threads=args.threads, rounds=args.rounds, progress=not args.no_progress,
                     clock=args.clock, sample_seconds=args.sample_seconds)
     if args.json is not None:
