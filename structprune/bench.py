@@ -87,7 +87,8 @@ class OnnxRuntimeNetwork(nn.Module):
         with tempfile.TemporaryDirectory(prefix="structprune-bench-") as tmp:
             path = Path(tmp) / "network.onnx"
             export_onnx(model, path)
-            self._session = (onnx_session(path, threads=threads),)  # the session holds the model in memory
+            # the session holds the model in memory; its threads must not spin while other networks are timed
+            self._session = (onnx_session(path, threads=threads, stop_spinning=True),)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self._session[0].run(None, {"input": x.contiguous().numpy()})[0])

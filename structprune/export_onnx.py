@@ -76,14 +76,17 @@ def _export_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> 
     )
 
 
-def onnx_session(path: str | Path, threads: int | None = None):
-    """An ONNX Runtime CPU session for `path`."""
+def onnx_session(path: str | Path, threads: int | None = None, stop_spinning: bool = False):
+    """An ONNX Runtime CPU session for `path`. stop_spinning: its threads stop busy-waiting when a run ends,
+    so that sessions timed in turn in one process do not take cores from each other."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     if threads is not None:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+    if stop_spinning:
+        opts.add_session_config_entry("session.force_spinning_stop", "1")
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
