@@ -25,7 +25,7 @@ from torch import nn
 
 from structprune import models
 from structprune.bench import RUNTIMES, Candidate, bench, runtime_candidate
-from structprune.channel_groups import find_channel_groups
+from structprune.channel_groups import ChannelGroups, find_channel_groups
 from structprune.compact.compaction import compact, unread_channels
 from structprune.granularity import IntraPattern
 from structprune.masking import MaskApplier
@@ -79,6 +79,14 @@ def parse_config(name: str, round_to: int = 8) -> tuple[str, list[float], dict]:
 
 
 CSR_DEFAULT = "channel-50,channel-50+kernel-50+intra-3of9,channel-50+kernel-50+intra-5of9"
+
+
+def dense_network() -> tuple[nn.Module, torch.Tensor, ChannelGroups]:
+    """The seeded paper-cifar10 every benchmark of this folder compacts, one sample input, its channel groups."""
+    torch.manual_seed(0)
+    dense = models.create("paper-cifar10").eval()
+    sample = torch.randn(1, 3, 32, 32)
+    return dense, sample, find_channel_groups(dense, sample)
 
 
 def compact_config(dense: nn.Module, name: str, groups, sample: torch.Tensor,
@@ -139,10 +147,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
-    torch.manual_seed(0)
-    dense = models.create("paper-cifar10").eval()
-    sample = torch.randn(1, 3, 32, 32)
-    groups = find_channel_groups(dense, sample)
+    dense, sample, groups = dense_network()
     dense_macs = count_macs(dense)
     candidates = [Candidate("dense", dense, (3, 32, 32), {"macs": dense_macs, "params": count_params(dense)})]
     summary: dict[str, dict] = {}

@@ -23,11 +23,9 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_network import compact_config, source_version
+from bench_network import compact_config, dense_network, source_version
 
-from structprune import models
 from structprune.bench import Candidate, bench
-from structprune.channel_groups import find_channel_groups
 from structprune.compact.intra_conv import IntraKernelConv2d
 from structprune.compact.kernel_conv import KernelSparseConv2d
 
@@ -77,10 +75,7 @@ def main() -> int:
     parser.add_argument("--round-to", type=int, default=8)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    torch.manual_seed(0)
-    dense = models.create("paper-cifar10").eval()
-    sample = torch.randn(1, 3, 32, 32)
-    groups = find_channel_groups(dense, sample)
+    dense, sample, groups = dense_network()
     dense_layers = layer_inputs(dense)
     batches = [int(b) for b in args.batch.split(",")]
     results: dict[str, list[dict]] = {}

@@ -20,10 +20,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_network import compact_config
+from bench_network import compact_config, dense_network
 
-from structprune import models
-from structprune.channel_groups import find_channel_groups
 from structprune.metrics import count_macs
 
 # operator name -> bucket; anything else is "other" (gathers, copies, adds of intra-kernel blocks, views)
@@ -58,10 +56,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    dense = models.create("paper-cifar10").eval()
-    sample = torch.randn(1, 3, 32, 32)
-    groups = find_channel_groups(dense, sample)
+    dense, sample, groups = dense_network()
     networks = {"dense": dense}
     for name in args.configs.split(","):
         networks[name] = compact_config(dense, name, groups, sample)[1]
