@@ -150,9 +150,28 @@ def test_cli_bench_runtimes_time_networks_that_compute_the_same(runs, tmp_path, 
     assert records[0]["memory_format"] == ("channels_last" if runtime == "compile" else "nchw")
 
 
+def test_cli_bench_per_layer_pairs_same_named_layers_with_their_mac_ratios(runs, tmp_path):
+    out = tmp_path / "layers.json"
+    done = _cli("bench", str(runs["dense"]), str(runs["compact"]), "--per-layer", "--batch", "1,2", "--threads", "1",
+                "--rounds", "1", "--sample-seconds", "0.003", "--no-progress", "--json", str(out))
+    assert done.returncode == 0, done.stderr
+    records = json.loads(out.read_text())
+    dense = load_run(runs["dense"]).model
+    convs = [n for n, m in dense.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [r["layer"] for r in records if r["type"] == "Conv2d" and r["batch"] == 1] == convs
+    for r in records:
+        assert r["reference_ms"] > 0 and r["other_ms"] > 0
+        assert r["latency_ratio"] == pytest.approx(r["reference_ms"] / r["other_ms"])
+        if r["type"] == "Conv2d":  # pruned at three scales: fewer MACs in every conv
+            assert r["mac_ratio"] > 1 and r["efficiency"] == pytest.approx(r["latency_ratio"] / r["mac_ratio"])
+            assert r["other_kernels"] != "-" or r["other_type"] == "KernelSparseConv2d"
+    assert "efficiency" in done.stdout
+
+
 @pytest.mark.parametrize("args, words", [
     (["--reference", "masked-dense,bogus"], "unknown name 'bogus'"),
     (["--reference", ""], "not a run folder"),
+    (["--per-layer"], "compares two runs"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(runs, tmp_path, args, words):
     not_a_run = tmp_path / "empty"

@@ -10,6 +10,7 @@ from structprune.bench import REFERENCES, RUNTIMES, Candidate, bench, reference_
 from structprune.cli.common import int_list, positive_int
 from structprune.errors import StructpruneError
 from structprune.jsonio import write_json_atomic
+from structprune.layer_bench import compare_layers
 from structprune.runfolder import check_writable_destination, load_run
 
 
@@ -35,6 +36,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="run each network in eager PyTorch (default), through torch.compile (Inductor, frozen "
                    "weights, channels_last; needs a C++ compiler) or exported to ONNX Runtime; unstructured reference "
                    "rows stay eager")
+    p.add_argument("--per-layer", action="store_true",
+                   help="with two runs: time every layer of the first beside the same-named layer of the second and "
+                   "report each layer's MAC ratio, latency ratio and efficiency (eager PyTorch)")
     p.add_argument("--json", type=Path, default=None, metavar="FILE", help="write the records here")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -58,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
         raise StructpruneError("--sample-seconds must be positive")
     if args.json is not None:
         check_writable_destination(args.json)
+    if args.per_layer:
+        return _per_layer(args, references)
     candidates = []
     for path in args.runs:
         r = load_run(path)
@@ -78,4 +84,26 @@ def run(args: argparse.Namespace) -> int:
               f"{rec['min_ms']:>7.3f}  {rec['max_ms']:>7.3f}  {_ratio(rec['speedup_vs_first']):>7}  "
               f"{_ratio(rec['mac_ratio_vs_first']):>9}  {rec['memory_format']:<13}  {macs}")
     print(f"speedup and MAC ratio: {records[0]['run']} at the same batch / each row (above 1: faster, fewer MACs)")
+    return 0
+
+
+def _per_layer(args: argparse.Namespace, references: list[str]) -> int:
+    if len(args.runs) != 2:
+        raise StructpruneError(f"--per-layer compares two runs (a reference, then its pruned or compact form), "
+                               f"not {len(args.runs)}")
+    if references or args.runtime != "eager":
+        raise StructpruneError("--per-layer times eager PyTorch layers; it takes no --reference and no --runtime")
+    first, second = (load_run(path) for path in args.runs)
+    records = compare_layers(first.model, second.model, args.batch, threads=args.threads, rounds=args.rounds,
+                             sample_seconds=args.sample_seconds, clock=args.clock, progress=not args.no_progress)
+    if args.json is not None:
+        write_json_atomic(args.json, records)
+    width = max(len(r["layer"]) for r in records)
+    print(f"{'layer':<{width}}  {'type':<18}  batch  first ms  second ms  speedup  MAC ratio  efficiency  kernels")
+    for r in records:
+        mac = f"{r['mac_ratio']:.2f}x" if r["mac_ratio"] else "-"
+        eff = f"{r['efficiency']:.2f}" if r["efficiency"] else "-"
+        print(f"{r['layer']:<{width}}  {r['other_type']:<18}  {r['batch']:>5}  {r['reference_ms']:>8.3f}  "
+              f"{r['other_ms']:>9.3f}  {r['latency_ratio']:>6.2f}x  {mac:>9}  {eff:>10}  {r['other_kernels'] or '-'}")
+    print(f"speedup and MAC ratio: {args.runs[0]} / {args.runs[1]}, layer by layer; efficiency = speedup / MAC ratio")
     return 0
