@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -124,6 +125,12 @@ def source_version() -> str:
     return head.strip() + ("+dirty" if any(line[:2].strip() == "M" for line in dirty.splitlines()) else "")
 
 
+def malloc_env() -> dict[str, str]:
+    """glibc allocator settings of this process (MALLOC_* variables): they change how often the large
+    activations of a batch are page-faulted in afresh, which shifts timings (docs/benchmarks.md)."""
+    return {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}
+
+
 def relative_gap(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max()) / max(float(b.abs().max()), 1e-12)
 
@@ -199,7 +206,7 @@ def main() -> int:
                   f"{(d / c) / info['mac_ratio']:.2f} | {csr_cols} |")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"command": " ".join(sys.argv), "source": source_version(),
+        args.json.write_text(json.dumps({"command": " ".join(sys.argv), "malloc_env": malloc_env(), "source": source_version(),
                                          "records": records, "summary": summary,
                                          "torch": torch.__version__, "threads": args.threads, "clock": args.clock,
                                          "runtime": args.runtime,

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_network import compact_config, dense_network, source_version
+from bench_network import compact_config, dense_network, malloc_env, source_version
 
 from structprune.layer_bench import compare_layers
 
@@ -59,7 +59,7 @@ def main() -> int:
         results[config] = rows
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"command": " ".join(sys.argv), "source": source_version(),
+        args.json.write_text(json.dumps({"command": " ".join(sys.argv), "malloc_env": malloc_env(), "source": source_version(),
                                          "threads": args.threads, "torch": torch.__version__, "results": results},
                                         indent=2) + "\n")
     return 0
