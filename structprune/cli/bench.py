@@ -20,10 +20,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="time the networks of run folders side by side",
         description="Time each run's network after warm-up, all in one process, interleaved over rounds; report the "
         "median of the faster memory layout (NCHW or channels_last), its spread over rounds, and ratios against "
-        "the first run. Random inputs; weights as saved. With glibc's default allocator, large activations (always "
-        "those above 32 MB) may be page-faulted afresh on every "
-        "call by glibc's default allocator; run with MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736 in the "
-        "environment for steadier timings (docs/benchmarks.md).",
+        "the first run. Random inputs; weights as saved. glibc's default allocator may page-fault large "
+        "activations (always those above 32 MB) afresh on every call; run with MALLOC_MMAP_MAX_=0 "
+        "MALLOC_TRIM_THRESHOLD_=68719476736 in the environment for steadier timings (docs/benchmarks.md).",
     )
     p.add_argument("runs", type=Path, nargs="+", metavar="DIR", help="run folders; the first is the baseline of the ratios")
     p.add_argument("--batch", type=int_list, default=[1, 64], help="batch sizes, e.g. 1,64 (default)")
