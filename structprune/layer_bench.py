@@ -10,6 +10,7 @@ other network's convolutions: `onednn`, or the reference paths PyTorch picks for
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +72,7 @@ def _macs(module: nn.Module, shape: tuple[int, ...]) -> int:
 
 def conv_kernels(module: nn.Module, shape: tuple[int, ...], batch: int) -> str:
     """The PyTorch convolution kernels one call of `module` runs on a channels_last input, e.g. 'onednn'."""
+    os.environ.setdefault("KINETO_LOG_LEVEL", "99")  # else the profiler writes two lines to stderr per use
     x = torch.randn(batch, *shape)
     if x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
