@@ -60,7 +60,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--round-to", type=int, default=1, metavar="N",
                    help="round kept maps up to a multiple of N (8 suits CPU kernels, 16 AVX-512 ones): at the channel "
                    "scale, and at the kernel scale with --kernel-structure structured, each group's kept input maps "
-                   "(l1 and random methods)")
+                   "(one-shot l1 and random; the search schedule ignores it)")
     p.add_argument("--kernel-structure", choices=("unstructured", "structured"), default="unstructured",
                    help="kernel scale (every method, the search too): free masks, or output-map groups sharing their "
                    "kept input maps (fast once compacted)")
