@@ -20,12 +20,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from structprune.arch import input_shape_of
 from structprune.bench import Candidate, bench
-from structprune.compact.csr_conv import CsrConv2d
-from structprune.compact.intra_conv import IntraKernelConv2d
-from structprune.compact.kernel_conv import KernelSparseConv2d
 from structprune.errors import StructpruneError
+from structprune.layers import layer_names
 
-COMPACT_TYPES = (IntraKernelConv2d, KernelSparseConv2d, CsrConv2d)  # layers with submodules, timed whole
 KERNELS = {"aten::mkldnn_convolution": "onednn", "aten::_slow_conv2d_forward": "thnn",
            "aten::slow_conv_dilated2d": "slow_dilated"}
 
@@ -37,15 +34,10 @@ class LayerCall:
     input_shape: tuple[int, ...]  # one sample, no batch dimension
 
 
-def _timed(module: nn.Module) -> bool:
-    return isinstance(module, COMPACT_TYPES) or not any(True for _ in module.children())
-
-
 def layer_calls(model: nn.Module) -> list[LayerCall]:
-    """The leaf layers (compact convolutions counted as leaves) one forward pass calls, in order; a layer
-    called twice is listed at its first call."""
+    """The layers (`structprune.layers.is_layer`: compact convolutions count as one) one forward pass calls,
+    in order; a layer called twice is listed at its first call."""
     calls: dict[str, LayerCall] = {}
-    inside = {n for n, m in model.named_modules() if isinstance(m, COMPACT_TYPES)}
 
     def hook(name: str):
         def record(module: nn.Module, args: tuple, _out: Any) -> None:
@@ -53,8 +45,7 @@ def layer_calls(model: nn.Module) -> list[LayerCall]:
                 calls[name] = LayerCall(name, module, tuple(args[0].shape[1:]))
         return record
 
-    hooks = [m.register_forward_hook(hook(n)) for n, m in model.named_modules()
-             if n and _timed(m) and not any(n.startswith(p + ".") for p in inside)]
+    hooks = [model.get_submodule(n).register_forward_hook(hook(n)) for n in layer_names(model)]
     try:
         with torch.no_grad():
             model.eval()(torch.randn(1, *input_shape_of(model)))

@@ -401,3 +401,18 @@ def test_compact_layers_export_to_onnx(tmp_path):
     (got,) = ort.InferenceSession(str(path)).run(None, {"x": x.numpy()})
     with torch.no_grad():
         assert_close(torch.from_numpy(got), model(x))
+
+
+def test_layer_table_counts_compact_layers_as_layers_with_all_their_weights_and_macs():
+    from structprune.layers import layer_table
+    from structprune.metrics import count_macs, count_params
+
+    torch.manual_seed(0)
+    model = create("plain", spec="8C3-MP2-16C3-MP2-10FC", in_channels=3, input_size=8).eval()
+    model.features[3] = KernelSparseConv2d.from_conv(model.features[3], torch.rand(16, 8) < 0.6,
+                                                      [IntraPattern(1, 3)] * 8)
+    model.features[0] = IntraKernelConv2d.from_conv(model.features[0], [IntraPattern(0, 2)] * 3)
+    rows = layer_table(model)
+    assert [r["type"] for r in rows if "Conv" in r["type"]] == ["IntraKernelConv2d", "KernelSparseConv2d"]
+    assert not any(r["name"].count(".") > 1 for r in rows)  # no parts of compact layers listed on their own
+    assert sum(r["macs"] for r in rows) == count_macs(model) and sum(r["params"] for r in rows) == count_params(model)

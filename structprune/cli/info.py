@@ -26,11 +26,12 @@ def run(args: argparse.Namespace) -> int:
                          indent=2))
         return 0
     print(f"{args.run_dir}: {loaded.arch.get('model')} {loaded.arch.get('kwargs')}")
-    print(f"{'layer':<28} {'type':<14} {'output shape':<16} {'weight shape':<16} {'params':>12} {'MACs':>14}")
+    tw = max([14, *(len(r["type"]) for r in rows)])
+    print(f"{'layer':<28} {'type':<{tw}} {'output shape':<16} {'weight shape':<16} {'params':>12} {'MACs':>14}")
     for r in rows:
-        print(f"{r['name']:<28} {r['type']:<14} {'x'.join(map(str, r['output_shape'])):<16} "
+        print(f"{r['name']:<28} {r['type']:<{tw}} {'x'.join(map(str, r['output_shape'])):<16} "
               f"{'x'.join(map(str, r['weight_shape'])):<16} {r['params']:>12,} {r['macs']:>14,}")
-    print(f"{'total':<28} {'':<14} {'':<16} {'':<16} {sum(r['params'] for r in rows):>12,} {sum(r['macs'] for r in rows):>14,}")
+    print(f"{'total':<28} {'':<{tw}} {'':<16} {'':<16} {sum(r['params'] for r in rows):>12,} {sum(r['macs'] for r in rows):>14,}")
     for key in ("val_mcr", "test_mcr", "params", "macs", "weight_bytes"):
         if key in loaded.metrics:
             print(f"{key}: {loaded.metrics[key]}")
