@@ -9,13 +9,12 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from structprune.arch import input_shape_of
+from structprune.compact import CsrConv2d, IntraKernelConv2d, KernelSparseConv2d
 
 
 def is_layer(module: nn.Module) -> bool:
     """A unit of a layer table: a module without submodules, or a compact layer (whose submodules are its
     parts: block convolutions, weight lists), which counts as one layer."""
-    from structprune.compact import CsrConv2d, IntraKernelConv2d, KernelSparseConv2d
-
     return next(module.children(), None) is None or isinstance(module, IntraKernelConv2d | KernelSparseConv2d | CsrConv2d)
 
 

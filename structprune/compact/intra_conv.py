@@ -280,6 +280,15 @@ class BlockConvs(nn.Module):
             self._plain[(h, w)] = plain
         return self._plain[(h, w)]
 
+    def plain_forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
+        """The layer run as its one plain convolution on x as it comes (any layout), or None when it is not
+        one at this input size (plain_conv)."""
+        plain = self.plain_conv(x.shape[2], x.shape[3])
+        if plain is None:
+            return None
+        return one_channel_fix(conv2d(one_channel_fix(x), self.weights[0], bias, self.stride, plain[0], plain[1],
+                                      self.groups))
+
     def _lowered_size(self, block: Block, h: int, w: int) -> Pair:
         """Spatial size of the lowered input of a block shape: exactly what its convolution reads."""
         ho, wo = self.output_size(h, w)
@@ -390,10 +399,8 @@ class IntraKernelConv2d(nn.Module):
         return sum(w[0].numel() for w in self.blocks.weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, C, H, W] -> [N, O, H', W'], layout kept
-        plain = self.blocks.plain_conv(x.shape[2], x.shape[3])
-        if plain is not None:  # one smaller dense convolution: no layout change, no wrapper work
-            return one_channel_fix(conv2d(one_channel_fix(x), self.blocks.weights[0], self.bias, self.stride,
-                                          plain[0], plain[1], self.groups))
+        if (y := self.blocks.plain_forward(x, self.bias)) is not None:  # one smaller dense conv: no layout change
+            return y
         nchw = x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last)  # ambiguous: NCHW
         x = x.contiguous(memory_format=torch.channels_last)
         y = self.blocks(x, self.bias)

@@ -31,7 +31,6 @@ from structprune.compact.intra_conv import (
     Pair,
     _pair,
     check_patterns,
-    conv2d,
     gather_channels,
     one_channel_fix,
     plan_pieces,
@@ -193,10 +192,8 @@ class KernelSparseConv2d(nn.Module):
         return table.index_copy(0, self.dense_index, parts).view(self.out_channels, self.in_channels, kh, kw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, I, H, W] -> [N, O, H', W'], layout kept
-        if self._single and (plain := self.branches[0].plain_conv(x.shape[2], x.shape[3])) is not None:
-            branch = self.branches[0]  # one smaller dense convolution: no gather, no layout change
-            return one_channel_fix(conv2d(one_channel_fix(x), branch.weights[0], self.bias, self.stride,
-                                          plain[0], plain[1], branch.groups))
+        if self._single and (y := self.branches[0].plain_forward(x, self.bias)) is not None:
+            return y  # one smaller dense convolution: no gather, no layout change
         nchw = x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last)  # ambiguous: NCHW
         x = x.contiguous(memory_format=torch.channels_last)
         outs = []
