@@ -53,13 +53,14 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--round-to", type=int, default=8, help="kept maps rounded up to a multiple of this")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     dense, sample, groups = dense_network()
     networks = {"dense": dense}
     for name in args.configs.split(","):
-        networks[name] = compact_config(dense, name, groups, sample)[1]
+        networks[name] = compact_config(dense, name, groups, sample, round_to=args.round_to)[1]
     x = torch.randn(args.batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     dense_macs = count_macs(dense)
     rows = {}
