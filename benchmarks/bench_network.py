@@ -40,6 +40,7 @@ HAS_CSR = importlib.util.find_spec("structprune.compact.csr_conv") is not None
 # intra-kernel patterns by kept taps of a 3×3 kernel: each one (start, stride) pattern shared by the whole layer
 INTRA_PATTERNS = {
     3: IntraPattern(1, 3),  # taps 1, 4, 7: the centre column, one pad-free 3×1 convolution per layer
+    4: IntraPattern(1, 2),  # taps 1, 3, 5, 7: the four edge centres, a dilated 1×2 row plus a dilated 2×1 column
     5: IntraPattern(0, 2),  # taps 0, 2, 4, 6, 8: a dilated 2×2 plus a 1×1 convolution
     6: IntraPattern(3, 1),  # taps 3..8: the bottom two rows, one 2×3 convolution on a shifted input
 }
@@ -151,6 +152,9 @@ def main() -> int:
     parser.add_argument("--runtime", choices=RUNTIMES, default="eager",
                         help="run the dense and compact networks alike in eager PyTorch, through torch.compile "
                         "(Inductor, frozen weights) or exported to ONNX Runtime; the CSR twins stay eager PyTorch")
+    parser.add_argument("--onnx-stop-spinning", action="store_true",
+                        help="ONNX Runtime's threads stop busy-waiting after every run (session 3's setting); "
+                        "default: its own spinning")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
@@ -183,7 +187,7 @@ def main() -> int:
                                         layouts=("nchw",)))
         print(f"{name}: MACs {dense_macs:,} -> {macs:,} ({dense_macs / macs:.2f}x fewer), gap {gap:.1e}", file=sys.stderr)
 
-    candidates = [c if c.name.endswith("[csr]") else runtime_candidate(c, args.runtime, args.threads)
+    candidates = [c if c.name.endswith("[csr]") else runtime_candidate(c, args.runtime, args.threads, args.onnx_stop_spinning)
                   for c in candidates]
     batches = [int(b) for b in args.batch.split(",")]
     records = bench(candidates, batches, threads=args.threads, rounds=args.rounds, clock=args.clock,
@@ -209,7 +213,7 @@ def main() -> int:
         args.json.write_text(json.dumps({"command": " ".join(sys.argv), "malloc_env": malloc_env(), "source": source_version(),
                                          "records": records, "summary": summary,
                                          "torch": torch.__version__, "threads": args.threads, "clock": args.clock,
-                                         "runtime": args.runtime,
+                                         "runtime": args.runtime, "onnx_stop_spinning": args.onnx_stop_spinning,
                                          "round_to": args.round_to},
                                         indent=2) + "\n")
     return 0

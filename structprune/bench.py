@@ -9,6 +9,8 @@ and its ratios against the first network at the same batch.
 
 The number of calls in a block is calibrated on the wall clock and capped (MAX_CALLS), and a block that
 overruns its time is shrunk for the next rounds, so tiny networks cost about `sample_seconds` per round.
+Before each network's turn the process idles for `settle_seconds`: an ONNX Runtime session's threads keep
+spinning for a while after its last run, and would otherwise take cores from the next network timed.
 
 Reference rows (`reference_candidates`): the masked network run with dense tensors, and the same nonzeros
 run as unstructured sparse (CSR convolutions), each checked equal to the run's network before timing.
@@ -42,6 +44,9 @@ CLOCKS = {"wall": timeit.default_timer, "cpu": time.process_time}
 BLOCKS = 3  # blocks of calls per round; the round's value is their median
 MAX_CALLS = 10_000  # calls in one block at most, whatever a fast first timing suggests
 OVERRUN = 3.0  # a round longer than this many sample_seconds shrinks the blocks of its network
+# idle time before each network's turn: ONNX Runtime's threads stop spinning within it (2 ms was too short,
+# 50 ms enough on this machine), so the previous session cannot take cores from the next network timed
+SETTLE_SECONDS = 0.05
 REFERENCES = ("masked-dense", "unstructured")
 EQUAL_RTOL = 1e-4  # a reference must match the run's network within this relative gap
 
@@ -76,9 +81,14 @@ class CompiledNetwork(nn.Module):
 
 class OnnxRuntimeNetwork(nn.Module):
     """`model` exported to ONNX (checked against PyTorch) and run by an ONNX Runtime CPU session with
-    `threads` threads: NCHW in, logits out. For timing."""
+    `threads` threads: NCHW in, logits out. For timing.
 
-    def __init__(self, model: nn.Module, threads: int):
+    The session spins as ONNX Runtime does by default: its threads busy-wait a short while after a run, so
+    back-to-back runs find them awake (bench() lets them go quiet before another network is timed).
+    stop_spinning: they stop at the end of every run instead, so each run pays for waking them, as an
+    occasional request would."""
+
+    def __init__(self, model: nn.Module, threads: int, stop_spinning: bool = False):
         super().__init__()
         import tempfile
 
@@ -87,24 +97,25 @@ class OnnxRuntimeNetwork(nn.Module):
         with tempfile.TemporaryDirectory(prefix="structprune-bench-") as tmp:
             path = Path(tmp) / "network.onnx"
             export_onnx(model, path)
-            # the session holds the model in memory; its threads must not spin while other networks are timed
-            self._session = (onnx_session(path, threads=threads, stop_spinning=True),)
+            self._session = (onnx_session(path, threads=threads, stop_spinning=stop_spinning),)  # model in memory
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self._session[0].run(None, {"input": x.contiguous().numpy()})[0])
 
 
-def runtime_candidate(candidate: Candidate, runtime: str, threads: int) -> Candidate:
+def runtime_candidate(candidate: Candidate, runtime: str, threads: int, stop_spinning: bool = False) -> Candidate:
     """The candidate as run by `runtime` (RUNTIMES): eager PyTorch as it is, torch.compile (channels_last
-    only) or ONNX Runtime (NCHW only, a session with `threads` threads)."""
+    only) or ONNX Runtime (NCHW only, a session with `threads` threads; stop_spinning: see
+    OnnxRuntimeNetwork)."""
     if runtime == "eager":
         return candidate
     if runtime == "compile":
         return Candidate(candidate.name, CompiledNetwork(candidate.model), candidate.input_shape,
                          {**candidate.info, "runtime": runtime}, layouts=("channels_last",))
     if runtime == "onnxruntime":
-        return Candidate(candidate.name, OnnxRuntimeNetwork(candidate.model, threads), candidate.input_shape,
-                         {**candidate.info, "runtime": runtime}, layouts=("nchw",))
+        return Candidate(candidate.name, OnnxRuntimeNetwork(candidate.model, threads, stop_spinning),
+                         candidate.input_shape, {**candidate.info, "runtime": runtime, "onnx_stop_spinning": stop_spinning},
+                         layouts=("nchw",))
     raise StructpruneError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
 
 
@@ -166,9 +177,11 @@ def bench(
     layouts: tuple[str, ...] = LAYOUTS,
     progress: bool = True,
     clock: str = "wall",
+    settle_seconds: float = SETTLE_SECONDS,
 ) -> list[dict[str, Any]]:
     """One record per (candidate, batch): median_ms of its fastest layout, spread, ratios to the first
-    candidate, plus each layout's median. One round of one network lasts about `sample_seconds`."""
+    candidate, plus each layout's median. One round of one network lasts about `sample_seconds`, after
+    `settle_seconds` of idling (module doc)."""
     if clock not in CLOCKS:
         raise ValueError(f"clock must be one of {', '.join(CLOCKS)}")
     records: list[dict[str, Any]] = []
@@ -181,6 +194,7 @@ def bench(
             numbers: dict[tuple[str, str], int] = {}
             for c, layout in entries:  # warm-up, then choose how many calls make one block
                 model, x = _prepared(c.model, layout), inputs[(c.name, layout)]
+                time.sleep(settle_seconds)
                 for _ in range(3):
                     model(x)
                 numbers[(c.name, layout)] = _calibrate(model, x, threads, sample_seconds / BLOCKS)
@@ -192,6 +206,7 @@ def bench(
                 for c, layout in entries[shift:] + entries[:shift]:
                     key = (c.name, layout)
                     model = _prepared(c.model, layout)
+                    time.sleep(settle_seconds)
                     start = time.perf_counter()
                     blocks = [_time_once(model, inputs[key], threads, numbers[key], clock) for _ in range(BLOCKS)]
                     samples[key].append(statistics.median(blocks))
@@ -208,7 +223,7 @@ def bench(
                 records.append({
                     "run": c.name, "batch": batch, "threads": threads, "median_ms": per_layout[best],
                     "memory_format": best, **{f"median_ms_{k}": v for k, v in per_layout.items()},
-                    **_spread(samples[(c.name, best)]), "rounds": rounds, "clock": clock,
+                    **_spread(samples[(c.name, best)]), "rounds": rounds, "clock": clock, "settle_s": settle_seconds,
                     "calls_per_block": numbers[(c.name, best)], **c.info,
                 })
                 log.debug("%s batch %d: %.3f ms (%s)", c.name, batch, per_layout[best], best)

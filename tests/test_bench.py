@@ -150,6 +150,21 @@ def test_cli_bench_runtimes_time_networks_that_compute_the_same(runs, tmp_path, 
     assert records[0]["memory_format"] == ("channels_last" if runtime == "compile" else "nchw")
 
 
+@pytest.mark.parametrize("stop_spinning", [False, True])
+def test_onnx_runtime_sessions_spin_by_default_and_stop_when_asked(runs, stop_spinning):
+    pytest.importorskip("onnxruntime")
+    model = load_run(runs["compact"]).model.eval()
+    candidate = runtime_candidate(Candidate("c", model, (1, 8, 8), {}), "onnxruntime", threads=1,
+                                  stop_spinning=stop_spinning)
+    options = candidate.model._session[0].get_session_options()
+    if stop_spinning:
+        assert options.get_session_config_entry("session.force_spinning_stop") == "1"
+    else:  # ONNX Runtime's default: the entry is not set at all
+        with pytest.raises(RuntimeError, match="does not have configuration"):
+            options.get_session_config_entry("session.force_spinning_stop")
+    assert candidate.info["onnx_stop_spinning"] is stop_spinning
+
+
 def test_cli_bench_per_layer_pairs_same_named_layers_with_their_mac_ratios(runs, tmp_path):
     out = tmp_path / "layers.json"
     done = _cli("bench", str(runs["dense"]), str(runs["compact"]), "--per-layer", "--batch", "1,2", "--threads", "1",

@@ -38,6 +38,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="run each network in eager PyTorch (default), through torch.compile (Inductor, frozen "
                    "weights, channels_last; needs a C++ compiler) or exported to ONNX Runtime; unstructured reference "
                    "rows stay eager")
+    p.add_argument("--onnx-stop-spinning", action="store_true",
+                   help="with --runtime onnxruntime: the sessions' threads stop busy-waiting at the end of every run, "
+                   "so each run pays for waking them (an occasional request); default: ONNX Runtime's own spinning, "
+                   "as for back-to-back requests")
     p.add_argument("--per-layer", action="store_true",
                    help="with two runs: time every layer of the first beside the same-named layer of the second and "
                    "report each layer's MAC ratio, latency ratio and efficiency (eager PyTorch)")
@@ -72,8 +76,8 @@ def run(args: argparse.Namespace) -> int:
         info = {"macs": r.metrics.get("macs"), "params": r.metrics.get("params"), "test_mcr": r.metrics.get("test_mcr")}
         candidates.append(Candidate(str(path), r.model, input_shape_of(r.model), info))
         candidates += reference_candidates(r, str(path), references)
-    candidates = [c if c.info.get("reference") == "unstructured" else runtime_candidate(c, args.runtime, args.threads)
-                  for c in candidates]
+    candidates = [c if c.info.get("reference") == "unstructured"
+                  else runtime_candidate(c, args.runtime, args.threads, args.onnx_stop_spinning) for c in candidates]
     records = bench(candidates, args.batch, threads=args.threads, rounds=args.rounds, progress=not args.no_progress,
                     clock=args.clock, sample_seconds=args.sample_seconds)
     if args.json is not None:
