@@ -146,22 +146,26 @@ def test_each_lowering_path_equals_masked_conv(patterns, path):
 def test_a_layer_that_is_one_smaller_conv_runs_as_that_conv_in_the_input_layout(channels_last):
     conv = nn.Conv2d(6, 5, 3, padding=1)
     centre = IntraKernelConv2d.from_conv(conv, [IntraPattern(1, 3)] * 6)  # a 3×1 conv, padding (1, 0)
-    assert centre.blocks.plain_conv(7, 9) == ((1, 0), (1, 1))
-    left = IntraKernelConv2d.from_conv(conv, [IntraPattern(0, 3)] * 6)  # needs the input shifted first
-    assert left.blocks.plain_conv(7, 9) is None
+    assert centre.blocks.direct_conv(7, 9) == ((0, 7, 0, 9), (0, 0, 0, 0), (1, 0), (1, 1))  # no crop, no pad
+    left = IntraKernelConv2d.from_conv(conv, [IntraPattern(0, 3)] * 6)  # output column j reads input j - 1
+    assert left.blocks.direct_conv(7, 9) == ((0, 7, 0, 8), (1, 0, 0, 0), (1, 0), (1, 1))  # one zero column in front
+    rows = IntraKernelConv2d.from_conv(conv, [IntraPattern(3, 1)] * 6)  # taps 3..8: a 2×3 conv, a zero row below
+    assert rows.blocks.direct_conv(7, 9) == ((0, 7, 0, 9), (0, 0, 0, 1), (0, 1), (1, 1))
+    corners = IntraKernelConv2d.from_conv(conv, [IntraPattern(0, 2)] * 6)  # two blocks: not one convolution
+    assert corners.blocks.direct_conv(7, 9) is None
     kernels = KernelSparseConv2d.from_conv(conv, torch.ones(5, 6, dtype=torch.bool), [IntraPattern(1, 3)] * 6)
     x = torch.randn(2, 6, 7, 9)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    mask = LayerMask(shape=(5, 6, 3, 3), intra=[IntraPattern(1, 3)] * 6).weight_mask()
-    with torch.no_grad():
-        want = masked_conv(conv, mask, x)
-        for layer in (centre, kernels):
+    for layer, pattern, taps in [(centre, IntraPattern(1, 3), 3), (kernels, IntraPattern(1, 3), 3),
+                                 (left, IntraPattern(0, 3), 3), (rows, IntraPattern(3, 1), 6)]:
+        mask = LayerMask(shape=(5, 6, 3, 3), intra=[pattern] * 6).weight_mask()
+        with torch.no_grad():
             with FlopCounterMode(display=False) as counter:
                 y = layer(x)
-            assert_close(y, want)
-            assert y.is_contiguous(memory_format=torch.channels_last) == channels_last
-            assert counter.get_total_flops() == 2 * 2 * 7 * 9 * 5 * 6 * 3  # 2 × MACs of the 3 kept taps
+            assert_close(y, masked_conv(conv, mask, x))
+        assert y.is_contiguous(memory_format=torch.channels_last) == channels_last
+        assert counter.get_total_flops() == 2 * 2 * 7 * 9 * 5 * 6 * taps  # 2 × MACs of the kept taps
 
 
 @settings(max_examples=40, deadline=None)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -174,6 +174,15 @@ def check_patterns(patterns: Any, in_per_group: int, kernel_size: Pair, where: s
     return out
 
 
+class DirectConv(NamedTuple):
+    """A layer that is one convolution of its input, at one input size: crop, zero-pad, convolve."""
+
+    crop: tuple[int, int, int, int]  # input rows r0:r1 and columns c0:c1 that the block reads
+    pad: tuple[int, int, int, int]  # zeros added around them, in F.pad order: left, right, top, bottom
+    padding: Pair  # the convolution's own symmetric padding
+    dilation: Pair
+
+
 class BlockConvs(nn.Module):
     """The engine: the sum of one dense convolution per block *shape*.  Used by the compact layers.
 
@@ -211,7 +220,7 @@ class BlockConvs(nn.Module):
                 dense_index.append((torch.tensor(piece.maps)[:, None] * (kh * kw) + cells[None, :]).flatten())
         self.register_buffer("dense_index", torch.cat(dense_index), persistent=False)
         self._gather_index: dict[tuple[int, int, int, torch.device], list[torch.Tensor | None]] = {}
-        self._plain: dict[Pair, tuple[Pair, Pair] | None] = {}
+        self._direct_plans: dict[Pair, DirectConv | None] = {}
 
     @torch.no_grad()
     def load_dense(self, weight: torch.Tensor) -> None:
@@ -265,29 +274,35 @@ class BlockConvs(nn.Module):
             x = F.pad(x, (left, right, top, bottom))
         return x, (ph, pw)
 
-    def plain_conv(self, h: int, w: int) -> tuple[Pair, Pair] | None:
-        """(padding, dilation) when, at this input size, the layer is one convolution of its input as it
-        comes (one block shape read by every input map, needing no crop and no padding beyond the
-        convolution's own): the layer can then run as that `F.conv2d` in any memory layout. Else None."""
-        if (h, w) not in self._plain:
-            plain = None
-            if len(self.plan) == 1 and self._direct[0]:
+    def direct_conv(self, h: int, w: int) -> DirectConv | None:
+        """How the layer runs as one convolution of its input at this input size (one block shape read by
+        every input map): the input cropped and zero-padded to what the block reads, then convolved. None when
+        the layer is not one convolution, or its block reads only padding at this size."""
+        if (h, w) not in self._direct_plans:
+            plan = None
+            if len(self.plan) == 1 and self._direct[0] and self._reads_input(self.plan[0][0].block, h, w):
                 block = self.plan[0][0].block
-                rows, cols = self._axis_plan(block, h, 0), self._axis_plan(block, w, 1)
-                if rows[:4] == (0, h, 0, 0) and cols[:4] == (0, w, 0, 0):
-                    plain = ((rows[4], cols[4]),
-                             (block.row_step * self.dilation[0], block.col_step * self.dilation[1]))
-            self._plain[(h, w)] = plain
-        return self._plain[(h, w)]
+                r0, r1, top, bottom, ph = self._axis_plan(block, h, 0)
+                c0, c1, left, right, pw = self._axis_plan(block, w, 1)
+                plan = DirectConv((r0, r1, c0, c1), (left, right, top, bottom), (ph, pw),
+                                  (block.row_step * self.dilation[0], block.col_step * self.dilation[1]))
+            self._direct_plans[(h, w)] = plan
+        return self._direct_plans[(h, w)]
 
-    def plain_forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
-        """The layer run as its one plain convolution on x as it comes (any layout), or None when it is not
-        one at this input size (plain_conv)."""
-        plain = self.plain_conv(x.shape[2], x.shape[3])
-        if plain is None:
+    def direct_forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
+        """The layer run as its one convolution (direct_conv) on x as it comes, in x's memory layout, or None
+        when it is not one convolution at this input size. Skips the general path's layout changes."""
+        h, w = x.shape[2], x.shape[3]
+        plan = self.direct_conv(h, w)
+        if plan is None:
             return None
-        return one_channel_fix(conv2d(one_channel_fix(x), self.weights[0], bias, self.stride, plain[0], plain[1],
-                                      self.groups))
+        r0, r1, c0, c1 = plan.crop
+        if (r0, r1, c0, c1) != (0, h, 0, w):
+            x = x[:, :, r0:r1, c0:c1]
+        if any(plan.pad):
+            x = F.pad(x, plan.pad)
+        return one_channel_fix(conv2d(one_channel_fix(x), self.weights[0], bias, self.stride, plan.padding,
+                                      plan.dilation, self.groups))
 
     def _lowered_size(self, block: Block, h: int, w: int) -> Pair:
         """Spatial size of the lowered input of a block shape: exactly what its convolution reads."""
@@ -399,7 +414,7 @@ class IntraKernelConv2d(nn.Module):
         return sum(w[0].numel() for w in self.blocks.weights)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, C, H, W] -> [N, O, H', W'], layout kept
-        if (y := self.blocks.plain_forward(x, self.bias)) is not None:  # one smaller dense conv: no layout change
+        if (y := self.blocks.direct_forward(x, self.bias)) is not None:  # one smaller dense conv: no layout change
             return y
         nchw = x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last)  # ambiguous: NCHW
         x = x.contiguous(memory_format=torch.channels_last)

@@ -192,7 +192,7 @@ class KernelSparseConv2d(nn.Module):
         return table.index_copy(0, self.dense_index, parts).view(self.out_channels, self.in_channels, kh, kw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, I, H, W] -> [N, O, H', W'], layout kept
-        if self._single and (y := self.branches[0].plain_forward(x, self.bias)) is not None:
+        if self._single and (y := self.branches[0].direct_forward(x, self.bias)) is not None:
             return y  # one smaller dense convolution: no gather, no layout change
         nchw = x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last)  # ambiguous: NCHW
         x = x.contiguous(memory_format=torch.channels_last)
