@@ -141,13 +141,16 @@ def test_cli_bench_runtimes_time_networks_that_compute_the_same(runs, tmp_path, 
         converted = runtime_candidate(Candidate("c", model, (1, 8, 8), {}), runtime, threads=1).model
         assert torch.allclose(converted(x), model(x), atol=1e-5)
     out = tmp_path / "bench.json"
+    extra = ["--onnx-stop-spinning"] if runtime == "onnxruntime" else []
     done = _cli("bench", str(runs["compact"]), "--reference", "unstructured", "--runtime", runtime,
                 "--batch", "1", "--threads", "1", "--rounds", "1", "--sample-seconds", "0.003", "--no-progress",
-                "--json", str(out))
+                "--json", str(out), *extra)
     assert done.returncode == 0, done.stderr
     records = json.loads(out.read_text())
     assert [r.get("runtime") for r in records] == [runtime, None]  # CSR rows stay eager
     assert records[0]["memory_format"] == ("channels_last" if runtime == "compile" else "nchw")
+    assert records[0].get("onnx_stop_spinning") is (True if runtime == "onnxruntime" else None)
+    assert all(r["settle_s"] > 0 for r in records)
 
 
 @pytest.mark.parametrize("stop_spinning", [False, True])
