@@ -154,15 +154,18 @@ def _spread(values: list[float]) -> dict[str, float]:
 
 
 def add_ratios(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Set `speedup_vs_first` (first median_ms / this median_ms) and `mac_ratio_vs_first` (first macs /
-    this macs; None where either is unknown) on each record, against the first record of its batch and
-    thread count. Returns the same list."""
+    """Set `speedup_vs_first` (first median_ms / this median_ms), `mac_ratio_vs_first` (first macs / this
+    macs) and `efficiency_vs_first` (speedup / MAC ratio: how much of its MAC reduction a network turns into
+    speed) on each record, against the first record of its batch and thread count; None where unknown.
+    Returns the same list."""
     firsts: dict[tuple[int, int], dict[str, Any]] = {}
     for rec in records:
         first = firsts.setdefault((rec["batch"], rec["threads"]), rec)
         rec["speedup_vs_first"] = first["median_ms"] / rec["median_ms"] if rec["median_ms"] > 0 else None
         macs, first_macs = rec.get("macs"), first.get("macs")
         rec["mac_ratio_vs_first"] = first_macs / macs if macs and first_macs else None
+        speedup, mac_ratio = rec["speedup_vs_first"], rec["mac_ratio_vs_first"]
+        rec["efficiency_vs_first"] = speedup / mac_ratio if speedup and mac_ratio else None
         rec["first_run"] = first["run"]
     return records
 

@@ -64,6 +64,7 @@ def test_records_report_the_faster_layout_spread_and_ratios():
         first = records[0] if r["batch"] == 1 else records[2]
         assert r["speedup_vs_first"] == pytest.approx(first["median_ms"] / r["median_ms"])
         assert r["mac_ratio_vs_first"] == pytest.approx(first["macs"] / r["macs"])
+        assert r["efficiency_vs_first"] == pytest.approx(r["speedup_vs_first"] / r["mac_ratio_vs_first"])
     assert records[1]["mac_ratio_vs_first"] == 2.5 and records[0]["speedup_vs_first"] == 1.0
     assert a.features[0].weight.is_contiguous()  # the networks are handed back in NCHW layout
 
@@ -72,6 +73,7 @@ def test_ratios_leave_unknown_macs_unknown():
     records = add_ratios([{"run": "a", "batch": 1, "threads": 1, "median_ms": 2.0, "macs": None},
                           {"run": "b", "batch": 1, "threads": 1, "median_ms": 4.0, "macs": 5}])
     assert records[1]["speedup_vs_first"] == 0.5 and records[1]["mac_ratio_vs_first"] is None
+    assert records[1]["efficiency_vs_first"] is None
 
 
 def test_a_slow_network_is_bounded_per_round(monkeypatch):
@@ -130,7 +132,7 @@ def test_cli_bench_writes_labelled_reference_rows_with_ratios(runs, tmp_path):
         assert r.keys() >= FIELDS
         assert r["speedup_vs_first"] == pytest.approx(records[0]["median_ms"] / r["median_ms"])
     assert records[1]["mac_ratio_vs_first"] > 1  # the compact network does fewer MACs than dense
-    assert "speedup" in done.stdout and f"{runs['compact']}#unstructured" in done.stdout
+    assert "speedup" in done.stdout and "efficiency" in done.stdout and f"{runs['compact']}#unstructured" in done.stdout
 
 
 @pytest.mark.parametrize("runtime", ["compile", "onnxruntime"])

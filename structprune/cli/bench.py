@@ -62,6 +62,10 @@ def _ratio(value: float | None) -> str:
     return f"{value:.2f}x" if value is not None else "?"
 
 
+def _fraction(value: float | None) -> str:
+    return f"{value:.2f}" if value is not None else "?"
+
+
 def run(args: argparse.Namespace) -> int:
     references = _references(args.reference)
     if not args.sample_seconds > 0:
@@ -83,13 +87,16 @@ def run(args: argparse.Namespace) -> int:
     if args.json is not None:
         write_json_atomic(args.json, records)
     width = max(len(c.name) for c in candidates)
-    print(f"{'run':<{width}}  batch  median ms  IQR ms   min ms   max ms  speedup  MAC ratio  layout          MACs")
+    print(f"{'run':<{width}}  batch  median ms  IQR ms   min ms   max ms  speedup  MAC ratio  efficiency  layout"
+          "          MACs")
     for rec in records:
         macs = f"{rec['macs']:,}" if rec["macs"] is not None else "?"
         print(f"{rec['run']:<{width}}  {rec['batch']:>5}  {rec['median_ms']:>9.3f}  {rec['iqr_ms']:>6.3f}  "
               f"{rec['min_ms']:>7.3f}  {rec['max_ms']:>7.3f}  {_ratio(rec['speedup_vs_first']):>7}  "
-              f"{_ratio(rec['mac_ratio_vs_first']):>9}  {rec['memory_format']:<13}  {macs}")
-    print(f"speedup and MAC ratio: {records[0]['run']} at the same batch / each row (above 1: faster, fewer MACs)")
+              f"{_ratio(rec['mac_ratio_vs_first']):>9}  {_fraction(rec['efficiency_vs_first']):>10}  "
+              f"{rec['memory_format']:<13}  {macs}")
+    print(f"speedup and MAC ratio: {records[0]['run']} at the same batch / each row (above 1: faster, fewer MACs); "
+          "efficiency: speedup / MAC ratio")
     return 0
 
 
