@@ -85,6 +85,25 @@ def test_intra_equals_masked_dense_conv(case):
     assert sum(p.numel() for p in layer.parameters()) == int(mask.sum()) + (conv.out_channels if conv.bias is not None else 0)
 
 
+@settings(max_examples=80, deadline=None)
+@given(conv_cases(), st.data())
+def test_one_pattern_for_every_map_equals_masked_conv_and_its_gradient(case, data):
+    # one single-block pattern read by every input map runs as one cropped / padded convolution (direct_forward)
+    conv, patterns, x = case
+    pattern = data.draw(st.sampled_from(IntraPattern.all_patterns(conv.kernel_size[0] * conv.kernel_size[1])))
+    patterns = [pattern] * len(patterns)
+    mask = LayerMask(shape=tuple(conv.weight.shape), groups=conv.groups, intra=patterns).weight_mask()
+    layer = IntraKernelConv2d.from_conv(conv, patterns)
+    x = x.clone().requires_grad_(True)
+    y = layer(x)
+    want = masked_conv(conv, mask, x)
+    assert_close(y.detach(), want.detach())
+    assert_same_layout(y, x)
+    (grad,) = torch.autograd.grad(y.square().sum(), x)
+    (want_grad,) = torch.autograd.grad(want.square().sum(), x)
+    assert_close(grad, want_grad)
+
+
 @settings(max_examples=40, deadline=None)
 @given(conv_cases())
 def test_intra_spec_round_trip_gives_identical_outputs(case):
