@@ -1,8 +1,9 @@
 """Simple mask selection at a pruning ratio: L1 magnitude (Li et al. 2017) and random, per layer or global.
 
   channel  per channel group: score = sum of |w| of the group's conv filters producing that map
-  kernel   per (out, in) kernel: score = sum of |w| of the k×k kernel; unstructured, or structured
-           (output maps in groups sharing their kept input maps, B1's `structured_kernel_mask`)
+  kernel   per (out, in) kernel: score = sum of |w| of the k×k kernel; unstructured, structured
+           (output maps in groups sharing their kept input maps, B1's `structured_kernel_mask`), or blocks
+           (each output map reads only the input maps of its own block: structprune.kernel_blocks)
   intra    per input map of a conv: the (start, stride) pattern with the requested tap count that keeps
            the most L1 over the kernels reading that map (or, `intra_shared`, one pattern per layer)
 
@@ -24,10 +25,12 @@ from torch import nn
 from structprune.channel_groups import ChannelGroups
 from structprune.errors import StructpruneError
 from structprune.granularity import Granularity, IntraPattern
+from structprune.kernel_blocks import select_kernel_blocks
 from structprune.masks import NetworkMask
 
 METHODS = ("l1", "random")
 SCOPES = ("layer", "global")
+KERNEL_STRUCTURES = ("unstructured", "structured", "blocks")
 
 
 @dataclass(frozen=True)
@@ -35,8 +38,8 @@ class SelectionConfig:
     method: str = "l1"  # "l1" | "random"
     scope: str = "layer"  # "layer" | "global"
     seed: int = 0
-    kernel_structure: str = "unstructured"  # "unstructured" | "structured"
-    kernel_groups: int = 4  # structured kernels: output-map groups per layer sharing kept input maps
+    kernel_structure: str = "unstructured"  # "unstructured" | "structured" | "blocks" (structprune.kernel_blocks)
+    kernel_groups: int = 4  # structured kernels: output-map groups per layer sharing kept input maps; blocks: G
     round_to: int = 1  # kept maps (channel scale) and kept input maps per group (structured kernels) rounded up
     # to a multiple: 8 suits CPU kernels
     intra_shared: bool = False  # one intra pattern for the whole layer
@@ -47,8 +50,9 @@ class SelectionConfig:
             raise StructpruneError(f"unknown selection method {self.method!r}; choose from {', '.join(METHODS)}")
         if self.scope not in SCOPES:
             raise StructpruneError(f"unknown scope {self.scope!r}; choose from {', '.join(SCOPES)}")
-        if self.kernel_structure not in ("unstructured", "structured"):
-            raise StructpruneError(f"unknown kernel structure {self.kernel_structure!r}; choose unstructured or structured")
+        if self.kernel_structure not in KERNEL_STRUCTURES:
+            raise StructpruneError(f"unknown kernel structure {self.kernel_structure!r}; choose from "
+                                   f"{', '.join(KERNEL_STRUCTURES)}")
         if self.round_to < 1 or self.kernel_groups < 1:
             raise StructpruneError("round_to and kernel_groups must be at least 1")
 
@@ -175,6 +179,12 @@ def select_kernels(model: nn.Module, groups: ChannelGroups | None, ratio: float,
         region[name] = _kernel_region(name, conv, mask, groups)
         alive[name] = _alive_kernels(name, conv, mask, groups)
         scores[name] = _scores(conv.weight.detach().cpu().abs().sum((2, 3)), cfg, gen)  # [O, I]
+    if cfg.kernel_structure == "blocks":
+        if abs(ratio - (1 - 1 / cfg.kernel_groups)) > 1e-3:
+            raise StructpruneError(f"kernel blocks: {cfg.kernel_groups} blocks remove {1 - 1 / cfg.kernel_groups:.4g} of "
+                                   f"each layer's kernels; give that kernel ratio, not {ratio:g}")
+        select_kernel_blocks(model, convs, groups, cfg.kernel_groups, alive, scores, mask)
+        return
     if cfg.scope == "global":
         keeps = _global_keep(scores, alive, ratio, region)
     else:

@@ -4,7 +4,9 @@
    batch norms, consumers' inputs, residual partners, concatenation slices, depthwise convs and the first
    linear layer after a flatten).
 2. Kernels and intra-kernel patterns: each conv's masks, re-indexed to the channels that remain, turn the
-   conv into a KernelSparseConv2d (kernel masks, optionally with patterns) or an IntraKernelConv2d.
+   conv into a KernelSparseConv2d (kernel masks, optionally with patterns) or an IntraKernelConv2d. Before
+   the channels go, kernel masks in disjoint blocks have their channels ordered block by block
+   (block_order), so each such layer becomes one grouped convolution.
 The result is an ordinary nn.Module whose arch.json (structprune.arch.describe) rebuilds it.
 """
 
@@ -18,6 +20,7 @@ from torch import nn
 
 from structprune.arch import example_input
 from structprune.channel_groups import ChannelGroups, build_dependency_graph, find_channel_groups
+from structprune.compact.block_order import order_blocks_
 from structprune.errors import StructpruneError
 from structprune.masking import MaskApplier, check_channel_roots
 from structprune.masks import LayerMask, NetworkMask
@@ -149,6 +152,10 @@ def compact(
     out = copy.deepcopy(model)
     MaskApplier(out, groups).apply_(mask)  # pruned weights -> 0, so what stays equals the masked network
     reference = _outputs(out, sample)
+    if has_kernels:  # blocked kernel masks: channels ordered block by block, so each layer is one grouped conv
+        mask, moved = order_blocks_(out, mask, groups)
+        if moved:
+            groups = find_channel_groups(out, sample)
     try:
         remove_channels_(out, mask, sample)
     except StructpruneError:

@@ -1,0 +1,110 @@
+"""Kernel-level sparsity as blocks: every layer's maps fall into G blocks, and each output map keeps only the
+kernels that read the input maps of its own block.
+
+The blocks of a layer's input maps are the blocks of the layer that produced them, so once the channels are
+ordered block by block (structprune.compact.block_order) every layer is one grouped convolution
+(groups = G) over its input as it comes: no gather, no copy, (1 - 1/G) of the kernels gone. This is the
+kernel mask form that runs fast in ONNX Runtime as well as in PyTorch.
+
+Selection, layer by layer in module order: a layer whose input maps all come from one channel group whose
+blocks are known assigns each kept output map to the block whose input maps carry the most of its kernel
+weight (L1, or random scores), G blocks of equal size. A layer whose inputs have no blocks (the first layer
+reads the image) keeps its kernels and splits its kept output maps into G consecutive blocks. The blocks of
+a layer's outputs are passed on only when that layer is the one producer of its channel group (not across a
+residual add or a concatenation), so its consumers can be blocked in turn.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from structprune.channel_groups import ChannelGroup, ChannelGroups
+from structprune.errors import StructpruneError
+from structprune.masks import NetworkMask
+
+log = logging.getLogger(__name__)
+
+
+def balanced_blocks(scores: torch.Tensor, rows: torch.Tensor, blocks: int) -> torch.Tensor:
+    """long [O]: the block of each kept row (-1 where `rows` is False), `blocks` blocks of equal size (the
+    first ones one larger when the kept count does not divide). scores [O, blocks]: how much each row keeps
+    in each block. Greedy: rows with the clearest preference choose first."""
+    kept = torch.nonzero(rows).flatten()
+    out = torch.full((scores.shape[0],), -1, dtype=torch.long)
+    n = len(kept)
+    capacity = [n // blocks + (1 if b < n % blocks else 0) for b in range(blocks)]
+    sub = scores[kept].float()
+    top2 = sub.topk(min(2, blocks), dim=1).values
+    regret = top2[:, 0] - (top2[:, 1] if blocks > 1 else 0)
+    for k in torch.argsort(regret, descending=True, stable=True).tolist():
+        for b in torch.argsort(sub[k], descending=True, stable=True).tolist():
+            if capacity[b] > 0:
+                capacity[b] -= 1
+                out[kept[k]] = b
+                break
+    return out
+
+
+def _consecutive_blocks(rows: torch.Tensor, blocks: int) -> torch.Tensor:
+    kept = torch.nonzero(rows).flatten()
+    out = torch.full((len(rows),), -1, dtype=torch.long)
+    out[kept] = torch.arange(len(kept)) * blocks // max(len(kept), 1)
+    return out
+
+
+def _input_blocks(name: str, in_channels: int, groups: ChannelGroups, known: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """long [I]: the block of each input map of `name`, when they all come from one group with known blocks."""
+    feeding = [(g, m) for g in groups for m in g.members if m.name == name and m.role == "in"]
+    if len(feeding) != 1:
+        return None
+    group, member = feeding[0]
+    if group.root not in known or len(member.index) != in_channels:
+        return None
+    blocks = torch.full((in_channels,), -1, dtype=torch.long)
+    blocks[member.index] = known[group.root][member.root]
+    return blocks
+
+
+def _sole_producer(group: ChannelGroup, name: str, layers: set[str]) -> bool:
+    """True when `name` is the only conv or linear layer whose outputs are this group's channels (batch norms
+    and other per-channel layers do not count)."""
+    others = [m for m in group.members if m.role == "out" and m.name != name and m.name in layers]
+    return not others and all(m.name != name or m.role == "out" for m in group.members)
+
+
+def select_kernel_blocks(model: nn.Module, convs: dict[str, nn.Conv2d], groups: ChannelGroups | None, blocks: int,
+                         alive: dict[str, torch.Tensor], scores: dict[str, torch.Tensor],
+                         mask: NetworkMask) -> None:
+    """Set block-diagonal keep_kernel masks on `mask` (in place); see the module doc. `convs` in module order
+    (ungrouped convs), `alive` and `scores` bool / float [O, I] per conv (kernels left by channel masks)."""
+    layers = {n for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)}
+    if groups is None:
+        raise StructpruneError("kernel blocks need the model's channel groups")
+    if blocks < 2:
+        raise StructpruneError(f"kernel blocks need at least 2 blocks, not {blocks}")
+    known: dict[str, torch.Tensor] = {}  # group root -> block of each root channel (-1: pruned)
+    for name, conv in convs.items():
+        rows = alive[name].any(1)
+        inputs = _input_blocks(name, conv.in_channels, groups, known)
+        if inputs is None:
+            out_blocks = _consecutive_blocks(rows, blocks)
+            log.info("%s: its input maps have no blocks; it keeps its kernels and starts %d blocks", name, blocks)
+        else:
+            per_block = torch.stack([(scores[name] * alive[name] * (inputs == b)).sum(1) for b in range(blocks)], 1)
+            out_blocks = balanced_blocks(per_block, rows, blocks)
+            keep = alive[name] & (out_blocks.unsqueeze(1) == inputs.unsqueeze(0)) & (inputs >= 0).unsqueeze(0)
+            empty = rows & ~keep.any(1)
+            if bool(empty.any()):
+                raise StructpruneError(f"{name}: {int(empty.sum())} output maps would keep no kernel in their block")
+            mask.layer(name, conv).keep_kernel = keep
+        root = groups.root_of(name)
+        if root is not None and _sole_producer(groups[root], name, layers):
+            member = next(m for m in groups[root].members if m.name == name and m.role == "out")
+            root_blocks = torch.full((groups[root].size,), -1, dtype=torch.long)
+            root_blocks[member.root] = out_blocks[member.index]
+            known[root] = root_blocks
+        else:
+            log.info("%s: its output maps are coupled with another layer's; its consumers keep their kernels", name)
