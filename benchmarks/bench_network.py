@@ -45,11 +45,12 @@ INTRA_PATTERNS = {
     6: IntraPattern(3, 1),  # taps 3..8: the bottom two rows, one 2×3 convolution on a shifted input
 }
 CONFIG_HELP = ("'+'-joined scales: channel-P (P percent of the maps removed), kernel-P[gG] (P percent of each layer's "
-               "kernels removed, structured: G output groups, default 1, each keeping the same input maps), intra-Kof9 "
+               "kernels removed, structured: G output groups, default 1, each keeping the same input maps), kernel-PbG "
+               "(G blocks, each output map reading only its block's input maps; P = 100 (1 - 1/G)), intra-Kof9 "
                f"(K of 9 taps kept, K in {sorted(INTRA_PATTERNS)})")
 CONFIGS = ["channel-50", "channel-75", "intra-3of9", "kernel-50", "channel-50+intra-3of9", "channel-50+kernel-50",
            "channel-50+kernel-50+intra-3of9", "channel-50+kernel-50g2+intra-3of9", "channel-50+kernel-50+intra-5of9"]
-_SCALE = re.compile(r"^(channel|kernel|intra)-(\d+)(?:g(\d+)|of9)?$")
+_SCALE = re.compile(r"^(channel|kernel|intra)-(\d+)(?:g(\d+)|b(\d+)|of9)?$")
 
 
 def parse_config(name: str, round_to: int = 8) -> tuple[str, list[float], dict]:
@@ -73,7 +74,9 @@ def parse_config(name: str, round_to: int = 8) -> tuple[str, list[float], dict]:
                 raise SystemExit(f"bad configuration {name!r} at {part!r}: " + CONFIG_HELP)
             ratios.append(number / 100)
             options["round_to"] = round_to
-            if scale == "kernel":
+            if scale == "kernel" and m.group(4):  # blocks: each output map reads only its block's input maps
+                options.update(kernel_structure="blocks", kernel_groups=int(m.group(4)))
+            elif scale == "kernel":
                 options.update(kernel_structure="structured", kernel_groups=int(m.group(3) or 1))
         grans.append(scale)
     order = sorted(range(len(grans)), key=lambda i: ("channel", "kernel", "intra").index(grans[i]))

@@ -142,6 +142,31 @@ def test_bad_prune_arguments_are_one_line_errors(source, tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
+def test_kernel_blocks_prune_and_compact_into_grouped_convolutions(source, tmp_path, capsys):
+    blocked, small = tmp_path / "blocks", tmp_path / "blocks-compact"
+    code, err = cli_inline(capsys, "prune", str(source), "--granularity", "kernel", "--ratio", "0.5",
+                           "--kernel-structure", "blocks", "--kernel-groups", "2", "--out", str(blocked))
+    assert code == 0, err
+    masks = json.loads((blocked / "masks.json").read_text())["layers"]
+    assert "features.0" not in masks or masks["features.0"]["keep_kernel"] is None  # reads the image: no blocks
+    rows = masks["features.2"]["keep_kernel"]
+    assert {r.count("1") for r in rows} == {4} and len(set(rows)) == 2  # two blocks of 4 of the 8 input maps
+    code, err = cli_inline(capsys, "compact", str(blocked), "--out", str(small))
+    assert code == 0, err
+    arch = json.loads((small / "arch.json").read_text())["modules"]
+    assert arch["features.2"]["type"] == arch["features.5"]["type"] == "KernelSparseConv2d"
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        a, b = load_run(blocked).model(x), load_run(small).model(x)
+    assert float((a - b).abs().max()) <= 1e-4 * float(a.abs().max())
+    layer = load_run(small).model.features[2]
+    assert layer._single and [branch.groups for branch in layer.branches] == [2]
+    code, err = cli_inline(capsys, "prune", str(source), "--granularity", "kernel", "--ratio", "0.5", "--method", "pf",
+                           "--kernel-structure", "blocks", "--out", str(tmp_path / "no"))
+    assert code == 2 and "the search does not choose blocks" in err
+    assert not (tmp_path / "no").exists()
+
+
 def test_pruning_a_pruned_run_nests_inside_its_masks(pruned, tmp_path, capsys):
     out = tmp_path / "further"
     code, err = cli_inline(capsys, "prune", str(pruned), "--granularity", "channel", "--ratio", "0.75", "--out", str(out))

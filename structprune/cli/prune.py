@@ -12,7 +12,7 @@ from structprune.errors import StructpruneError
 from structprune.granularity import Granularity, IntraPattern
 from structprune.pruning import MaskChooser, prune_run, select_masks
 from structprune.runfolder import check_writable_destination
-from structprune.selection import METHODS, SCOPES
+from structprune.selection import KERNEL_STRUCTURES, METHODS, SCOPES
 
 SEARCH_METHODS = ("pf", "epf", "random-best", "tp-l2")  # the mask search (structprune.search; options in prune_search.py)
 
@@ -61,10 +61,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="round kept maps up to a multiple of N (8 suits CPU kernels, 16 AVX-512 ones): at the channel "
                    "scale, and at the kernel scale with --kernel-structure structured, each group's kept input maps "
                    "(one-shot l1 and random; the search schedule ignores it)")
-    p.add_argument("--kernel-structure", choices=("unstructured", "structured"), default="unstructured",
-                   help="kernel scale (every method, the search too): free masks, or output-map groups sharing their "
-                   "kept input maps (fast once compacted)")
-    p.add_argument("--kernel-groups", type=int, default=4, help="structured kernels: output-map groups per layer")
+    p.add_argument("--kernel-structure", choices=KERNEL_STRUCTURES, default="unstructured",
+                   help="kernel scale: free masks, output-map groups sharing their kept input maps (both for every "
+                   "method, the search too), or blocks (l1 and random): each layer's maps fall into G blocks that "
+                   "follow the producing layer's, each output map reads only its own block's input maps, and the "
+                   "layer compacts into one grouped convolution; give the kernel ratio 1 - 1/G")
+    p.add_argument("--kernel-groups", type=int, default=4,
+                   help="structured kernels: output-map groups per layer; blocks: the number of blocks G")
     p.add_argument("--intra-shared", action="store_true", help="intra scale: one pattern for the whole layer")
     p.add_argument("--intra-patterns", type=pattern_list, default=None, metavar="S:T,...",
                    help="intra scale: choose only among these (start:stride) patterns, e.g. 1:3 (the centre column, "
