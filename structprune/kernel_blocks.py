@@ -21,7 +21,7 @@ import logging
 import torch
 from torch import nn
 
-from structprune.channel_groups import ChannelGroup, ChannelGroups
+from structprune.channel_groups import ChannelGroup, ChannelGroups, GroupMember
 from structprune.errors import StructpruneError
 from structprune.masks import NetworkMask
 
@@ -68,11 +68,21 @@ def _input_blocks(name: str, in_channels: int, groups: ChannelGroups, known: dic
     return blocks
 
 
+def producing_layers(model: nn.Module) -> set[str]:
+    """Names of the layers that make channels (convs and linears); batch norms only scale them."""
+    return {n for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)}
+
+
+def group_producers(group: ChannelGroup, layers: set[str]) -> list[GroupMember]:
+    """The members of `group` whose outputs are its channels and that are in `layers` (producing_layers)."""
+    return [m for m in group.members if m.role == "out" and m.name in layers]
+
+
 def _sole_producer(group: ChannelGroup, name: str, layers: set[str]) -> bool:
-    """True when `name` is the only conv or linear layer whose outputs are this group's channels (batch norms
-    and other per-channel layers do not count)."""
-    others = [m for m in group.members if m.role == "out" and m.name != name and m.name in layers]
-    return not others and all(m.name != name or m.role == "out" for m in group.members)
+    """True when `name` is the only conv or linear layer whose outputs are this group's channels (and does not
+    also read them)."""
+    return ([m.name for m in group_producers(group, layers)] == [name]
+            and all(m.name != name or m.role == "out" for m in group.members))
 
 
 def select_kernel_blocks(model: nn.Module, convs: dict[str, nn.Conv2d], groups: ChannelGroups | None, blocks: int,
@@ -80,7 +90,7 @@ def select_kernel_blocks(model: nn.Module, convs: dict[str, nn.Conv2d], groups: 
                          mask: NetworkMask) -> None:
     """Set block-diagonal keep_kernel masks on `mask` (in place); see the module doc. `convs` in module order
     (ungrouped convs), `alive` and `scores` bool / float [O, I] per conv (kernels left by channel masks)."""
-    layers = {n for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)}
+    layers = producing_layers(model)
     if groups is None:
         raise StructpruneError("kernel blocks need the model's channel groups")
     if blocks < 2:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from structprune.channel_groups import ChannelGroup, ChannelGroups
+from structprune.kernel_blocks import group_producers, producing_layers
 from structprune.masks import NetworkMask
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ def _root_keys(group: ChannelGroup, mask: NetworkMask, layers: set[str]) -> torc
     When the group's one producer is itself blocked, a channel's key is the first input map its kernels read
     (its input maps, ordered before, come block by block): output blocks then follow input blocks, so the
     grouped convolution reads its input in order. Otherwise the consumers' input blocks decide."""
-    producers = [m for m in group.members if m.role == "out" and m.name in layers]  # convs and linears
+    producers = group_producers(group, layers)
     if len(producers) == 1:
         layer = mask.layers.get(producers[0].name)
         if layer is not None and layer.keep_kernel is not None and input_blocks(layer.keep_kernel) is not None:
@@ -95,10 +96,7 @@ def _dim_size(module: nn.Module, role: str) -> int:
 
 @torch.no_grad()
 def _permute_member_(module: nn.Module, role: str, order: torch.Tensor) -> None:
-    if isinstance(module, nn.Conv2d) and role == "in":
-        module.weight.copy_(module.weight[:, order])
-        return
-    if isinstance(module, nn.Linear) and role == "in":
+    if isinstance(module, nn.Conv2d | nn.Linear) and role == "in":
         module.weight.copy_(module.weight[:, order])
         return
     for tensor in (getattr(module, name, None) for name in ("weight", "bias", "running_mean", "running_var")):
@@ -110,7 +108,7 @@ def order_blocks_(model: nn.Module, mask: NetworkMask, groups: ChannelGroups) ->
     """Permute `model`'s channels in place so that blocked kernel masks have consecutive blocks; returns the
     masks re-indexed alike (a copy) and whether any channel moved."""
     mask = copy.deepcopy(mask)
-    layers = {n for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)}
+    layers = producing_layers(model)
     moved = False
     for group in groups:
         keys = _root_keys(group, mask, layers)

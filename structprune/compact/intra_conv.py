@@ -174,6 +174,16 @@ def check_patterns(patterns: Any, in_per_group: int, kernel_size: Pair, where: s
     return out
 
 
+def _crop_and_pad(x: torch.Tensor, crop: tuple[int, int, int, int], pad: tuple[int, int, int, int]) -> torch.Tensor:
+    """x[:, :, r0:r1, c0:c1] (crop), then zeros added around it (pad, in F.pad order); no copy when neither is needed."""
+    r0, r1, c0, c1 = crop
+    if (r0, r1, c0, c1) != (0, x.shape[2], 0, x.shape[3]):
+        x = x[:, :, r0:r1, c0:c1]
+    if any(pad):
+        x = F.pad(x, pad)
+    return x
+
+
 class DirectConv(NamedTuple):
     """A layer that is one convolution of its input, at one input size: crop, zero-pad, convolve."""
 
@@ -268,11 +278,7 @@ class BlockConvs(nn.Module):
         _, _, h, w = x.shape
         r0, r1, top, bottom, ph = self._axis_plan(block, h, 0)
         c0, c1, left, right, pw = self._axis_plan(block, w, 1)
-        if (r0, r1, c0, c1) != (0, h, 0, w):
-            x = x[:, :, r0:r1, c0:c1]
-        if top or bottom or left or right:
-            x = F.pad(x, (left, right, top, bottom))
-        return x, (ph, pw)
+        return _crop_and_pad(x, (r0, r1, c0, c1), (left, right, top, bottom)), (ph, pw)
 
     def direct_conv(self, h: int, w: int) -> DirectConv | None:
         """How the layer runs as one convolution of its input at this input size (one block shape read by
@@ -292,15 +298,10 @@ class BlockConvs(nn.Module):
     def direct_forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
         """The layer run as its one convolution (direct_conv) on x as it comes, in x's memory layout, or None
         when it is not one convolution at this input size. Skips the general path's layout changes."""
-        h, w = x.shape[2], x.shape[3]
-        plan = self.direct_conv(h, w)
+        plan = self.direct_conv(x.shape[2], x.shape[3])
         if plan is None:
             return None
-        r0, r1, c0, c1 = plan.crop
-        if (r0, r1, c0, c1) != (0, h, 0, w):
-            x = x[:, :, r0:r1, c0:c1]
-        if any(plan.pad):
-            x = F.pad(x, plan.pad)
+        x = _crop_and_pad(x, plan.crop, plan.pad)
         return one_channel_fix(conv2d(one_channel_fix(x), self.weights[0], bias, self.stride, plan.padding,
                                       plan.dilation, self.groups))
 
