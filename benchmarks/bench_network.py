@@ -28,7 +28,7 @@ from structprune import models
 from structprune.bench import RUNTIMES, Candidate, bench, runtime_candidate
 from structprune.channel_groups import ChannelGroups, find_channel_groups
 from structprune.compact.compaction import compact, unread_channels
-from structprune.granularity import IntraPattern
+from structprune.granularity import Granularity, IntraPattern
 from structprune.masking import MaskApplier
 from structprune.masks import NetworkMask
 from structprune.metrics import count_macs, count_params
@@ -47,10 +47,11 @@ INTRA_PATTERNS = {
 CONFIG_HELP = ("'+'-joined scales: channel-P (P percent of the maps removed), kernel-P[gG] (P percent of each layer's "
                "kernels removed, structured: G output groups, default 1, each keeping the same input maps), kernel-PbG "
                "(G blocks, each output map reading only its block's input maps; P = 100 (1 - 1/G)), intra-Kof9 "
-               f"(K of 9 taps kept, K in {sorted(INTRA_PATTERNS)})")
+               f"(K of 9 taps kept, K in {sorted(INTRA_PATTERNS)}), linear-P (P percent of the hidden units of the "
+               "fully connected layers removed: the channel scale on the classifier's hidden layer)")
 CONFIGS = ["channel-50", "channel-75", "intra-3of9", "kernel-50", "channel-50+intra-3of9", "channel-50+kernel-50",
            "channel-50+kernel-50+intra-3of9", "channel-50+kernel-50g2+intra-3of9", "channel-50+kernel-50+intra-5of9"]
-_SCALE = re.compile(r"^(channel|kernel|intra)-(\d+)(?:g(\d+)|b(\d+)|of9)?$")
+_SCALE = re.compile(r"^(channel|kernel|intra|linear)-(\d+)(?:g(\d+)|b(\d+)|of9)?$")
 
 
 def parse_config(name: str, round_to: int = 8) -> tuple[str, list[float], dict]:
@@ -61,9 +62,14 @@ def parse_config(name: str, round_to: int = 8) -> tuple[str, list[float], dict]:
     options: dict = {}
     for part in name.split("+"):
         m = _SCALE.match(part)
-        if m is None or m.group(1) in grans:
+        if m is None or m.group(1) in grans or (m.group(1) == "linear" and "linear_ratio" in options):
             raise SystemExit(f"bad configuration {name!r} at {part!r}: " + CONFIG_HELP)
         scale, number = m.group(1), int(m.group(2))
+        if scale == "linear":
+            if m.group(3) or m.group(4) or part.endswith("of9") or not 0 < number < 100:
+                raise SystemExit(f"bad configuration {name!r} at {part!r}: " + CONFIG_HELP)
+            options["linear_ratio"] = number / 100
+            continue
         if scale == "intra":
             if not part.endswith("of9") or number not in INTRA_PATTERNS:
                 raise SystemExit(f"bad configuration {name!r} at {part!r}: " + CONFIG_HELP)
@@ -99,7 +105,8 @@ def compact_config(dense: nn.Module, name: str, groups, sample: torch.Tensor,
     """The masks of configuration `name` (CONFIGS) on `dense`, with the maps no kept kernel reads dropped as
     compact() drops them (so a CSR twin drops them too), and the compact network."""
     grans, ratios, options = parse_config(name, round_to)
-    mask = unread_channels(dense, select_masks(dense, grans, ratios, groups=groups, **options), groups)
+    scales = Granularity.parse_list(grans) if grans else []  # empty: linear-P alone
+    mask = unread_channels(dense, select_masks(dense, scales, ratios, groups=groups, **options), groups)
     return mask, compact(dense, mask, sample=sample, groups=groups).eval()
 
 

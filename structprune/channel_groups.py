@@ -1,6 +1,6 @@
 """Prunable channel groups of a network, found by Torch-Pruning's dependency graph.
 
-A group is a set of feature maps that must leave together: the output maps of its root conv plus every
+A group is a set of feature maps that must leave together: the output maps of its root layer plus every
 coupled tensor slice (batch norms, residual partners, depthwise convs, concatenation slices, consumers'
 input weights, the first linear layer after a flatten). Each member records, for every index it owns, the
 root channel that index belongs to, so a keep set over the root's channels (original numbering) tells
@@ -9,6 +9,9 @@ exactly which slices of which parameters to silence or remove.
 Pitfalls honoured (TORCH-PRUNING-NOTES): the graph is built with gradients on and the model's train/eval
 mode restored; the last classifier is never a root; any parameterised layer type we cannot mask is an
 error naming the layer rather than a silently wrong group.
+
+Roots are convolutions and, for the hidden units of fully connected layers (a linear layer's outputs are
+its 1×1 feature maps), linear layers; `ChannelGroup.linear` tells them apart.
 """
 
 from __future__ import annotations
@@ -40,11 +43,12 @@ class GroupMember:
 
 @dataclass
 class ChannelGroup:
-    """Feature maps that leave together; `root` is the conv whose keep_out mask decides."""
+    """Feature maps that leave together; `root` is the conv (or linear layer) whose keep_out mask decides."""
 
     root: str
     size: int  # number of root channels
     members: list[GroupMember] = field(default_factory=list)
+    linear: bool = False  # the root is a linear layer: the group is hidden units of a fully connected layer
 
     def member_names(self, role: str | None = None) -> list[str]:
         return [m.name for m in self.members if role is None or m.role == role]
@@ -111,7 +115,7 @@ def build_dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.
 
 
 def find_channel_groups(model: nn.Module, example_input: torch.Tensor) -> ChannelGroups:
-    """The prunable channel groups of `model` (roots: Conv2d layers; the last classifier is protected)."""
+    """The prunable channel groups of `model` (roots: Conv2d and Linear layers; the last classifier is protected)."""
     graph = build_dependency_graph(model, example_input)
     names = {module: name for name, module in model.named_modules()}
     order = {name: i for i, name in enumerate(names.values())}
@@ -120,7 +124,7 @@ def find_channel_groups(model: nn.Module, example_input: torch.Tensor) -> Channe
 
     groups: dict[str, ChannelGroup] = {}
     owner: dict[str, str] = {}
-    for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d]):
+    for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=[nn.Conv2d, nn.Linear]):
         members: list[GroupMember] = []
         out_convs: list[str] = []
         for item in group:
@@ -140,7 +144,7 @@ def find_channel_groups(model: nn.Module, example_input: torch.Tensor) -> Channe
             index = torch.tensor([int(i) for i in item.idxs], dtype=torch.long)
             root = torch.tensor([int(i) for i in item.root_idxs], dtype=torch.long)
             members.append(GroupMember(name, role, index, root))
-            if role == "out" and isinstance(module, nn.Conv2d):
+            if role == "out" and isinstance(module, nn.Conv2d | nn.Linear):
                 out_convs.append(name)
         if not out_convs:
             continue
@@ -148,7 +152,8 @@ def find_channel_groups(model: nn.Module, example_input: torch.Tensor) -> Channe
         root = out_convs[0]
         root_module = model.get_submodule(root)
         members.sort(key=lambda m: (order[m.name], m.role))
-        groups[root] = ChannelGroup(root=root, size=root_module.out_channels, members=members)
+        groups[root] = ChannelGroup(root=root, size=root_module.weight.shape[0], members=members,
+                                    linear=isinstance(root_module, nn.Linear))
         for conv in out_convs:
             owner[conv] = root
     ordered = dict(sorted(groups.items(), key=lambda kv: order[kv[0]]))

@@ -1,5 +1,7 @@
 """Pruning masks: what each convolution keeps at each scale, composable, saved as masks.json.
 
+A hidden fully connected layer (weight [O, I]) takes a channel mask only: keep_out over its O units.
+
 Indices always refer to the *original* (unpruned) layer, so channel, kernel and intra-kernel masks
 compose freely and survive compaction.  A `LayerMask` for a conv with weight [O, I, kh, kw]:
   keep_out     bool [O]     feature maps kept (channel scale); None = all kept
@@ -31,9 +33,9 @@ MASKS_FILE = "masks.json"
 
 @dataclass
 class LayerMask:
-    """What one convolution keeps, in its original index space."""
+    """What one convolution (or one linear layer: channel scale only) keeps, in its original index space."""
 
-    shape: tuple[int, int, int, int]  # weight shape [O, I/groups, kh, kw]
+    shape: tuple[int, ...]  # weight shape [O, I/groups, kh, kw] (a linear layer: [O, I])
     groups: int = 1
     keep_out: torch.Tensor | None = None  # bool [O]
     keep_kernel: torch.Tensor | None = None  # bool [O, I/groups]
@@ -43,8 +45,14 @@ class LayerMask:
     def kernel_positions(self) -> int:
         return self.shape[2] * self.shape[3]
 
+    @property
+    def linear(self) -> bool:
+        return len(self.shape) == 2
+
     def validate(self, name: str) -> None:
-        out_ch, in_per_group, _, _ = self.shape
+        out_ch, in_per_group = self.shape[:2]
+        if self.linear and (self.keep_kernel is not None or self.intra is not None):
+            raise StructpruneError(f"{name}: a fully connected layer takes channel masks only, not kernel or intra-kernel ones")
         if self.keep_out is not None:
             if self.keep_out.shape != (out_ch,):
                 raise StructpruneError(f"{name}: keep_out has {tuple(self.keep_out.shape)} entries, layer has {out_ch} maps")
@@ -65,7 +73,10 @@ class LayerMask:
                     pattern.validate(self.kernel_positions, where=name)
 
     def weight_mask(self) -> torch.Tensor:
-        """Float [O, I/groups, kh, kw] mask of the weight, all three scales combined."""
+        """Float [O, I/groups, kh, kw] mask of the weight, all three scales combined ([O, I] for a linear layer)."""
+        if self.linear:
+            mask = torch.ones(self.shape)
+            return mask if self.keep_out is None else mask * self.keep_out.to(mask.dtype).unsqueeze(1)
         out_ch, in_per_group, kh, kw = self.shape
         mask = torch.ones(out_ch, in_per_group, kh * kw)
         if self.intra is not None:
@@ -97,8 +108,8 @@ class LayerMask:
     def from_json(cls, data: dict[str, Any], name: str) -> LayerMask:
         try:
             shape = tuple(int(v) for v in data["shape"])
-            if len(shape) != 4:
-                raise ValueError("shape needs 4 numbers")
+            if len(shape) not in (2, 4):
+                raise ValueError("shape needs 4 numbers (a convolution) or 2 (a linear layer)")
             keep_out = None
             if data.get("keep_out") is not None:
                 keep_out = torch.zeros(shape[0], dtype=torch.bool)
@@ -125,17 +136,17 @@ class LayerMask:
 
 @dataclass
 class NetworkMask:
-    """Masks of a whole network, keyed by the conv layer's module name."""
+    """Masks of a whole network, keyed by the layer's module name (convolutions; linear layers' hidden units)."""
 
     layers: dict[str, LayerMask] = field(default_factory=dict)
 
     def __iter__(self) -> Iterator[tuple[str, LayerMask]]:
         return iter(self.layers.items())
 
-    def layer(self, name: str, conv: nn.Conv2d) -> LayerMask:
+    def layer(self, name: str, conv: nn.Conv2d | nn.Linear) -> LayerMask:
         """The mask of `name`, created all-kept if absent."""
         if name not in self.layers:
-            self.layers[name] = LayerMask(shape=tuple(conv.weight.shape), groups=conv.groups)
+            self.layers[name] = LayerMask(shape=tuple(conv.weight.shape), groups=getattr(conv, "groups", 1))
         return self.layers[name]
 
     def validate(self, model: nn.Module) -> None:
@@ -145,8 +156,8 @@ class NetworkMask:
                 module = model.get_submodule(name)
             except AttributeError:
                 raise StructpruneError(f"mask names layer {name!r}, which the model does not have") from None
-            if not isinstance(module, nn.Conv2d):
-                raise StructpruneError(f"{name}: masks apply to Conv2d layers, not {type(module).__name__}")
+            if not isinstance(module, nn.Conv2d | nn.Linear):
+                raise StructpruneError(f"{name}: masks apply to Conv2d and Linear layers, not {type(module).__name__}")
             if tuple(module.weight.shape) != tuple(lm.shape):
                 raise StructpruneError(
                     f"{name}: mask is for weight {list(lm.shape)}, layer has {list(module.weight.shape)}"

@@ -48,13 +48,14 @@ def select_masks(
 ) -> NetworkMask:
     """Masks at `ratio` (one, or one per granularity) by L1 magnitude or at random.
 
-    `options` are further SelectionConfig fields (kernel_structure, kernel_groups, round_to, intra_shared).
+    `options` are further SelectionConfig fields (kernel_structure, kernel_groups, round_to, intra_shared,
+    linear_ratio).
     `base`: an earlier mask to nest in (its pruned units stay pruned).
     """
     grans = Granularity.parse_list(granularities) if isinstance(granularities, str) else list(granularities)
     ratios = list(ratio) if isinstance(ratio, list | tuple) else [float(ratio)]
     cfg = SelectionConfig(method=method, scope=scope, seed=seed, **options)
-    if groups is None and (Granularity.CHANNEL in grans or base is not None):
+    if groups is None and (Granularity.CHANNEL in grans or base is not None or cfg.linear_ratio > 0):
         groups = channel_groups_of(model)
     return select(model, grans, ratios, cfg, groups=groups, base=base)
 

@@ -1,6 +1,7 @@
 """Simple mask selection at a pruning ratio: L1 magnitude (Li et al. 2017) and random, per layer or global.
 
-  channel  per channel group: score = sum of |w| of the group's conv filters producing that map
+  channel  per channel group: score = sum of |w| of the group's conv filters producing that map; with
+           `linear_ratio`, also the hidden units of fully connected layers (score: the unit's weight row)
   kernel   per (out, in) kernel: score = sum of |w| of the k×k kernel; unstructured, structured
            (output maps in groups sharing their kept input maps, B1's `structured_kernel_mask`), or blocks
            (each output map reads only the input maps of its own block: structprune.kernel_blocks)
@@ -44,6 +45,7 @@ class SelectionConfig:
     # to a multiple: 8 suits CPU kernels
     intra_shared: bool = False  # one intra pattern for the whole layer
     intra_candidates: tuple[IntraPattern, ...] | None = None  # restrict intra patterns (e.g. pad-free ones)
+    linear_ratio: float = 0.0  # fraction of the hidden units of fully connected layers pruned (channel scale)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -55,6 +57,8 @@ class SelectionConfig:
                                    f"{', '.join(KERNEL_STRUCTURES)}")
         if self.round_to < 1 or self.kernel_groups < 1:
             raise StructpruneError("round_to and kernel_groups must be at least 1")
+        if not 0.0 <= self.linear_ratio < 1.0:
+            raise StructpruneError(f"linear ratio {self.linear_ratio} must be in [0, 1)")
 
 
 def _check_ratio(ratio: float) -> None:
@@ -112,14 +116,17 @@ def _scores(weights: torch.Tensor, cfg: SelectionConfig, gen: torch.Generator) -
 
 # ---------------------------------------------------------------------------------------------- channels
 def select_channels(model: nn.Module, groups: ChannelGroups, ratio: float, cfg: SelectionConfig,
-                    mask: NetworkMask, gen: torch.Generator) -> None:
-    """Set keep_out on each group root of `mask` (in place)."""
+                    mask: NetworkMask, gen: torch.Generator, linear: bool = False) -> None:
+    """Set keep_out on the root of each conv-rooted group (`linear`: of each hidden fully connected layer's
+    group) of `mask` (in place)."""
     scores, alive = {}, {}
     for group in groups:
+        if group.linear != linear:
+            continue
         l1 = torch.zeros(group.size)
         for member in group.members:
             module = model.get_submodule(member.name)
-            if member.role == "out" and isinstance(module, nn.Conv2d):
+            if member.role == "out" and isinstance(module, nn.Conv2d | nn.Linear):
                 per_map = module.weight.detach().cpu().abs().flatten(1).sum(1)  # [O_member]
                 l1.index_add_(0, member.root, per_map[member.index])
         base = mask.layers.get(group.root)
@@ -320,6 +327,13 @@ def select(
     if base is not None:
         base.validate(model)
     gen = torch.Generator().manual_seed(cfg.seed)
+    if cfg.linear_ratio > 0:
+        if groups is None:
+            raise StructpruneError("pruning hidden units needs the model's channel groups")
+        if not any(group.linear for group in groups):
+            raise StructpruneError("the network has no hidden fully connected layer to prune (its only linear layer "
+                                   "is the classifier)")
+        select_channels(model, groups, cfg.linear_ratio, cfg, mask, gen, linear=True)
     order = {Granularity.CHANNEL: 0, Granularity.KERNEL: 1, Granularity.INTRA: 2}
     for g, r in sorted(zip(granularities, ratios, strict=True), key=lambda gr: order[gr[0]]):
         if g == Granularity.CHANNEL:

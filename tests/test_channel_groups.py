@@ -15,8 +15,12 @@ from structprune.errors import StructpruneError
 def test_plain_network_groups_are_each_conv_with_its_consumer():
     model = models.create("tiny-paper", in_channels=1, input_size=8)
     groups = find_channel_groups(model, torch.randn(1, 1, 8, 8))
-    assert list(groups.groups) == ["features.0", "features.2", "features.5"]
+    assert list(groups.groups) == ["features.0", "features.2", "features.5", "classifier.1"]
+    assert not any(groups[name].linear for name in ["features.0", "features.2", "features.5"])
     assert groups["features.0"].member_names("in") == ["features.2"]
+    hidden = groups["classifier.1"]  # the hidden FC layer's units; the classifier (classifier.3) is never a root
+    assert hidden.linear and hidden.size == 32
+    assert hidden.member_names("out") == ["classifier.1"] and hidden.member_names("in") == ["classifier.3"]
     last = groups["features.5"]
     assert last.member_names("in") == ["classifier.1"]
     fc = next(m for m in last.members if m.name == "classifier.1")
@@ -58,7 +62,7 @@ def test_graph_building_keeps_the_train_mode_and_works_under_no_grad():
     model = models.create("tiny-paper", in_channels=1, input_size=8).train()
     with torch.no_grad():
         groups = find_channel_groups(model, torch.randn(1, 1, 8, 8))
-    assert model.training and len(groups) == 3
+    assert model.training and len(groups) == 4  # three convs and the hidden FC layer
 
 
 def test_unsupported_layer_type_in_a_group_is_named():

@@ -167,6 +167,28 @@ def test_kernel_blocks_prune_and_compact_into_grouped_convolutions(source, tmp_p
     assert not (tmp_path / "no").exists()
 
 
+def test_linear_ratio_prunes_the_hidden_fc_units_and_compact_removes_them(source, tmp_path, capsys):
+    pruned, small = tmp_path / "units", tmp_path / "units-compact"
+    code, err = cli_inline(capsys, "prune", str(source), "--granularity", "channel", "--ratio", "0.25",
+                           "--linear-ratio", "0.5", "--out", str(pruned))
+    assert code == 0, err
+    masks = json.loads((pruned / "masks.json").read_text())["layers"]
+    assert masks["classifier.1"]["shape"] == [32, 64] and len(masks["classifier.1"]["keep_out"]) == 16
+    assert json.loads((pruned / "config.json").read_text())["prune"]["linear_ratio"] == 0.5
+    code, err = cli_inline(capsys, "compact", str(pruned), "--out", str(small))
+    assert code == 0, err
+    arch = json.loads((small / "arch.json").read_text())["modules"]
+    assert arch["classifier.1"]["out_features"] == 16 and arch["classifier.3"]["in_features"] == 16
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        a, b = load_run(pruned).model(x), load_run(small).model(x)
+    assert float((a - b).abs().max()) <= 1e-4 * float(a.abs().max())
+    code, err = cli_inline(capsys, "prune", str(source), "--granularity", "channel", "--ratio", "0.5", "--method", "pf",
+                           "--linear-ratio", "0.5", "--out", str(tmp_path / "no"))
+    assert code == 2 and "--linear-ratio is for one-shot selection" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "no").exists()
+
+
 def test_pruning_a_pruned_run_nests_inside_its_masks(pruned, tmp_path, capsys):
     out = tmp_path / "further"
     code, err = cli_inline(capsys, "prune", str(pruned), "--granularity", "channel", "--ratio", "0.75", "--out", str(out))

@@ -20,6 +20,7 @@ from structprune.granularity import IntraPattern
 from structprune.masking import MaskApplier
 from structprune.masks import NetworkMask
 from structprune.metrics import count_params
+from structprune.pruning import select_masks
 
 HAS_KERNEL_CONV = importlib.util.find_spec("structprune.compact.kernel_conv") is not None
 FAMILIES = family_models()
@@ -174,6 +175,28 @@ def test_compact_model_round_trips_through_arch_json():
     with torch.no_grad():
         assert torch.equal(again(x), small(x))
     assert describe(small)["modules"]["features.0"]["out_channels"] == 5
+
+
+def test_hidden_units_leave_both_linear_layers_at_every_scale():
+    """Hidden units pruned with channels, kernels and intra patterns: both FC layers shrink, outputs match, and
+    the masks (a 2-D shape for the linear layer) and the compact network round-trip through JSON."""
+    torch.manual_seed(4)
+    model = models.create("plain", spec="8C3-MP2-8C3-MP2-12FC-10FC", in_channels=3, input_size=8).eval()
+    x = torch.randn(3, 3, 8, 8)
+    groups = find_channel_groups(model, x[:1])
+    mask = select_masks(model, "channel,kernel,intra", [0.25, 0.5, 0.5], groups=groups, linear_ratio=0.5)
+    assert mask.layers["classifier.1"].shape == (12, 32)
+    assert NetworkMask.from_json(mask.to_json()).layers["classifier.1"].keep_out.tolist() == \
+        mask.layers["classifier.1"].keep_out.tolist()
+    small = compact(model, mask, sample=x, groups=groups)
+    assert (small.classifier[1].out_features, small.classifier[3].in_features) == (6, 6)
+    assert small.classifier[1].in_features == 6 * 2 * 2  # the flatten follows the 6 maps kept of 8
+    with torch.no_grad():
+        assert relative_gap(small(x), masked_output(model, mask, groups, x)) <= RTOL
+    again = rebuild(describe(small))
+    again.load_state_dict(small.state_dict())
+    with torch.no_grad():
+        assert torch.equal(again.eval()(x), small(x))
 
 
 def test_compaction_leaves_the_source_model_unchanged():

@@ -90,8 +90,13 @@ def test_apply_is_permanent_and_combines_the_three_scales():
          r"features\.2: intra-kernel pattern .* outside"),
         (lambda m, model: setattr(m.layer("features.2", model.features[2]), "intra", [None] * 3),
          r"features\.2: 3 intra-kernel patterns"),
+        (lambda m, model: m.layers.__setitem__("features.1", LayerMask(shape=(8, 8, 1, 1))),
+         r"features\.1: masks apply to Conv2d and Linear layers, not ReLU"),
         (lambda m, model: m.layers.__setitem__("classifier.1", LayerMask(shape=(32, 64, 1, 1))),
-         r"classifier\.1: masks apply to Conv2d layers, not Linear"),
+         r"classifier\.1: mask is for weight \[32, 64, 1, 1\], layer has \[32, 64\]"),
+        (lambda m, model: setattr(m.layer("classifier.1", model.classifier[1]), "keep_kernel",
+                                  torch.ones(32, 64, dtype=torch.bool)),
+         r"classifier\.1: a fully connected layer takes channel masks only"),
     ],
 )
 def test_bad_masks_fail_with_one_line_naming_the_layer(edit, message):

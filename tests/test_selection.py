@@ -171,3 +171,26 @@ def test_intra_candidates_restrict_the_choice_and_a_missing_tap_count_is_an_erro
     assert chosen <= {IntraPattern(1, 3), IntraPattern(0, 3)}
     with pytest.raises(StructpruneError, match=r"features\.0: no allowed intra-kernel pattern keeps 5 of 9"):
         select_masks(model, "intra", 4 / 9, groups=groups, intra_candidates=(IntraPattern(1, 3),))
+
+
+def test_linear_ratio_keeps_the_hidden_units_with_the_largest_weight_rows():
+    torch.manual_seed(0)
+    model = models.create("plain", spec="8C3-MP2-12FC-10FC", in_channels=3, input_size=8).eval()
+    groups = find_channel_groups(model, torch.randn(1, 3, 8, 8))
+    hidden = model.classifier[1]
+    with torch.no_grad():
+        scale = torch.arange(12, 0, -1, dtype=torch.float32)[torch.randperm(12)]
+        hidden.weight.copy_(scale.unsqueeze(1) * torch.sign(torch.randn_like(hidden.weight)))
+    mask = select_masks(model, "channel", 0.0, groups=groups, linear_ratio=0.25)
+    keep = mask.layers["classifier.1"].keep_out
+    assert keep.tolist() == (scale > 3).tolist()  # the 9 largest rows of 12
+    assert mask.layers["features.0"].keep_out.all()  # the conv scale at ratio 0 keeps every map
+    assert "classifier.3" not in mask.layers  # the classifier's outputs are the classes
+
+
+def test_linear_ratio_without_a_hidden_layer_is_refused():
+    model, groups = paper()  # its one linear layer is the classifier
+    with pytest.raises(StructpruneError, match="no hidden fully connected layer"):
+        select_masks(model, "channel", 0.5, groups=groups, linear_ratio=0.5)
+    with pytest.raises(StructpruneError, match=r"linear ratio 1\.0 must be in"):
+        select_masks(model, "channel", 0.5, groups=groups, linear_ratio=1.0)

@@ -73,6 +73,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--intra-patterns", type=pattern_list, default=None, metavar="S:T,...",
                    help="intra scale: choose only among these (start:stride) patterns, e.g. 1:3 (the centre column, "
                    "one pad-free 3×1 convolution)")
+    p.add_argument("--linear-ratio", type=float, default=0.0, metavar="R",
+                   help="channel scale on fully connected layers: also prune this fraction of the hidden units of "
+                   "every linear layer but the classifier, by L1 of their weights (l1 and random; default 0: kept)")
     p.add_argument("--data-dir", default=None, help="dataset folder (default: the one the run was trained with)")
     add_search_arguments(p)
     p.set_defaults(func=run)
@@ -83,7 +86,7 @@ def baseline_chooser(args: argparse.Namespace, granularities: list[Granularity])
         return select_masks(model, granularities, args.ratio, method=args.method, scope=args.scope, seed=args.seed,
                             groups=groups, base=base, round_to=args.round_to, kernel_structure=args.kernel_structure,
                             kernel_groups=args.kernel_groups, intra_shared=args.intra_shared,
-                            intra_candidates=args.intra_patterns)
+                            intra_candidates=args.intra_patterns, linear_ratio=args.linear_ratio)
 
     return choose
 
@@ -102,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
               "prune": {"granularity": [g.value for g in granularities], "method": args.method, "ratio": args.ratio,
                         "scope": args.scope, "seed": args.seed, "round_to": args.round_to,
                         "kernel_structure": args.kernel_structure, "kernel_groups": args.kernel_groups,
-                        "intra_shared": args.intra_shared,
+                        "intra_shared": args.intra_shared, "linear_ratio": args.linear_ratio,
                         "intra_patterns": None if args.intra_patterns is None
                         else [[p.start, p.stride] for p in args.intra_patterns]}}
     out, metrics = prune_run(args.run_dir, args.out, choose, config, data_dir=args.data_dir)

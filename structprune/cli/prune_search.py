@@ -73,6 +73,9 @@ def run_search(args: argparse.Namespace, granularities: list[Granularity]) -> in
         raise StructpruneError(f"--tolerance {args.tolerance} must be between 0 and 100 points")
     if not args.temperature > 0:
         raise StructpruneError(f"--temperature {args.temperature} must be positive")
+    if args.linear_ratio:
+        raise StructpruneError("--linear-ratio is for one-shot selection (--method l1 or random without --max or "
+                               "--schedule); the search prunes convolutions only")
     if args.kernel_structure == "blocks":
         raise StructpruneError("--kernel-structure blocks is for one-shot selection (--method l1 or random without "
                                "--max or --schedule); the search does not choose blocks")
