@@ -50,11 +50,14 @@ class Run:
         return read_json(target) if target.exists() else None
 
 
-def check_writable_destination(out_dir: str | Path) -> Path:
-    """Fail early, with one line, when `out_dir` cannot be created or written."""
+def check_writable_destination(out_dir: str | Path, file: bool = False) -> Path:
+    """Fail early, with one line, when `out_dir` cannot be created or written (`file`: a file to write or
+    overwrite, e.g. a JSON report, rather than a folder)."""
     out = Path(out_dir)
     parent = out.resolve().parent
-    if out.exists() and not out.is_dir():
+    if file and out.is_dir():
+        raise StructpruneError(f"{out}: is a folder, not a file")
+    if not file and out.exists() and not out.is_dir():
         raise StructpruneError(f"{out}: exists and is not a folder")
     probe = parent
     while not probe.exists():

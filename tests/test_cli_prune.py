@@ -99,6 +99,12 @@ def test_bench_writes_the_records(source, pruned, tmp_path):
     assert r.returncode == 0, r.stderr
     records = json.loads(target.read_text())
     assert len(records) == 4
+    r = cli("bench", str(source), "--batch", "1", "--threads", "1", "--rounds", "1", "--json", str(target),
+            "--no-progress")  # a rerun overwrites the file
+    assert r.returncode == 0, r.stderr
+    assert len(json.loads(target.read_text())) == 1
+    r = cli("bench", str(source), "--batch", "1", "--json", str(tmp_path), "--no-progress")
+    assert r.returncode == 2 and r.stderr.strip().endswith("is a folder, not a file") and "Traceback" not in r.stderr
     for rec in records:
         assert {"run", "batch", "threads", "median_ms", "macs", "params", "test_mcr"} <= set(rec)
         assert rec["median_ms"] > 0 and rec["threads"] == 1

@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.sample_seconds > 0:
         raise StructpruneError("--sample-seconds must be positive")
     if args.json is not None:
-        check_writable_destination(args.json)
+        check_writable_destination(args.json, file=True)
     if args.per_layer:
         return _per_layer(args, references)
     candidates = []
