@@ -192,6 +192,9 @@ def test_linear_ratio_prunes_the_hidden_fc_units_and_compact_removes_them(source
     code, err = cli_inline(capsys, "prune", str(source), "--granularity", "channel", "--ratio", "0.5", "--method", "pf",
                            "--linear-ratio", "0.5", "--out", str(tmp_path / "no"))
     assert code == 2 and "--linear-ratio is for one-shot selection" in err and len(err.strip().splitlines()) == 1
+    r = cli("prune", str(source), "--granularity", "channel", "--ratio", "0.5", "--linear-ratio", "1.5",
+            "--out", str(tmp_path / "no"))
+    assert r.returncode == 2 and "each ratio must be in [0, 1)" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "no").exists()
 
 

@@ -28,6 +28,14 @@ def ratio_list(text: str) -> list[float]:
     return values
 
 
+def single_ratio(text: str) -> float:
+    """One ratio in [0, 1)."""
+    values = ratio_list(text)
+    if len(values) != 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give one ratio")
+    return values[0]
+
+
 def pattern_list(text: str) -> tuple[IntraPattern, ...]:
     """'1:3,0:2' -> (IntraPattern(1, 3), IntraPattern(0, 2))"""
     try:
@@ -73,7 +81,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--intra-patterns", type=pattern_list, default=None, metavar="S:T,...",
                    help="intra scale: choose only among these (start:stride) patterns, e.g. 1:3 (the centre column, "
                    "one pad-free 3×1 convolution)")
-    p.add_argument("--linear-ratio", type=float, default=0.0, metavar="R",
+    p.add_argument("--linear-ratio", type=single_ratio, default=0.0, metavar="R",
                    help="channel scale on fully connected layers: also prune this fraction of the hidden units of "
                    "every linear layer but the classifier, by L1 of their weights (l1 and random; default 0: kept)")
     p.add_argument("--data-dir", default=None, help="dataset folder (default: the one the run was trained with)")
