@@ -55,6 +55,28 @@ def _consecutive_blocks(rows: torch.Tensor, blocks: int) -> torch.Tensor:
     return out
 
 
+def output_blocks(keep_kernel: torch.Tensor | None, rows: torch.Tensor, blocks: int) -> torch.Tensor:
+    """long [O]: the block of each kept output map (-1 where `rows` is False) of a layer whose kernel mask is
+    `keep_kernel` (bool [O, I]): maps reading the same input maps share a block; without `blocks` disjoint
+    blocked sets, the kept maps split into `blocks` consecutive blocks."""
+    if keep_kernel is None or not bool(rows.any()):
+        return _consecutive_blocks(rows, blocks)
+    kept = torch.nonzero(rows).flatten()
+    sets, label = torch.unique(keep_kernel[kept], dim=0, return_inverse=True)
+    if len(sets) != blocks or bool((sets.sum(0) > 1).any()):
+        return _consecutive_blocks(rows, blocks)
+    out = torch.full((len(rows),), -1, dtype=torch.long)
+    out[kept] = label
+    return out
+
+
+def block_masks(out_blocks: torch.Tensor, in_blocks: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
+    """bool [..., O, I]: the alive kernels joining an output map to an input map of its own block.
+    out_blocks long [..., O], in_blocks long [I] (-1: no block)."""
+    same = out_blocks.unsqueeze(-1) == in_blocks
+    return same & (in_blocks >= 0) & (out_blocks >= 0).unsqueeze(-1) & alive
+
+
 def _input_blocks(name: str, in_channels: int, groups: ChannelGroups, known: dict[str, torch.Tensor]) -> torch.Tensor | None:
     """long [I]: the block of each input map of `name`, when they all come from one group with known blocks."""
     feeding = [(g, m) for g in groups for m in g.members if m.name == name and m.role == "in"]
@@ -105,7 +127,7 @@ def select_kernel_blocks(model: nn.Module, convs: dict[str, nn.Conv2d], groups: 
         else:
             per_block = torch.stack([(scores[name] * alive[name] * (inputs == b)).sum(1) for b in range(blocks)], 1)
             out_blocks = balanced_blocks(per_block, rows, blocks)
-            keep = alive[name] & (out_blocks.unsqueeze(1) == inputs.unsqueeze(0)) & (inputs >= 0).unsqueeze(0)
+            keep = block_masks(out_blocks, inputs, alive[name])
             empty = rows & ~keep.any(1)
             if bool(empty.any()):
                 raise StructpruneError(f"{name}: {int(empty.sum())} output maps would keep no kernel in their block")

@@ -55,7 +55,8 @@ def select_masks(
     grans = Granularity.parse_list(granularities) if isinstance(granularities, str) else list(granularities)
     ratios = list(ratio) if isinstance(ratio, list | tuple) else [float(ratio)]
     cfg = SelectionConfig(method=method, scope=scope, seed=seed, **options)
-    if groups is None and (Granularity.CHANNEL in grans or base is not None or cfg.linear_ratio > 0):
+    blocks = Granularity.KERNEL in grans and cfg.kernel_structure == "blocks"
+    if groups is None and (Granularity.CHANNEL in grans or base is not None or cfg.linear_ratio > 0 or blocks):
         groups = channel_groups_of(model)
     return select(model, grans, ratios, cfg, groups=groups, base=base)
 

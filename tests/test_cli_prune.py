@@ -169,7 +169,7 @@ def test_kernel_blocks_prune_and_compact_into_grouped_convolutions(source, tmp_p
     assert layer._single and [branch.groups for branch in layer.branches] == [2]
     code, err = cli_inline(capsys, "prune", str(source), "--granularity", "kernel", "--ratio", "0.5", "--method", "pf",
                            "--kernel-structure", "blocks", "--out", str(tmp_path / "no"))
-    assert code == 2 and "the search does not choose blocks" in err
+    assert code == 2 and "the search chooses 2 kernel blocks per layer: give --kernel-groups 2, not 4" in err
     assert not (tmp_path / "no").exists()
 
 

@@ -193,6 +193,40 @@ def test_structured_kernel_and_shared_pattern_searches_give_fast_masks(tiny_run,
             assert len(module.branches) == 1
 
 
+@pytest.mark.parametrize("method", ["pf", "l1"])
+def test_kernel_block_search_gives_grouped_convolutions(tiny_run, digits, tmp_path, method):
+    """The search assigns output maps to two blocks; its L1 candidate is the one-shot L1 selection."""
+    from structprune.compact.block_order import input_blocks
+    from structprune.compact.compaction import compact
+    from structprune.pruning import load_masks, select_masks
+
+    cfg = SearchConfig(method=method, granularities=("kernel",), tolerance=0.99, ratio=0.5, kernel_blocks=2, **FAST)
+    out, _ = search_run(load_run(tiny_run), digits, cfg, tmp_path / "blocks")
+    run = load_run(out)
+    mask = load_masks(run)
+    assert "features.0" not in mask.layers or mask.layers["features.0"].keep_kernel is None  # reads the image
+    second, third = mask.layers["features.2"].keep_kernel, mask.layers["features.5"].keep_kernel
+    for kk in (second, third):
+        assert input_blocks(kk) is not None and {int(r.sum()) for r in kk} == {kk.shape[1] // 2}
+        assert sorted(torch.unique(kk, dim=0, return_counts=True)[1].tolist()) == [kk.shape[0] // 2] * 2
+    # the third conv's input blocks are the second conv's output blocks
+    read_by_third = {tuple(torch.nonzero(r).flatten().tolist()) for r in torch.unique(third, dim=0)}
+    outputs_of_second = {tuple(torch.nonzero((second == s).all(1)).flatten().tolist()) for s in torch.unique(second, dim=0)}
+    assert read_by_third == outputs_of_second
+    if method == "l1":
+        one_shot = select_masks(load_run(tiny_run).model, "kernel", 0.5, kernel_structure="blocks", kernel_groups=2)
+        for name in ("features.2", "features.5"):
+            assert torch.equal(one_shot.layers[name].keep_kernel, mask.layers[name].keep_kernel), name
+    small = compact(run.model, mask).eval()
+    for name in ("features.2", "features.5"):
+        layer = small.get_submodule(name)
+        assert layer._single and [branch.groups for branch in layer.branches] == [2]
+    x = torch.randn(4, 1, 8, 8)
+    with torch.no_grad():
+        a, b = run.model.eval()(x), small(x)
+    assert float((a - b).abs().max()) <= 1e-4 * float(a.abs().max())
+
+
 def test_recalibrated_statistics_stay_with_an_accepted_rung_and_leave_with_an_undone_one(digits, tmp_path):
     torch.manual_seed(0)
     model = create("tiny-paper", in_channels=1, input_size=8, bn=True)

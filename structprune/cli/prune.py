@@ -71,10 +71,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    "(one-shot l1 and random; the search schedule ignores it); with --kernel-structure blocks, G × 16 "
                    "gives every block a multiple of 16 maps")
     p.add_argument("--kernel-structure", choices=KERNEL_STRUCTURES, default="unstructured",
-                   help="kernel scale: free masks, output-map groups sharing their kept input maps (both for every "
-                   "method, the search too), or blocks (l1 and random): each layer's maps fall into G blocks that "
-                   "follow the producing layer's, each output map reads only its own block's input maps, and the "
-                   "layer compacts into one grouped convolution; give the kernel ratio 1 - 1/G")
+                   help="kernel scale: free masks, output-map groups sharing their kept input maps, or blocks: each "
+                   "layer's maps fall into G blocks that follow the producing layer's, each output map reads only "
+                   "its own block's input maps, and the layer compacts into one grouped convolution (l1 and random: "
+                   "give the kernel ratio 1 - 1/G; the search: G = 2, it chooses which output maps go to which "
+                   "block, and prunes half the kernels whatever --ratio says)")
     p.add_argument("--kernel-groups", type=int, default=4,
                    help="structured kernels: output-map groups per layer; blocks: the number of blocks G")
     p.add_argument("--intra-shared", action="store_true", help="intra scale: one pattern for the whole layer")

@@ -76,9 +76,9 @@ def run_search(args: argparse.Namespace, granularities: list[Granularity]) -> in
     if args.linear_ratio:
         raise StructpruneError("--linear-ratio is for one-shot selection (--method l1 or random without --max or "
                                "--schedule); the search prunes convolutions only")
-    if args.kernel_structure == "blocks":
-        raise StructpruneError("--kernel-structure blocks is for one-shot selection (--method l1 or random without "
-                               "--max or --schedule); the search does not choose blocks")
+    if args.kernel_structure == "blocks" and args.kernel_groups != 2:
+        raise StructpruneError(f"the search chooses 2 kernel blocks per layer: give --kernel-groups 2, not "
+                               f"{args.kernel_groups}")
     if args.kernel_structure == "structured" and args.kernel_groups < 1:
         raise StructpruneError(f"--kernel-groups {args.kernel_groups} must be at least 1")
     run = load_run(args.run_dir)
@@ -94,6 +94,7 @@ def run_search(args: argparse.Namespace, granularities: list[Granularity]) -> in
         workers=args.workers, seed=args.seed, scope=args.scope, latency_weight=args.latency_weight,
         latency_table=args.latency_table, bn_batches=args.bn_recalibrate,
         kernel_groups=args.kernel_groups if args.kernel_structure == "structured" else 0,
+        kernel_blocks=2 if args.kernel_structure == "blocks" else 0,
         intra_shared=args.intra_shared,
         intra_patterns=None if args.intra_patterns is None else tuple((p.start, p.stride) for p in args.intra_patterns),
         layers=None if args.layers is None else tuple(s.strip() for s in args.layers.split(",") if s.strip()))

@@ -50,10 +50,12 @@ from torch import nn
 from tqdm import tqdm
 
 from structprune.arch import example_input
+from structprune.compact.block_order import input_blocks
 from structprune.data import Dataset, Split
 from structprune.errors import StructpruneError
 from structprune.granularity import Granularity, IntraPattern
 from structprune.jsonio import read_json, write_json_atomic
+from structprune.kernel_blocks import balanced_blocks, block_masks, output_blocks
 from structprune.masking import MaskApplier
 from structprune.masks import MASKS_FILE, LayerMask, NetworkMask
 from structprune.retrain import retrain_masked
@@ -109,6 +111,7 @@ class SearchConfig:
     lr: float = 0.01
     layers: tuple[str, ...] | None = None  # convolutions to prune (None: all)
     kernel_groups: int = 0  # kernel scale: 0 = free kernels; G >= 1 = G output-map groups sharing kept input maps
+    kernel_blocks: int = 0  # kernel scale: 2 = two blocks per layer (structprune.kernel_blocks), half the kernels
     intra_shared: bool = False  # intra scale: one pattern for the whole layer instead of one per input map
     intra_patterns: tuple[tuple[int, int], ...] | None = None  # intra scale: (start, stride) choices (None: all)
     scope: str = "layer"  # "layer": one layer at a time; "global": one channel search over every layer at once
@@ -144,6 +147,10 @@ class SearchConfig:
             raise StructpruneError(f"latency weight {self.latency_weight} must be >= 0")
         if self.kernel_groups < 0:
             raise StructpruneError(f"kernel groups {self.kernel_groups} must be >= 0 (0: free kernel masks)")
+        if self.kernel_blocks not in (0, 2):
+            raise StructpruneError(f"the search chooses 2 kernel blocks per layer, not {self.kernel_blocks}")
+        if self.kernel_blocks and self.kernel_groups:
+            raise StructpruneError("kernel blocks and kernel groups are two kernel structures: choose one")
 
     @property
     def budget(self) -> int:
@@ -231,6 +238,8 @@ class Rung:
     space: Space
     alive: torch.Tensor | None = None  # channel: bool [O]; kernel: bool [O, I]
     units: torch.Tensor | None = None  # kernel: long [O, I], the particle bit deciding each kernel (-1: dead)
+    in_blocks: torch.Tensor | None = None  # kernel blocks: long [I], the block of each input map (-1: dead);
+    # the particle's bits are the blocks of the alive output maps
     patterns: list[IntraPattern] = field(default_factory=list)  # intra: the choices
     shared: bool = False  # intra: one choice for every input map of the layer
     layers: list[str] = field(default_factory=list)  # global: the layers whose maps `alive` concatenates
@@ -240,6 +249,12 @@ class Rung:
     def decode(self, particles: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
         if self.granularity is Granularity.CHANNEL:
             return channel_masks_from_bits(particles, self.alive)
+        if self.granularity is Granularity.KERNEL and self.in_blocks is not None:
+            rows = self.alive.any(1)
+            out_blocks = torch.full((len(particles), len(rows)), -1, dtype=torch.long)
+            out_blocks[:, rows] = torch.from_numpy(particles.astype(np.int64))
+            keep = block_masks(out_blocks, self.in_blocks, self.alive).float()  # [P, O, I]
+            return keep.view(*keep.shape, 1, 1).expand(*keep.shape, *shape[2:])
         if self.granularity is Granularity.KERNEL:
             return kernel_masks_from_units(particles, self.units, shape)
         return intra_masks_from_choices(self._per_input(particles, shape), self.patterns, shape)
@@ -256,7 +271,7 @@ class Rung:
         if self.granularity is Granularity.CHANNEL:
             return _with_layer(mask, self.layer, shape, keep_out=channel_masks_from_bits(particle[None], self.alive)[0])
         if self.granularity is Granularity.KERNEL:
-            keep = kernel_masks_from_units(particle[None], self.units, shape)[0, :, :, 0, 0].bool()
+            keep = self.decode(particle[None], shape)[0, :, :, 0, 0].bool()
             return _with_layer(mask, self.layer, shape, keep_kernel=keep)
         choices = self._per_input(particle[None], shape)[0]
         return _with_layer(mask, self.layer, shape, intra=[self.patterns[int(c)] for c in choices])
@@ -274,6 +289,9 @@ def rungs_for(model: nn.Module, mask: NetworkMask, g: Granularity, layer: str, c
             keep = max(1, round((1 - r) * shape[0]))
             if keep < int(alive.sum()) and (not out or keep < out[-1].space.keep):
                 out.append(Rung(g, layer, r, BitSpace(int(alive.sum()), keep), alive=alive))
+    elif g is Granularity.KERNEL and cfg.kernel_blocks:
+        block_rung = kernel_block_rung(model, mask, layer, cfg.kernel_blocks)
+        out = [block_rung] if block_rung is not None else []
     elif g is Granularity.KERNEL:
         alive = alive_kernels(model, mask, layer)
         units = kernel_units(alive, cfg.kernel_groups)
@@ -297,6 +315,31 @@ def rungs_for(model: nn.Module, mask: NetworkMask, g: Granularity, layer: str, c
             out.append(Rung(g, layer, 1 - c / positions, ChoiceSpace(choices, len(patterns)), patterns=patterns,
                             shared=cfg.intra_shared))
     return out
+
+
+def kernel_block_rung(model: nn.Module, mask: NetworkMask, layer: str, blocks: int) -> Rung | None:
+    """The one kernel-blocks rung of a layer: its input maps keep the blocks of the previous conv's outputs, and
+    the particle assigns the alive output maps to blocks, half to each. None where the layer reads the image,
+    is blocked already, or has an odd number of alive output maps (two equal blocks are what compact into one
+    grouped convolution)."""
+    prev = _prev_conv(model, layer)
+    if prev is None:
+        return None
+    lm = mask.layers.get(layer)
+    if lm is not None and lm.keep_kernel is not None and input_blocks(lm.keep_kernel) is not None:
+        return None
+    alive = alive_kernels(model, mask, layer)
+    rows = alive.any(1)
+    prev_mask = mask.layers.get(prev)
+    in_blocks = output_blocks(None if prev_mask is None else prev_mask.keep_kernel, alive_outputs(model, mask, prev),
+                              blocks)
+    read = alive.any(0)
+    if int(rows.sum()) % blocks or len(set(in_blocks[read].tolist()) - {-1}) < blocks:
+        log.info("%s: %d alive output maps and input blocks %s: no kernel blocks", layer, int(rows.sum()),
+                 sorted(set(in_blocks[read].tolist())))
+        return None
+    n = int(rows.sum())
+    return Rung(Granularity.KERNEL, layer, 1 - 1 / blocks, BitSpace(n, n // blocks), alive=alive, in_blocks=in_blocks)
 
 
 def global_rung(model: nn.Module, mask: NetworkMask, layers: list[str], ratio: float) -> Rung:
@@ -337,6 +380,10 @@ def l1_particle(model: nn.Module, rung: Rung) -> np.ndarray:
     w = model.get_submodule(rung.layer).weight.detach().abs()  # [O, I, kh, kw]
     if rung.granularity is Granularity.CHANNEL:
         scores = w.sum((1, 2, 3))[rung.alive]
+    elif rung.granularity is Granularity.KERNEL and rung.in_blocks is not None:
+        per_kernel, rows = w.sum((2, 3)).cpu() * rung.alive, rung.alive.any(1)
+        per_block = torch.stack([(per_kernel * (rung.in_blocks == b)).sum(1) for b in (0, 1)], 1)  # [O, 2]
+        return (balanced_blocks(per_block, rows, 2)[rows] == 1).numpy().astype(np.int16)
     elif rung.granularity is Granularity.KERNEL:
         per_kernel, units = w.sum((2, 3)).cpu(), rung.units
         scores = torch.zeros(int(units.max()) + 1).index_add_(0, units[units >= 0], per_kernel[units >= 0])
