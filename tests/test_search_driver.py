@@ -248,3 +248,19 @@ def test_recalibrated_statistics_stay_with_an_accepted_rung_and_leave_with_an_un
     assert [s["accepted"] for s in steps] == [False]
     after = statistics(tmp_path / "undone")
     assert all(torch.equal(before[k], after[k]) for k in before)  # the candidate's statistics left with it
+
+
+def test_kernel_block_rungs_need_two_equal_blocks_of_inputs_and_outputs():
+    from structprune.search.driver import kernel_block_rung
+
+    model = create("plain", spec="6C3-6C3-6C3-10FC", in_channels=1, input_size=8)
+    mask = NetworkMask()
+    assert kernel_block_rung(model, mask, "features.0", 2) is None  # reads the image
+    rung = kernel_block_rung(model, mask, "features.2", 2)
+    assert rung.space.n == 6 and rung.space.keep == 3 and rung.in_blocks.tolist() == [0, 0, 0, 1, 1, 1]
+    mask.layer("features.0", model.features[0]).keep_out = torch.tensor([1, 1, 1, 0, 0, 0], dtype=torch.bool)
+    assert kernel_block_rung(model, mask, "features.2", 2) is None  # 3 input maps cannot split evenly
+    mask.layers["features.0"].keep_out = torch.tensor([1, 1, 0, 1, 1, 0], dtype=torch.bool)
+    assert kernel_block_rung(model, mask, "features.2", 2).in_blocks.tolist() == [0, 0, -1, 1, 1, -1]
+    mask.layer("features.2", model.features[2]).keep_out = torch.tensor([1, 1, 1, 1, 1, 0], dtype=torch.bool)
+    assert kernel_block_rung(model, mask, "features.2", 2) is None  # 5 output maps cannot split evenly
