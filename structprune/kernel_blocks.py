@@ -55,19 +55,42 @@ def _consecutive_blocks(rows: torch.Tensor, blocks: int) -> torch.Tensor:
     return out
 
 
+def input_blocks(keep_kernel: torch.Tensor) -> torch.Tensor | None:
+    """long [I]: the block of each input map when the output maps that keep kernels fall into at least two
+    sets with the same kept input maps, pairwise disjoint (-1: a map no kernel reads); else None."""
+    rows = keep_kernel[keep_kernel.any(1)]
+    if len(rows) == 0:
+        return None
+    sets = torch.unique(rows, dim=0)
+    if len(sets) < 2 or bool((sets.sum(0) > 1).any()):
+        return None
+    blocks = torch.full((keep_kernel.shape[1],), -1, dtype=torch.long)
+    for b, kept in enumerate(sets):
+        blocks[kept] = b
+    return blocks
+
+
 def output_blocks(keep_kernel: torch.Tensor | None, rows: torch.Tensor, blocks: int) -> torch.Tensor:
     """long [O]: the block of each kept output map (-1 where `rows` is False) of a layer whose kernel mask is
-    `keep_kernel` (bool [O, I]): maps reading the same input maps share a block; without `blocks` disjoint
-    blocked sets, the kept maps split into `blocks` consecutive blocks."""
+    `keep_kernel` (bool [O, I]): maps reading the same input maps share a block; unless the kept maps all read
+    one of `blocks` disjoint sets, they split into `blocks` consecutive blocks."""
     if keep_kernel is None or not bool(rows.any()):
         return _consecutive_blocks(rows, blocks)
+    kept_rows = keep_kernel & rows.unsqueeze(1)
+    in_blocks = input_blocks(kept_rows)
     kept = torch.nonzero(rows).flatten()
-    sets, label = torch.unique(keep_kernel[kept], dim=0, return_inverse=True)
-    if len(sets) != blocks or bool((sets.sum(0) > 1).any()):
+    if in_blocks is None or int(in_blocks.max()) + 1 != blocks or not bool(kept_rows[kept].any(1).all()):
         return _consecutive_blocks(rows, blocks)
     out = torch.full((len(rows),), -1, dtype=torch.long)
-    out[kept] = label
+    out[kept] = in_blocks[kept_rows[kept].to(torch.uint8).argmax(1)]  # the block of the first input map it reads
     return out
+
+
+def assign_output_blocks(scores: torch.Tensor, alive: torch.Tensor, in_blocks: torch.Tensor, blocks: int) -> torch.Tensor:
+    """long [O]: each alive output map in the block whose input maps carry the most of its kernel score,
+    `blocks` blocks of equal size (balanced_blocks). scores float and alive bool [O, I], in_blocks long [I]."""
+    per_block = torch.stack([(scores * alive * (in_blocks == b)).sum(1) for b in range(blocks)], 1)  # [O, blocks]
+    return balanced_blocks(per_block, alive.any(1), blocks)
 
 
 def block_masks(out_blocks: torch.Tensor, in_blocks: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
@@ -125,8 +148,7 @@ def select_kernel_blocks(model: nn.Module, convs: dict[str, nn.Conv2d], groups: 
             out_blocks = _consecutive_blocks(rows, blocks)
             log.info("%s: its input maps have no blocks; it keeps its kernels and starts %d blocks", name, blocks)
         else:
-            per_block = torch.stack([(scores[name] * alive[name] * (inputs == b)).sum(1) for b in range(blocks)], 1)
-            out_blocks = balanced_blocks(per_block, rows, blocks)
+            out_blocks = assign_output_blocks(scores[name], alive[name], inputs, blocks)
             keep = block_masks(out_blocks, inputs, alive[name])
             empty = rows & ~keep.any(1)
             if bool(empty.any()):

@@ -11,12 +11,11 @@ from torch import nn
 
 from structprune import models
 from structprune.channel_groups import find_channel_groups
-from structprune.compact.block_order import input_blocks
 from structprune.compact.compaction import compact
 from structprune.compact.kernel_conv import KernelSparseConv2d
 from structprune.errors import StructpruneError
 from structprune.granularity import Granularity, IntraPattern
-from structprune.kernel_blocks import balanced_blocks
+from structprune.kernel_blocks import balanced_blocks, input_blocks
 from structprune.masking import MaskApplier
 from structprune.selection import SelectionConfig, select
 

@@ -196,8 +196,8 @@ def test_structured_kernel_and_shared_pattern_searches_give_fast_masks(tiny_run,
 @pytest.mark.parametrize("method", ["pf", "l1"])
 def test_kernel_block_search_gives_grouped_convolutions(tiny_run, digits, tmp_path, method):
     """The search assigns output maps to two blocks; its L1 candidate is the one-shot L1 selection."""
-    from structprune.compact.block_order import input_blocks
     from structprune.compact.compaction import compact
+    from structprune.kernel_blocks import input_blocks
     from structprune.pruning import load_masks, select_masks
 
     cfg = SearchConfig(method=method, granularities=("kernel",), tolerance=0.99, ratio=0.5, kernel_blocks=2, **FAST)

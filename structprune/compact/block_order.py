@@ -19,25 +19,10 @@ import torch
 from torch import nn
 
 from structprune.channel_groups import ChannelGroup, ChannelGroups
-from structprune.kernel_blocks import group_producers, producing_layers
+from structprune.kernel_blocks import group_producers, input_blocks, producing_layers
 from structprune.masks import NetworkMask
 
 log = logging.getLogger(__name__)
-
-
-def input_blocks(keep_kernel: torch.Tensor) -> torch.Tensor | None:
-    """long [I]: the block of each input map when the output maps that keep kernels fall into at least two
-    sets with the same kept input maps, pairwise disjoint (-1: a map no kernel reads); else None."""
-    rows = keep_kernel[keep_kernel.any(1)]
-    if len(rows) == 0:
-        return None
-    sets = torch.unique(rows, dim=0)
-    if len(sets) < 2 or bool((sets.sum(0) > 1).any()):
-        return None
-    blocks = torch.full((keep_kernel.shape[1],), -1, dtype=torch.long)
-    for b, kept in enumerate(sets):
-        blocks[kept] = b
-    return blocks
 
 
 def _permutable(module: nn.Module, role: str) -> bool:

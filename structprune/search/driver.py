@@ -50,12 +50,11 @@ from torch import nn
 from tqdm import tqdm
 
 from structprune.arch import example_input
-from structprune.compact.block_order import input_blocks
 from structprune.data import Dataset, Split
 from structprune.errors import StructpruneError
 from structprune.granularity import Granularity, IntraPattern
 from structprune.jsonio import read_json, write_json_atomic
-from structprune.kernel_blocks import balanced_blocks, block_masks, output_blocks
+from structprune.kernel_blocks import assign_output_blocks, block_masks, input_blocks, output_blocks
 from structprune.masking import MaskApplier
 from structprune.masks import MASKS_FILE, LayerMask, NetworkMask
 from structprune.retrain import retrain_masked
@@ -382,9 +381,9 @@ def l1_particle(model: nn.Module, rung: Rung) -> np.ndarray:
     if rung.granularity is Granularity.CHANNEL:
         scores = w.sum((1, 2, 3))[rung.alive]
     elif rung.granularity is Granularity.KERNEL and rung.in_blocks is not None:
-        per_kernel, rows = w.sum((2, 3)).cpu() * rung.alive, rung.alive.any(1)
-        per_block = torch.stack([(per_kernel * (rung.in_blocks == b)).sum(1) for b in (0, 1)], 1)  # [O, 2]
-        return (balanced_blocks(per_block, rows, 2)[rows] == 1).numpy().astype(np.int16)
+        rows = rung.alive.any(1)
+        out_blocks = assign_output_blocks(w.sum((2, 3)).cpu(), rung.alive, rung.in_blocks, 2)
+        return (out_blocks[rows] == 1).numpy().astype(np.int16)
     elif rung.granularity is Granularity.KERNEL:
         per_kernel, units = w.sum((2, 3)).cpu(), rung.units
         scores = torch.zeros(int(units.max()) + 1).index_add_(0, units[units >= 0], per_kernel[units >= 0])
