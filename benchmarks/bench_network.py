@@ -158,7 +158,8 @@ def main() -> int:
                         help="cpu: this process's CPU time, robust on a shared machine with --threads 1")
     parser.add_argument("--sample-seconds", type=float, default=0.1)
     parser.add_argument("--round-to", type=int, default=8,
-                        help="kept maps (and kept input maps per kernel group) rounded up to a multiple of this")
+                        help="kept maps (per block with kernel blocks; and kept input maps per kernel group) rounded up to a "
+                        "multiple of this")
     parser.add_argument("--runtime", choices=RUNTIMES, default="eager",
                         help="run the dense and compact networks alike in eager PyTorch, through torch.compile "
                         "(Inductor, frozen weights) or exported to ONNX Runtime; the CSR twins stay eager PyTorch")

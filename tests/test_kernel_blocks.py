@@ -105,6 +105,24 @@ def test_blocked_layers_compact_into_grouped_convs_with_no_gather(bn, intra):
         assert layer._single and [b.groups for b in layer.branches] == [2]
 
 
+def test_round_to_applies_per_block_so_blocks_stay_equal_and_aligned():
+    torch.manual_seed(0)
+    model = models.create("plain", spec="2x40C3-MP2-2x40C3-MP2-48C3-24FC-10FC", in_channels=3, input_size=16).eval()
+    x = torch.randn(2, 3, 16, 16)
+    groups = find_channel_groups(model, x[:1])
+    cfg = SelectionConfig(kernel_structure="blocks", kernel_groups=2, round_to=4)
+    mask = select(model, [Granularity.CHANNEL, Granularity.KERNEL], [0.3, 0.5], cfg, groups=groups)
+    for name, layer in mask.layers.items():  # 40 maps at 0.3: 28 kept, blocks of 14; per block: blocks of 16
+        kept = int(layer.keep_out.sum()) if layer.keep_out is not None else None
+        if kept is not None and not name.startswith("classifier"):
+            assert kept % 8 == 0, (name, kept)
+    small = compact(model, mask, sample=x, groups=groups).eval()
+    blocked = [m for m in small.modules() if isinstance(m, KernelSparseConv2d)]
+    assert len(blocked) == 4
+    for layer in blocked:
+        assert [b.groups for b in layer.branches] == [2] and layer.in_channels % 8 == 0
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(family=st.sampled_from(sorted(FAMILIES)), blocks=st.sampled_from([2, 3]), channel=st.sampled_from([0.0, 0.25, 0.5]),
        intra=st.sampled_from([None, IntraPattern(0, 2), IntraPattern(3, 1)]), batch=st.integers(1, 3))

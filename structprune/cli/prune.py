@@ -68,8 +68,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--round-to", type=int, default=1, metavar="N",
                    help="round kept maps up to a multiple of N (8 suits CPU kernels, 16 AVX-512 ones): at the channel "
                    "scale, and at the kernel scale with --kernel-structure structured, each group's kept input maps "
-                   "(one-shot l1 and random; the search schedule ignores it); with --kernel-structure blocks, G × 16 "
-                   "gives every block a multiple of 16 maps")
+                   "(one-shot l1 and random; the search schedule ignores it); with --kernel-structure blocks, each "
+                   "block's kept maps, so the G blocks stay equal")
     p.add_argument("--kernel-structure", choices=KERNEL_STRUCTURES, default="unstructured",
                    help="kernel scale: free masks, output-map groups sharing their kept input maps, or blocks: each "
                    "layer's maps fall into G blocks that follow the producing layer's, each output map reads only "
