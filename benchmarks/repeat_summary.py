@@ -57,8 +57,8 @@ def main() -> int:
     for r in rows:
         meeting = "" if r["target"] is None else f"{r['runs_meeting']} of {len(r['efficiency'])} (≥ {r['target']})"
         print(f"| {r['configuration']} | {r['mac_ratio']:.2f} | {r['batch']} | "
-              f"{', '.join(f'{d:.2f}' for d in r['dense_ms'])} | {', '.join(f'{e:.2f}' for e in r['efficiency'])} | "
-              f"{r['median']:.2f} | {r['min']:.2f}–{r['max']:.2f} | {meeting} |")
+              f"{', '.join(f'{d:.2f}' for d in r['dense_ms'])} | {', '.join(f'{e:.3f}' for e in r['efficiency'])} | "
+              f"{r['median']:.3f} | {r['min']:.3f}–{r['max']:.3f} | {meeting} |")
     if args.json is not None:
         args.json.write_text(json.dumps({"command": " ".join(sys.argv), "files": [str(f) for f in args.files],
                                          "rows": rows}, indent=2) + "\n")
