@@ -22,9 +22,19 @@ def load(paths: list[Path]) -> list[dict]:
             runs.append(json.loads(path.read_text()))
         except (OSError, ValueError) as err:
             raise SystemExit(f"{path}: not a bench_network.py JSON file ({err})") from None
-        if "summary" not in runs[-1]:
-            raise SystemExit(f"{path}: not a bench_network.py JSON file (no summary)")
+        summary = runs[-1].get("summary") if isinstance(runs[-1], dict) else None
+        if not isinstance(summary, dict) or not all(_well_formed(info) for info in summary.values()):
+            raise SystemExit(f"{path}: not a bench_network.py JSON file (no summary of configurations)")
     return runs
+
+
+def _well_formed(info: object) -> bool:
+    """A configuration's summary: its MAC ratio and, per batch, the dense time and efficiency."""
+    if not isinstance(info, dict) or not isinstance(info.get("mac_ratio"), int | float):
+        return False
+    cells = [v for k, v in info.items() if k.startswith("batch")]
+    return all(isinstance(c, dict) and isinstance(c.get("dense_ms"), int | float)
+               and isinstance(c.get("latency_over_mac_ratio"), int | float) for c in cells)
 
 
 def summarise(runs: list[dict]) -> list[dict]:

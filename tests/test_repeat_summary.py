@@ -40,3 +40,7 @@ def test_a_file_that_is_not_a_bench_network_result_is_refused_in_one_line(tmp_pa
         repeat_summary.load([bad])
     with pytest.raises(SystemExit, match=r"not a bench_network\.py JSON file"):
         repeat_summary.load([tmp_path / "missing.json"])
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps({"summary": {"net": {"mac_ratio": 5.0, "batch64": {"dense_ms": 100.0}}}}))
+    with pytest.raises(SystemExit, match=r"not a bench_network\.py JSON file"):
+        repeat_summary.load([broken])
