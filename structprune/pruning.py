@@ -24,7 +24,7 @@ from structprune.masking import MaskApplier
 from structprune.masks import MASKS_FILE, NetworkMask
 from structprune.metrics import size_metrics
 from structprune.runfolder import Run, load_run, save_run
-from structprune.selection import SelectionConfig, select
+from structprune.selection import SelectionConfig, select, selects_kernel_blocks
 from structprune.train import evaluate
 
 log = logging.getLogger(__name__)
@@ -55,8 +55,8 @@ def select_masks(
     grans = Granularity.parse_list(granularities) if isinstance(granularities, str) else list(granularities)
     ratios = list(ratio) if isinstance(ratio, list | tuple) else [float(ratio)]
     cfg = SelectionConfig(method=method, scope=scope, seed=seed, **options)
-    blocks = Granularity.KERNEL in grans and cfg.kernel_structure == "blocks"
-    if groups is None and (Granularity.CHANNEL in grans or base is not None or cfg.linear_ratio > 0 or blocks):
+    if groups is None and (Granularity.CHANNEL in grans or base is not None or cfg.linear_ratio > 0
+                           or selects_kernel_blocks(grans, cfg)):
         groups = channel_groups_of(model)
     return select(model, grans, ratios, cfg, groups=groups, base=base)
 

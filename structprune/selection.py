@@ -308,12 +308,16 @@ def _global_tap_counts(convs: dict[str, nn.Conv2d], mask: NetworkMask, groups: C
 
 
 # ---------------------------------------------------------------------------------------------- entry
+def selects_kernel_blocks(granularities: list[Granularity], cfg: SelectionConfig) -> bool:
+    """Whether the kernel scale is selected as kernel blocks (which need the model's channel groups)."""
+    return Granularity.KERNEL in granularities and cfg.kernel_structure == "blocks"
+
+
 def _channel_multiple(granularities: list[Granularity], cfg: SelectionConfig) -> int:
     """Kept maps per layer are rounded up to this. With kernel blocks, a multiple of round_to per block: the
     blocks then come out equal (one grouped convolution, not a convolution per block) and each holds a multiple
     of round_to maps (CPU kernels that work in channel blocks run every group at full speed)."""
-    blocks = Granularity.KERNEL in granularities and cfg.kernel_structure == "blocks"
-    return cfg.round_to * (cfg.kernel_groups if blocks else 1)
+    return cfg.round_to * (cfg.kernel_groups if selects_kernel_blocks(granularities, cfg) else 1)
 
 
 def select(

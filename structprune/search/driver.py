@@ -328,17 +328,15 @@ def kernel_block_rung(model: nn.Module, mask: NetworkMask, layer: str, blocks: i
     if lm is not None and lm.keep_kernel is not None and input_blocks(lm.keep_kernel) is not None:
         return None
     alive = alive_kernels(model, mask, layer)
-    rows = alive.any(1)
+    n = int(alive.any(1).sum())  # alive output maps
     prev_mask = mask.layers.get(prev)
     in_blocks = output_blocks(None if prev_mask is None else prev_mask.keep_kernel, alive_outputs(model, mask, prev),
                               blocks)
     read = alive.any(0) & (in_blocks >= 0)
     per_block = torch.bincount(in_blocks[read], minlength=blocks)
-    if int(rows.sum()) % blocks or int(per_block.min()) == 0 or int(per_block.min()) != int(per_block.max()):
-        log.info("%s: %d alive output maps, %s input maps per block: no kernel blocks", layer, int(rows.sum()),
-                 per_block.tolist())
+    if n % blocks or int(per_block.min()) == 0 or int(per_block.min()) != int(per_block.max()):
+        log.info("%s: %d alive output maps, %s input maps per block: no kernel blocks", layer, n, per_block.tolist())
         return None
-    n = int(rows.sum())
     return Rung(Granularity.KERNEL, layer, 1 - 1 / blocks, BitSpace(n, n // blocks), alive=alive, in_blocks=in_blocks)
 
 
