@@ -106,8 +106,9 @@ def build_module(spec: dict[str, Any], where: str = "") -> nn.Module:
         return _build_builtin(spec)
     except KeyError:
         raise StructpruneError(f"{where}: unknown or incomplete layer spec {kind!r}") from None
-    except (TypeError, ValueError) as exc:
-        raise StructpruneError(f"{where}: bad layer spec ({exc})") from None
+    except (TypeError, ValueError, RuntimeError, IndexError) as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StructpruneError(f"{where}: bad layer spec ({text})") from None
 
 
 def factory_of(model: nn.Module) -> dict[str, Any]:
@@ -143,25 +144,108 @@ def describe(model: nn.Module) -> dict[str, Any]:
     }
 
 
-def rebuild(arch: dict[str, Any], source: str = "arch.json") -> nn.Module:
-    """Create the network described by `arch` (weights are not loaded)."""
-    import structprune.compact  # noqa: F401  (registers the compact layer types)
-    from structprune.models import create
+SIZE_KEYS = ("in_channels", "out_channels", "in_features", "out_features", "num_features", "groups")
+PAIR_KEYS = ("kernel_size", "stride", "dilation")
+BOOL_KEYS = ("bias", "affine", "track_running_stats")
+MAX_SIZE = 1 << 24  # any one size of a layer spec (channels, features, kernel, stride, padding)
 
+
+def _is_int(value: Any, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= MAX_SIZE
+
+
+def check_spec(spec: Any, where: str) -> None:
+    """A layer spec's sizes are integers in range and its flags booleans (the layer checks the rest)."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("type"), str):
+        raise StructpruneError(f"{where}: a layer spec must be an object with a \"type\" name")
+    for key in SIZE_KEYS:
+        if key in spec and not _is_int(spec[key], 1):
+            raise StructpruneError(f"{where}: {key} must be an integer in 1..{MAX_SIZE} (got {spec[key]!r})")
+    for key in PAIR_KEYS:
+        value = spec.get(key)
+        if value is not None and not (isinstance(value, list) and len(value) == 2 and all(_is_int(v, 1) for v in value)):
+            raise StructpruneError(f"{where}: {key} must be two integers in 1..{MAX_SIZE} (got {value!r})")
+    padding = spec.get("padding")
+    if padding is not None and padding not in ("same", "valid") and not (
+            isinstance(padding, list) and len(padding) == 2 and all(_is_int(v, 0) for v in padding)):
+        raise StructpruneError(f"{where}: padding must be two integers in 0..{MAX_SIZE}, 'same' or 'valid' "
+                               f"(got {padding!r})")
+    for key in BOOL_KEYS:
+        if key in spec and not isinstance(spec[key], bool):
+            raise StructpruneError(f"{where}: {key} must be true or false (got {spec[key]!r})")
+    for key in ("eps", "momentum"):
+        value = spec.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                                  or not 0 <= value < float("inf")):
+            raise StructpruneError(f"{where}: {key} must be a finite number >= 0 (got {value!r})")
+
+
+def check_arch(arch: Any, source: str = "arch.json") -> None:
+    """The shape of an arch.json: format, model name, kwargs, input shape, and a valid spec per layer."""
     if not isinstance(arch, dict) or arch.get("format") != ARCH_FORMAT:
         raise StructpruneError(f"{source}: not a structprune arch file (format {ARCH_FORMAT!r} expected)")
+    for key in ("model", "modules"):
+        if key not in arch:
+            raise StructpruneError(f"{source}: missing field {key!r}")
+    if not isinstance(arch["model"], str):
+        raise StructpruneError(f"{source}: model must be a registered model's name (got {arch['model']!r})")
+    if not isinstance(arch.get("kwargs", {}), dict):
+        raise StructpruneError(f"{source}: kwargs must be an object (got {type(arch['kwargs']).__name__})")
+    shape = arch.get("input_shape")
+    if shape is not None and not (isinstance(shape, list) and len(shape) == 3 and all(_is_int(v, 1) for v in shape)):
+        raise StructpruneError(f"{source}: input_shape must be three positive integers [C, H, W] (got {shape!r})")
+    modules = arch["modules"]
+    if not isinstance(modules, dict):
+        raise StructpruneError(f"{source}: modules must be an object mapping layer names to specs "
+                               f"(got {type(modules).__name__})")
+    for name, spec in modules.items():
+        check_spec(spec, f"{source}: {name}")
+
+
+def _assemble(arch: dict[str, Any], source: str) -> nn.Module:
+    from structprune.models import create
+
     try:
         model = create(arch["model"], **arch.get("kwargs", {}))
-        modules = arch["modules"]
-    except KeyError as exc:
-        raise StructpruneError(f"{source}: missing field {exc}") from None
-    for name, spec in modules.items():
+    except StructpruneError as exc:
+        raise StructpruneError(f"{source}: {exc}") from None
+    declared = arch.get("input_shape")
+    if declared is not None and list(factory_of(model)["input_shape"]) != declared:
+        raise StructpruneError(f"{source}: input_shape {declared} does not match the model's arguments "
+                               f"({factory_of(model)['input_shape']})")
+    for name, spec in arch["modules"].items():
         try:
             model.get_submodule(name)
         except AttributeError:
             raise StructpruneError(f"{source}: layer {name!r} does not exist in {arch['model']}") from None
         model.set_submodule(name, build_module(spec, where=f"{source}: {name}"))
     return model
+
+
+def rebuild(arch: dict[str, Any], source: str = "arch.json") -> nn.Module:
+    """Create the network described by `arch` (weights are not loaded).
+
+    The arch is checked first (sizes are integers in range), then built on PyTorch's meta device (shapes only)
+    to refuse, in one line, a network larger than the models' limit or one whose layers do not fit together,
+    before any memory is allocated."""
+    import structprune.compact  # noqa: F401  (registers the compact layer types)
+    from structprune.models.registry import check_size
+
+    check_arch(arch, source)
+    probe = check_size(source, lambda: _assemble(arch, source))
+    with torch.device("meta"):
+        try:
+            with torch.no_grad():
+                probe.eval()(torch.empty(1, *factory_of(probe)["input_shape"]))
+        except NotImplementedError:
+            pass  # a layer without a meta kernel: the shapes are checked when the network first runs
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StructpruneError(f"{source}: the layers do not fit together ({text})") from None
+    try:
+        return _assemble(arch, source)
+    except RuntimeError as exc:
+        raise StructpruneError(f"{source}: bad layer spec ({str(exc).strip().splitlines()[0]})") from None
 
 
 def input_shape_of(model: nn.Module) -> tuple[int, ...]:

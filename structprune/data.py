@@ -13,6 +13,7 @@ Images are scaled to [0, 1] and normalised per channel; CIFAR-10 is marked for c
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ import torch
 
 from structprune.datafiles import read_cifar_bin, read_idx, read_npz
 from structprune.errors import StructpruneError
+
+log = logging.getLogger(__name__)
 
 DATA_DIR_ENV = "STRUCTPRUNE_DATA"
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
@@ -62,18 +65,31 @@ class _Spec:
     shape: tuple[int, int, int]  # (C, H, W)
     mean: tuple[float, ...]  # per channel, on the [0, 1] scale
     std: tuple[float, ...]
-    default_val: int
     augment: bool = False
     num_classes: int = 10
     max_value: float = 255.0  # pixel value that maps to 1.0
 
 
 SPECS = {
-    "digits": _Spec((1, 8, 8), (0.5,), (0.5,), 200, max_value=16.0),
-    "mnist": _Spec((1, 28, 28), (0.1307,), (0.3081,), 5000),
-    "fashion-mnist": _Spec((1, 28, 28), (0.2860,), (0.3530,), 5000),
-    "cifar10": _Spec((3, 32, 32), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 5000, augment=True),
+    "digits": _Spec((1, 8, 8), (0.5,), (0.5,), max_value=16.0),
+    "mnist": _Spec((1, 28, 28), (0.1307,), (0.3081,)),
+    "fashion-mnist": _Spec((1, 28, 28), (0.2860,), (0.3530,)),
+    "cifar10": _Spec((3, 32, 32), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), augment=True),
 }
+DEFAULT_VAL_MAX = 5000  # the default validation split: a tenth of the training images, at most this many
+
+
+def default_val_size(train_images: int) -> int:
+    """A tenth of the training images, at most DEFAULT_VAL_MAX, at least 1."""
+    return max(1, min(DEFAULT_VAL_MAX, train_images // 10))
+
+
+def dataset_shape(name: str) -> tuple[int, int, int, int]:
+    """(classes, channels, height, width) of a dataset's images, without loading it."""
+    if name not in SPECS:
+        raise StructpruneError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
+    spec = SPECS[name]
+    return (spec.num_classes, *spec.shape)
 
 
 def data_dir(explicit: str | Path | None) -> Path:
@@ -178,8 +194,8 @@ def _split_off_validation(x: torch.Tensor, y: torch.Tensor, val_size: int, seed:
 
 
 def load_dataset(name: str, data_dir_arg: str | Path | None = None, val_size: int | None = None, seed: int = 0) -> Dataset:
-    """Load a dataset by name (see the module docstring); `val_size` training images (default per dataset)
-    become the validation split, chosen with `seed`."""
+    """Load a dataset by name (see the module docstring); `val_size` training images (default: a tenth, at most
+    5,000) become the validation split, chosen with `seed`."""
     if name not in SPECS:
         raise StructpruneError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
     spec = SPECS[name]
@@ -192,9 +208,17 @@ def load_dataset(name: str, data_dir_arg: str | Path | None = None, val_size: in
     x_train, x_test = _to_nchw(x_train, spec, f"{where} (train)"), _to_nchw(x_test, spec, f"{where} (test)")
     y_train = _check_labels(y_train, len(x_train), spec.num_classes, f"{where} (train labels)")
     y_test = _check_labels(y_test, len(x_test), spec.num_classes, f"{where} (test labels)")
-    val = spec.default_val if val_size is None else val_size
-    if not 0 <= val < len(y_train):
-        raise StructpruneError(f"validation size {val} must be between 0 and {len(y_train) - 1} (training images)")
+    if len(y_train) < 2 or len(y_test) == 0:
+        raise StructpruneError(f"{where}: {len(y_train)} training and {len(y_test)} test images; at least 2 training "
+                               "images (one kept for validation) and 1 test image are needed")
+    if val_size is None:
+        val = default_val_size(len(y_train))
+        log.info("validation split: %d of the %d training images (a tenth, at most %d; --val-size sets it)",
+                 val, len(y_train), DEFAULT_VAL_MAX)
+    else:
+        val = val_size
+    if isinstance(val, bool) or not isinstance(val, int) or not 1 <= val < len(y_train):
+        raise StructpruneError(f"validation size {val!r} must be between 1 and {len(y_train) - 1} (training images)")
     train, val_split = _split_off_validation(_normalise(x_train, spec), torch.from_numpy(y_train), val, seed)
     test = Split(_normalise(x_test, spec), torch.from_numpy(y_test))
     c, h, _ = spec.shape

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 DEMO_MODEL = "paper-mnist"
 DEMO_DATA = "digits"
+DEMO_VAL = 200  # validation images carved from the 1,497 training digits
 DENSE_RUN = "dense"  # sub-folder of the demo output holding the trained dense run
 
 
@@ -52,7 +53,7 @@ Stage = Callable[[DemoContext], None]
 
 
 def stage_data(ctx: DemoContext) -> None:
-    ctx.data = load_dataset(DEMO_DATA, seed=ctx.seed)
+    ctx.data = load_dataset(DEMO_DATA, val_size=DEMO_VAL, seed=ctx.seed)
     d = ctx.data
     ctx.results["data"] = {"train": len(d.train), "val": len(d.val), "test": len(d.test), "input_size": d.input_size}
     ctx.report.append(

@@ -46,6 +46,11 @@ class IntraPattern:
     start: int
     stride: int
 
+    def __post_init__(self) -> None:
+        if self.start < 0 or self.stride < 1:
+            raise StructpruneError(f"intra-kernel pattern (start={self.start}, stride={self.stride}): start must be "
+                                   ">= 0 and stride >= 1")
+
     def taps(self, kernel_positions: int) -> tuple[int, ...]:
         return tuple(range(self.start, kernel_positions, self.stride))
 

@@ -51,6 +51,8 @@ class LayerMask:
 
     def validate(self, name: str) -> None:
         out_ch, in_per_group = self.shape[:2]
+        if out_ch % self.groups:
+            raise StructpruneError(f"{name}: {out_ch} output maps do not split into {self.groups} groups")
         if self.linear and (self.keep_kernel is not None or self.intra is not None):
             raise StructpruneError(f"{name}: a fully connected layer takes channel masks only, not kernel or intra-kernel ones")
         if self.keep_out is not None:
@@ -105,33 +107,66 @@ class LayerMask:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], name: str) -> LayerMask:
+    def from_json(cls, data: Any, name: str) -> LayerMask:
+        """One layer of masks.json, checked strictly: index lists are lists of distinct integers in range, bit
+        strings hold only 0 and 1, patterns are [start, stride] integer pairs, every length fits `shape`."""
         try:
-            shape = tuple(int(v) for v in data["shape"])
-            if len(shape) not in (2, 4):
-                raise ValueError("shape needs 4 numbers (a convolution) or 2 (a linear layer)")
+            if not isinstance(data, dict):
+                raise ValueError(f"expected an object, got {type(data).__name__}")
+            shape = data.get("shape")
+            if not isinstance(shape, list) or len(shape) not in (2, 4) or not all(_is_int(v, 1) for v in shape):
+                raise ValueError("shape needs 4 positive integers (a convolution) or 2 (a linear layer)")
+            shape = tuple(shape)
+            groups = data.get("groups", 1)
+            if not _is_int(groups, 1):
+                raise ValueError(f"groups must be a positive integer (got {groups!r})")
             keep_out = None
             if data.get("keep_out") is not None:
+                idx = _index_list(data["keep_out"], shape[0], "keep_out")
                 keep_out = torch.zeros(shape[0], dtype=torch.bool)
-                idx = [int(i) for i in data["keep_out"]]
-                if any(not 0 <= i < shape[0] for i in idx):
-                    raise ValueError(f"keep_out index outside 0..{shape[0] - 1}")
                 keep_out[idx] = True
             keep_kernel = None
             if data.get("keep_kernel") is not None:
                 rows = data["keep_kernel"]
-                if any(set(r) - {"0", "1"} for r in rows):
-                    raise ValueError("keep_kernel rows must be strings of 0 and 1")
+                if len(shape) != 4:
+                    raise ValueError("a fully connected layer takes channel masks only, not kernel ones")
+                if not isinstance(rows, list) or len(rows) != shape[0]:
+                    raise ValueError(f"keep_kernel must list {shape[0]} bit strings, one per output map")
+                if any(not isinstance(r, str) or len(r) != shape[1] or set(r) - {"0", "1"} for r in rows):
+                    raise ValueError(f"keep_kernel rows must be strings of {shape[1]} characters 0 and 1")
                 keep_kernel = torch.tensor([[c == "1" for c in r] for r in rows], dtype=torch.bool)
             intra = None
             if data.get("intra") is not None:
-                intra = [None if p is None else IntraPattern(int(p[0]), int(p[1])) for p in data["intra"]]
-            mask = cls(shape=shape, groups=int(data.get("groups", 1)), keep_out=keep_out,
-                       keep_kernel=keep_kernel, intra=intra)
+                patterns = data["intra"]
+                if not isinstance(patterns, list):
+                    raise ValueError("intra must be a list of [start, stride] pairs or nulls")
+                intra = [None if p is None else _pattern(p) for p in patterns]
+            mask = cls(shape=shape, groups=groups, keep_out=keep_out, keep_kernel=keep_kernel, intra=intra)
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise StructpruneError(f"{MASKS_FILE}: layer {name!r}: malformed mask ({exc})") from None
         mask.validate(name)
         return mask
+
+
+def _is_int(value: Any, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _index_list(values: Any, size: int, what: str) -> list[int]:
+    """A list of distinct integers in 0..size-1."""
+    if not isinstance(values, list) or not all(_is_int(v, 0) for v in values):
+        raise ValueError(f"{what} must be a list of integer indices (got {values!r:.60})")
+    if any(v >= size for v in values):
+        raise ValueError(f"{what} index outside 0..{size - 1}")
+    if len(set(values)) != len(values):
+        raise ValueError(f"{what} lists an index twice")
+    return values
+
+
+def _pattern(value: Any) -> IntraPattern:
+    if not isinstance(value, list) or len(value) != 2 or not _is_int(value[0], 0) or not _is_int(value[1], 1):
+        raise ValueError(f"an intra-kernel pattern must be [start, stride], integers >= 0 and >= 1 (got {value!r:.60})")
+    return IntraPattern(value[0], value[1])
 
 
 @dataclass
@@ -169,6 +204,6 @@ class NetworkMask:
 
     @classmethod
     def from_json(cls, data: Any) -> NetworkMask:
-        if not isinstance(data, dict) or data.get("format") != MASKS_FORMAT or "layers" not in data:
+        if not isinstance(data, dict) or data.get("format") != MASKS_FORMAT or not isinstance(data.get("layers"), dict):
             raise StructpruneError(f"{MASKS_FILE}: not a structprune masks file (format {MASKS_FORMAT!r})")
         return cls({name: LayerMask.from_json(d, name) for name, d in data["layers"].items()})

@@ -23,7 +23,8 @@ from structprune.granularity import Granularity
 from structprune.masking import MaskApplier
 from structprune.masks import MASKS_FILE, NetworkMask
 from structprune.metrics import size_metrics
-from structprune.runfolder import Run, load_run, save_run
+from structprune.runcheck import check_data_fits, load_checked_run
+from structprune.runfolder import Run, save_run
 from structprune.selection import SelectionConfig, select, selects_kernel_blocks
 from structprune.train import evaluate
 
@@ -73,8 +74,10 @@ def run_dataset(run: Run, data_dir: str | Path | None = None) -> Dataset | None:
     if not name:
         return None
     seed = int(run.config.get("train", {}).get("seed", run.config.get("seed", 0)))
-    return load_dataset(name, data_dir if data_dir is not None else run.config.get("data_dir"),
+    data = load_dataset(name, data_dir if data_dir is not None else run.config.get("data_dir"),
                         val_size=run.config.get("val_size"), seed=seed)
+    check_data_fits(run.model, data, str(run.path))
+    return data
 
 
 def evaluation_metrics(model: nn.Module, data: Dataset | None) -> dict[str, Any]:
@@ -112,7 +115,7 @@ def prune_run(
     data_dir: str | Path | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Masks from `choose`, applied to the run in `src`, saved as a pruned run folder `out`."""
-    run = load_run(src)
+    run = load_checked_run(src)
     groups = channel_groups_of(run.model)
     data = run_dataset(run, data_dir)
     base = load_masks(run)
@@ -131,7 +134,7 @@ def prune_run(
 def compact_run(src: str | Path, out: str | Path, data_dir: str | Path | None = None,
                 config: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
     """The masked run in `src` compacted into a smaller network, saved (arch.json with compact layers) in `out`."""
-    run = load_run(src)
+    run = load_checked_run(src)
     mask = load_masks(run)
     if mask is None:
         raise StructpruneError(f"{src}: no {MASKS_FILE}; prune the run first (structprune prune)")

@@ -29,7 +29,7 @@ from structprune.granularity import Granularity
 from structprune.jsonio import read_json, write_json_atomic
 from structprune.masking import MaskApplier
 from structprune.masks import NetworkMask
-from structprune.runfolder import load_run
+from structprune.runcheck import check_data_fits, load_checked_run
 from structprune.selection import SelectionConfig, select
 from structprune.train import evaluate
 
@@ -160,6 +160,7 @@ def dataset_of_run(path: Path, config: dict[str, Any], data_dir: str | Path | No
 def run_sensitivity(run_dir: str | Path, cfg: SensitivityConfig, data_dir: str | Path | None = None,
                     progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Sweep a run folder's network and write (or resume) its sensitivity.json."""
-    run = load_run(run_dir)
+    run = load_checked_run(run_dir)
     data = dataset_of_run(run.path, run.config, data_dir)
+    check_data_fits(run.model, data, str(run.path))
     return sweep(run.model, data, cfg, out_file=run.path / SENSITIVITY_FILE, progress=progress)

@@ -51,8 +51,14 @@ class TrainConfig:
             raise StructpruneError(f"epochs must be >= 0 and batch size >= 1 (got {self.epochs}, {self.batch_size})")
         if not 0 <= self.warmup_epochs <= self.epochs:
             raise StructpruneError(f"warm-up ({self.warmup_epochs} epochs) must be between 0 and the {self.epochs} epochs")
-        if not self.lr > 0:
-            raise StructpruneError(f"learning rate must be positive (got {self.lr})")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise StructpruneError(f"learning rate must be a finite number > 0 (got {self.lr})")
+        if not 0 <= self.momentum < 1:
+            raise StructpruneError(f"momentum must be in [0, 1) (got {self.momentum})")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise StructpruneError(f"weight decay must be a finite number >= 0 (got {self.weight_decay})")
+        if not (0 < self.lr_gamma <= 1):
+            raise StructpruneError(f"lr_gamma must be in (0, 1] (got {self.lr_gamma})")
         if self.schedule not in SCHEDULES:
             raise StructpruneError(f"unknown schedule {self.schedule!r}; choose from {', '.join(SCHEDULES)}")
         if self.optimizer not in OPTIMIZERS:

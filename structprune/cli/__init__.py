@@ -10,6 +10,7 @@ import argparse
 import importlib
 import logging
 import sys
+from typing import NoReturn
 
 from structprune import __version__
 from structprune.errors import StructpruneError
@@ -32,8 +33,18 @@ VERBS = (
 )
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but every parse error is one line, `structprune: error: VERB: message`, and exit status 2
+    (argparse's own form is the usage block and the message on two or more lines)."""
+
+    def error(self, message: str) -> NoReturn:
+        verb = self.prog.partition(" ")[2]
+        where = f"{verb}: " if verb else ""
+        self.exit(2, f"structprune: error: {where}{' '.join(message.split())} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="structprune",
         description="Structured pruning of convolutional networks: prune, search, compact, quantize, measure.",
     )
@@ -45,7 +56,6 @@ def build_parser() -> argparse.ArgumentParser:
     for verb in VERBS:
         importlib.import_module(f"structprune.cli.{verb.replace('-', '_')}").add_parser(subparsers)
     return parser
-
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,11 +7,12 @@ from pathlib import Path
 
 from structprune.arch import input_shape_of
 from structprune.bench import REFERENCES, RUNTIMES, Candidate, bench, reference_candidates, runtime_candidate
-from structprune.cli.common import int_list, positive_int
+from structprune.cli.common import MAX_THREADS, int_in, int_list, name_list, positive_float, positive_int
 from structprune.errors import StructpruneError
 from structprune.jsonio import write_json_atomic
 from structprune.layer_bench import compare_layers
-from structprune.runfolder import check_writable_destination, load_run
+from structprune.runcheck import load_checked_run
+from structprune.runfolder import check_writable_destination
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -26,10 +27,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("runs", type=Path, nargs="+", metavar="DIR", help="run folders; the first is the baseline of the ratios")
     p.add_argument("--batch", type=int_list, default=[1, 64], help="batch sizes, e.g. 1,64 (default)")
-    p.add_argument("--threads", type=positive_int, default=2)
+    p.add_argument("--threads", type=int_in(1, MAX_THREADS), default=2)
     p.add_argument("--rounds", type=positive_int, default=7, help="timing rounds per network (median taken)")
-    p.add_argument("--sample-seconds", type=float, default=0.1, help="time per network per round (default 0.1)")
-    p.add_argument("--reference", default="", metavar="NAMES",
+    p.add_argument("--sample-seconds", type=positive_float, default=0.1, help="time per network per round (default 0.1)")
+    p.add_argument("--reference", type=name_list(REFERENCES, "name"), default=[], metavar="NAMES",
                    help=f"reference rows for pruned or compact runs, comma-separated: {', '.join(REFERENCES)} "
                    "(masked-dense: the masked network with dense tensors; unstructured: its nonzeros as CSR convs)")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
@@ -50,14 +51,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _references(text: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    for name in names:
-        if name not in REFERENCES:
-            raise StructpruneError(f"--reference: unknown name {name!r}; choose from {', '.join(REFERENCES)}")
-    return names
-
-
 def _ratio(value: float | None) -> str:
     return f"{value:.2f}x" if value is not None else "?"
 
@@ -67,16 +60,14 @@ def _fraction(value: float | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    references = _references(args.reference)
-    if not args.sample_seconds > 0:
-        raise StructpruneError("--sample-seconds must be positive")
+    references = args.reference
     if args.json is not None:
         check_writable_destination(args.json, file=True)
     if args.per_layer:
         return _per_layer(args, references)
     candidates = []
     for path in args.runs:
-        r = load_run(path)
+        r = load_checked_run(path)
         info = {"macs": r.metrics.get("macs"), "params": r.metrics.get("params"), "test_mcr": r.metrics.get("test_mcr")}
         candidates.append(Candidate(str(path), r.model, input_shape_of(r.model), info))
         candidates += reference_candidates(r, str(path), references)
@@ -106,7 +97,7 @@ def _per_layer(args: argparse.Namespace, references: list[str]) -> int:
                                f"not {len(args.runs)}")
     if references or args.runtime != "eager":
         raise StructpruneError("--per-layer times eager PyTorch layers; it takes no --reference and no --runtime")
-    first, second = (load_run(path) for path in args.runs)
+    first, second = (load_checked_run(path) for path in args.runs)
     records = compare_layers(first.model, second.model, args.batch, threads=args.threads, rounds=args.rounds,
                              sample_seconds=args.sample_seconds, clock=args.clock, progress=not args.no_progress)
     if args.json is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from structprune.cli.common import positive_int
+from structprune.cli.common import positive_int, seed
 from structprune.demo import run_demo
 
 
@@ -15,7 +15,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                               "later stage; write DIR/report.md and the stages' run folders.")
     p.add_argument("--out", required=True, type=Path, help="output folder (replaced atomically)")
     p.add_argument("--epochs", type=positive_int, default=30, help="dense training epochs (default 30)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 

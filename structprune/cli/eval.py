@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from structprune.data import load_dataset
+from structprune.cli.common import name_in
+from structprune.data import DATASETS, load_dataset
 from structprune.errors import StructpruneError
-from structprune.runfolder import load_run
+from structprune.runcheck import check_data_fits, load_checked_run
 from structprune.train import evaluate
 
 
@@ -16,7 +17,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                               description="Rebuild the network of a run folder, load its weights and report "
                               "validation and test MCR on the dataset it was trained on.")
     p.add_argument("run_dir", metavar="DIR", help="run folder")
-    p.add_argument("--data", default=None, help="dataset (default: the one in DIR/config.json)")
+    p.add_argument("--data", default=None, type=name_in(DATASETS, "dataset"),
+                   help="dataset (default: the one in DIR/config.json)")
     p.add_argument("--data-dir", default=None, help="folder with the dataset files (default: as recorded, "
                    "then $STRUCTPRUNE_DATA)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -24,16 +26,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    loaded = load_run(args.run_dir)
+    loaded = load_checked_run(args.run_dir)
     name = args.data or loaded.config.get("dataset")
     if not name:
         raise StructpruneError(f"{args.run_dir}: config.json names no dataset; pass --data")
     data_dir = args.data_dir if args.data_dir is not None else loaded.config.get("data_dir")
     data = load_dataset(name, data_dir, val_size=loaded.config.get("val_size"),
                         seed=loaded.config.get("train", {}).get("seed", 0))
-    expected = tuple(loaded.arch.get("input_shape", ()))
-    if expected and tuple(data.test.x.shape[1:]) != expected:
-        raise StructpruneError(f"dataset {name!r} has images {tuple(data.test.x.shape[1:])}, the model expects {expected}")
+    check_data_fits(loaded.model, data, str(args.run_dir))
     val, test = evaluate(loaded.model, data.val), evaluate(loaded.model, data.test)
     result = {"run": str(args.run_dir), "dataset": name, "val_mcr": val.mcr, "val_loss": val.loss,
               "test_mcr": test.mcr, "test_loss": test.loss, "test_images": len(data.test)}

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from structprune.cli.common import positive_float
 from structprune.cli.quantize import PACKED_FILE
 from structprune.errors import StructpruneError
 from structprune.export_onnx import DEFAULT_TOLERANCE, EXPORTERS, export_onnx
 from structprune.quant.packing import load_packed
-from structprune.runfolder import load_run
+from structprune.runcheck import load_checked_run
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -22,7 +23,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run_dir", type=Path, metavar="DIR", help="run folder")
     p.add_argument("--onnx", type=Path, required=True, metavar="FILE", help="ONNX file to write")
-    p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
+    p.add_argument("--tolerance", type=positive_float, default=DEFAULT_TOLERANCE,
                    help=f"largest |ONNX - PyTorch| accepted (default {DEFAULT_TOLERANCE:g})")
     p.add_argument("--exporter", choices=EXPORTERS, default="dynamo",
                    help="torch.export-based (default) or the older TorchScript exporter")
@@ -33,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.run_dir.is_dir():
         raise StructpruneError(f"{args.run_dir}: no such run folder")
     packed = args.run_dir / PACKED_FILE
-    model = load_packed(packed)[0] if packed.exists() else load_run(args.run_dir).model
+    model = load_packed(packed)[0] if packed.exists() else load_checked_run(args.run_dir).model
     check = export_onnx(model, args.onnx, tolerance=args.tolerance, exporter=args.exporter)
     size = args.onnx.stat().st_size
     print(f"{args.onnx}: {size:,} bytes; ONNX Runtime matches PyTorch within {check.max_abs_diff:.2g}")

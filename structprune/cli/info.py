@@ -6,7 +6,7 @@ import argparse
 import json
 
 from structprune.layers import layer_table
-from structprune.runfolder import load_run
+from structprune.runcheck import load_checked_run
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -19,7 +19,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    loaded = load_run(args.run_dir)
+    loaded = load_checked_run(args.run_dir)
     rows = layer_table(loaded.model)
     if args.json:
         print(json.dumps({"layers": rows, "metrics": {k: v for k, v in loaded.metrics.items() if k != "history"}},

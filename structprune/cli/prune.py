@@ -7,6 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from structprune.cli.common import from_library, positive_int, seed
 from structprune.cli.prune_search import add_search_arguments, run_search
 from structprune.errors import StructpruneError
 from structprune.granularity import Granularity, IntraPattern
@@ -14,6 +15,7 @@ from structprune.pruning import MaskChooser, prune_run, select_masks
 from structprune.runfolder import check_writable_destination
 from structprune.selection import KERNEL_STRUCTURES, METHODS, SCOPES
 
+GRANULARITIES = from_library(Granularity.parse_list, "granularity list")
 SEARCH_METHODS = ("pf", "epf", "random-best", "tp-l2")  # the mask search (structprune.search; options in prune_search.py)
 
 
@@ -40,12 +42,17 @@ def pattern_list(text: str) -> tuple[IntraPattern, ...]:
     """'1:3,0:2' -> (IntraPattern(1, 3), IntraPattern(0, 2))"""
     try:
         pairs = [part.split(":") for part in text.split(",") if part.strip()]
-        patterns = tuple(IntraPattern(int(a), int(b)) for a, b in pairs)
+        numbers = [(int(a), int(b)) for a, b in pairs]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of START:STRIDE") from None
-    if not patterns:
+    if not numbers:
         raise argparse.ArgumentTypeError("no pattern given")
-    return patterns
+    for start, stride in numbers:
+        if start < 0 or stride < 1:
+            raise argparse.ArgumentTypeError(f"{start}:{stride}: START must be >= 0 and STRIDE >= 1")
+    if len(set(numbers)) != len(numbers):
+        raise argparse.ArgumentTypeError(f"{text!r} lists a pattern twice")
+    return tuple(IntraPattern(a, b) for a, b in numbers)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -58,14 +65,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run_dir", type=Path, metavar="DIR", help="trained run folder")
     p.add_argument("--out", required=True, type=Path, help="pruned run folder to write")
-    p.add_argument("--granularity", default="channel", help="channel, kernel, intra or a comma list (default channel)")
+    p.add_argument("--granularity", type=GRANULARITIES, default=[Granularity.CHANNEL],
+                   help="channel, kernel, intra or a comma list (default channel)")
     p.add_argument("--method", choices=METHODS + SEARCH_METHODS, default="l1",
                    help="l1 magnitude, random, or the particle-filter search (pf, epf)")
     p.add_argument("--ratio", type=ratio_list, default=None,
                    help="fraction pruned, one for all granularities or one per granularity (e.g. 0.5,0.5,0.66)")
     p.add_argument("--scope", choices=SCOPES, default="layer", help="rank units per layer or across the network")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--round-to", type=int, default=1, metavar="N",
+    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--round-to", type=positive_int, default=1, metavar="N",
                    help="round kept maps up to a multiple of N (8 suits CPU kernels, 16 AVX-512 ones): at the channel "
                    "scale, and at the kernel scale with --kernel-structure structured, each group's kept input maps "
                    "(one-shot l1 and random; the search schedule ignores it); with --kernel-structure blocks, each "
@@ -76,7 +84,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    "its own block's input maps, and the layer compacts into one grouped convolution (l1 and random: "
                    "give the kernel ratio 1 - 1/G; the search: G = 2, it chooses which output maps go to which "
                    "block, and prunes half the kernels whatever --ratio says)")
-    p.add_argument("--kernel-groups", type=int, default=4,
+    p.add_argument("--kernel-groups", type=positive_int, default=4,
                    help="structured kernels: output-map groups per layer; blocks: the number of blocks G")
     p.add_argument("--intra-shared", action="store_true", help="intra scale: one pattern for the whole layer")
     p.add_argument("--intra-patterns", type=pattern_list, default=None, metavar="S:T,...",
@@ -101,7 +109,7 @@ def baseline_chooser(args: argparse.Namespace, granularities: list[Granularity])
 
 
 def run(args: argparse.Namespace) -> int:
-    granularities = Granularity.parse_list(args.granularity)
+    granularities = args.granularity
     if args.method in SEARCH_METHODS or args.max or args.schedule:
         return run_search(args, granularities)
     if args.ratio is None:

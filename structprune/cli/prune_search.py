@@ -15,9 +15,19 @@ import argparse
 import shlex
 import sys
 
-from structprune.cli.common import non_negative_int, positive_int
+import torch
+
+from structprune.cli.common import (
+    existing_file,
+    float_below,
+    layer_list,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 from structprune.errors import StructpruneError
-from structprune.granularity import Granularity
+from structprune.granularity import Granularity, IntraPattern
 
 DRIVER_METHOD = {"pf": "pf", "epf": "epf", "l1": "l1", "random-best": "random", "tp-l2": "tp-l2"}
 
@@ -29,11 +39,11 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--schedule", action="store_true",
                    help="run l1 through the search schedule too (layer by layer, retraining between steps and at "
                    "the end, search.json), for comparisons at equal retraining; the other search methods always do")
-    g.add_argument("--tolerance", type=float, default=0.2, metavar="POINTS",
+    g.add_argument("--tolerance", type=float_below(100), default=0.2, metavar="POINTS",
                    help="allowed rise of validation MCR over the unpruned network, in percentage points (default 0.2)")
     g.add_argument("--particles", type=positive_int, default=16, help="particles per generation (default 16)")
     g.add_argument("--generations", type=positive_int, default=6, help="generations per ladder rung (default 6)")
-    g.add_argument("--temperature", type=float, default=0.2, metavar="POINTS",
+    g.add_argument("--temperature", type=positive_float, default=0.2, metavar="POINTS",
                    help="importance-weight temperature in MCR points (default 0.2)")
     g.add_argument("--retrain-epochs", type=non_negative_int, default=1,
                    help="retraining epochs between steps (with --max: when a step exceeds the tolerance)")
@@ -42,25 +52,35 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--final-epochs", type=non_negative_int, default=1, help="retraining epochs at the end (default 1)")
     g.add_argument("--final-images", type=positive_int, default=None,
                    help="training images for the final retraining (default: all)")
-    g.add_argument("--lr", type=float, default=0.01, help="retraining learning rate (default 0.01)")
+    g.add_argument("--lr", type=positive_float, default=0.01, help="retraining learning rate (default 0.01)")
     g.add_argument("--score-images", type=positive_int, default=2000, help="validation images that score candidates")
     g.add_argument("--check-images", type=positive_int, default=2000,
                    help="other validation images that check the tolerance (disjoint from the scoring ones)")
-    g.add_argument("--layers", default=None, help="comma list of convolutions to prune (default: all)")
+    g.add_argument("--layers", type=layer_list, default=None, help="comma list of convolutions to prune (default: all)")
     g.add_argument("--bn-recalibrate", type=non_negative_int, default=0, metavar="BATCHES",
                    help="re-estimate batch-norm statistics of every candidate on BATCHES training batches of 64 "
                    "before scoring (layer-by-layer search; default 0 = off)")
-    g.add_argument("--latency-weight", type=float, default=0.0, metavar="LAMBDA",
+    g.add_argument("--latency-weight", type=non_negative_float, default=0.0, metavar="LAMBDA",
                    help="global search: add LAMBDA x predicted conv latency (ms per batch of 16) to the MCR")
-    g.add_argument("--latency-table", default=None,
+    g.add_argument("--latency-table", type=existing_file, default=None,
                    help="latency table JSON to use (default: measured on this machine into the output folder)")
     g.add_argument("--backend", choices=("inprocess", "ray"), default="inprocess", help="where candidates are scored")
     g.add_argument("--workers", type=positive_int, default=2, help="Ray tasks per particle batch (default 2)")
 
 
+def check_intra_patterns(model: torch.nn.Module, patterns: tuple[IntraPattern, ...], layers: tuple[str, ...] | None) -> None:
+    """Before the search starts: every searched convolution can prune its kernel with one of the patterns."""
+    for name, conv in model.named_modules():
+        if not isinstance(conv, torch.nn.Conv2d) or (layers is not None and name not in layers):
+            continue
+        positions = conv.kernel_size[0] * conv.kernel_size[1]
+        if positions > 1 and not any(0 < len(p.taps(positions)) < positions for p in patterns):
+            raise StructpruneError(f"--intra-patterns: none prunes the {positions}-position kernels of {name}")
+
+
 def run_search(args: argparse.Namespace, granularities: list[Granularity]) -> int:
     from structprune.pruning import run_dataset
-    from structprune.runfolder import load_run
+    from structprune.runcheck import load_checked_run
     from structprune.search.driver import SearchConfig, search_run
 
     if args.method not in DRIVER_METHOD:
@@ -69,19 +89,15 @@ def run_search(args: argparse.Namespace, granularities: list[Granularity]) -> in
         raise StructpruneError("give either --ratio R or --max")
     if args.ratio is not None and len(set(args.ratio)) != 1:
         raise StructpruneError("the search takes one --ratio for every granularity")
-    if not 0.0 <= args.tolerance < 100.0:
-        raise StructpruneError(f"--tolerance {args.tolerance} must be between 0 and 100 points")
-    if not args.temperature > 0:
-        raise StructpruneError(f"--temperature {args.temperature} must be positive")
     if args.linear_ratio:
         raise StructpruneError("--linear-ratio is for one-shot selection (--method l1 or random without --max or "
                                "--schedule); the search prunes convolutions only")
     if args.kernel_structure == "blocks" and args.kernel_groups != 2:
         raise StructpruneError(f"the search chooses 2 kernel blocks per layer: give --kernel-groups 2, not "
                                f"{args.kernel_groups}")
-    if args.kernel_structure == "structured" and args.kernel_groups < 1:
-        raise StructpruneError(f"--kernel-groups {args.kernel_groups} must be at least 1")
-    run = load_run(args.run_dir)
+    run = load_checked_run(args.run_dir)
+    if args.intra_patterns is not None and Granularity.INTRA in granularities:
+        check_intra_patterns(run.model, args.intra_patterns, args.layers)
     data = run_dataset(run, args.data_dir)
     if data is None:
         raise StructpruneError(f"{args.run_dir}: its config.json records no dataset to score candidates on")
@@ -92,12 +108,12 @@ def run_search(args: argparse.Namespace, granularities: list[Granularity]) -> in
         check_images=args.check_images, step_epochs=args.retrain_epochs, step_images=args.retrain_images,
         final_epochs=args.final_epochs, final_images=args.final_images, lr=args.lr, backend=args.backend,
         workers=args.workers, seed=args.seed, scope=args.scope, latency_weight=args.latency_weight,
-        latency_table=args.latency_table, bn_batches=args.bn_recalibrate,
+        latency_table=None if args.latency_table is None else str(args.latency_table), bn_batches=args.bn_recalibrate,
         kernel_groups=args.kernel_groups if args.kernel_structure == "structured" else 0,
         kernel_blocks=2 if args.kernel_structure == "blocks" else 0,
         intra_shared=args.intra_shared,
         intra_patterns=None if args.intra_patterns is None else tuple((p.start, p.stride) for p in args.intra_patterns),
-        layers=None if args.layers is None else tuple(s.strip() for s in args.layers.split(",") if s.strip()))
+        layers=args.layers)
     command = {"command": shlex.join(["structprune", *sys.argv[1:]]), "verb": "prune"}
     out, m = search_run(run, data, cfg, args.out, extra_config=command)
     kept = ", ".join(f"{k} {v:.3f}" for k, v in m["kept_fraction"].items())

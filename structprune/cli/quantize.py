@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 
 from structprune.arch import describe
-from structprune.cli.common import positive_int
+from structprune.cli.common import existing_file, fraction, name_in, non_negative_int, positive_float, positive_int, seed
 from structprune.compact.compaction import compact
-from structprune.data import load_dataset
+from structprune.data import DATASETS, load_dataset
 from structprune.errors import StructpruneError
 from structprune.jsonio import read_json
 from structprune.masks import MASKS_FILE, NetworkMask
@@ -27,7 +27,8 @@ from structprune.quant.qat import retrain_quantized
 from structprune.quant.sensitivity import choose_bits, sweep
 from structprune.quant.storage import storage_report
 from structprune.quant.targets import quantized_weights
-from structprune.runfolder import check_writable_destination, load_run, staged_run_folder, write_run_files
+from structprune.runcheck import check_config, check_data_fits, load_checked_run
+from structprune.runfolder import check_writable_destination, staged_run_folder, write_run_files
 from structprune.train import TrainConfig, evaluate
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,16 @@ PACKED_FILE = "model.packed.safetensors"
 QUANT_FILE = "quant.json"
 STORAGE_FILE = "storage.json"
 SENSITIVITY_FILE = "sensitivity.json"
+
+
+def word_length(text: str) -> int:
+    """--bits: an integer word length in MIN_BITS..MAX_BITS."""
+    try:
+        return check_bits(int(text), where="--bits")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    except StructpruneError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -50,20 +61,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "run the same command again to resume.",
     )
     p.add_argument("run_dir", type=Path, metavar="DIR", help="run folder to quantize")
-    p.add_argument("--bits", type=int, required=True,
+    p.add_argument("--bits", type=word_length, required=True,
                    help=f"word length, {MIN_BITS}–{MAX_BITS} bits (the longest allowed with --per-layer auto)")
     p.add_argument("--per-layer", choices=("auto",), default=None,
                    help="auto: per-layer word lengths from a sensitivity sweep on the validation set")
-    p.add_argument("--tolerance", type=float, default=0.002,
-                   help="--per-layer auto: allowed validation MCR increase per layer, a fraction (default 0.002)")
-    p.add_argument("--epochs", type=int, default=0, help="quantization-aware retraining epochs (default 0)")
-    p.add_argument("--lr", type=float, default=0.005, help="retraining learning rate (default 0.005)")
+    p.add_argument("--tolerance", type=fraction, default=0.002,
+                   help="--per-layer auto: allowed validation MCR increase per layer, a fraction in [0, 1) (default 0.002)")
+    p.add_argument("--epochs", type=non_negative_int, default=0, help="quantization-aware retraining epochs (default 0)")
+    p.add_argument("--lr", type=positive_float, default=0.005, help="retraining learning rate (default 0.005)")
     p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data", default=None, help="dataset (default: the one in DIR/config.json)")
+    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--data", default=None, type=name_in(DATASETS, "dataset"),
+                   help="dataset (default: the one in DIR/config.json)")
     p.add_argument("--data-dir", default=None, help="folder with the dataset files (default: as in DIR/config.json)")
     p.add_argument("--out", type=Path, required=True, help="run folder to write")
-    p.add_argument("--masks", type=Path, default=None,
+    p.add_argument("--masks", type=existing_file, default=None,
                    help=f"masks.json for the index cost (default: DIR/{MASKS_FILE}, else that of the run DIR was compacted from)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -76,13 +88,14 @@ def run(args: argparse.Namespace) -> int:
     out = check_writable_destination(args.out)
     if out.resolve() == args.run_dir.resolve():
         raise StructpruneError("--out must differ from DIR")
-    source = load_run(args.run_dir)
+    source = load_checked_run(args.run_dir)
     cfg_src = source.config
     dataset = args.data or cfg_src.get("dataset")
     if not dataset:
         raise StructpruneError(f"{args.run_dir}: config.json names no dataset; pass --data")
     data = load_dataset(dataset, args.data_dir or cfg_src.get("data_dir"), val_size=cfg_src.get("val_size"),
                         seed=int(cfg_src.get("train", {}).get("seed", 0)))
+    check_data_fits(source.model, data, str(args.run_dir))
     masks_path = find_masks(args.masks, args.run_dir, cfg_src)
     masks_json = read_json(masks_path) if masks_path is not None else None
     masks = NetworkMask.from_json(masks_json) if masks_json is not None else None
@@ -162,6 +175,7 @@ def find_masks(explicit: Path | None, run_dir: Path, config: dict) -> Path | Non
             log.info("index cost from %s (a source of %s)", folder / MASKS_FILE, run_dir)
             return folder / MASKS_FILE
         config = read_json(folder / "config.json") if (folder / "config.json").is_file() else {}
+        check_config(config, folder)
     return None
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from structprune.errors import StructpruneError
+from structprune.cli.common import existing_file, suffixed_path
+
+REPORT_FILE = suffixed_path(".html", ".htm", ".md")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -16,9 +17,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "pruning ratio, kept fraction per layer, search history, latency against MCR, storage, sensitivity.",
     )
     p.add_argument("dirs", nargs="+", metavar="DIR", help="run folders, or folders holding run folders")
-    p.add_argument("--out", required=True, metavar="FILE", help="report.html (self-contained) or report.md")
-    p.add_argument("--markdown", metavar="FILE", help="also write a Markdown version (PNGs beside it)")
-    p.add_argument("--bench", action="append", default=[], metavar="FILE",
+    p.add_argument("--out", required=True, type=REPORT_FILE, metavar="FILE", help="report.html (self-contained) or report.md")
+    p.add_argument("--markdown", type=REPORT_FILE, metavar="FILE", help="also write a Markdown version (PNGs beside it)")
+    p.add_argument("--bench", action="append", type=existing_file, default=[], metavar="FILE",
                    help="bench JSON file(s) from `structprune bench --json` (repeatable); a bench.json directly "
                    "inside a DIR that holds runs is read without it")
     p.add_argument("--title", default="structprune report")
@@ -28,9 +29,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from structprune.report import collect, write_report
 
-    for target in [args.out, args.markdown]:
-        if target and Path(target).suffix.lower() not in (".html", ".htm", ".md"):
-            raise StructpruneError(f"{target}: report file must end in .html or .md")
     records = collect(args.dirs, args.bench)
     written = write_report(records, args.out, args.title)
     if args.markdown:

@@ -9,12 +9,13 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from structprune.cli.common import positive_int
+from structprune.cli.common import non_negative_float, positive_float, positive_int, seed
 from structprune.errors import StructpruneError
 from structprune.metrics import size_metrics
 from structprune.pruning import evaluation_metrics, load_masks, run_dataset
 from structprune.retrain import retrain_compact, retrain_masked
-from structprune.runfolder import check_writable_destination, load_run, save_run
+from structprune.runcheck import load_checked_run
+from structprune.runfolder import check_writable_destination, save_run
 from structprune.train import TrainConfig
 
 
@@ -29,10 +30,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", type=Path, metavar="DIR", help="pruned or compact run folder")
     p.add_argument("--epochs", type=positive_int, required=True)
     p.add_argument("--out", type=Path, default=None, help="run folder to write (default: replace DIR)")
-    p.add_argument("--lr", type=float, default=0.01, help="peak learning rate (default 0.01)")
+    p.add_argument("--lr", type=positive_float, default=0.01, help="peak learning rate (default 0.01)")
     p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--weight-decay", type=non_negative_float, default=5e-4)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--data-dir", default=None, help="dataset folder (default: the one the run was trained with)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -40,7 +41,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     out = check_writable_destination(args.out if args.out is not None else args.run_dir)
-    run_ = load_run(args.run_dir)
+    run_ = load_checked_run(args.run_dir)
     data = run_dataset(run_, args.data_dir)
     if data is None:
         raise StructpruneError(f"{args.run_dir}: config.json records no dataset to retrain on")

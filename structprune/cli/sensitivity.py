@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from structprune.cli.common import positive_int
+from structprune.cli.common import positive_int, seed
 from structprune.errors import StructpruneError
 from structprune.granularity import Granularity
 
@@ -36,7 +36,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--images", type=positive_int, default=2000, help="images of the split to score on (default 2000)")
     p.add_argument("--split", choices=("val", "test"), default="val")
     p.add_argument("--data-dir", default=None, help="folder with the dataset files (default: as the run was trained)")
-    p.add_argument("--seed", type=int, default=0, help="seed of random selection")
+    p.add_argument("--seed", type=seed, default=0, help="seed of random selection")
     p.set_defaults(func=run)
 
 

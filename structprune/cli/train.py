@@ -16,8 +16,18 @@ from typing import Any
 import torch
 
 from structprune import __version__
-from structprune.cli.common import positive_int
-from structprune.data import DATASETS, load_dataset
+from structprune.cli.common import (
+    MAX_THREADS,
+    fraction,
+    int_in,
+    name_in,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    seed,
+)
+from structprune.data import DATASETS, dataset_shape, load_dataset
 from structprune.errors import StructpruneError
 from structprune.metrics import size_metrics
 from structprune.models import available, create
@@ -46,28 +56,31 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Train a registered model on a dataset; write OUT/{model.safetensors,arch.json,metrics.json,"
         "config.json}. A checkpoint is kept in OUT.ckpt/ after every epoch: run the same command again to resume.",
     )
-    p.add_argument("--model", required=True, help=f"registered model ({', '.join(available())})")
-    p.add_argument("--data", required=True, help=f"dataset ({', '.join(DATASETS)})")
+    p.add_argument("--model", required=True, type=name_in(available(), "model"),
+                   help=f"registered model ({', '.join(available())})")
+    p.add_argument("--data", required=True, type=name_in(DATASETS, "dataset"), help=f"dataset ({', '.join(DATASETS)})")
     p.add_argument("--out", required=True, type=Path, help="run folder to write")
     p.add_argument("--data-dir", default=None, help="folder with the dataset files (default: $STRUCTPRUNE_DATA or ./data)")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--lr", type=float, default=0.02,
+    p.add_argument("--epochs", type=non_negative_int, default=3)
+    p.add_argument("--lr", type=positive_float, default=0.02,
                    help="peak learning rate (default 0.02; networks with batch norm train well at 0.05-0.1)")
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--momentum", type=fraction, default=0.9, help="SGD momentum, in [0, 1) (default 0.9)")
+    p.add_argument("--weight-decay", type=non_negative_float, default=5e-4)
     p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--schedule", choices=SCHEDULES, default="cosine", help="cosine, or step (x0.1 at 50%% and 75%%)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")
-    p.add_argument("--warmup-epochs", type=float, default=0.0, help="linear learning-rate warm-up (epochs, may be fractional)")
-    p.add_argument("--val-size", type=int, default=None, help="validation images carved from the training set")
+    p.add_argument("--warmup-epochs", type=non_negative_float, default=0.0,
+                   help="linear learning-rate warm-up (epochs, may be fractional)")
+    p.add_argument("--val-size", type=positive_int, default=None,
+                   help="validation images carved from the training set (default: a tenth of them, at most 5,000)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--model-arg", action="append", type=model_arg, default=[], metavar="KEY=VALUE",
                    help="extra model argument, e.g. bn=true (repeatable)")
     p.add_argument("--no-augment", action="store_true", help="no crop/flip augmentation (CIFAR-10 has it by default)")
     p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
                    help="NHWC layout for convolutions (auto: on for CPU)")
-    p.add_argument("--threads", type=positive_int, default=None,
+    p.add_argument("--threads", type=int_in(1, MAX_THREADS), default=None,
                    help="CPU threads for PyTorch (default: its own choice; 1 is fastest for tiny models)")
     p.add_argument("--restart", action="store_true", help="discard an existing checkpoint in OUT.ckpt/")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -86,17 +99,18 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    data = load_dataset(args.data, args.data_dir, val_size=args.val_size, seed=args.seed)
     model_kwargs = dict(args.model_arg)
     fixed = sorted({"num_classes", "in_channels", "input_size"} & model_kwargs.keys())
     if fixed:
         raise StructpruneError(f"--model-arg {', '.join(fixed)}: set by the dataset {args.data!r}, not by hand")
-    torch.manual_seed(args.seed)
+    num_classes, in_channels, input_size, _ = dataset_shape(args.data)
+    torch.manual_seed(args.seed)  # the model is built before the data is read: a bad --model-arg costs no loading
     try:
-        model = create(args.model, num_classes=data.num_classes, in_channels=data.in_channels,
-                       input_size=data.input_size, **model_kwargs)
+        model = create(args.model, num_classes=num_classes, in_channels=in_channels, input_size=input_size,
+                       **model_kwargs)
     except TypeError as exc:
         raise StructpruneError(f"model {args.model!r}: bad --model-arg ({exc})") from None
+    data = load_dataset(args.data, args.data_dir, val_size=args.val_size, seed=args.seed)
     ckpt = checkpoint_dir_for(out)
     if args.restart and ckpt.exists():
         shutil.rmtree(ckpt)

@@ -6,12 +6,16 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import nn
 
 from structprune.arch import FACTORY_ATTR
 from structprune.errors import StructpruneError
 
 ModelFactory = Callable[..., nn.Module]
+
+MAX_ELEMENTS = 1 << 30  # parameters and buffers of one network: 4 GiB as float32
+LIMITS = {"num_classes": 1 << 20, "in_channels": 1 << 10, "input_size": 1 << 11}  # the factory's own arguments
 _REGISTRY: dict[str, ModelFactory] = {}
 
 
@@ -56,10 +60,15 @@ def create(
     missing = [k for k, v in args.items() if v is None]
     if missing:
         raise StructpruneError(f"model {name!r} needs {', '.join(missing)}")
+    for key, value in args.items():
+        high = LIMITS[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+            raise StructpruneError(f"model {name!r}: {key} must be an integer in 1..{high} (got {value!r})")
+    check_size(f"model {name!r}", lambda: factory(**args, **kwargs))
     try:
         model = factory(**args, **kwargs)
-    except TypeError as exc:
-        raise StructpruneError(f"model {name!r}: bad arguments ({exc})") from None
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise StructpruneError(f"model {name!r}: bad arguments ({_first_line(exc)})") from None
     setattr(
         model,
         FACTORY_ATTR,
@@ -70,3 +79,25 @@ def create(
         },
     )
     return model
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def check_size(what: str, build: Callable[[], nn.Module]) -> nn.Module:
+    """Build a network on PyTorch's meta device (shapes only, no memory) and refuse it in one line when its
+    arguments are bad or it would hold more than MAX_ELEMENTS parameters and buffers. Returns the meta network."""
+    try:
+        with torch.device("meta"):
+            probe = build()
+    except StructpruneError:
+        raise
+    except (TypeError, ValueError, RuntimeError, OverflowError, ZeroDivisionError) as exc:
+        raise StructpruneError(f"{what}: bad arguments ({_first_line(exc)})") from None
+    elements = sum(t.numel() for t in (*probe.parameters(), *probe.buffers()))
+    if elements > MAX_ELEMENTS:
+        raise StructpruneError(f"{what}: {elements:,} parameters and buffers, more than the {MAX_ELEMENTS:,} "
+                               "allowed (a size in its arguments or arch.json is far too large)")
+    return probe

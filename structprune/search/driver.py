@@ -57,6 +57,7 @@ from structprune.jsonio import read_json, write_json_atomic
 from structprune.kernel_blocks import assign_output_blocks, block_masks, input_blocks, output_blocks
 from structprune.masking import MaskApplier
 from structprune.masks import MASKS_FILE, LayerMask, NetworkMask
+from structprune.metrics import size_metrics
 from structprune.retrain import retrain_masked
 from structprune.runfolder import Run, check_writable_destination, load_state, save_run
 from structprune.search.backends import make_backend
@@ -305,7 +306,9 @@ def rungs_for(model: nn.Module, mask: NetworkMask, g: Granularity, layer: str, c
         positions = shape[2] * shape[3]
         allowed = (IntraPattern.all_patterns(positions) if cfg.intra_patterns is None
                    else [IntraPattern(a, b) for a, b in cfg.intra_patterns])
-        available = sorted({len(p.taps(positions)) for p in allowed} - {positions})
+        available = sorted({len(p.taps(positions)) for p in allowed} - {positions, 0})
+        if not available:
+            raise StructpruneError(f"{layer}: no allowed intra-kernel pattern prunes a kernel of {positions} positions")
         # the tap counts nearest to the ladder's ratios, fewest pruned first
         counts = sorted({min(available, key=lambda c: (abs(c - (1 - r) * positions), -c)) for r in ratios}, reverse=True)
         for c in counts:
@@ -693,7 +696,7 @@ def search_run(run: Run, data: Dataset, cfg: SearchConfig, out: str | Path,
     masked, dense = conv_macs(model, mask, search.input_shape)
     val, test = evaluate(model, data.val), evaluate(model, data.test)
     metrics = {"val_mcr": val.mcr, "test_mcr": test.mcr, "val_loss": val.loss, "test_loss": test.loss,
-               "test_images": len(data.test), "conv_macs": masked, "conv_macs_dense": dense,
+               **size_metrics(model), "test_images": len(data.test), "conv_macs": masked, "conv_macs_dense": dense,
                "conv_macs_removed": 1 - masked / dense if dense else 0.0,
                "kept_fraction": search.kept_fractions(mask), "search_seconds": round(seconds, 1),
                "source_metrics": {k: run.metrics[k] for k in ("val_mcr", "test_mcr", "macs") if k in run.metrics}}
