@@ -202,7 +202,18 @@ def check_arch(arch: Any, source: str = "arch.json") -> None:
         check_spec(spec, f"{source}: {name}")
 
 
-def _assemble(arch: dict[str, Any], source: str) -> nn.Module:
+def _stand_in(spec: dict[str, Any], where: str) -> nn.Module:
+    """For the size check on the meta device: a compact convolution's dense equivalent (same maps, kernel and
+    geometry; never fewer weights), since compact layers compute index tables from their spec's data."""
+    keys = ("in_channels", "out_channels", "kernel_size")
+    if spec.get("type") not in _CUSTOM_TYPES or not all(k in spec for k in keys):
+        return build_module(spec, where)
+    dense = {"type": "Conv2d", "stride": [1, 1], "padding": [0, 0], "dilation": [1, 1], "groups": 1, "bias": True,
+             **{k: spec[k] for k in (*keys, "stride", "padding", "dilation", "groups", "bias") if k in spec}}
+    return build_module(dense, where)
+
+
+def _assemble(arch: dict[str, Any], source: str, stand_ins: bool = False) -> nn.Module:
     from structprune.models import create
 
     try:
@@ -218,7 +229,8 @@ def _assemble(arch: dict[str, Any], source: str) -> nn.Module:
             model.get_submodule(name)
         except AttributeError:
             raise StructpruneError(f"{source}: layer {name!r} does not exist in {arch['model']}") from None
-        model.set_submodule(name, build_module(spec, where=f"{source}: {name}"))
+        build = _stand_in if stand_ins else build_module
+        model.set_submodule(name, build(spec, f"{source}: {name}"))
     return model
 
 
@@ -232,7 +244,7 @@ def rebuild(arch: dict[str, Any], source: str = "arch.json") -> nn.Module:
     from structprune.models.registry import check_size
 
     check_arch(arch, source)
-    probe = check_size(source, lambda: _assemble(arch, source))
+    probe = check_size(source, lambda: _assemble(arch, source, stand_ins=True))
     with torch.device("meta"):
         try:
             with torch.no_grad():

@@ -33,14 +33,19 @@ VERBS = (
 )
 
 
+class UsageError(StructpruneError):
+    """A command line argparse refuses (unknown option, bad value, missing argument)."""
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse, but every parse error is one line, `structprune: error: VERB: message`, and exit status 2
-    (argparse's own form is the usage block and the message on two or more lines)."""
+    """argparse, but a parse error is a UsageError, which `main` prints as every other bad input: one line,
+    `structprune: error: VERB: message (see ...)`, exit status 2 (argparse's own form is the usage block and the
+    message on two or more lines, raised as SystemExit). --help and --version still exit 0 through SystemExit."""
 
     def error(self, message: str) -> NoReturn:
         verb = self.prog.partition(" ")[2]
         where = f"{verb}: " if verb else ""
-        self.exit(2, f"structprune: error: {where}{' '.join(message.split())} (see `{self.prog} --help`)\n")
+        raise UsageError(f"{where}{' '.join(message.split())} (see `{self.prog} --help`)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,7 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:
+        print(f"structprune: error: {exc}", file=sys.stderr)
+        return 2
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
     try:

@@ -42,7 +42,7 @@ SENSITIVITY_FILE = "sensitivity.json"
 def word_length(text: str) -> int:
     """--bits: an integer word length in MIN_BITS..MAX_BITS."""
     try:
-        return check_bits(int(text), where="--bits")
+        return check_bits(int(text))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
     except StructpruneError as exc:
