@@ -106,6 +106,8 @@ def build_module(spec: dict[str, Any], where: str = "") -> nn.Module:
         return _build_builtin(spec)
     except KeyError:
         raise StructpruneError(f"{where}: unknown or incomplete layer spec {kind!r}") from None
+    except StructpruneError as exc:
+        raise StructpruneError(f"{where}: {exc}") from None
     except (TypeError, ValueError, RuntimeError, IndexError) as exc:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StructpruneError(f"{where}: bad layer spec ({text})") from None

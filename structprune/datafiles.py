@@ -62,6 +62,8 @@ def read_cifar_bin(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 def read_npz(path: str | Path, keys: tuple[str, ...] = ("x_train", "y_train", "x_test", "y_test")) -> tuple[np.ndarray, ...]:
     """The named arrays of an .npz archive (loaded without pickle)."""
     path = Path(path)
+    if not zipfile.is_zipfile(path):
+        raise StructpruneError(f"{path}: corrupt or truncated .npz file (not a zip archive of .npy arrays)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             missing = [k for k in keys if k not in npz.files]

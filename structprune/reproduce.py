@@ -27,7 +27,8 @@ import torch
 
 from structprune.errors import StructpruneError
 from structprune.jsonio import read_json, write_json_atomic
-from structprune.runfolder import METRICS_FILE, load_run, save_run, staged_run_folder
+from structprune.runcheck import load_checked_run
+from structprune.runfolder import METRICS_FILE, Run, load_run, save_run, staged_run_folder
 from structprune.train import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -346,12 +347,10 @@ def _status(ctx: Context, seconds: dict[str, float], skipped: list[str]) -> None
     })
 
 
-def adopt_trained_run(ctx: Context, source: Path) -> None:
-    """Use an already trained dense run as the `train` stage: it must hold the recipe's model trained on the
-    recipe's dataset, without masks. Copied into OUT/train atomically; the source is named in reproduce.json."""
-    import shutil
-
-    run = load_run(source)
+def check_trained_run(ctx: Context, source: Path) -> Run:
+    """A dense run that can serve as the `train` stage: the recipe's model trained on the recipe's dataset with
+    the recipe's validation split, without masks (checked before anything is written)."""
+    run = load_checked_run(source)
     model, dataset = run.config.get("model"), run.config.get("dataset")
     if model != ctx.recipe.model or dataset != ctx.recipe.dataset:
         raise StructpruneError(f"{source}: holds {model!r} trained on {dataset!r}; this reproduction needs "
@@ -362,6 +361,15 @@ def adopt_trained_run(ctx: Context, source: Path) -> None:
     if val_size is not None and val_size != ctx.recipe.val_size:
         raise StructpruneError(f"{source}: trained with {val_size} validation images held out, the recipe holds out "
                                f"{ctx.recipe.val_size}: the search would score images the network was trained on")
+    return run
+
+
+def adopt_trained_run(ctx: Context, run: Run) -> None:
+    """Use a checked dense run (check_trained_run) as the `train` stage: copied into OUT/train atomically; the
+    source is named in reproduce.json."""
+    import shutil
+
+    source = run.path
     with staged_run_folder(ctx.path(TRAIN)) as tmp:
         for item in run.path.iterdir():
             if item.is_file():
@@ -381,9 +389,10 @@ def reproduce(dataset: str, out: str | Path, quick: bool = False, data_dir: str 
     out = Path(out)
     ctx = Context(out=out, recipe=recipe, data_dir=data_dir, progress=progress)
     ctx.data  # noqa: B018  (a missing dataset fails here, before anything is written)
+    adopt = check_trained_run(ctx, Path(trained)) if trained is not None and not _is_run(ctx.path(TRAIN)) else None
     out.mkdir(parents=True, exist_ok=True)
-    if trained is not None and not _is_run(ctx.path(TRAIN)):
-        adopt_trained_run(ctx, Path(trained))
+    if adopt is not None:
+        adopt_trained_run(ctx, adopt)
     seconds: dict[str, float] = {}
     skipped: list[str] = []
     for stage in stages_for(recipe):

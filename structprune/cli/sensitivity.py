@@ -49,8 +49,18 @@ def run(args: argparse.Namespace) -> int:
         raise StructpruneError(f"{args.dir}: no such run folder")
     cfg = SensitivityConfig(granularity=Granularity(args.granularity), method=args.method,
                             ratios=args.ratios or DEFAULT_RATIOS, split=args.split, images=args.images, seed=args.seed)
-    with tqdm(desc="layers", unit="layer", file=sys.stderr, leave=False) as bar:
-        result = run_sensitivity(args.dir, cfg, data_dir=args.data_dir, progress=lambda _name: bar.update(1))
+    bars: list[tqdm] = []  # opened at the first finished layer: bad input is refused before any bar is drawn
+
+    def advance(_name: str) -> None:
+        if not bars:
+            bars.append(tqdm(desc="layers", unit="layer", file=sys.stderr, leave=False))
+        bars[0].update(1)
+
+    try:
+        result = run_sensitivity(args.dir, cfg, data_dir=args.data_dir, progress=advance)
+    finally:
+        for bar in bars:
+            bar.close()
     print(f"{args.dir / SENSITIVITY_FILE}: {len(result['layers'])} layers, baseline {args.split} MCR "
           f"{100 * result['baseline_mcr']:.2f}%")
     for name, mcrs in result["layers"].items():
