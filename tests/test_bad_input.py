@@ -25,6 +25,7 @@ import pytest
 from datafiles_helpers import random_set, write_idx_set
 
 from structprune.cli import main
+from structprune.search.latency import LATENCY_FORMAT
 
 REPO = Path(__file__).parents[1]
 
@@ -196,6 +197,7 @@ CASES = [
     case("no-verb"),
     case("unknown-verb", "frobnicate"),
     case("unknown-option", *TRAIN, "--frobnicate"),
+    case("verbose-and-quiet", "-v", "-q", "info", "{run}"),
     # ---- train: option values
     case("train-lr-nan", *TRAIN, "--lr", "nan"),
     case("train-lr-inf", *TRAIN, "--lr", "inf"),
@@ -408,6 +410,8 @@ CASES = [
     case("export-tolerance-nan", *EXPORT, "--tolerance", "nan"),
     case("export-exporter", *EXPORT, "--exporter", "tflite"),
     case("export-onnx-missing", "export", "{run}"),
+    case("export-onnx-under-file", *EXPORT[:3], "{tmp}/afile/net.onnx"),
+    case("export-onnx-is-folder", *EXPORT[:3], "{tmp}/empty"),
     case("export-missing-run", "export", "{tmp}/nope", *EXPORT[2:]),
     case("export-damaged-arch", "export", "{bad}", *EXPORT[2:], setup=damaged("run", "arch.json", delitem("modules"))),
     case("export-damaged-packed", "export", "{bad}", *EXPORT[2:],
@@ -451,6 +455,14 @@ CASES = [
     case("search-layers-twice", *SEARCH, "--layers", "features.0,features.0"),
     case("search-latency-weight-negative", *SEARCH, "--latency-weight", "-1"),
     case("search-latency-table-missing", *SEARCH, "--latency-table", "{tmp}/none.json"),
+    case("search-latency-table-damaged", *SEARCH, "--latency-weight", "0.1", "--latency-table", "{tmp}/t.json",
+         setup=raw_file("t.json", b"[1, 2")),
+    case("search-latency-table-foreign", *SEARCH, "--latency-weight", "0.1", "--latency-table", "{tmp}/t.json",
+         setup=raw_file("t.json", json.dumps({"format": LATENCY_FORMAT, "batch": 16, "threads": 1, "layers": {
+             "conv9": {"in": [1, 2], "out": [1, 2], "ms": [[0.1, 0.2], [0.2, 0.4]]}}}).encode())),
+    case("search-latency-table-nan", *SEARCH, "--latency-weight", "0.1", "--latency-table", "{tmp}/t.json",
+         setup=raw_file("t.json", json.dumps({"format": LATENCY_FORMAT, "batch": 16, "threads": 1, "layers": {
+             "features.0": {"in": [1], "out": [1, 2], "ms": [[0.1, float("nan")]]}}}).encode())),
     case("search-backend", *SEARCH, "--backend", "mpi"),
     case("search-workers-zero", *SEARCH, "--workers", "0"),
     case("search-score-images-zero", *SEARCH, "--score-images", "0"),

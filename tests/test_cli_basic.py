@@ -131,6 +131,14 @@ def test_bad_training_input(tmp_path, capsys, args, message):
     assert not out.exists() and not (tmp_path / "run.ckpt").exists()
 
 
+def test_train_on_a_small_data_set_with_the_defaults(tmp_path, capsys):
+    np.savez(tmp_path / "mnist.npz", **random_set(np.random.default_rng(0), (28, 28), n_train=40))
+    out = tmp_path / "run"
+    assert main(["train", "--model", "tiny-paper", "--data", "mnist", "--data-dir", str(tmp_path), "--epochs", "1",
+                 "--out", str(out), "--no-progress"]) == 0, capsys.readouterr().err
+    assert json.loads((out / "config.json").read_text())["val_size"] == 4  # a tenth of the 40 training images
+
+
 def test_output_under_a_file_is_refused_before_training(tmp_path, capsys):
     (tmp_path / "file").write_text("")
     assert main(["train", "--model", "tiny-paper", "--data", "digits", "--out", str(tmp_path / "file" / "run")]) == 2

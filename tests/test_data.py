@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from structprune.augment import crop_and_flip, random_crop, random_flip
-from structprune.data import DATA_DIR_ENV, SPECS, batches, load_dataset
+from structprune.data import DATA_DIR_ENV, SPECS, batches, default_val_size, load_dataset
 from structprune.datafiles import read_idx
 from structprune.errors import StructpruneError
 
@@ -160,6 +160,19 @@ def test_label_count_must_match_images(tmp_path):
     np.savez(tmp_path / "mnist.npz", **arrays)
     with pytest.raises(StructpruneError, match="29 labels"):
         load_dataset("mnist", tmp_path)
+
+
+def test_default_validation_split_is_a_tenth_at_most_5000(tmp_path, caplog):
+    assert [default_val_size(n) for n in (1, 9, 10, 1497, 60000, 10**6)] == [1, 1, 1, 149, 5000, 5000]
+    np.savez(tmp_path / "mnist.npz", **random_set(np.random.default_rng(0), (28, 28), n_train=30))
+    with caplog.at_level("INFO"):
+        data = load_dataset("mnist", tmp_path)
+    assert (len(data.train), len(data.val)) == (27, 3)
+    assert "validation split: 3 of the 30 training images" in caplog.text
+    assert len(load_dataset("mnist", tmp_path, val_size=29).val) == 29  # an explicit size stays as given
+    for bad in (0, 30, -1, 2.5, True):
+        with pytest.raises(StructpruneError, match="validation size"):
+            load_dataset("mnist", tmp_path, val_size=bad)
 
 
 def test_validation_split_is_seeded_and_disjoint():

@@ -36,7 +36,12 @@ def test_all_patterns_are_distinct_and_complete(k):
             assert IntraPattern(start, stride).taps(positions) in tap_sets
 
 
-@pytest.mark.parametrize("pattern", [IntraPattern(9, 1), IntraPattern(-1, 2), IntraPattern(0, 0)])
-def test_patterns_outside_the_kernel_are_rejected(pattern):
+def test_patterns_outside_the_kernel_are_rejected():
     with pytest.raises(StructpruneError, match="outside a kernel of 9 positions"):
-        pattern.validate(9, where="conv1")
+        IntraPattern(9, 1).validate(9, where="conv1")
+
+
+@pytest.mark.parametrize(("start", "stride"), [(-1, 2), (0, 0), (3, -1)])
+def test_a_negative_start_or_a_stride_below_one_is_no_pattern(start, stride):
+    with pytest.raises(StructpruneError, match="start must be >= 0 and stride >= 1"):
+        IntraPattern(start, stride)

@@ -10,6 +10,7 @@ from structprune.cli import main
 from structprune.data import load_dataset
 from structprune.errors import StructpruneError
 from structprune.masks import NetworkMask
+from structprune.metrics import size_metrics
 from structprune.models import create
 from structprune.runfolder import load_run, save_run
 from structprune.search import driver as driver_mod
@@ -134,6 +135,8 @@ def test_cli_search_writes_a_run(tiny_run, tmp_path, capsys):
     assert "conv MACs removed" in capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 < metrics["conv_macs_removed"] < 1 and np.isfinite(metrics["test_mcr"])
+    sizes = {k: metrics[k] for k in ("params", "macs", "weight_bytes")}  # what every run folder's metrics promise
+    assert sizes == size_metrics(load_run(out).model)
     assert {"masks.json", "search.json", "model.safetensors"} <= {p.name for p in out.iterdir()}
     assert driver_mod.SEARCH_FILE == "search.json"
 

@@ -54,8 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Structured pruning of convolutional networks: prune, search, compact, quantize, measure.",
     )
     parser.add_argument("--version", action="version", version=f"structprune {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    loudness = parser.add_mutually_exclusive_group()
+    loudness.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    loudness.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     subparsers = parser.add_subparsers(dest="verb", metavar="VERB")
     subparsers.required = True
     for verb in VERBS:

@@ -11,6 +11,7 @@ from structprune.errors import StructpruneError
 from structprune.export_onnx import DEFAULT_TOLERANCE, EXPORTERS, export_onnx
 from structprune.quant.packing import load_packed
 from structprune.runcheck import load_checked_run
+from structprune.runfolder import check_writable_destination
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -33,6 +34,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if not args.run_dir.is_dir():
         raise StructpruneError(f"{args.run_dir}: no such run folder")
+    check_writable_destination(args.onnx, file=True)
     packed = args.run_dir / PACKED_FILE
     model = load_packed(packed)[0] if packed.exists() else load_checked_run(args.run_dir).model
     check = export_onnx(model, args.onnx, tolerance=args.tolerance, exporter=args.exporter)

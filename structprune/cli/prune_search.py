@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from pathlib import Path
 
 import torch
 
@@ -68,6 +69,22 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--workers", type=positive_int, default=2, help="Ray tasks per particle batch (default 2)")
 
 
+def check_latency_table(model: torch.nn.Module, path: Path, layers: tuple[str, ...] | None) -> None:
+    """Before the search starts: the table is well formed and times every searched convolution."""
+    from structprune.jsonio import read_json
+    from structprune.search.latency import LatencyTable
+
+    data = read_json(path)
+    try:
+        table = LatencyTable.from_json(data)
+    except StructpruneError as exc:
+        raise StructpruneError(f"{path}: {exc}") from None
+    convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d) and (layers is None or n in layers)]
+    missing = [n for n in convs if n not in table.layers]
+    if missing:
+        raise StructpruneError(f"{path}: the latency table has no entry for {', '.join(missing)}")
+
+
 def check_intra_patterns(model: torch.nn.Module, patterns: tuple[IntraPattern, ...], layers: tuple[str, ...] | None) -> None:
     """Before the search starts: every searched convolution can prune its kernel with one of the patterns."""
     for name, conv in model.named_modules():
@@ -96,6 +113,8 @@ def run_search(args: argparse.Namespace, granularities: list[Granularity]) -> in
         raise StructpruneError(f"the search chooses 2 kernel blocks per layer: give --kernel-groups 2, not "
                                f"{args.kernel_groups}")
     run = load_checked_run(args.run_dir)
+    if args.latency_table is not None:
+        check_latency_table(run.model, args.latency_table, args.layers)
     if args.intra_patterns is not None and Granularity.INTRA in granularities:
         check_intra_patterns(run.model, args.intra_patterns, args.layers)
     data = run_dataset(run, args.data_dir)

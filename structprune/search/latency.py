@@ -60,7 +60,29 @@ class LatencyTable:
     def from_json(cls, data: Any) -> LatencyTable:
         if not isinstance(data, dict) or data.get("format") != LATENCY_FORMAT:
             raise StructpruneError(f"not a latency table (format {LATENCY_FORMAT!r} expected)")
-        return cls(batch=int(data["batch"]), threads=int(data["threads"]), layers=dict(data["layers"]))
+        try:
+            batch, threads, layers = data["batch"], data["threads"], data["layers"]
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (batch, threads)):
+                raise ValueError("batch and threads must be positive integers")
+            if not isinstance(layers, dict):
+                raise ValueError("layers must be an object")
+            for name, grid in layers.items():
+                _check_grid(name, grid)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StructpruneError(f"malformed latency table ({exc})") from None
+        return cls(batch=batch, threads=threads, layers=dict(layers))
+
+
+def _check_grid(name: str, grid: Any) -> None:
+    """{"in": [..], "out": [..], "ms": [[..] per in]}: increasing counts, finite non-negative times."""
+    ins, outs, ms = grid["in"], grid["out"], grid["ms"]
+    for axis in (ins, outs):
+        values = np.asarray(axis, dtype=float)
+        if values.ndim != 1 or len(values) == 0 or not np.all(np.isfinite(values)) or np.any(np.diff(values) <= 0):
+            raise ValueError(f"{name}: kept-map counts must be increasing numbers")
+    times = np.asarray(ms, dtype=float)
+    if times.shape != (len(ins), len(outs)) or not np.all(np.isfinite(times)) or np.any(times < 0):
+        raise ValueError(f"{name}: ms must be {len(ins)}×{len(outs)} finite times >= 0")
 
 
 def _conv_inputs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
