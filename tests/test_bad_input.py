@@ -652,3 +652,33 @@ def test_bad_input_in_a_real_process(id_, runs, tmp_path):
     assert done.returncode == 2, done.stderr
     check_one_line(done.stderr, done.stdout)
     check_untouched(before, snapshot(tmp_path, runs["base"]))
+
+
+# -------------------------------------------------------------------------------- the edges that stay accepted
+def test_argument_types_accept_good_values_at_the_edges():
+    from structprune.cli.common import SEED_MAX, finite_float, fraction, non_negative_float, positive_float, seed
+
+    assert positive_float("1e30") == 1e30  # large but finite: accepted (NaN and inf are not)
+    assert non_negative_float("0") == 0.0 and fraction("0") == 0.0 and finite_float("-2.5") == -2.5
+    assert seed("0") == 0 and seed(str(SEED_MAX)) == SEED_MAX
+
+
+def test_data_of_other_classes_does_not_fit(runs):
+    from structprune.data import load_dataset
+    from structprune.errors import StructpruneError
+    from structprune.models import create
+    from structprune.runcheck import check_data_fits
+
+    data = load_dataset("digits", val_size=200)
+    check_data_fits(create("tiny-paper", num_classes=10, in_channels=1, input_size=8), data)
+    with pytest.raises(StructpruneError, match="has 10 classes, the network outputs 5"):
+        check_data_fits(create("tiny-paper", num_classes=5, in_channels=1, input_size=8), data)
+
+
+def test_a_network_beyond_the_size_limit_is_refused_before_any_allocation():
+    from structprune.errors import StructpruneError
+    from structprune.models import create
+    from structprune.models.registry import MAX_ELEMENTS
+
+    with pytest.raises(StructpruneError, match=f"more than the {MAX_ELEMENTS:,} allowed"):
+        create("plain", num_classes=10, in_channels=1, input_size=8, spec="100000C3-100000C3-10FC")  # 9e10 weights
