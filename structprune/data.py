@@ -13,6 +13,7 @@ Images are scaled to [0, 1] and normalised per channel; CIFAR-10 is marked for c
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -55,6 +56,15 @@ class Dataset:
     in_channels: int
     input_size: int
     augment: bool = False  # random crop with padding + horizontal flip during training
+
+    def fingerprint(self) -> str:
+        """A hash of every image and label of the three splits: a resumed run checks that its data did not change."""
+        h = hashlib.sha256(self.name.encode())
+        for split in (self.train, self.val, self.test):
+            for tensor in (split.x, split.y):
+                h.update(str(tuple(tensor.shape)).encode())
+                h.update(tensor.contiguous().numpy().tobytes())
+        return h.hexdigest()
 
 
 @dataclass(frozen=True)

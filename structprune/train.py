@@ -117,6 +117,12 @@ def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     return cfg.lr
 
 
+def _diverged(what: str, checkpoint_dir: str | Path | None, epoch: int) -> StructpruneError:
+    kept = (f"; the checkpoint after epoch {epoch} is kept in {checkpoint_dir}"
+            if has_checkpoint(checkpoint_dir) else "")
+    return StructpruneError(f"training diverged: {what}{kept}; try a lower learning rate (--lr) or weight decay")
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "adam":
@@ -186,16 +192,21 @@ def train(
                 group["lr"] = lr_at(cfg, epoch * steps_per_epoch + i, steps_per_epoch)
             opt.zero_grad(set_to_none=True)
             loss = F.cross_entropy(model(x), y)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise _diverged(f"the loss became {value} at epoch {epoch + 1}, batch {i + 1}", checkpoint_dir, epoch)
             loss.backward()
             opt.step()
             if after_step is not None:
                 after_step()
-            total += float(loss.detach()) * len(y)
+            total += value * len(y)
             seen += len(y)
             bar.update(1)
             if i % 20 == 0:
                 bar.set_postfix(mean_loss=f"{total / seen:.4f}")  # mean over the epoch so far
         bar.close()
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            raise _diverged(f"a weight became NaN or infinite in epoch {epoch + 1}", checkpoint_dir, epoch)
         val = evaluate(model, data.val)
         history.append({"epoch": epoch + 1, "train_loss": total / max(seen, 1), "val_mcr": val.mcr, "val_loss": val.loss})
         log.info("epoch %d/%d: train loss %.4f, val MCR %.4f", epoch + 1, cfg.epochs, history[-1]["train_loss"], val.mcr)

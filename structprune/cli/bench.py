@@ -11,7 +11,8 @@ from structprune.cli.common import int_list, positive_int
 from structprune.errors import StructpruneError
 from structprune.jsonio import write_json_atomic
 from structprune.layer_bench import compare_layers
-from structprune.runfolder import check_writable_destination, load_run
+from structprune.output import claim_file
+from structprune.runfolder import load_run
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -45,7 +46,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--per-layer", action="store_true",
                    help="with two runs: time every layer of the first beside the same-named layer of the second and "
                    "report each layer's MAC ratio, latency ratio and efficiency (eager PyTorch)")
-    p.add_argument("--json", type=Path, default=None, metavar="FILE", help="write the records here")
+    p.add_argument("--json", type=Path, default=None, metavar="FILE", help="write the records here (a new file)")
+    p.add_argument("--overwrite", action="store_true", help="replace the --json file if it exists")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -71,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.sample_seconds > 0:
         raise StructpruneError("--sample-seconds must be positive")
     if args.json is not None:
-        check_writable_destination(args.json, file=True)
+        claim_file(args.json, inputs=args.runs, overwrite=args.overwrite)
     if args.per_layer:
         return _per_layer(args, references)
     candidates = []

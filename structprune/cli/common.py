@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def _int_at_least(text: str, low: int) -> int:
@@ -43,3 +44,14 @@ def fraction(text: str) -> float:
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"{text!r} must be in [0, 1)")
     return value
+
+
+def add_output_arguments(p: argparse.ArgumentParser, what: str, resumable: bool = False, required: bool = True) -> None:
+    """--out (a new folder), --overwrite, and for resumable verbs --restart."""
+    p.add_argument("--out", required=required, type=Path, metavar="DIR",
+                   help=f"{what} to write: a new (or empty) folder; an existing one is never replaced without --overwrite")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out when it holds an earlier output of this same verb (and nothing else)")
+    if resumable:
+        p.add_argument("--restart", action="store_true",
+                       help="discard what an interrupted run of this command left in its staging folder and start over")

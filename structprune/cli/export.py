@@ -8,6 +8,7 @@ from pathlib import Path
 from structprune.cli.quantize import PACKED_FILE
 from structprune.errors import StructpruneError
 from structprune.export_onnx import DEFAULT_TOLERANCE, EXPORTERS, export_onnx
+from structprune.output import claim_file
 from structprune.quant.packing import load_packed
 from structprune.runfolder import load_run
 
@@ -21,7 +22,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         f"written only if ONNX Runtime reproduces PyTorch's outputs within --tolerance.",
     )
     p.add_argument("run_dir", type=Path, metavar="DIR", help="run folder")
-    p.add_argument("--onnx", type=Path, required=True, metavar="FILE", help="ONNX file to write")
+    p.add_argument("--onnx", type=Path, required=True, metavar="FILE", help="ONNX file to write (a new file)")
+    p.add_argument("--overwrite", action="store_true", help="replace the --onnx file if it exists")
     p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                    help=f"largest |ONNX - PyTorch| accepted (default {DEFAULT_TOLERANCE:g})")
     p.add_argument("--exporter", choices=EXPORTERS, default="dynamo",
@@ -32,6 +34,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if not args.run_dir.is_dir():
         raise StructpruneError(f"{args.run_dir}: no such run folder")
+    claim_file(args.onnx, inputs=(args.run_dir,), overwrite=args.overwrite)
     packed = args.run_dir / PACKED_FILE
     model = load_packed(packed)[0] if packed.exists() else load_run(args.run_dir).model
     check = export_onnx(model, args.onnx, tolerance=args.tolerance, exporter=args.exporter)

@@ -18,6 +18,7 @@ import sys
 from structprune.cli.common import non_negative_int, positive_int
 from structprune.errors import StructpruneError
 from structprune.granularity import Granularity
+from structprune.output import Output
 
 DRIVER_METHOD = {"pf": "pf", "epf": "epf", "l1": "l1", "random-best": "random", "tp-l2": "tp-l2"}
 
@@ -58,7 +59,7 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--workers", type=positive_int, default=2, help="Ray tasks per particle batch (default 2)")
 
 
-def run_search(args: argparse.Namespace, granularities: list[Granularity]) -> int:
+def run_search(args: argparse.Namespace, granularities: list[Granularity], output: Output) -> int:
     from structprune.pruning import run_dataset
     from structprune.runfolder import load_run
     from structprune.search.driver import SearchConfig, search_run
@@ -99,7 +100,7 @@ def run_search(args: argparse.Namespace, granularities: list[Granularity]) -> in
         intra_patterns=None if args.intra_patterns is None else tuple((p.start, p.stride) for p in args.intra_patterns),
         layers=None if args.layers is None else tuple(s.strip() for s in args.layers.split(",") if s.strip()))
     command = {"command": shlex.join(["structprune", *sys.argv[1:]]), "verb": "prune"}
-    out, m = search_run(run, data, cfg, args.out, extra_config=command)
+    out, m = search_run(run, data, cfg, output, extra_config=command)
     kept = ", ".join(f"{k} {v:.3f}" for k, v in m["kept_fraction"].items())
     print(f"{out}: {m['conv_macs_removed']:.1%} of conv MACs removed ({m['conv_macs']:,} of {m['conv_macs_dense']:,}); "
           f"test MCR {m['test_mcr']:.4f} (dense {m['source_metrics'].get('test_mcr', float('nan')):.4f}); kept {kept}")

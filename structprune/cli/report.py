@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from structprune.errors import StructpruneError
+from structprune.output import claim_file
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -22,6 +23,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="bench JSON file(s) from `structprune bench --json` (repeatable); a bench.json directly "
                    "inside a DIR that holds runs is read without it")
     p.add_argument("--title", default="structprune report")
+    p.add_argument("--overwrite", action="store_true", help="replace the report file(s) if they exist")
     p.set_defaults(func=run)
 
 
@@ -31,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
     for target in [args.out, args.markdown]:
         if target and Path(target).suffix.lower() not in (".html", ".htm", ".md"):
             raise StructpruneError(f"{target}: report file must end in .html or .md")
+        if target:
+            claim_file(target, overwrite=args.overwrite)
     records = collect(args.dirs, args.bench)
     written = write_report(records, args.out, args.title)
     if args.markdown:

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import shutil
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from structprune.cli.common import positive_int
+from structprune.cli.common import add_output_arguments, positive_int
 from structprune.errors import StructpruneError
 from structprune.metrics import size_metrics
+from structprune.output import claim_folder, fingerprint_files
 from structprune.pruning import evaluation_metrics, load_masks, run_dataset
 from structprune.retrain import retrain_compact, retrain_masked
-from structprune.runfolder import check_writable_destination, load_run, save_run
+from structprune.runfolder import load_run, save_run
 from structprune.train import TrainConfig
 
 
@@ -23,12 +23,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "retrain",
         help="retrain a pruned or compact run",
         description="Retrain the run in DIR on the dataset it was trained with. With masks.json the pruned weights "
-        "stay exactly zero; a compact run trains as it is. A checkpoint is kept in OUT.ckpt/ after every epoch: run "
-        "the same command again to resume.",
+        "stay exactly zero; a compact run trains as it is. A checkpoint is kept in the staging folder "
+        ".OUT.structprune/ beside OUT after every epoch: run the same command again to resume.",
     )
     p.add_argument("run_dir", type=Path, metavar="DIR", help="pruned or compact run folder")
     p.add_argument("--epochs", type=positive_int, required=True)
-    p.add_argument("--out", type=Path, default=None, help="run folder to write (default: replace DIR)")
+    add_output_arguments(p, "retrained run folder", resumable=True)
     p.add_argument("--lr", type=float, default=0.01, help="peak learning rate (default 0.01)")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--weight-decay", type=float, default=5e-4)
@@ -39,29 +39,30 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    out = check_writable_destination(args.out if args.out is not None else args.run_dir)
+    output = claim_folder(args.out, "retrain", inputs=(args.run_dir,), overwrite=args.overwrite)
     run_ = load_run(args.run_dir)
     data = run_dataset(run_, args.data_dir)
     if data is None:
         raise StructpruneError(f"{args.run_dir}: config.json records no dataset to retrain on")
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, weight_decay=args.weight_decay,
                       seed=args.seed)
-    ckpt = out.parent / f"{out.name}.ckpt"
     mask = load_masks(run_)
-    options = {"checkpoint_dir": ckpt, "progress": not args.no_progress}
-    if mask is not None:
-        history = retrain_masked(run_.model, mask, data, cfg, **options)
-    else:
-        history = retrain_compact(run_.model, data, cfg, **options)
+    identity = {"source": fingerprint_files(args.run_dir), "data": data.fingerprint(), "retrain": asdict(cfg)}
+    options = {"checkpoint_dir": output.checkpoints, "progress": not args.no_progress}
+    with output.staged(identity, restart=args.restart):
+        if mask is not None:
+            history = retrain_masked(run_.model, mask, data, cfg, **options)
+        else:
+            history = retrain_compact(run_.model, data, cfg, **options)
     kept = {k: v for k, v in run_.metrics.items() if k.startswith("compact_") or k == "nonzero_params"}
     metrics = {**size_metrics(run_.model), **kept, **evaluation_metrics(run_.model, data),
                "before_retrain": {k: run_.metrics[k] for k in ("val_mcr", "test_mcr") if k in run_.metrics},
                "history": history}
-    config = {**run_.config, "retrain": {"command": shlex.join(["structprune", *sys.argv[1:]]), **asdict(cfg),
-                                         "source_run": str(args.run_dir), "masked": mask is not None}}
+    config = {**run_.config, "verb": "retrain", "source_run": str(args.run_dir),
+              "retrain": {"command": shlex.join(["structprune", *sys.argv[1:]]), **asdict(cfg),
+                          "source_run": str(args.run_dir), "masked": mask is not None}}
     extra = {"masks.json": mask.to_json()} if mask is not None else None
-    save_run(out, run_.model, run_.arch, metrics, config, extra_json=extra)
-    shutil.rmtree(ckpt, ignore_errors=True)
+    out = save_run(output, run_.model, run_.arch, metrics, config, extra_json=extra)
     print(f"{out}: test MCR {metrics['test_mcr']:.4f} after {args.epochs} epochs "
           f"(before {metrics['before_retrain'].get('test_mcr', float('nan')):.4f})")
     return 0

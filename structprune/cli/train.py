@@ -6,22 +6,21 @@ import argparse
 import json
 import logging
 import shlex
-import shutil
 import sys
 import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from structprune import __version__
-from structprune.cli.common import positive_int
+from structprune.cli.common import add_output_arguments, positive_int
 from structprune.data import DATASETS, load_dataset
 from structprune.errors import StructpruneError
 from structprune.metrics import size_metrics
 from structprune.models import available, create
-from structprune.runfolder import check_writable_destination, save_run
+from structprune.output import claim_folder
+from structprune.runfolder import save_run
 from structprune.train import OPTIMIZERS, SCHEDULES, TrainConfig, evaluate, resolve_device, train
 
 log = logging.getLogger(__name__)
@@ -44,11 +43,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "train",
         help="train a model and save a run folder",
         description="Train a registered model on a dataset; write OUT/{model.safetensors,arch.json,metrics.json,"
-        "config.json}. A checkpoint is kept in OUT.ckpt/ after every epoch: run the same command again to resume.",
+        "config.json}. A checkpoint is kept in the staging folder .OUT.structprune/ beside OUT after every epoch: "
+        "run the same command again to resume.",
     )
     p.add_argument("--model", required=True, help=f"registered model ({', '.join(available())})")
     p.add_argument("--data", required=True, help=f"dataset ({', '.join(DATASETS)})")
-    p.add_argument("--out", required=True, type=Path, help="run folder to write")
+    add_output_arguments(p, "run folder", resumable=True)
     p.add_argument("--data-dir", default=None, help="folder with the dataset files (default: $STRUCTPRUNE_DATA or ./data)")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--lr", type=float, default=0.02,
@@ -69,17 +69,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="NHWC layout for convolutions (auto: on for CPU)")
     p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads for PyTorch (default: its own choice; 1 is fastest for tiny models)")
-    p.add_argument("--restart", action="store_true", help="discard an existing checkpoint in OUT.ckpt/")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
-def checkpoint_dir_for(out: Path) -> Path:
-    return out.parent / f"{out.name}.ckpt"
-
-
 def run(args: argparse.Namespace) -> int:
-    out = check_writable_destination(args.out)
+    output = claim_folder(args.out, "train", overwrite=args.overwrite)
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
                       batch_size=args.batch_size, seed=args.seed, schedule=args.schedule, optimizer=args.optimizer,
                       warmup_epochs=args.warmup_epochs)
@@ -97,13 +92,14 @@ def run(args: argparse.Namespace) -> int:
                        input_size=data.input_size, **model_kwargs)
     except TypeError as exc:
         raise StructpruneError(f"model {args.model!r}: bad --model-arg ({exc})") from None
-    ckpt = checkpoint_dir_for(out)
-    if args.restart and ckpt.exists():
-        shutil.rmtree(ckpt)
     channels_last = args.channels_last == "on" or (args.channels_last == "auto" and device.type == "cpu")
+    augment = bool(data.augment and not args.no_augment)
+    identity = {"model": args.model, "model_kwargs": model_kwargs, "dataset": args.data, "data": data.fingerprint(),
+                "val_size": len(data.val), "augment": augment, "channels_last": channels_last, "train": asdict(cfg)}
     started = time.perf_counter()
-    history = train(model, data, cfg, checkpoint_dir=ckpt, progress=not args.no_progress, device=device,
-                    channels_last=channels_last, augment=False if args.no_augment else None)
+    with output.staged(identity, restart=args.restart):
+        history = train(model, data, cfg, checkpoint_dir=output.checkpoints, progress=not args.no_progress,
+                        device=device, channels_last=channels_last, augment=False if args.no_augment else None)
     seconds = time.perf_counter() - started
     model.cpu()
     val, test = evaluate(model, data.val), evaluate(model, data.test)
@@ -112,11 +108,10 @@ def run(args: argparse.Namespace) -> int:
                "history": history}
     config = {"command": shlex.join(["structprune", *sys.argv[1:]]), "verb": "train", "model": args.model,
               "model_kwargs": model_kwargs, "dataset": args.data, "data_dir": args.data_dir, "val_size": len(data.val),
-              "augment": bool(data.augment and not args.no_augment), "device": str(device),
+              "augment": augment, "device": str(device),
               "channels_last": channels_last, "threads": torch.get_num_threads(), "train": asdict(cfg),
               "structprune": __version__, "torch": torch.__version__}
-    save_run(out, model, None, metrics, config)
-    shutil.rmtree(ckpt, ignore_errors=True)
+    out = save_run(output, model, None, metrics, config)
     print(f"{out}: val MCR {val.mcr:.4f}, test MCR {test.mcr:.4f} ({len(data.test)} test images), "
           f"{metrics['params']:,} params, {metrics['macs']:,} MACs")
     return 0
