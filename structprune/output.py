@@ -75,6 +75,8 @@ def _is_own(entry: Path) -> bool:
         return False
     if entry.is_file():
         return name in OWN_FILES or name.endswith(".png") or (name.startswith(".") and ".tmp" in name)
+    if name.startswith(".") and name.endswith(STAGE_SUFFIX):  # a stage of a resumable output, killed mid-way
+        return entry.is_dir() and (entry / STAGE_RECORD).is_file()
     return entry.is_dir() and (name in OWN_FOLDERS or name.endswith("_files") or _is_output_folder(entry))
 
 
