@@ -367,14 +367,15 @@ def search(
     (lower is better: an MCR, e.g. `mcr_scorer(loader)`, or a loss), called with the candidate masks applied
     to `model` in place (the weights are restored after every call).
 
-    Start: the L1 masks (`prune(..., method="l1")` with the same options, which fix each layer's count of kept
-    units). Then, per granularity and per layer (channel group, or convolution), a particle filter seeded with
-    the layer's L1 choice searches which units that layer keeps, every other layer held at its current
-    choice; the best particle replaces the layer's choice. Each layer's search scores the current choice
-    among its candidates, so with a deterministic score_fn the result never scores worse than the L1 masks.
-    Cost: at most particles × generations calls of `score_fn` per layer. `temperature` is in score units
-    (0.002 suits an MCR; scale it for a loss); `evolutionary` adds crossover and elitism (EPF). Kernel masks
-    are searched free (kernel_structure "unstructured").
+    Per granularity (channel, then kernel, then intra): start from the L1 masks at that scale, given the masks
+    searched so far (`prune(..., method="l1")` with the same options; they fix each layer's count of kept
+    units). Then, per layer (channel group, or convolution), a particle filter seeded with the layer's current
+    choice searches which units it keeps, every other layer held; the best particle replaces the choice. The
+    current choice is among the scored candidates, so with a deterministic score_fn no layer's search makes the
+    score worse: with one granularity, the result never scores worse than the L1 masks. Cost: at most
+    particles × generations calls of `score_fn` per layer. `temperature` is in score units (0.002 suits an
+    MCR; scale it for a loss); `evolutionary` adds crossover and elitism (EPF). Kernel masks are searched
+    free (kernel_structure "unstructured").
     """
     _check_model(model)
     if not callable(score_fn):

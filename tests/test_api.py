@@ -13,7 +13,6 @@ from torch.utils.data import DataLoader, TensorDataset
 import structprune
 from structprune.cli import main
 from structprune.errors import StructpruneError
-from structprune.granularity import Granularity
 from structprune.masks import NetworkMask
 from structprune.models import create
 
@@ -98,18 +97,27 @@ def test_search_finds_the_maps_the_score_asks_for_where_l1_does_not():
     assert torch.allclose(small(X), masked_copy(model, found)(X), atol=1e-5)
 
 
-def test_search_at_three_scales_scores_no_worse_than_l1():
+@pytest.mark.parametrize("granularity", ["channel", "kernel", "intra"])
+def test_search_scores_no_worse_than_l1_and_keeps_its_counts(granularity):
     model = resnet()
     score = structprune.mcr_scorer(loader())
-    options = {"granularity": "channel,kernel,intra", "ratio": [0.25, 0.25, 0.5]}
-    l1 = structprune.prune(model, X, **options)
-    found = structprune.search(model, X, score, particles=4, generations=2, **options)
+    l1 = structprune.prune(model, X, granularity=granularity, ratio=0.5)
+    found = structprune.search(model, X, score, granularity=granularity, ratio=0.5, particles=4, generations=2)
     assert score(masked_copy(model, found)) <= score(masked_copy(model, l1))
-    for scale in Granularity:  # the same number of units kept at each scale
-        field = {"channel": "keep_out", "kernel": "keep_kernel"}.get(scale.value)
+    field = {"channel": "keep_out", "kernel": "keep_kernel"}.get(granularity)
+    for name, lm in l1:
         if field:
-            assert sum(int(getattr(lm, field).sum()) for _, lm in found if getattr(lm, field) is not None) == sum(
-                int(getattr(lm, field).sum()) for _, lm in l1 if getattr(lm, field) is not None)
+            assert int(getattr(found.layers[name], field).sum()) == int(getattr(lm, field).sum())
+        else:
+            assert {len(p.taps(9)) for p in found.layers[name].intra} == {len(p.taps(9)) for p in lm.intra}
+
+
+def test_search_at_three_scales_compacts():
+    model = resnet()
+    found = structprune.search(model, X, structprune.mcr_scorer(loader()), granularity="channel,kernel,intra",
+                               ratio=[0.25, 0.25, 0.5], particles=4, generations=2, evolutionary=True)
+    assert {n for n, lm in found if lm.keep_out is not None} and {n for n, lm in found if lm.intra}
+    assert {n for n, lm in found if lm.keep_kernel is not None}
     small = structprune.compact(model, found)
     assert torch.allclose(small(X), masked_copy(model, found)(X), atol=1e-5)
 
