@@ -8,6 +8,9 @@ pruned shapes and compact layers come back without unpickling anything:
      "input_shape": [1, 28, 28],
      "modules": {"features.0": {"type": "Conv2d", "in_channels": 1, "out_channels": 20, ...}, ...}}
 
+A network of the user's own class (not in the registry) is described with "model": null and its class
+name; rebuilding it takes the user's factory of the unpruned network (`rebuild(arch, factory=...)`).
+
 Built-in specs cover Conv2d, BatchNorm2d and Linear; compact layers register theirs with
 `@register_module_type`, providing `to_spec()` and a classmethod `from_spec(spec)`.
 """
@@ -121,9 +124,8 @@ def factory_of(model: nn.Module) -> dict[str, Any]:
     return info
 
 
-def describe(model: nn.Module) -> dict[str, Any]:
-    """The arch.json of a model: factory, input shape and the spec of each layer (custom layers whole)."""
-    info = factory_of(model)
+def layer_specs(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """The spec of every shape-carrying layer of `model`, by name (a custom layer whole, not its children)."""
     modules: dict[str, dict[str, Any]] = {}
     skip: list[str] = []
     for name, module in model.named_modules():
@@ -134,33 +136,65 @@ def describe(model: nn.Module) -> dict[str, Any]:
             modules[name] = spec
             if spec["type"] in _CUSTOM_TYPES:
                 skip.append(name)
+    return modules
+
+
+def describe(model: nn.Module) -> dict[str, Any]:
+    """The arch.json of a model: factory, input shape and the spec of each layer (custom layers whole)."""
+    info = factory_of(model)
     return {
         "format": ARCH_FORMAT,
         "model": info["name"],
         "kwargs": info["kwargs"],
         "input_shape": list(info["input_shape"]),
-        "modules": modules,
+        "modules": layer_specs(model),
     }
 
 
-def rebuild(arch: dict[str, Any], source: str = "arch.json") -> nn.Module:
-    """Create the network described by `arch` (weights are not loaded)."""
+def describe_unregistered(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any]:
+    """The arch.json of a network of the user's own class: no factory is recorded ("model": null), only its
+    class name (for messages) and layer specs; rebuilding it needs the user's factory (`rebuild(..., factory=)`)."""
+    cls = type(model)
+    return {
+        "format": ARCH_FORMAT,
+        "model": None,
+        "class": f"{cls.__module__}.{cls.__qualname__}",
+        "kwargs": {},
+        "input_shape": [int(v) for v in input_shape],
+        "modules": layer_specs(model),
+    }
+
+
+def rebuild(arch: dict[str, Any], source: str = "arch.json", factory: Callable[[], nn.Module] | None = None) -> nn.Module:
+    """Create the network described by `arch` (weights are not loaded). `factory`: a no-argument callable
+    building the unpruned network, for networks of the user's own class (arch.json "model": null); by
+    default the registered model named in arch.json is created."""
     import structprune.compact  # noqa: F401  (registers the compact layer types)
     from structprune.models import create
 
     if not isinstance(arch, dict) or arch.get("format") != ARCH_FORMAT:
         raise StructpruneError(f"{source}: not a structprune arch file (format {ARCH_FORMAT!r} expected)")
-    try:
-        model = create(arch["model"], **arch.get("kwargs", {}))
-        modules = arch["modules"]
-    except KeyError as exc:
-        raise StructpruneError(f"{source}: missing field {exc}") from None
-    for name, spec in modules.items():
+    if "modules" not in arch or not isinstance(arch["modules"], dict):
+        raise StructpruneError(f"{source}: missing field 'modules'")
+    name = arch.get("model")
+    if factory is not None:
+        model = factory()
+        if not isinstance(model, nn.Module):
+            raise StructpruneError(f"the model factory returned {type(model).__name__}, not a torch.nn.Module")
+        name = type(model).__name__
+    elif "model" not in arch:
+        raise StructpruneError(f"{source}: missing field 'model'")
+    elif name is None:
+        raise StructpruneError(f"{source}: the network is of the user's class {arch.get('class', '?')}, not a registered "
+                               "model; rebuild it in Python with structprune.load(DIR, model_factory=...)")
+    else:
+        model = create(name, **arch.get("kwargs", {}))
+    for layer, spec in arch["modules"].items():
         try:
-            model.get_submodule(name)
+            model.get_submodule(layer)
         except AttributeError:
-            raise StructpruneError(f"{source}: layer {name!r} does not exist in {arch['model']}") from None
-        model.set_submodule(name, build_module(spec, where=f"{source}: {name}"))
+            raise StructpruneError(f"{source}: layer {layer!r} does not exist in {name}") from None
+        model.set_submodule(layer, build_module(spec, where=f"{source}: {layer}"))
     return model
 
 

@@ -5,6 +5,8 @@
   fashion-mnist  28×28 grey: DIR/fashion-mnist.npz, or the four IDX files in DIR/fashion-mnist/ or DIR
   cifar10        32×32 RGB: DIR/cifar10.npz (NHWC uint8), or the binary batches data_batch_1..5.bin and
                  test_batch.bin in DIR/cifar-10-batches-bin/, DIR/cifar10/ or DIR
+  folder:PATH    your own images: one sub-folder of PATH per class, PNG or JPEG (structprune.imagefolder);
+                 `image_size` (train --image-size) resizes them, recorded as folder:/abs/PATH@N
 
 DIR is --data-dir, else $STRUCTPRUNE_DATA, else ./data. .npz files hold x_train, y_train, x_test, y_test.
 The validation split is a seeded random subset of the training set (the test set is only reported).
@@ -24,9 +26,18 @@ import torch
 
 from structprune.datafiles import read_cifar_bin, read_idx, read_npz
 from structprune.errors import StructpruneError
+from structprune.imagefolder import (
+    FolderSource,
+    channel_stats,
+    default_val_size,
+    is_folder_dataset,
+    normalise,
+    parse,
+    read_folder,
+)
 
 DATA_DIR_ENV = "STRUCTPRUNE_DATA"
-DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "folder:PATH")
 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 CIFAR_FILES = (*(f"data_batch_{i}.bin" for i in range(1, 6)), "test_batch.bin")
@@ -56,6 +67,7 @@ class Dataset:
     in_channels: int
     input_size: int
     augment: bool = False  # random crop with padding + horizontal flip during training
+    classes: tuple[str, ...] = ()  # class names, where the dataset has them (image folders)
 
     def fingerprint(self) -> str:
         """A hash of every image and label of the three splits: a resumed run checks that its data did not change."""
@@ -187,11 +199,16 @@ def _split_off_validation(x: torch.Tensor, y: torch.Tensor, val_size: int, seed:
     return Split(x[train_idx], y[train_idx]), Split(x[val_idx], y[val_idx])
 
 
-def load_dataset(name: str, data_dir_arg: str | Path | None = None, val_size: int | None = None, seed: int = 0) -> Dataset:
+def load_dataset(name: str, data_dir_arg: str | Path | None = None, val_size: int | None = None, seed: int = 0,
+                 image_size: int | None = None) -> Dataset:
     """Load a dataset by name (see the module docstring); `val_size` training images (default per dataset)
-    become the validation split, chosen with `seed`."""
+    become the validation split, chosen with `seed`. `image_size`: folder datasets only (resize to N×N)."""
+    if is_folder_dataset(name):
+        return _load_folder(parse(name, image_size), val_size, seed)
     if name not in SPECS:
         raise StructpruneError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
+    if image_size is not None:
+        raise StructpruneError(f"an image size applies to folder: datasets only, not to {name!r}")
     spec = SPECS[name]
     if name == "digits":
         raw, where = _digits(), "digits"
@@ -203,12 +220,29 @@ def load_dataset(name: str, data_dir_arg: str | Path | None = None, val_size: in
     y_train = _check_labels(y_train, len(x_train), spec.num_classes, f"{where} (train labels)")
     y_test = _check_labels(y_test, len(x_test), spec.num_classes, f"{where} (test labels)")
     val = spec.default_val if val_size is None else val_size
-    if not 0 <= val < len(y_train):
-        raise StructpruneError(f"validation size {val} must be between 0 and {len(y_train) - 1} (training images)")
+    _check_val_size(val, len(y_train))
     train, val_split = _split_off_validation(_normalise(x_train, spec), torch.from_numpy(y_train), val, seed)
     test = Split(_normalise(x_test, spec), torch.from_numpy(y_test))
     c, h, _ = spec.shape
     return Dataset(name, train, val_split, test, spec.num_classes, c, h, augment=spec.augment)
+
+
+def _check_val_size(val: int, train_images: int) -> None:
+    if not 0 <= val < train_images:
+        raise StructpruneError(f"validation size {val} must be between 0 and {train_images - 1} (training images)")
+
+
+def _load_folder(source: FolderSource, val_size: int | None, seed: int) -> Dataset:
+    """An image folder (structprune.imagefolder), normalised with its training images' per-channel statistics."""
+    images = read_folder(source)
+    mean, std = channel_stats(images.train_x)
+    val = default_val_size(len(images.train_y)) if val_size is None else val_size
+    _check_val_size(val, len(images.train_y))
+    train, val_split = _split_off_validation(normalise(images.train_x, mean, std), images.train_y, val, seed)
+    test = Split(normalise(images.test_x, mean, std), images.test_y)
+    name = FolderSource(source.path, images.size).name
+    return Dataset(name, train, val_split, test, len(images.classes), images.train_x.shape[1], images.size,
+                   classes=images.classes)
 
 
 def batches(split: Split, batch_size: int, shuffle: bool = False, seed: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -47,7 +47,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "run the same command again to resume.",
     )
     p.add_argument("--model", required=True, help=f"registered model ({', '.join(available())})")
-    p.add_argument("--data", required=True, help=f"dataset ({', '.join(DATASETS)})")
+    p.add_argument("--data", required=True, help=f"dataset ({', '.join(DATASETS)}; folder:PATH holds one sub-folder of "
+                   "PNG or JPEG images per class)")
+    p.add_argument("--image-size", type=positive_int, default=None, metavar="N",
+                   help="folder: datasets: resize images to N×N (default: the larger side of the first image)")
     add_output_arguments(p, "run folder", resumable=True)
     p.add_argument("--data-dir", default=None, help="folder with the dataset files (default: $STRUCTPRUNE_DATA or ./data)")
     p.add_argument("--epochs", type=int, default=3)
@@ -81,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    data = load_dataset(args.data, args.data_dir, val_size=args.val_size, seed=args.seed)
+    data = load_dataset(args.data, args.data_dir, val_size=args.val_size, seed=args.seed, image_size=args.image_size)
     model_kwargs = dict(args.model_arg)
     fixed = sorted({"num_classes", "in_channels", "input_size"} & model_kwargs.keys())
     if fixed:
@@ -107,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
                **size_metrics(model), "test_images": len(data.test), "train_seconds_this_session": round(seconds, 1),
                "history": history}
     config = {"command": shlex.join(["structprune", *sys.argv[1:]]), "verb": "train", "model": args.model,
-              "model_kwargs": model_kwargs, "dataset": args.data, "data_dir": args.data_dir, "val_size": len(data.val),
+              "model_kwargs": model_kwargs, "dataset": data.name, "data_dir": args.data_dir, "val_size": len(data.val),
               "augment": augment, "device": str(device),
               "channels_last": channels_last, "threads": torch.get_num_threads(), "train": asdict(cfg),
               "structprune": __version__, "torch": torch.__version__}
