@@ -9,12 +9,15 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
+
 from structprune.cli.common import positive_int
+from structprune.distill import DEFAULT_TEMPERATURE, DEFAULT_WEIGHT, SOURCE, Distillation, teacher_for
 from structprune.errors import StructpruneError
 from structprune.metrics import size_metrics
 from structprune.pruning import evaluation_metrics, load_masks, run_dataset
 from structprune.retrain import retrain_compact, retrain_masked
-from structprune.runfolder import check_writable_destination, load_run, save_run
+from structprune.runfolder import Run, check_writable_destination, load_run, save_run
 from structprune.train import TrainConfig
 
 
@@ -23,7 +26,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "retrain",
         help="retrain a pruned or compact run",
         description="Retrain the run in DIR on the dataset it was trained with. With masks.json the pruned weights "
-        "stay exactly zero; a compact run trains as it is. A checkpoint is kept in OUT.ckpt/ after every epoch: run "
+        "stay exactly zero; a compact run trains as it is. With --teacher, the loss also follows a teacher network's "
+        "softened predictions (knowledge distillation). A checkpoint is kept in OUT.ckpt/ after every epoch: run "
         "the same command again to resume.",
     )
     p.add_argument("run_dir", type=Path, metavar="DIR", help="pruned or compact run folder")
@@ -34,6 +38,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None, help="dataset folder (default: the one the run was trained with)")
+    p.add_argument("--teacher", default=None, metavar="RUN",
+                   help="distil from this run folder's network (same classes and input shape), or 'source': the trained "
+                   "run DIR was made from (followed back through the source runs its config.json records)")
+    p.add_argument("--distill-weight", type=float, default=None, metavar="A",
+                   help=f"with --teacher: loss = (1-A)*CE + A*T^2*KL(teacher || student) (default A={DEFAULT_WEIGHT:g})")
+    p.add_argument("--temperature", type=float, default=None, metavar="T",
+                   help=f"with --teacher: softmax temperature of both networks' soft targets (default {DEFAULT_TEMPERATURE:g})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -48,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
                       seed=args.seed)
     ckpt = out.parent / f"{out.name}.ckpt"
     mask = load_masks(run_)
-    options = {"checkpoint_dir": ckpt, "progress": not args.no_progress}
+    distill = _distillation(args, run_, data.train.x[:8])
+    options = {"checkpoint_dir": ckpt, "progress": not args.no_progress, "distill": distill}
     if mask is not None:
         history = retrain_masked(run_.model, mask, data, cfg, **options)
     else:
@@ -58,10 +70,23 @@ def run(args: argparse.Namespace) -> int:
                "before_retrain": {k: run_.metrics[k] for k in ("val_mcr", "test_mcr") if k in run_.metrics},
                "history": history}
     config = {**run_.config, "retrain": {"command": shlex.join(["structprune", *sys.argv[1:]]), **asdict(cfg),
-                                         "source_run": str(args.run_dir), "masked": mask is not None}}
+                                         "source_run": str(args.run_dir), "masked": mask is not None,
+                                         "distill": None if distill is None else {**distill.fingerprint(),
+                                                                                  "teacher_arg": args.teacher}}}
     extra = {"masks.json": mask.to_json()} if mask is not None else None
     save_run(out, run_.model, run_.arch, metrics, config, extra_json=extra)
     shutil.rmtree(ckpt, ignore_errors=True)
     print(f"{out}: test MCR {metrics['test_mcr']:.4f} after {args.epochs} epochs "
-          f"(before {metrics['before_retrain'].get('test_mcr', float('nan')):.4f})")
+          f"(before {metrics['before_retrain'].get('test_mcr', float('nan')):.4f})"
+          + (f", distilled from {distill.name} (A={distill.weight:g}, T={distill.temperature:g})" if distill else ""))
     return 0
+
+
+def _distillation(args: argparse.Namespace, run_: Run, example: torch.Tensor) -> Distillation | None:
+    if args.teacher is None:
+        if args.distill_weight is not None or args.temperature is not None:
+            raise StructpruneError("--distill-weight and --temperature apply to --teacher only")
+        return None
+    weight = DEFAULT_WEIGHT if args.distill_weight is None else args.distill_weight
+    temperature = DEFAULT_TEMPERATURE if args.temperature is None else args.temperature
+    return teacher_for(SOURCE if args.teacher == SOURCE else Path(args.teacher), run_, example, weight, temperature)
