@@ -8,13 +8,16 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
+
 from structprune.cli.common import add_output_arguments, positive_int
+from structprune.distill import DEFAULT_TEMPERATURE, DEFAULT_WEIGHT, SOURCE, Distillation, teacher_for
 from structprune.errors import StructpruneError
 from structprune.metrics import size_metrics
 from structprune.output import claim_folder, fingerprint_files
 from structprune.pruning import evaluation_metrics, load_masks, run_dataset
 from structprune.retrain import retrain_compact, retrain_masked
-from structprune.runfolder import load_run, save_run
+from structprune.runfolder import Run, load_run, save_run
 from structprune.train import TrainConfig
 
 
@@ -23,12 +26,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "retrain",
         help="retrain a pruned or compact run",
         description="Retrain the run in DIR on the dataset it was trained with. With masks.json the pruned weights "
-        "stay exactly zero; a compact run trains as it is. A checkpoint is kept in the staging folder "
+        "stay exactly zero; a compact run trains as it is. With --teacher, the loss also follows a teacher network's "
+        "softened predictions (knowledge distillation). A checkpoint is kept in the staging folder "
         ".OUT.structprune/ beside OUT after every epoch: run the same command again to resume.",
     )
     p.add_argument("run_dir", type=Path, metavar="DIR", help="pruned or compact run folder")
     p.add_argument("--epochs", type=positive_int, required=True)
     add_output_arguments(p, "retrained run folder", resumable=True)
+    p.add_argument("--teacher", default=None, metavar="RUN",
+                   help="distil from this run folder's network (same classes and input shape), or 'source': the trained "
+                   "run DIR was made from (followed back through the source runs its config.json records)")
+    p.add_argument("--distill-weight", type=float, default=None, metavar="A",
+                   help=f"with --teacher: loss = (1-A)*CE + A*T^2*KL(teacher || student) (default A={DEFAULT_WEIGHT:g})")
+    p.add_argument("--temperature", type=float, default=None, metavar="T",
+                   help=f"with --teacher: softmax temperature of both networks' soft targets (default {DEFAULT_TEMPERATURE:g})")
     p.add_argument("--lr", type=float, default=0.01, help="peak learning rate (default 0.01)")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--weight-decay", type=float, default=5e-4)
@@ -47,8 +58,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, weight_decay=args.weight_decay,
                       seed=args.seed)
     mask = load_masks(run_)
-    identity = {"source": fingerprint_files(args.run_dir), "data": data.fingerprint(), "retrain": asdict(cfg)}
-    options = {"checkpoint_dir": output.checkpoints, "progress": not args.no_progress}
+    distill = _distillation(args, run_, data.train.x[:8])
+    identity = {"source": fingerprint_files(args.run_dir), "data": data.fingerprint(), "retrain": asdict(cfg),
+                "distill": None if distill is None else distill.fingerprint()}
+    options = {"checkpoint_dir": output.checkpoints, "progress": not args.no_progress, "distill": distill}
     with output.staged(identity, restart=args.restart):
         if mask is not None:
             history = retrain_masked(run_.model, mask, data, cfg, **options)
@@ -60,9 +73,21 @@ def run(args: argparse.Namespace) -> int:
                "history": history}
     config = {**run_.config, "verb": "retrain", "source_run": str(args.run_dir),
               "retrain": {"command": shlex.join(["structprune", *sys.argv[1:]]), **asdict(cfg),
-                          "source_run": str(args.run_dir), "masked": mask is not None}}
+                          "source_run": str(args.run_dir), "masked": mask is not None,
+                          "distill": None if distill is None else {**distill.fingerprint(), "teacher_arg": args.teacher}}}
     extra = {"masks.json": mask.to_json()} if mask is not None else None
     out = save_run(output, run_.model, run_.arch, metrics, config, extra_json=extra)
     print(f"{out}: test MCR {metrics['test_mcr']:.4f} after {args.epochs} epochs "
-          f"(before {metrics['before_retrain'].get('test_mcr', float('nan')):.4f})")
+          f"(before {metrics['before_retrain'].get('test_mcr', float('nan')):.4f})"
+          + (f", distilled from {distill.name} (A={distill.weight:g}, T={distill.temperature:g})" if distill else ""))
+
+
+def _distillation(args: argparse.Namespace, run_: Run, example: torch.Tensor) -> Distillation | None:
+    if args.teacher is None:
+        if args.distill_weight is not None or args.temperature is not None:
+            raise StructpruneError("--distill-weight and --temperature apply to --teacher only")
+        return None
+    weight = DEFAULT_WEIGHT if args.distill_weight is None else args.distill_weight
+    temperature = DEFAULT_TEMPERATURE if args.temperature is None else args.temperature
+    return teacher_for(SOURCE if args.teacher == SOURCE else Path(args.teacher), run_, example, weight, temperature)
     return 0
