@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m structprune demo --out runs/demo
+	$(PY) -m structprune demo --out runs/demo --overwrite
 
 test: $(STAMP)
 	$(PY) -m ruff check structprune tests benchmarks scripts

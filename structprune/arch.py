@@ -8,6 +8,9 @@ pruned shapes and compact layers come back without unpickling anything:
      "input_shape": [1, 28, 28],
      "modules": {"features.0": {"type": "Conv2d", "in_channels": 1, "out_channels": 20, ...}, ...}}
 
+A network of the user's own class (not in the registry) is described with "model": null and its class
+name; rebuilding it takes the user's factory of the unpruned network (`rebuild(arch, factory=...)`).
+
 Built-in specs cover Conv2d, BatchNorm2d and Linear; compact layers register theirs with
 `@register_module_type`, providing `to_spec()` and a classmethod `from_spec(spec)`.
 """
@@ -124,9 +127,8 @@ def factory_of(model: nn.Module) -> dict[str, Any]:
     return info
 
 
-def describe(model: nn.Module) -> dict[str, Any]:
-    """The arch.json of a model: factory, input shape and the spec of each layer (custom layers whole)."""
-    info = factory_of(model)
+def layer_specs(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """The spec of every shape-carrying layer of `model`, by name (a custom layer whole, not its children)."""
     modules: dict[str, dict[str, Any]] = {}
     skip: list[str] = []
     for name, module in model.named_modules():
@@ -137,12 +139,32 @@ def describe(model: nn.Module) -> dict[str, Any]:
             modules[name] = spec
             if spec["type"] in _CUSTOM_TYPES:
                 skip.append(name)
+    return modules
+
+
+def describe(model: nn.Module) -> dict[str, Any]:
+    """The arch.json of a model: factory, input shape and the spec of each layer (custom layers whole)."""
+    info = factory_of(model)
     return {
         "format": ARCH_FORMAT,
         "model": info["name"],
         "kwargs": info["kwargs"],
         "input_shape": list(info["input_shape"]),
-        "modules": modules,
+        "modules": layer_specs(model),
+    }
+
+
+def describe_unregistered(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any]:
+    """The arch.json of a network of the user's own class: no factory is recorded ("model": null), only its
+    class name (for messages) and layer specs; rebuilding it needs the user's factory (`rebuild(..., factory=)`)."""
+    cls = type(model)
+    return {
+        "format": ARCH_FORMAT,
+        "model": None,
+        "class": f"{cls.__module__}.{cls.__qualname__}",
+        "kwargs": {},
+        "input_shape": [int(v) for v in input_shape],
+        "modules": layer_specs(model),
     }
 
 
@@ -182,14 +204,17 @@ def check_spec(spec: Any, where: str) -> None:
             raise StructpruneError(f"{where}: {key} must be a finite number >= 0 (got {value!r})")
 
 
-def check_arch(arch: Any, source: str = "arch.json") -> None:
+def check_arch(arch: Any, source: str = "arch.json", user_class: bool = False) -> None:
     """The shape of an arch.json: format, model name, kwargs, input shape, and a valid spec per layer."""
     if not isinstance(arch, dict) or arch.get("format") != ARCH_FORMAT:
         raise StructpruneError(f"{source}: not a structprune arch file (format {ARCH_FORMAT!r} expected)")
     for key in ("model", "modules"):
         if key not in arch:
             raise StructpruneError(f"{source}: missing field {key!r}")
-    if not isinstance(arch["model"], str):
+    if arch["model"] is None and not user_class:
+        raise StructpruneError(f"{source}: the network is of the user's class {arch.get('class', '?')}, not a registered "
+                               "model; rebuild it in Python with structprune.load(DIR, model_factory=...)")
+    if arch["model"] is not None and not isinstance(arch["model"], str):
         raise StructpruneError(f"{source}: model must be a registered model's name (got {arch['model']!r})")
     if not isinstance(arch.get("kwargs", {}), dict):
         raise StructpruneError(f"{source}: kwargs must be an object (got {type(arch['kwargs']).__name__})")
@@ -215,29 +240,39 @@ def _stand_in(spec: dict[str, Any], where: str) -> nn.Module:
     return build_module(dense, where)
 
 
-def _assemble(arch: dict[str, Any], source: str, stand_ins: bool = False) -> nn.Module:
+def _assemble(arch: dict[str, Any], source: str, stand_ins: bool = False,
+              factory: Callable[[], nn.Module] | None = None) -> nn.Module:
     from structprune.models import create
 
-    try:
-        model = create(arch["model"], **arch.get("kwargs", {}))
-    except StructpruneError as exc:
-        raise StructpruneError(f"{source}: {exc}") from None
-    declared = arch.get("input_shape")
-    if declared is not None and list(factory_of(model)["input_shape"]) != declared:
-        raise StructpruneError(f"{source}: input_shape {declared} does not match the model's arguments "
-                               f"({factory_of(model)['input_shape']})")
-    for name, spec in arch["modules"].items():
+    if factory is not None:
+        model = factory()
+        if not isinstance(model, nn.Module):
+            raise StructpruneError(f"the model factory returned {type(model).__name__}, not a torch.nn.Module")
+        name = type(model).__name__
+    else:
+        name = arch["model"]
         try:
-            model.get_submodule(name)
+            model = create(name, **arch.get("kwargs", {}))
+        except StructpruneError as exc:
+            raise StructpruneError(f"{source}: {exc}") from None
+        declared = arch.get("input_shape")
+        if declared is not None and list(factory_of(model)["input_shape"]) != declared:
+            raise StructpruneError(f"{source}: input_shape {declared} does not match the model's arguments "
+                                   f"({factory_of(model)['input_shape']})")
+    for layer, spec in arch["modules"].items():
+        try:
+            model.get_submodule(layer)
         except AttributeError:
-            raise StructpruneError(f"{source}: layer {name!r} does not exist in {arch['model']}") from None
+            raise StructpruneError(f"{source}: layer {layer!r} does not exist in {name}") from None
         build = _stand_in if stand_ins else build_module
-        model.set_submodule(name, build(spec, f"{source}: {name}"))
+        model.set_submodule(layer, build(spec, f"{source}: {layer}"))
     return model
 
 
-def rebuild(arch: dict[str, Any], source: str = "arch.json") -> nn.Module:
-    """Create the network described by `arch` (weights are not loaded).
+def rebuild(arch: dict[str, Any], source: str = "arch.json", factory: Callable[[], nn.Module] | None = None) -> nn.Module:
+    """Create the network described by `arch` (weights are not loaded). `factory`: a no-argument callable
+    building the unpruned network, for networks of the user's own class (arch.json "model": null); by
+    default the registered model named in arch.json is created.
 
     The arch is checked first (sizes are integers in range), then built on PyTorch's meta device (shapes only)
     to refuse, in one line, a network larger than the models' limit or one whose layers do not fit together,
@@ -245,19 +280,20 @@ def rebuild(arch: dict[str, Any], source: str = "arch.json") -> nn.Module:
     import structprune.compact  # noqa: F401  (registers the compact layer types)
     from structprune.models.registry import check_size
 
-    check_arch(arch, source)
-    probe = check_size(source, lambda: _assemble(arch, source, stand_ins=True))
+    check_arch(arch, source, user_class=factory is not None)
+    probe = check_size(source, lambda: _assemble(arch, source, stand_ins=True, factory=factory))
+    shape = arch.get("input_shape") or factory_of(probe)["input_shape"]
     with torch.device("meta"):
         try:
             with torch.no_grad():
-                probe.eval()(torch.empty(1, *factory_of(probe)["input_shape"]))
+                probe.eval()(torch.empty(1, *shape))
         except NotImplementedError:
             pass  # a layer without a meta kernel: the shapes are checked when the network first runs
         except (RuntimeError, ValueError, TypeError, IndexError) as exc:
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise StructpruneError(f"{source}: the layers do not fit together ({text})") from None
     try:
-        return _assemble(arch, source)
+        return _assemble(arch, source, factory=factory)
     except RuntimeError as exc:
         raise StructpruneError(f"{source}: bad layer spec ({str(exc).strip().splitlines()[0]})") from None
 

@@ -81,22 +81,27 @@ class CompiledNetwork(nn.Module):
 
 class OnnxRuntimeNetwork(nn.Module):
     """`model` exported to ONNX (checked against PyTorch) and run by an ONNX Runtime CPU session with
-    `threads` threads: NCHW in, logits out. For timing.
+    `threads` threads: NCHW in, logits out. For timing. With `calibration` images, the model is statically
+    quantized to int8 first (structprune.export_int8).
 
     The session spins as ONNX Runtime does by default: its threads busy-wait a short while after a run, so
     back-to-back runs find them awake (bench() lets them go quiet before another network is timed).
     stop_spinning: they stop at the end of every run instead, so each run pays for waking them, as an
     occasional request would."""
 
-    def __init__(self, model: nn.Module, threads: int, stop_spinning: bool = False):
+    def __init__(self, model: nn.Module, threads: int, stop_spinning: bool = False, calibration: Any = None):
         super().__init__()
         import tempfile
 
+        from structprune.export_int8 import write_int8_onnx
         from structprune.export_onnx import export_onnx, onnx_session
 
         with tempfile.TemporaryDirectory(prefix="structprune-bench-") as tmp:
             path = Path(tmp) / "network.onnx"
-            export_onnx(model, path)
+            if calibration is None:
+                export_onnx(model, path)
+            else:  # calibration: images (numpy [N, C, H, W]) for ONNX Runtime's static int8 quantization
+                write_int8_onnx(model, path, calibration)
             self._session = (onnx_session(path, threads=threads, stop_spinning=stop_spinning),)  # model in memory
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -117,6 +122,16 @@ def runtime_candidate(candidate: Candidate, runtime: str, threads: int, stop_spi
                          candidate.input_shape, {**candidate.info, "runtime": runtime, "onnx_stop_spinning": stop_spinning},
                          layouts=("nchw",))
     raise StructpruneError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
+
+
+def int8_candidate(candidate: Candidate, calibration: Any, threads: int, stop_spinning: bool = False) -> Candidate:
+    """The candidate's network statically quantized to int8 by ONNX Runtime (activations calibrated on the
+    `calibration` images, numpy [N, C, H, W]) and run by it, named NAME#int8 (variant "int8" in its records).
+    Its test MCR is not the float network's, so it is left unknown here (`structprune export --int8` measures it)."""
+    info = {**candidate.info, "test_mcr": None, "runtime": "onnxruntime", "onnx_stop_spinning": stop_spinning,
+            "precision": "int8", "variant": "int8", "int8_of": candidate.name, "calibration_images": len(calibration)}
+    return Candidate(f"{candidate.name}#int8", OnnxRuntimeNetwork(candidate.model, threads, stop_spinning, calibration),
+                     candidate.input_shape, info, layouts=("nchw",))
 
 
 def _prepared(model: nn.Module, layout: str) -> nn.Module:

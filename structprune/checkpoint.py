@@ -19,7 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from structprune.errors import StructpruneError
-from structprune.jsonio import write_json_atomic
+from structprune.jsonio import usual_permissions, write_json_atomic
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 CHECKPOINT_JSON = "checkpoint.json"
@@ -52,6 +52,7 @@ def save_checkpoint(folder: str | Path, model: torch.nn.Module, opt: torch.optim
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={_META_KEY: json.dumps(full)})
+        usual_permissions(tmp)
         os.replace(tmp, folder / CHECKPOINT_FILE)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -5,6 +5,8 @@
   fashion-mnist  28×28 grey: DIR/fashion-mnist.npz, or the four IDX files in DIR/fashion-mnist/ or DIR
   cifar10        32×32 RGB: DIR/cifar10.npz (NHWC uint8), or the binary batches data_batch_1..5.bin and
                  test_batch.bin in DIR/cifar-10-batches-bin/, DIR/cifar10/ or DIR
+  folder:PATH    your own images: one sub-folder of PATH per class, PNG or JPEG (structprune.imagefolder);
+                 `image_size` (train --image-size) resizes them, recorded as folder:/abs/PATH@N
 
 DIR is --data-dir, else $STRUCTPRUNE_DATA, else ./data. .npz files hold x_train, y_train, x_test, y_test.
 The validation split is a seeded random subset of the training set (the test set is only reported).
@@ -13,6 +15,7 @@ Images are scaled to [0, 1] and normalised per channel; CIFAR-10 is marked for c
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Iterator
@@ -24,11 +27,19 @@ import torch
 
 from structprune.datafiles import read_cifar_bin, read_idx, read_npz
 from structprune.errors import StructpruneError
+from structprune.imagefolder import (
+    FolderSource,
+    channel_stats,
+    is_folder_dataset,
+    normalise,
+    parse,
+    read_folder,
+)
 
 log = logging.getLogger(__name__)
 
 DATA_DIR_ENV = "STRUCTPRUNE_DATA"
-DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "folder:PATH")
 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 CIFAR_FILES = (*(f"data_batch_{i}.bin" for i in range(1, 6)), "test_batch.bin")
@@ -58,6 +69,16 @@ class Dataset:
     in_channels: int
     input_size: int
     augment: bool = False  # random crop with padding + horizontal flip during training
+    classes: tuple[str, ...] = ()  # class names, where the dataset has them (image folders)
+
+    def fingerprint(self) -> str:
+        """A hash of every image and label of the three splits: a resumed run checks that its data did not change."""
+        h = hashlib.sha256(self.name.encode())
+        for split in (self.train, self.val, self.test):
+            for tensor in (split.x, split.y):
+                h.update(str(tuple(tensor.shape)).encode())
+                h.update(tensor.contiguous().numpy().tobytes())
+        return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -193,11 +214,16 @@ def _split_off_validation(x: torch.Tensor, y: torch.Tensor, val_size: int, seed:
     return Split(x[train_idx], y[train_idx]), Split(x[val_idx], y[val_idx])
 
 
-def load_dataset(name: str, data_dir_arg: str | Path | None = None, val_size: int | None = None, seed: int = 0) -> Dataset:
+def load_dataset(name: str, data_dir_arg: str | Path | None = None, val_size: int | None = None, seed: int = 0,
+                 image_size: int | None = None) -> Dataset:
     """Load a dataset by name (see the module docstring); `val_size` training images (default: a tenth, at most
-    5,000) become the validation split, chosen with `seed`."""
+    5,000) become the validation split, chosen with `seed`. `image_size`: folder datasets only (resize to N×N)."""
+    if is_folder_dataset(name):
+        return _load_folder(parse(name, image_size), val_size, seed)
     if name not in SPECS:
         raise StructpruneError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
+    if image_size is not None:
+        raise StructpruneError(f"an image size applies to folder: datasets only, not to {name!r}")
     spec = SPECS[name]
     if name == "digits":
         raw, where = _digits(), "digits"
@@ -211,18 +237,35 @@ def load_dataset(name: str, data_dir_arg: str | Path | None = None, val_size: in
     if len(y_train) < 2 or len(y_test) == 0:
         raise StructpruneError(f"{where}: {len(y_train)} training and {len(y_test)} test images; at least 2 training "
                                "images (one kept for validation) and 1 test image are needed")
-    if val_size is None:
-        val = default_val_size(len(y_train))
-        log.info("validation split: %d of the %d training images (a tenth, at most %d; --val-size sets it)",
-                 val, len(y_train), DEFAULT_VAL_MAX)
-    else:
-        val = val_size
-    if isinstance(val, bool) or not isinstance(val, int) or not 1 <= val < len(y_train):
-        raise StructpruneError(f"validation size {val!r} must be between 1 and {len(y_train) - 1} (training images)")
+    val = _choose_val_size(val_size, len(y_train))
     train, val_split = _split_off_validation(_normalise(x_train, spec), torch.from_numpy(y_train), val, seed)
     test = Split(_normalise(x_test, spec), torch.from_numpy(y_test))
     c, h, _ = spec.shape
     return Dataset(name, train, val_split, test, spec.num_classes, c, h, augment=spec.augment)
+
+
+def _choose_val_size(val_size: int | None, train_images: int) -> int:
+    """The validation split's size: as given (1 to train_images - 1), or by default a tenth, at most 5,000."""
+    if val_size is None:
+        val = default_val_size(train_images)
+        log.info("validation split: %d of the %d training images (a tenth, at most %d; --val-size sets it)",
+                 val, train_images, DEFAULT_VAL_MAX)
+        return val
+    if isinstance(val_size, bool) or not isinstance(val_size, int) or not 1 <= val_size < train_images:
+        raise StructpruneError(f"validation size {val_size!r} must be between 1 and {train_images - 1} (training images)")
+    return val_size
+
+
+def _load_folder(source: FolderSource, val_size: int | None, seed: int) -> Dataset:
+    """An image folder (structprune.imagefolder), normalised with its training images' per-channel statistics."""
+    images = read_folder(source)
+    mean, std = channel_stats(images.train_x)
+    val = _choose_val_size(val_size, len(images.train_y))
+    train, val_split = _split_off_validation(normalise(images.train_x, mean, std), images.train_y, val, seed)
+    test = Split(normalise(images.test_x, mean, std), images.test_y)
+    name = FolderSource(source.path, images.size).name
+    return Dataset(name, train, val_split, test, len(images.classes), images.train_x.shape[1], images.size,
+                   classes=images.classes)
 
 
 def batches(split: Split, batch_size: int, shuffle: bool = False, seed: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

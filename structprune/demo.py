@@ -3,7 +3,9 @@
 Each stage is a function `stage(ctx)` that reads what earlier stages left in `ctx`, writes its files under
 `ctx.work` and appends a Markdown section to `ctx.report`. Later capabilities (pruning, search,
 quantization, speed measurements) add themselves with `add_stage(name, fn, after=...)`. The output folder
-is staged under a temporary name and renamed into place at the end, so an interrupted demo leaves nothing.
+is written in structprune's staging area and renamed into place at the end (structprune.output), so an
+interrupted demo leaves nothing at OUT, and an existing folder is replaced only when it is an earlier demo
+and `overwrite` is given.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ import torch
 
 from structprune.arch import describe
 from structprune.data import Dataset, load_dataset
-from structprune.jsonio import write_bytes_atomic
+from structprune.jsonio import write_bytes_atomic, write_json_atomic
 from structprune.metrics import size_metrics
 from structprune.models import create
-from structprune.runfolder import staged_run_folder, write_run_files
+from structprune.output import Output
+from structprune.runfolder import as_output, write_run_files
 from structprune.train import TrainConfig, evaluate, train
 
 log = logging.getLogger(__name__)
@@ -39,6 +42,7 @@ class DemoContext:
     """What the stages share. `results` maps stage name -> its headline numbers (for report and tests)."""
 
     work: Path  # the (temporary) output folder the stages write into
+    out: Path  # where it ends up: what the demo's records name
     epochs: int = 30
     seed: int = 0
     progress: bool = False
@@ -117,17 +121,19 @@ def _report_text(ctx: DemoContext) -> str:
     return "\n".join([head, *ctx.report])
 
 
-def run_demo(out: str | Path, epochs: int = 30, seed: int = 0, progress: bool = False) -> DemoContext:
+def run_demo(out: str | Path | Output, epochs: int = 30, seed: int = 0, progress: bool = False) -> DemoContext:
     """Run every stage in order; write OUT/report.md and each stage's files. Returns the context."""
-    with staged_run_folder(out) as work:
-        ctx = DemoContext(work=work, epochs=epochs, seed=seed, progress=progress)
+    output = as_output(out, "demo")
+    with output.publish() as work:
+        ctx = DemoContext(work=work, out=output.path, epochs=epochs, seed=seed, progress=progress)
         for name, stage in STAGES:
             started = time.perf_counter()
             log.info("demo stage %s", name)
             stage(ctx)
             ctx.seconds[name] = time.perf_counter() - started
         write_bytes_atomic(work / "report.md", _report_text(ctx).encode())
-    ctx.work = Path(out)
+        write_json_atomic(work / "config.json", {"verb": "demo", "epochs": epochs, "seed": seed})
+    ctx.work = output.path
     return ctx
 
 

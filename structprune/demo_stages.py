@@ -6,12 +6,11 @@ small enough for the embedded 8×8 digits: a pipeline check in seconds, not a re
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from structprune.jsonio import write_json_atomic
-from structprune.runfolder import load_run, staged_run_folder
+from structprune.runfolder import as_output, load_run
 
 SEARCH_RUN, SEARCH_COMPACT, QUANT_RUN, EXPORT_DIR, BENCH_FILE = (
     "search", "search-compact", "quantized", "export", "bench.json")
@@ -62,16 +61,13 @@ def stage_quantize(ctx: Any) -> None:
 
 def stage_export(ctx: Any) -> None:
     """ONNX of the quantized compact network, checked against PyTorch by onnxruntime."""
-    from structprune.export_onnx import export_onnx
+    from structprune.reproduce import export_folder
 
-    run = load_run(ctx.work / QUANT_RUN)
-    with staged_run_folder(ctx.work / EXPORT_DIR) as tmp:
-        check = export_onnx(run.model, tmp / "model.onnx")
-        write_json_atomic(tmp / "export.json", {"source_run": QUANT_RUN, "onnx": "model.onnx",
-                                                "onnx_bytes": (tmp / "model.onnx").stat().st_size, **asdict(check)})
-    ctx.results["export"] = asdict(check)
+    record = export_folder(load_run(ctx.work / QUANT_RUN), as_output(ctx.work / EXPORT_DIR, "export"))
+    check = {k: v for k, v in record.items() if k not in ("source_run", "onnx", "onnx_bytes")}
+    ctx.results["export"] = check
     ctx.report.append(f"## Export\n\n`{EXPORT_DIR}/model.onnx` from `{QUANT_RUN}/`, checked with onnxruntime: "
-                      f"{asdict(check)}.\n")
+                      f"{check}.\n")
 
 
 def stage_bench(ctx: Any) -> None:
@@ -88,12 +84,12 @@ def stage_bench(ctx: Any) -> None:
     for name in compared:
         run = load_run(ctx.work / name)
         info = {k: run.metrics.get(k) for k in ("macs", "params", "test_mcr")}
-        candidates.append(Candidate(str(ctx.work / name), run.model, input_shape_of(run.model), info))
+        candidates.append(Candidate(str(ctx.out / name), run.model, input_shape_of(run.model), info))
     records = bench(candidates, list(BENCH_BATCHES), threads=1, rounds=BENCH_ROUNDS, progress=ctx.progress)
     write_json_atomic(ctx.work / BENCH_FILE, records)
     table = bench_table([r for r in collect([ctx.work]) if r.bench])
     ctx.results["bench"] = {"records": len(records)}
-    dense_ms = {r["batch"]: r["median_ms"] for r in records if r["run"] == str(ctx.work / DENSE_RUN)}
+    dense_ms = {r["batch"]: r["median_ms"] for r in records if r["run"] == str(ctx.out / DENSE_RUN)}
     slower = sorted({Path(r["run"]).name for r in records if r["median_ms"] > dense_ms[r["batch"]]})
     caveat = (f"\n`{'`, `'.join(slower)}` ran slower than dense at some batch size although it does fewer MACs: "
               "on 8×8 inputs every layer is tiny, so fixed per-operator costs outweigh the saved arithmetic, and an "

@@ -14,8 +14,18 @@ from structprune.errors import StructpruneError
 def write_json_atomic(path: str | Path, data: Any) -> None:
     """Write `data` as indented JSON to `path` through a temporary file and a rename."""
     path = Path(path)
-    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
+    try:
+        text = json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n"
+    except ValueError:
+        raise StructpruneError(f"{path}: refusing to write a non-finite number (NaN or infinity) into JSON") from None
     write_bytes_atomic(path, text.encode())
+
+
+def usual_permissions(path: str | Path) -> None:
+    """Give a file made by mkstemp (private, 0600) the permissions the user's umask asks for."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 def write_bytes_atomic(path: str | Path, payload: bytes) -> None:
@@ -24,6 +34,7 @@ def write_bytes_atomic(path: str | Path, payload: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
+        usual_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -9,6 +9,7 @@ compose freely and survive compaction.  A `LayerMask` for a conv with weight [O,
   intra        per input map (of the I per group) an IntraPattern or None (= full kernel); None = all full
 masks.json:
   {"format": "structprune-masks/1",
+   "input_shape": [C, H, W],                                               # optional
    "layers": {"features.0": {"shape": [O, I, kh, kw], "groups": 1,
                               "keep_out": [0, 3, ...] | null,
                               "keep_kernel": ["0110...", ...] | null,     # one bit string per output map
@@ -174,6 +175,7 @@ class NetworkMask:
     """Masks of a whole network, keyed by the layer's module name (convolutions; linear layers' hidden units)."""
 
     layers: dict[str, LayerMask] = field(default_factory=dict)
+    input_shape: tuple[int, ...] | None = None  # (C, H, W) of one input, when known (tracing and compaction use it)
 
     def __iter__(self) -> Iterator[tuple[str, LayerMask]]:
         return iter(self.layers.items())
@@ -200,10 +202,17 @@ class NetworkMask:
             lm.validate(name)
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": MASKS_FORMAT, "layers": {n: m.to_json() for n, m in self.layers.items()}}
+        out: dict[str, Any] = {"format": MASKS_FORMAT, "layers": {n: m.to_json() for n, m in self.layers.items()}}
+        if self.input_shape is not None:
+            out["input_shape"] = list(self.input_shape)
+        return out
 
     @classmethod
     def from_json(cls, data: Any) -> NetworkMask:
         if not isinstance(data, dict) or data.get("format") != MASKS_FORMAT or not isinstance(data.get("layers"), dict):
             raise StructpruneError(f"{MASKS_FILE}: not a structprune masks file (format {MASKS_FORMAT!r})")
-        return cls({name: LayerMask.from_json(d, name) for name, d in data["layers"].items()})
+        shape = data.get("input_shape")
+        if shape is not None and (not isinstance(shape, list) or not all(isinstance(v, int) and v > 0 for v in shape)):
+            raise StructpruneError(f"{MASKS_FILE}: input_shape must be a list of positive integers, not {shape!r}")
+        return cls({name: LayerMask.from_json(d, name) for name, d in data["layers"].items()},
+                   input_shape=None if shape is None else tuple(shape))

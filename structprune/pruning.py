@@ -23,8 +23,9 @@ from structprune.granularity import Granularity
 from structprune.masking import MaskApplier
 from structprune.masks import MASKS_FILE, NetworkMask
 from structprune.metrics import size_metrics
+from structprune.output import Output
 from structprune.runcheck import check_data_fits, load_checked_run
-from structprune.runfolder import Run, save_run
+from structprune.runfolder import Run, as_output, save_run
 from structprune.selection import SelectionConfig, select, selects_kernel_blocks
 from structprune.train import evaluate
 
@@ -109,12 +110,14 @@ def mask_summary(model: nn.Module, mask: NetworkMask, groups: ChannelGroups | No
 
 def prune_run(
     src: str | Path,
-    out: str | Path,
+    out: Output | str | Path,
     choose: MaskChooser,
     config: dict[str, Any],
     data_dir: str | Path | None = None,
 ) -> tuple[Path, dict[str, Any]]:
-    """Masks from `choose`, applied to the run in `src`, saved as a pruned run folder `out`."""
+    """Masks from `choose`, applied to the run in `src`, saved as a pruned run folder `out` (a path is claimed as a
+    new folder; see structprune.output)."""
+    output = as_output(out, "prune", inputs=(src,))
     run = load_checked_run(src)
     groups = channel_groups_of(run.model)
     data = run_dataset(run, data_dir)
@@ -127,13 +130,13 @@ def prune_run(
     metrics = {**size_metrics(run.model), **mask_summary(run.model, mask, groups), **evaluation_metrics(run.model, data)}
     metrics["source_metrics"] = {k: run.metrics[k] for k in ("val_mcr", "test_mcr", "params", "macs") if k in run.metrics}
     run_config = {**run.config, **config, "source_run": str(Path(src))}
-    save_run(out, run.model, run.arch, metrics, run_config, extra_json={MASKS_FILE: mask.to_json()})
-    return Path(out), metrics
+    return save_run(output, run.model, run.arch, metrics, run_config, extra_json={MASKS_FILE: mask.to_json()}), metrics
 
 
-def compact_run(src: str | Path, out: str | Path, data_dir: str | Path | None = None,
+def compact_run(src: str | Path, out: Output | str | Path, data_dir: str | Path | None = None,
                 config: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
     """The masked run in `src` compacted into a smaller network, saved (arch.json with compact layers) in `out`."""
+    output = as_output(out, "compact", inputs=(src,))
     run = load_checked_run(src)
     mask = load_masks(run)
     if mask is None:
@@ -145,8 +148,7 @@ def compact_run(src: str | Path, out: str | Path, data_dir: str | Path | None = 
         metrics["masked_test_mcr"] = run.metrics["test_mcr"]
     metrics["source_metrics"] = {k: run.metrics[k] for k in ("params", "macs", "weight_bytes") if k in run.metrics}
     run_config = {**run.config, **(config or {}), "source_run": str(Path(src)), "compacted": True}
-    save_run(out, model, None, metrics, run_config)
-    return Path(out), metrics
+    return save_run(output, model, None, metrics, run_config), metrics
 
 
 @torch.no_grad()

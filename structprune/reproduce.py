@@ -3,9 +3,11 @@
     train -> sensitivity -> ladder (L1 / random, each scale, one shot) -> search (particle filter, channel
     then kernel then intra) -> retrain -> quantize -> compact -> export (ONNX) -> bench -> report
 
-Each stage writes one folder under OUT (a run folder, saved atomically) or one file; a stage whose output
-is complete is skipped, so an interrupted reproduction resumes at the stage it stopped in (training and
-the search also resume inside the stage, from their checkpoints). Stages call the library functions of
+Each stage writes one folder under OUT (a run folder, saved atomically) or one file, and reproduce.json
+records a digest of each stage's inputs (the recipe, the data, the weights of the runs it reads). A stage
+whose output is complete and whose inputs are unchanged is skipped, so an interrupted reproduction resumes at
+the stage it stopped in (training and the search also resume inside the stage, from their checkpoints); a
+stage whose inputs changed (another --from-run, a retrained upstream stage) runs again. Stages call the library functions of
 each step; `quantize` has no library entry point, so its verb's `run` is called in-process.
 
 The settings of each recipe are the ones behind docs/results.md; `--quick` shrinks epochs and search
@@ -15,7 +17,9 @@ budgets so that `reproduce mnist --quick` finishes within minutes on two cores.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -27,8 +31,9 @@ import torch
 
 from structprune.errors import StructpruneError
 from structprune.jsonio import read_json, write_json_atomic
+from structprune.output import Output, claim_folder, fingerprint_files
 from structprune.runcheck import load_checked_run
-from structprune.runfolder import METRICS_FILE, Run, load_run, save_run, staged_run_folder
+from structprune.runfolder import METRICS_FILE, Run, as_output, load_run, save_run
 from structprune.train import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -113,6 +118,7 @@ class Context:
     recipe: Recipe
     data_dir: str | None
     progress: bool = True
+    trained: Path | None = None  # a dense run adopted as the train stage (--from-run)
     _data: Any = None
 
     @property
@@ -134,10 +140,34 @@ class Stage:
     name: str
     done: Callable[[Context], bool]  # its output is complete
     run: Callable[[Context], None]
+    reads: tuple[str, ...] = ()  # the stage folders whose weights it reads
 
 
 def _is_run(path: Path) -> bool:
     return (path / METRICS_FILE).is_file()
+
+
+def _stage_output(ctx: Context, name: str, verb: str) -> Output:
+    """A stage's folder inside OUT: reproduce owns it, so a stage that runs again replaces it."""
+    return claim_folder(ctx.path(name), verb, overwrite=True)
+
+
+RUN_CONTENT = ("model.safetensors", "arch.json", "masks.json", "model.packed.safetensors", "model.onnx")
+
+
+def run_fingerprint(path: Path) -> str:
+    """What a later stage depends on: the weights and structure of a run (not its reports or metrics)."""
+    return fingerprint_files(*(path / name for name in RUN_CONTENT if (path / name).is_file()))
+
+
+def stage_digest(ctx: Context, stage: Stage) -> str:
+    """A digest of everything the stage's result depends on."""
+    inputs: dict[str, Any] = {"stage": stage.name, "recipe": asdict(ctx.recipe), "data_dir": ctx.data_dir,
+                              "reads": {name: run_fingerprint(ctx.path(name)) for name in stage.reads}}
+    if stage.name == TRAIN:
+        inputs["from_run"] = run_fingerprint(ctx.trained) if ctx.trained is not None else None
+        inputs["data"] = ctx.data.fingerprint()
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
 
 
 # ------------------------------------------------------------------------------------------------ stages
@@ -155,14 +185,14 @@ def train_stage(ctx: Context) -> None:
     torch.manual_seed(r.train.seed)
     model = create(r.model, num_classes=data.num_classes, in_channels=data.in_channels, input_size=data.input_size,
                    **r.model_kwargs)
-    out = ctx.path(TRAIN)
-    history = train(model, data, r.train, checkpoint_dir=out.parent / f"{out.name}.ckpt", progress=ctx.progress)
+    output = _stage_output(ctx, TRAIN, "train")
+    with output.staged({"recipe": asdict(r), "data": data.fingerprint()}):
+        history = train(model, data, r.train, checkpoint_dir=output.checkpoints, progress=ctx.progress)
     metrics = {**evaluation_metrics(model, data), **size_metrics(model), "history": history}
-    config = {"verb": "reproduce", "stage": TRAIN, "model": r.model, "model_kwargs": r.model_kwargs, "dataset": r.dataset,
+    config = {"verb": "train", "stage": TRAIN, "model": r.model, "model_kwargs": r.model_kwargs, "dataset": r.dataset,
               "data_dir": ctx.data_dir, "val_size": len(data.val), "train": asdict(r.train), "structprune": __version__,
               "torch": torch.__version__}
-    save_run(out, model, None, metrics, config)
-    _remove_tree(out.parent / f"{out.name}.ckpt")
+    save_run(output, model, None, metrics, config)
 
 
 def sensitivity_done(ctx: Context) -> bool:
@@ -190,7 +220,7 @@ def ladder_stages(recipe: Recipe) -> list[Stage]:
             for ratio in recipe.ladder_ratios:
                 name = ladder_name(method, scale, ratio)
                 stages.append(Stage(name, lambda ctx, n=name: _is_run(ctx.path(n)),
-                                    lambda ctx, n=name, m=method, s=scale, q=ratio: _ladder(ctx, n, m, s, q)))
+                                    lambda ctx, n=name, m=method, s=scale, q=ratio: _ladder(ctx, n, m, s, q), (TRAIN,)))
     return stages
 
 
@@ -202,7 +232,7 @@ def _ladder(ctx: Context, name: str, method: str, scale: str, ratio: float) -> N
 
     config = {"stage": "ladder", "granularity": scale, "method": method,
               "prune": {"granularity": [scale], "method": method, "ratio": [ratio], "scope": "layer", "seed": 0}}
-    prune_run(ctx.path(TRAIN), ctx.path(name), choose, config, data_dir=ctx.data_dir)
+    prune_run(ctx.path(TRAIN), _stage_output(ctx, name, "prune"), choose, config, data_dir=ctx.data_dir)
 
 
 def search_stage(ctx: Context) -> None:
@@ -210,31 +240,32 @@ def search_stage(ctx: Context) -> None:
 
     cfg = SearchConfig(granularities=tuple(ctx.recipe.scales), **ctx.recipe.search)
     run = load_run(ctx.path(TRAIN))
-    search_run(run, ctx.data, cfg, ctx.path(SEARCH),
+    search_run(run, ctx.data, cfg, _stage_output(ctx, SEARCH, "prune"),
                extra_config={"stage": SEARCH, "granularity": ",".join(cfg.granularities), "method": cfg.method})
 
 
-def retrain_run(src: Path, out: Path, cfg: TrainConfig, data: Any, progress: bool = False,
+def retrain_run(src: Path, out: Output | Path, cfg: TrainConfig, data: Any, progress: bool = False,
                 extra_config: dict[str, Any] | None = None) -> dict[str, Any]:
     """Retrain the masked run in `src` with its masks held (structprune.retrain) and save it to `out`."""
     from structprune.metrics import size_metrics
     from structprune.pruning import channel_groups_of, evaluation_metrics, load_masks, mask_summary
     from structprune.retrain import retrain_masked
 
+    output = as_output(out, "retrain", inputs=(src,))
     run = load_run(src)
     mask = load_masks(run)
     if mask is None:
         raise StructpruneError(f"{run.path}: no masks.json to hold during retraining")
     groups = channel_groups_of(run.model)
-    history = retrain_masked(run.model, mask, data, cfg, groups=groups,
-                             checkpoint_dir=out.parent / f"{out.name}.ckpt", progress=progress)
+    with output.staged({"source": run_fingerprint(Path(src)), "data": data.fingerprint(), "retrain": asdict(cfg)}):
+        history = retrain_masked(run.model, mask, data, cfg, groups=groups, checkpoint_dir=output.checkpoints,
+                                 progress=progress)
     metrics = {**size_metrics(run.model), **mask_summary(run.model, mask, groups), **evaluation_metrics(run.model, data),
                "before_retrain": {k: run.metrics[k] for k in ("val_mcr", "test_mcr") if k in run.metrics},
                "history": history}
     config = {**run.config, "stage": RETRAIN, "source_run": str(run.path), **(extra_config or {}),
               "retrain": {**asdict(cfg), "masked": True, "train_images": len(data.train)}}
-    save_run(out, run.model, run.arch, metrics, config, extra_json={"masks.json": mask.to_json()})
-    _remove_tree(out.parent / f"{out.name}.ckpt")
+    save_run(output, run.model, run.arch, metrics, config, extra_json={"masks.json": mask.to_json()})
     return metrics
 
 
@@ -242,13 +273,13 @@ def retrain_stage(ctx: Context) -> None:
     r = ctx.recipe
     cfg = TrainConfig(epochs=r.retrain_epochs, lr=r.retrain_lr, batch_size=r.train.batch_size, seed=r.train.seed)
     data = ctx.data if r.retrain_images is None else replace(ctx.data, train=ctx.data.train.subset(r.retrain_images))
-    retrain_run(ctx.path(SEARCH), ctx.path(RETRAIN), cfg, data, progress=ctx.progress)
+    retrain_run(ctx.path(SEARCH), _stage_output(ctx, RETRAIN, "retrain"), cfg, data, progress=ctx.progress)
 
 
 def quantize_stage(ctx: Context) -> None:
     r = ctx.recipe
     argv = ["quantize", str(ctx.path(RETRAIN)), "--bits", str(r.bits), "--epochs", str(r.quant_epochs),
-            "--out", str(ctx.path(QUANT)), "--no-progress"]
+            "--out", str(ctx.path(QUANT)), "--overwrite", "--no-progress"]
     if ctx.data_dir:
         argv += ["--data-dir", ctx.data_dir]
     _run_verb(argv)
@@ -257,7 +288,7 @@ def quantize_stage(ctx: Context) -> None:
 def compact_stage(ctx: Context) -> None:
     from structprune.pruning import compact_run
 
-    compact_run(ctx.path(QUANT), ctx.path(COMPACT), data_dir=ctx.data_dir, config={"stage": COMPACT})
+    compact_run(ctx.path(QUANT), _stage_output(ctx, COMPACT, "compact"), data_dir=ctx.data_dir, config={"stage": COMPACT})
 
 
 def export_done(ctx: Context) -> bool:
@@ -265,13 +296,20 @@ def export_done(ctx: Context) -> bool:
 
 
 def export_stage(ctx: Context) -> None:
+    export_folder(load_run(ctx.path(COMPACT)), _stage_output(ctx, EXPORT, "export"))
+
+
+def export_folder(run: Any, output: Output) -> dict[str, Any]:
+    """An export folder: model.onnx (checked with ONNX Runtime), export.json, config.json."""
     from structprune.export_onnx import export_onnx
 
-    run = load_run(ctx.path(COMPACT))
-    with staged_run_folder(ctx.path(EXPORT)) as tmp:
+    with output.publish() as tmp:
         check = export_onnx(run.model, tmp / "model.onnx")
-        write_json_atomic(tmp / "export.json", {"source_run": str(run.path), "onnx": "model.onnx",
-                                                "onnx_bytes": (tmp / "model.onnx").stat().st_size, **asdict(check)})
+        record = {"source_run": str(run.path), "onnx": "model.onnx", "onnx_bytes": (tmp / "model.onnx").stat().st_size,
+                  **asdict(check)}
+        write_json_atomic(tmp / "export.json", record)
+        write_json_atomic(tmp / "config.json", {"verb": "export", "source_run": str(run.path)})
+    return record
 
 
 def bench_stage(ctx: Context) -> None:
@@ -304,14 +342,14 @@ def report_stage(ctx: Context) -> None:
 def stages_for(recipe: Recipe) -> list[Stage]:
     return [
         Stage(TRAIN, lambda ctx: _is_run(ctx.path(TRAIN)), train_stage),
-        Stage("sensitivity", sensitivity_done, sensitivity_stage),
+        Stage("sensitivity", sensitivity_done, sensitivity_stage, (TRAIN,)),
         *ladder_stages(recipe),
-        Stage(SEARCH, lambda ctx: _is_run(ctx.path(SEARCH)), search_stage),
-        Stage(RETRAIN, lambda ctx: _is_run(ctx.path(RETRAIN)), retrain_stage),
-        Stage(QUANT, lambda ctx: _is_run(ctx.path(QUANT)), quantize_stage),
-        Stage(COMPACT, lambda ctx: _is_run(ctx.path(COMPACT)), compact_stage),
-        Stage(EXPORT, export_done, export_stage),
-        Stage("bench", lambda ctx: ctx.path(BENCH_FILE).is_file(), bench_stage),
+        Stage(SEARCH, lambda ctx: _is_run(ctx.path(SEARCH)), search_stage, (TRAIN,)),
+        Stage(RETRAIN, lambda ctx: _is_run(ctx.path(RETRAIN)), retrain_stage, (SEARCH,)),
+        Stage(QUANT, lambda ctx: _is_run(ctx.path(QUANT)), quantize_stage, (RETRAIN,)),
+        Stage(COMPACT, lambda ctx: _is_run(ctx.path(COMPACT)), compact_stage, (QUANT,)),
+        Stage(EXPORT, export_done, export_stage, (COMPACT,)),
+        Stage("bench", lambda ctx: ctx.path(BENCH_FILE).is_file(), bench_stage, (TRAIN, COMPACT)),
         Stage("report", lambda ctx: False, report_stage),  # always redrawn from what is there
     ]
 
@@ -331,19 +369,17 @@ def _run_verb(argv: list[str]) -> None:
         raise StructpruneError(f"`structprune {' '.join(argv[:2])}` failed with exit status {code}")
 
 
-def _remove_tree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
+def _read_status(ctx: Context) -> dict[str, Any]:
+    return read_json(ctx.path(STATUS_FILE)) if ctx.path(STATUS_FILE).is_file() else {}
 
 
-def _status(ctx: Context, seconds: dict[str, float], skipped: list[str]) -> None:
-    previous = read_json(ctx.path(STATUS_FILE)) if ctx.path(STATUS_FILE).is_file() else {}
+def _status(ctx: Context, seconds: dict[str, float], skipped: list[str], digests: dict[str, str]) -> None:
+    previous = _read_status(ctx)
     write_json_atomic(ctx.path(STATUS_FILE), {
-        "dataset": ctx.recipe.dataset, "recipe": asdict(ctx.recipe),
+        "verb": "reproduce", "dataset": ctx.recipe.dataset, "recipe": asdict(ctx.recipe),
         "seconds": {**previous.get("seconds", {}), **{k: round(v, 1) for k, v in seconds.items()}},
-        "skipped_this_time": skipped,
-        **({"train_from": previous["train_from"]} if "train_from" in previous else {}),
+        "skipped_this_time": skipped, "inputs": {**previous.get("inputs", {}), **digests},
+        **({"train_from": str(ctx.trained)} if ctx.trained is not None else {}),
     })
 
 
@@ -364,39 +400,60 @@ def check_trained_run(ctx: Context, source: Path) -> Run:
     return run
 
 
-def adopt_trained_run(ctx: Context, run: Run) -> None:
-    """Use a checked dense run (check_trained_run) as the `train` stage: copied into OUT/train atomically; the
+def adopt_trained_run(ctx: Context) -> None:
+    """Use a dense run (checked by check_trained_run) as the `train` stage: copied into OUT/train atomically; the
     source is named in reproduce.json."""
     import shutil
 
-    source = run.path
-    with staged_run_folder(ctx.path(TRAIN)) as tmp:
+    assert ctx.trained is not None
+    source = ctx.trained
+    run = check_trained_run(ctx, source)
+    with _stage_output(ctx, TRAIN, "train").publish() as tmp:
         for item in run.path.iterdir():
-            if item.is_file():
+            if item.is_file() and item.name != "sensitivity.json":
                 shutil.copy2(item, tmp / item.name)
-    previous = read_json(ctx.path(STATUS_FILE)) if ctx.path(STATUS_FILE).is_file() else {}
-    write_json_atomic(ctx.path(STATUS_FILE), {**previous, "train_from": str(source)})
+        config = {**run.config, "verb": "train", "adopted_from": str(source)}
+        write_json_atomic(tmp / "config.json", config)
 
 
-def reproduce(dataset: str, out: str | Path, quick: bool = False, data_dir: str | None = None,
+def reproduce(dataset: str, out: str | Path | Output, quick: bool = False, data_dir: str | None = None,
               progress: bool = True, recipe: Recipe | None = None,
               on_stage: Callable[[str, str], None] | None = None, trained: str | Path | None = None) -> dict[str, float]:
-    """Run (or resume) a reproduction into `out`; returns the seconds each stage run this time took.
+    """Run (or resume) a reproduction into `out` (a new folder, or an earlier reproduction to resume); returns the
+    seconds each stage run this time took.
 
-    `trained`: a dense run folder to start from instead of training (used when OUT/train is not there yet).
-    `on_stage(name, "skip" | "run")` is told about every stage as it comes."""
+    `trained`: a dense run folder to start from instead of training. `on_stage(name, "skip" | "run")` is told about
+    every stage as it comes."""
     recipe = recipe or recipe_for(dataset, quick)
-    out = Path(out)
-    ctx = Context(out=out, recipe=recipe, data_dir=data_dir, progress=progress)
+    output = out if isinstance(out, Output) else claim_folder(out, "reproduce", resume=True,
+                                                              inputs=() if trained is None else (trained,))
+    if trained is not None and not (Path(trained) / "model.safetensors").is_file():
+        raise StructpruneError(f"{trained}: not a run folder with a trained model")
+    ctx = Context(out=output.path, recipe=recipe, data_dir=data_dir, progress=progress,
+                  trained=Path(trained) if trained is not None else None)
     ctx.data  # noqa: B018  (a missing dataset fails here, before anything is written)
-    adopt = check_trained_run(ctx, Path(trained)) if trained is not None and not _is_run(ctx.path(TRAIN)) else None
-    out.mkdir(parents=True, exist_ok=True)
-    if adopt is not None:
-        adopt_trained_run(ctx, adopt)
+    if ctx.trained is not None:
+        check_trained_run(ctx, ctx.trained)  # before anything is written
+    output.path.mkdir(parents=True, exist_ok=True)
+    status = _read_status(ctx)
+    if status and status.get("dataset") != recipe.dataset:
+        raise StructpruneError(f"{output.path}: holds a reproduction of {status.get('dataset')!r}, not {recipe.dataset!r}")
+    if ctx.trained is None and "train_from" in status:
+        ctx.trained = Path(status["train_from"])  # resumed without --from-run: the adopted run stays the source
+    recorded: dict[str, str] = status.get("inputs", {})
+    write_json_atomic(ctx.path("config.json"), {"verb": "reproduce", "dataset": recipe.dataset, "quick": quick})
     seconds: dict[str, float] = {}
     skipped: list[str] = []
+    digests: dict[str, str] = {}
     for stage in stages_for(recipe):
-        if stage.done(ctx):
+        adopted = stage.name == TRAIN and ctx.trained is not None
+        if adopted and not ctx.trained.is_dir():  # type: ignore[union-attr]
+            if stage.done(ctx):  # the adopted run is gone, its copy is not: keep the copy
+                skipped.append(stage.name)
+                continue
+            raise StructpruneError(f"{ctx.trained}: the run this reproduction started from is gone")
+        digest = stage_digest(ctx, stage)
+        if stage.done(ctx) and recorded.get(stage.name) == digest:
             skipped.append(stage.name)
             if on_stage is not None:
                 on_stage(stage.name, "skip")
@@ -405,10 +462,11 @@ def reproduce(dataset: str, out: str | Path, quick: bool = False, data_dir: str 
             on_stage(stage.name, "run")
         log.info("reproduce: stage %s", stage.name)
         started = time.perf_counter()
-        stage.run(ctx)
+        (adopt_trained_run if adopted else stage.run)(ctx)
         seconds[stage.name] = time.perf_counter() - started
-        _status(ctx, seconds, skipped)
-    _status(ctx, seconds, skipped)
+        digests[stage.name] = digest
+        _status(ctx, seconds, skipped, digests)
+    _status(ctx, seconds, skipped, digests)
     return seconds
 
 

@@ -9,6 +9,7 @@ from torch import nn
 
 from structprune.channel_groups import ChannelGroups
 from structprune.data import Dataset
+from structprune.distill import Distillation
 from structprune.masking import MaskApplier, multiply_
 from structprune.masks import NetworkMask
 from structprune.train import TrainConfig, train
@@ -20,18 +21,21 @@ def retrain_masked(
     data: Dataset,
     cfg: TrainConfig,
     groups: ChannelGroups | None = None,
+    distill: Distillation | None = None,
     **train_options: Any,
 ) -> list[dict[str, float]]:
     """Train `model` in place under `mask`: pruned weights are zeroed now and again after every optimizer step
-    (momentum and weight decay cannot revive them). `train_options` go to structprune.train.train."""
+    (momentum and weight decay cannot revive them). `distill`: learn from a teacher as well as the labels
+    (structprune.distill). `train_options` go to structprune.train.train."""
     factors = MaskApplier(model, groups).apply_(mask)
 
     def hold_zeros() -> None:
         multiply_(dict(model.named_parameters()), factors)
 
-    return train(model, data, cfg, after_step=hold_zeros, **train_options)
+    return train(model, data, cfg, after_step=hold_zeros, distill=distill, **train_options)
 
 
-def retrain_compact(model: nn.Module, data: Dataset, cfg: TrainConfig, **train_options: Any) -> list[dict[str, float]]:
-    """Train a compact network directly (its layers store only the kept weights)."""
-    return train(model, data, cfg, **train_options)
+def retrain_compact(model: nn.Module, data: Dataset, cfg: TrainConfig, distill: Distillation | None = None,
+                    **train_options: Any) -> list[dict[str, float]]:
+    """Train a compact network directly (its layers store only the kept weights); `distill` as retrain_masked."""
+    return train(model, data, cfg, distill=distill, **train_options)

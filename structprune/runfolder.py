@@ -5,17 +5,14 @@ A run folder holds:
   arch.json          enough to rebuild the network, pruned and compact shapes included (see `arch.py`)
   metrics.json       val_mcr, test_mcr (fractions), params, macs, weight_bytes, ...
   config.json        how the run was made (command, dataset, hyper-parameters)
-Other stages add their own files (masks.json, search.json, ...). A run folder is written under a
-temporary name beside its destination and renamed into place, so a crash never leaves half of one.
+Other stages add their own files (masks.json, search.json, ...). A run folder is written in structprune's
+staging area beside its destination and renamed into place, so a crash never leaves half of one; where a
+command may write, and what it never replaces, is structprune.output's policy.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +23,8 @@ from safetensors.torch import load_file, save_file
 
 from structprune.arch import describe, rebuild
 from structprune.errors import StructpruneError
-from structprune.jsonio import read_json, write_json_atomic
+from structprune.jsonio import read_json, usual_permissions, write_json_atomic
+from structprune.output import Output, claim_folder
 
 MODEL_FILE = "model.safetensors"
 ARCH_FILE = "arch.json"
@@ -50,49 +48,10 @@ class Run:
         return read_json(target) if target.exists() else None
 
 
-def check_writable_destination(out_dir: str | Path, file: bool = False) -> Path:
-    """Fail early, with one line, when `out_dir` cannot be created or written (`file`: a file to write or
-    overwrite, e.g. a JSON report, rather than a folder)."""
-    out = Path(out_dir)
-    parent = out.resolve().parent
-    if file and out.is_dir():
-        raise StructpruneError(f"{out}: is a folder, not a file")
-    if not file and out.exists() and not out.is_dir():
-        raise StructpruneError(f"{out}: exists and is not a folder")
-    probe = parent
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise StructpruneError(f"{out}: cannot create it ({probe} is a file, not a folder)")
-    if not os.access(probe, os.W_OK):
-        raise StructpruneError(f"{out}: cannot write here ({probe} is not writable)")
-    return out
-
-
-@contextmanager
-def staged_run_folder(out_dir: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder beside `out_dir`; on success it replaces `out_dir` atomically.
-
-    On any exception the temporary folder is removed and `out_dir` is left as it was.
-    """
-    out = check_writable_destination(out_dir)
-    out.resolve().parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.resolve().parent, prefix=f".{out.name}.tmp-"))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; a run folder gets the usual permissions
-    try:
-        yield tmp
-        if out.exists():
-            old = Path(tempfile.mkdtemp(dir=out.resolve().parent, prefix=f".{out.name}.old-"))
-            os.replace(out, old / "run")
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+def as_output(out: str | Path | Output, verb: str, inputs: tuple[str | Path, ...] = ()) -> Output:
+    """`out` as a claimed destination: an Output is used as it is; a path is claimed for `verb` under the default
+    policy (a new or empty folder; nothing is ever replaced without `claim_folder(..., overwrite=True)`)."""
+    return out if isinstance(out, Output) else claim_folder(out, verb, inputs=inputs)
 
 
 def write_run_files(
@@ -107,6 +66,7 @@ def write_run_files(
     folder = Path(folder)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(folder / MODEL_FILE), metadata={"format": "structprune"})
+    usual_permissions(folder / MODEL_FILE)  # safetensors writes it private
     write_json_atomic(folder / ARCH_FILE, arch)
     write_json_atomic(folder / METRICS_FILE, metrics)
     write_json_atomic(folder / CONFIG_FILE, config)
@@ -115,7 +75,7 @@ def write_run_files(
 
 
 def save_run(
-    out_dir: str | Path,
+    out: Output | str | Path,
     model: torch.nn.Module,
     arch: dict[str, Any] | None,
     metrics: dict[str, Any],
@@ -123,13 +83,15 @@ def save_run(
     extra_json: dict[str, Any] | None = None,
     extra_files: dict[str, str | Path] | None = None,
 ) -> Path:
-    """Save a complete run folder atomically. `arch=None` describes `model` afresh."""
+    """Save a complete run folder atomically (staged, then renamed into place; see structprune.output).
+    `arch=None` describes `model` afresh. `config["verb"]` is set to the verb the destination was claimed for."""
+    output = as_output(out, str(config.get("verb", "run")))
     arch = arch if arch is not None else describe(model)
-    with staged_run_folder(out_dir) as tmp:
-        write_run_files(tmp, model, arch, metrics, config, extra_json)
+    with output.publish() as tmp:
+        write_run_files(tmp, model, arch, metrics, {**config, "verb": output.verb}, extra_json)
         for name, source in (extra_files or {}).items():
             shutil.copyfile(source, tmp / name)
-    return Path(out_dir)
+    return output.path
 
 
 def load_state(path: str | Path) -> dict[str, torch.Tensor]:

@@ -176,6 +176,11 @@ def _alive_kernels(name: str, conv: nn.Conv2d, mask: NetworkMask, groups: Channe
     return alive
 
 
+def kernels_left(name: str, conv: nn.Conv2d, mask: NetworkMask, groups: ChannelGroups | None) -> torch.Tensor:
+    """bool [O, I]: the kernels of conv `name` that `mask` leaves (between kept channels, not pruned as kernels)."""
+    return _alive_kernels(name, conv, mask, groups)
+
+
 def select_kernels(model: nn.Module, groups: ChannelGroups | None, ratio: float, cfg: SelectionConfig,
                    mask: NetworkMask, gen: torch.Generator) -> None:
     """Set keep_kernel on every ungrouped conv of `mask` (in place). The ratio counts the kernels between

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from structprune.augment import crop_and_flip
 from structprune.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from structprune.data import Dataset, Split, batches
+from structprune.distill import Distillation
 from structprune.errors import StructpruneError
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,12 @@ def lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     return cfg.lr
 
 
+def _diverged(what: str, checkpoint_dir: str | Path | None, epoch: int) -> StructpruneError:
+    kept = (f"; the checkpoint after epoch {epoch} is kept in {checkpoint_dir}"
+            if has_checkpoint(checkpoint_dir) else "")
+    return StructpruneError(f"training diverged: {what}{kept}; try a lower learning rate (--lr) or weight decay")
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "adam":
@@ -142,6 +149,7 @@ def train(
     channels_last: bool = False,
     augment: bool | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    distill: Distillation | None = None,
 ) -> list[dict[str, float]]:
     """Train `model` in place on `data.train`; return one record per epoch (train loss, val MCR/loss).
 
@@ -152,6 +160,8 @@ def train(
     device         torch device or 'auto'/'cpu'/'cuda'; None keeps the model where it is
     channels_last  run convolutions in NHWC layout (faster with oneDNN on CPU)
     augment        crop+flip the training images; None follows `data.augment`
+    distill        a teacher: the loss (and the recorded train loss) becomes structprune.distill's
+                   (1 − A)·CE + A·T²·KL(teacher ‖ student); a checkpoint records the teacher, A and T
     """
     if device is not None:
         model.to(resolve_device(device) if isinstance(device, str) else device)
@@ -161,7 +171,9 @@ def train(
     augment = data.augment if augment is None else augment
     opt = make_optimizer(model, cfg)
     steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
-    config = asdict(cfg)
+    config = asdict(cfg) if distill is None else {**asdict(cfg), "distill": distill.fingerprint()}
+    if distill is not None:
+        distill.teacher.to(dev)
     history: list[dict[str, float]] = []
     start = 0
     if has_checkpoint(checkpoint_dir):
@@ -191,17 +203,23 @@ def train(
             for group in opt.param_groups:
                 group["lr"] = lr_at(cfg, epoch * steps_per_epoch + i, steps_per_epoch)
             opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(x), y)
+            logits = model(x)
+            loss = F.cross_entropy(logits, y) if distill is None else distill.loss(logits, x, y)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise _diverged(f"the loss became {value} at epoch {epoch + 1}, batch {i + 1}", checkpoint_dir, epoch)
             loss.backward()
             opt.step()
             if after_step is not None:
                 after_step()
-            total += float(loss.detach()) * len(y)
+            total += value * len(y)
             seen += len(y)
             bar.update(1)
             if i % 20 == 0:
                 bar.set_postfix(mean_loss=f"{total / seen:.4f}")  # mean over the epoch so far
         bar.close()
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            raise _diverged(f"a weight became NaN or infinite in epoch {epoch + 1}", checkpoint_dir, epoch)
         val = evaluate(model, data.val)
         history.append({"epoch": epoch + 1, "train_loss": total / max(seen, 1), "val_mcr": val.mcr, "val_loss": val.loss})
         log.info("epoch %d/%d: train loss %.4f, val MCR %.4f", epoch + 1, cfg.epochs, history[-1]["train_loss"], val.mcr)

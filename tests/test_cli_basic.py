@@ -63,7 +63,7 @@ def test_train_writes_a_complete_run_folder(trained):
     assert 0 <= metrics["test_mcr"] <= 1 and metrics["macs"] > 0
     config = json.loads((trained / "config.json").read_text())
     assert config["model"] == "tiny-paper" and config["train"]["epochs"] == 2 and config["threads"] == 1
-    assert not (trained.parent / "digits-run.ckpt").exists()  # the checkpoint goes once the run is saved
+    assert not (trained.parent / ".digits-run.structprune").exists()  # the staging area goes once the run is saved
 
 
 def test_eval_reproduces_the_saved_metrics(trained, capsys):
@@ -128,7 +128,7 @@ def test_bad_training_input(tmp_path, capsys, args, message):
     out = tmp_path / "run"
     assert main(["train", *args, "--epochs", "1", "--out", str(out), "--no-progress"]) == 2
     assert message in _one_line_error(capsys)
-    assert not out.exists() and not (tmp_path / "run.ckpt").exists()
+    assert not out.exists() and not (tmp_path / ".run.structprune").exists()
 
 
 def test_train_on_a_small_data_set_with_the_defaults(tmp_path, capsys):

@@ -89,7 +89,7 @@ def test_retrain_keeps_pruned_weights_exactly_zero(pruned):
     assert bool(zeros.any())
     assert bool((after["features.0.weight"][zeros] == 0).all())
     assert not torch.equal(before["features.0.weight"], after["features.0.weight"])
-    assert (out / "masks.json").exists() and not (out.parent / "retrained.ckpt").exists()
+    assert (out / "masks.json").exists() and not (out.parent / ".retrained.structprune").exists()
 
 
 def test_bench_writes_the_records(source, pruned, tmp_path):
@@ -100,7 +100,10 @@ def test_bench_writes_the_records(source, pruned, tmp_path):
     records = json.loads(target.read_text())
     assert len(records) == 4
     r = cli("bench", str(source), "--batch", "1", "--threads", "1", "--rounds", "1", "--json", str(target),
-            "--no-progress")  # a rerun overwrites the file
+            "--no-progress")  # an existing file is kept...
+    assert r.returncode == 2 and "--overwrite" in r.stderr and len(json.loads(target.read_text())) == 4
+    r = cli("bench", str(source), "--batch", "1", "--threads", "1", "--rounds", "1", "--json", str(target),
+            "--no-progress", "--overwrite")  # ...unless replacing it is asked for
     assert r.returncode == 0, r.stderr
     assert len(json.loads(target.read_text())) == 1
     r = cli("bench", str(source), "--batch", "1", "--json", str(tmp_path), "--no-progress")

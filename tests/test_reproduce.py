@@ -95,7 +95,7 @@ def test_a_trained_run_is_adopted_as_the_train_stage_and_a_mismatch_refused(tmp_
     seen: list[tuple[str, str]] = []
     rp.reproduce("digits", out, recipe=recipe, progress=False, trained=trained,
                  on_stage=lambda n, w: seen.append((n, w)))
-    assert dict(seen)["train"] == "skip" and dict(seen)["search"] == "run"
+    assert dict(seen)["train"] == "run" and dict(seen)["search"] == "run"  # adopting is the train stage
     assert (out / "train" / "model.safetensors").read_bytes() == (trained / "model.safetensors").read_bytes()
     assert json.loads((out / "reproduce.json").read_text())["train_from"] == str(trained)
 

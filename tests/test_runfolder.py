@@ -11,7 +11,8 @@ import torch
 from structprune.errors import StructpruneError
 from structprune.metrics import size_metrics
 from structprune.models import create
-from structprune.runfolder import ARCH_FILE, MODEL_FILE, load_run, save_run, staged_run_folder
+from structprune.output import claim_folder
+from structprune.runfolder import ARCH_FILE, MODEL_FILE, load_run, save_run
 
 NETS = [("tiny-paper", 1), ("tiny-vgg", 3), ("tiny-resnet", 3), ("tiny-mobilenet", 3), ("tiny-densenet", 3)]
 
@@ -97,20 +98,22 @@ def test_corrupt_arch_json_is_a_one_line_error(tmp_path, damage):
 
 
 def test_failed_write_leaves_no_folder(tmp_path):
-    with pytest.raises(RuntimeError), staged_run_folder(tmp_path / "run") as tmp:
+    with pytest.raises(RuntimeError), claim_folder(tmp_path / "run", "train").publish() as tmp:
         (tmp / "half.json").write_text("{")
         raise RuntimeError("crash mid-write")
-    assert list(tmp_path.iterdir()) == []
+    assert not (tmp_path / "run").exists()
+    assert [p.name for p in tmp_path.iterdir()] == [".run.structprune"]  # the staging area keeps checkpoints only
+    assert not (tmp_path / ".run.structprune" / "work").exists()
 
 
 def test_failed_overwrite_keeps_the_previous_run(tmp_path):
     model = _trained_looking("tiny-paper", 1)
     out = _save(tmp_path, model)
     before = (out / MODEL_FILE).read_bytes()
-    with pytest.raises(RuntimeError), staged_run_folder(out):
+    with pytest.raises(RuntimeError), claim_folder(out, "test", overwrite=True).publish():
         raise RuntimeError("crash")
     assert (out / MODEL_FILE).read_bytes() == before
-    assert [p.name for p in tmp_path.iterdir()] == ["run"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".run.structprune", "run"]
 
 
 def test_destination_under_a_file_is_refused(tmp_path):

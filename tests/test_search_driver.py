@@ -51,8 +51,8 @@ def test_interrupted_search_resumes_to_the_same_result(tiny_run, digits, tmp_pat
     monkeypatch.setattr(Search, "_save_pf", interrupt_after_four)
     with pytest.raises(KeyboardInterrupt):
         search_run(load_run(tiny_run), digits, cfg, tmp_path / "resumed")
-    assert (tmp_path / "resumed" / "state" / "pf.json").exists()
-    assert not (tmp_path / "resumed" / "model.safetensors").exists()  # never looks finished
+    assert (tmp_path / ".resumed.structprune" / "checkpoints" / "state" / "pf.json").exists()
+    assert not (tmp_path / "resumed").exists()  # never looks finished
     monkeypatch.setattr(Search, "_save_pf", original)
     _, resumed = search_run(load_run(tiny_run), digits, cfg, tmp_path / "resumed")
 
@@ -65,7 +65,7 @@ def test_interrupted_search_resumes_to_the_same_result(tiny_run, digits, tmp_pat
     fa = load_run(tmp_path / "full").model.state_dict()
     fb = load_run(tmp_path / "resumed").model.state_dict()
     assert all(torch.equal(fa[k], fb[k]) for k in fa)
-    assert not (tmp_path / "resumed" / "state").exists()
+    assert not (tmp_path / "resumed" / "state").exists() and not (tmp_path / ".resumed.structprune").exists()
 
 
 def test_tolerance_decides_how_far_the_ladder_goes(tiny_run, digits, tmp_path):

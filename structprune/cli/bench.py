@@ -6,13 +6,23 @@ import argparse
 from pathlib import Path
 
 from structprune.arch import input_shape_of
-from structprune.bench import REFERENCES, RUNTIMES, Candidate, bench, reference_candidates, runtime_candidate
+from structprune.bench import (
+    REFERENCES,
+    RUNTIMES,
+    Candidate,
+    bench,
+    int8_candidate,
+    reference_candidates,
+    runtime_candidate,
+)
 from structprune.cli.common import MAX_THREADS, int_in, int_list, name_list, positive_float, positive_int
 from structprune.errors import StructpruneError
+from structprune.export_int8 import DEFAULT_CALIBRATION_IMAGES, calibration_images
 from structprune.jsonio import write_json_atomic
 from structprune.layer_bench import compare_layers
+from structprune.output import claim_file
 from structprune.runcheck import load_checked_run
-from structprune.runfolder import check_writable_destination
+from structprune.sensitivity import dataset_of_run
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -43,10 +53,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="with --runtime onnxruntime: the sessions' threads stop busy-waiting at the end of every run, "
                    "so each run pays for waking them (an occasional request); default: ONNX Runtime's own spinning, "
                    "as for back-to-back requests")
+    p.add_argument("--int8", action="store_true",
+                   help="with --runtime onnxruntime: also time each run's network statically quantized to int8 by ONNX "
+                   "Runtime (as structprune export --int8 writes it), in a row named DIR#int8")
+    p.add_argument("--calibration-images", type=int, default=None, metavar="N",
+                   help=f"with --int8: training images of each run's dataset that calibrate its activation ranges "
+                   f"(default {DEFAULT_CALIBRATION_IMAGES})")
+    p.add_argument("--data-dir", default=None, help="with --int8: dataset folder (default: the one each run recorded)")
     p.add_argument("--per-layer", action="store_true",
                    help="with two runs: time every layer of the first beside the same-named layer of the second and "
                    "report each layer's MAC ratio, latency ratio and efficiency (eager PyTorch)")
-    p.add_argument("--json", type=Path, default=None, metavar="FILE", help="write the records here")
+    p.add_argument("--json", type=Path, default=None, metavar="FILE", help="write the records here (a new file)")
+    p.add_argument("--overwrite", action="store_true", help="replace the --json file if it exists")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
@@ -62,17 +80,22 @@ def _fraction(value: float | None) -> str:
 def run(args: argparse.Namespace) -> int:
     references = args.reference
     if args.json is not None:
-        check_writable_destination(args.json, file=True)
+        claim_file(args.json, inputs=args.runs, overwrite=args.overwrite)
     if args.per_layer:
         return _per_layer(args, references)
+    count = _int8_options(args)
     candidates = []
     for path in args.runs:
         r = load_checked_run(path)
         info = {"macs": r.metrics.get("macs"), "params": r.metrics.get("params"), "test_mcr": r.metrics.get("test_mcr")}
-        candidates.append(Candidate(str(path), r.model, input_shape_of(r.model), info))
-        candidates += reference_candidates(r, str(path), references)
-    candidates = [c if c.info.get("reference") == "unstructured"
-                  else runtime_candidate(c, args.runtime, args.threads, args.onnx_stop_spinning) for c in candidates]
+        own = Candidate(str(path), r.model, input_shape_of(r.model), info)
+        rows = [c if c.info.get("reference") == "unstructured"
+                else runtime_candidate(c, args.runtime, args.threads, args.onnx_stop_spinning)
+                for c in [own, *reference_candidates(r, str(path), references)]]
+        if count is not None:
+            images = calibration_images(dataset_of_run(r.path, r.config, args.data_dir).train, count)
+            rows.insert(1, int8_candidate(own, images, args.threads, args.onnx_stop_spinning))
+        candidates += rows
     records = bench(candidates, args.batch, threads=args.threads, rounds=args.rounds, progress=not args.no_progress,
                     clock=args.clock, sample_seconds=args.sample_seconds)
     if args.json is not None:
@@ -91,12 +114,26 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int8_options(args: argparse.Namespace) -> int | None:
+    """The number of calibration images with --int8 (None without it), after checking the options that go with it."""
+    if not args.int8:
+        if args.calibration_images is not None or args.data_dir is not None:
+            raise StructpruneError("--calibration-images and --data-dir apply to --int8 only")
+        return None
+    if args.runtime != "onnxruntime":
+        raise StructpruneError("--int8 times ONNX Runtime's int8 models: add --runtime onnxruntime")
+    count = DEFAULT_CALIBRATION_IMAGES if args.calibration_images is None else args.calibration_images
+    if count < 1:
+        raise StructpruneError(f"--calibration-images must be at least 1 (got {count})")
+    return count
+
+
 def _per_layer(args: argparse.Namespace, references: list[str]) -> int:
     if len(args.runs) != 2:
         raise StructpruneError(f"--per-layer compares two runs (a reference, then its pruned or compact form), "
                                f"not {len(args.runs)}")
-    if references or args.runtime != "eager":
-        raise StructpruneError("--per-layer times eager PyTorch layers; it takes no --reference and no --runtime")
+    if references or args.runtime != "eager" or args.int8:
+        raise StructpruneError("--per-layer times eager PyTorch layers; it takes no --reference, --runtime or --int8")
     first, second = (load_checked_run(path) for path in args.runs)
     records = compare_layers(first.model, second.model, args.batch, threads=args.threads, rounds=args.rounds,
                              sample_seconds=args.sample_seconds, clock=args.clock, progress=not args.no_progress)

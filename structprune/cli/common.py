@@ -186,3 +186,12 @@ def suffixed_path(*suffixes: str) -> Callable[[str], Path]:
 
     parse.__name__ = "file name"
     return parse
+def add_output_arguments(p: argparse.ArgumentParser, what: str, resumable: bool = False, required: bool = True) -> None:
+    """--out (a new folder), --overwrite, and for resumable verbs --restart."""
+    p.add_argument("--out", required=required, type=Path, metavar="DIR",
+                   help=f"{what} to write: a new (or empty) folder; an existing one is never replaced without --overwrite")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out when it holds an earlier output of this same verb (and nothing else)")
+    if resumable:
+        p.add_argument("--restart", action="store_true",
+                       help="discard what an interrupted run of this command left in its staging folder and start over")

@@ -7,8 +7,9 @@ import shlex
 import sys
 from pathlib import Path
 
+from structprune.cli.common import add_output_arguments
+from structprune.output import claim_folder
 from structprune.pruning import compact_run
-from structprune.runfolder import check_writable_destination
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -19,15 +20,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "arch.json describing the compact layers and metrics.json with its own params, MACs, weight bytes and MCR.",
     )
     p.add_argument("run_dir", type=Path, metavar="DIR", help="pruned run folder (with masks.json)")
-    p.add_argument("--out", required=True, type=Path, help="compact run folder to write")
+    add_output_arguments(p, "compact run folder")
     p.add_argument("--data-dir", default=None, help="dataset folder (default: the one the run was trained with)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    check_writable_destination(args.out)
+    output = claim_folder(args.out, "compact", inputs=(args.run_dir,), overwrite=args.overwrite)
     config = {"command": shlex.join(["structprune", *sys.argv[1:]]), "verb": "compact"}
-    out, m = compact_run(args.run_dir, args.out, data_dir=args.data_dir, config=config)
+    out, m = compact_run(args.run_dir, output, data_dir=args.data_dir, config=config)
     src = m.get("source_metrics", {})
     mcr = f", test MCR {m['test_mcr']:.4f}" if "test_mcr" in m else ""
 

@@ -7,12 +7,12 @@ import shlex
 import sys
 from pathlib import Path
 
-from structprune.cli.common import from_library, positive_int, seed
+from structprune.cli.common import add_output_arguments, from_library, positive_int, seed
 from structprune.cli.prune_search import add_search_arguments, run_search
 from structprune.errors import StructpruneError
 from structprune.granularity import Granularity, IntraPattern
+from structprune.output import claim_folder
 from structprune.pruning import MaskChooser, prune_run, select_masks
-from structprune.runfolder import check_writable_destination
 from structprune.selection import KERNEL_STRUCTURES, METHODS, SCOPES
 
 GRANULARITIES = from_library(Granularity.parse_list, "granularity list")
@@ -64,7 +64,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "the size of its compact form).",
     )
     p.add_argument("run_dir", type=Path, metavar="DIR", help="trained run folder")
-    p.add_argument("--out", required=True, type=Path, help="pruned run folder to write")
+    add_output_arguments(p, "pruned run folder", resumable=True)
     p.add_argument("--granularity", type=GRANULARITIES, default=[Granularity.CHANNEL],
                    help="channel, kernel, intra or a comma list (default channel)")
     p.add_argument("--method", choices=METHODS + SEARCH_METHODS, default="l1",
@@ -110,13 +110,15 @@ def baseline_chooser(args: argparse.Namespace, granularities: list[Granularity])
 
 def run(args: argparse.Namespace) -> int:
     granularities = args.granularity
+    output = claim_folder(args.out, "prune", inputs=(args.run_dir,), overwrite=args.overwrite)
+    if args.restart:
+        output.discard()
     if args.method in SEARCH_METHODS or args.max or args.schedule:
-        return run_search(args, granularities)
+        return run_search(args, granularities, output)
     if args.ratio is None:
         raise StructpruneError(f"--method {args.method} needs --ratio (or --max for the search schedule)")
     if len(args.ratio) not in (1, len(granularities)):
         raise StructpruneError(f"--ratio lists {len(args.ratio)} values for {len(granularities)} granularities")
-    check_writable_destination(args.out)
     choose = baseline_chooser(args, granularities)
     config = {"command": shlex.join(["structprune", *sys.argv[1:]]), "verb": "prune",
               "prune": {"granularity": [g.value for g in granularities], "method": args.method, "ratio": args.ratio,
@@ -125,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
                         "intra_shared": args.intra_shared, "linear_ratio": args.linear_ratio,
                         "intra_patterns": None if args.intra_patterns is None
                         else [[p.start, p.stride] for p in args.intra_patterns]}}
-    out, metrics = prune_run(args.run_dir, args.out, choose, config, data_dir=args.data_dir)
+    out, metrics = prune_run(args.run_dir, output, choose, config, data_dir=args.data_dir)
     mcr = f", test MCR {metrics['test_mcr']:.4f}" if "test_mcr" in metrics else ""
     print(f"{out}: {metrics['nonzero_params']:,} of {metrics['params']:,} weights kept; compact network "
           f"{metrics['compact_params']:,} params, {metrics['compact_macs']:,} MACs (dense {metrics['macs']:,}){mcr}")

@@ -29,6 +29,7 @@ from structprune.cli.common import (
 )
 from structprune.errors import StructpruneError
 from structprune.granularity import Granularity, IntraPattern
+from structprune.output import Output
 
 DRIVER_METHOD = {"pf": "pf", "epf": "epf", "l1": "l1", "random-best": "random", "tp-l2": "tp-l2"}
 
@@ -95,7 +96,7 @@ def check_intra_patterns(model: torch.nn.Module, patterns: tuple[IntraPattern, .
             raise StructpruneError(f"--intra-patterns: none prunes the {positions}-position kernels of {name}")
 
 
-def run_search(args: argparse.Namespace, granularities: list[Granularity]) -> int:
+def run_search(args: argparse.Namespace, granularities: list[Granularity], output: Output) -> int:
     from structprune.pruning import run_dataset
     from structprune.runcheck import load_checked_run
     from structprune.search.driver import SearchConfig, search_run
@@ -134,7 +135,7 @@ def run_search(args: argparse.Namespace, granularities: list[Granularity]) -> in
         intra_patterns=None if args.intra_patterns is None else tuple((p.start, p.stride) for p in args.intra_patterns),
         layers=args.layers)
     command = {"command": shlex.join(["structprune", *sys.argv[1:]]), "verb": "prune"}
-    out, m = search_run(run, data, cfg, args.out, extra_config=command)
+    out, m = search_run(run, data, cfg, output, extra_config=command)
     kept = ", ".join(f"{k} {v:.3f}" for k, v in m["kept_fraction"].items())
     print(f"{out}: {m['conv_macs_removed']:.1%} of conv MACs removed ({m['conv_macs']:,} of {m['conv_macs_dense']:,}); "
           f"test MCR {m['test_mcr']:.4f} (dense {m['source_metrics'].get('test_mcr', float('nan')):.4f}); kept {kept}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import shlex
-import shutil
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -13,13 +12,23 @@ from pathlib import Path
 import torch
 
 from structprune.arch import describe
-from structprune.cli.common import existing_file, fraction, name_in, non_negative_int, positive_float, positive_int, seed
+from structprune.cli.common import (
+    add_output_arguments,
+    existing_file,
+    fraction,
+    name_in,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    seed,
+)
 from structprune.compact.compaction import compact
 from structprune.data import DATASETS, load_dataset
 from structprune.errors import StructpruneError
 from structprune.jsonio import read_json
 from structprune.masks import MASKS_FILE, NetworkMask
 from structprune.metrics import count_macs, count_params
+from structprune.output import claim_folder, fingerprint_files
 from structprune.quant.apply import QuantPlan, plan_formats, plan_to_json, quantize_model_
 from structprune.quant.fixed_point import MAX_BITS, MIN_BITS, check_bits
 from structprune.quant.packing import load_packed, save_packed
@@ -28,7 +37,7 @@ from structprune.quant.sensitivity import choose_bits, sweep
 from structprune.quant.storage import storage_report
 from structprune.quant.targets import quantized_weights
 from structprune.runcheck import check_config, check_data_fits, load_checked_run
-from structprune.runfolder import check_writable_destination, staged_run_folder, write_run_files
+from structprune.runfolder import write_run_files
 from structprune.train import TrainConfig, evaluate
 
 log = logging.getLogger(__name__)
@@ -57,8 +66,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "retrain with quantized forward passes, and write run DIR2 with model.safetensors (dequantized), "
         f"{PACKED_FILE} (the compact network, its weights packed at their word lengths; a masked run is compacted "
         f"for it), {QUANT_FILE}, {STORAGE_FILE}; metrics.json weight_bytes is the storage total (kept weights at "
-        "their word lengths + sparsity indices + float biases). A retraining checkpoint is kept in DIR2.ckpt/: "
-        "run the same command again to resume.",
+        "their word lengths + sparsity indices + float biases). A retraining checkpoint is kept in the staging "
+        "folder .DIR2.structprune/ beside DIR2: run the same command again to resume.",
     )
     p.add_argument("run_dir", type=Path, metavar="DIR", help="run folder to quantize")
     p.add_argument("--bits", type=word_length, required=True,
@@ -74,7 +83,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=None, type=name_in(DATASETS, "dataset"),
                    help="dataset (default: the one in DIR/config.json)")
     p.add_argument("--data-dir", default=None, help="folder with the dataset files (default: as in DIR/config.json)")
-    p.add_argument("--out", type=Path, required=True, help="run folder to write")
+    add_output_arguments(p, "quantized run folder", resumable=True)
     p.add_argument("--masks", type=existing_file, default=None,
                    help=f"masks.json for the index cost (default: DIR/{MASKS_FILE}, else that of the run DIR was compacted from)")
     p.add_argument("--no-progress", action="store_true")
@@ -85,9 +94,7 @@ def run(args: argparse.Namespace) -> int:
     check_bits(args.bits, where="--bits")
     if args.epochs < 0:
         raise StructpruneError(f"--epochs must be >= 0 (got {args.epochs})")
-    out = check_writable_destination(args.out)
-    if out.resolve() == args.run_dir.resolve():
-        raise StructpruneError("--out must differ from DIR")
+    output = claim_folder(args.out, "quantize", inputs=(args.run_dir,), overwrite=args.overwrite)
     source = load_checked_run(args.run_dir)
     cfg_src = source.config
     dataset = args.data or cfg_src.get("dataset")
@@ -110,13 +117,16 @@ def run(args: argparse.Namespace) -> int:
         sensitivity = sweep(net, data.val, bits=range(MIN_BITS, args.bits + 1), progress=not args.no_progress)
         bits = choose_bits(sensitivity, args.bits, args.tolerance)
         print("per-layer word lengths: " + ", ".join(f"{k} {v}" for k, v in bits.items()), file=sys.stderr)
-    ckpt = out.parent / f"{out.name}.ckpt"
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed, weight_decay=0.0)
-    if args.epochs > 0:
-        plan, history = retrain_quantized(net, data, bits, cfg, checkpoint_dir=ckpt, progress=not args.no_progress)
-    else:
-        plan, history = plan_formats(net, bits), []
-        quantize_model_(net, plan)
+    identity = {"source": fingerprint_files(args.run_dir), "data": data.fingerprint(), "bits": bits, "retrain": asdict(cfg),
+                "masks": masks_json}
+    with output.staged(identity, restart=args.restart):
+        if args.epochs > 0:
+            plan, history = retrain_quantized(net, data, bits, cfg, checkpoint_dir=output.checkpoints,
+                                              progress=not args.no_progress)
+        else:
+            plan, history = plan_formats(net, bits), []
+            quantize_model_(net, plan)
     net.eval()
     val, test = evaluate(net, data.val), evaluate(net, data.test)
     pack_net, pack_plan = compact_form(net, plan, masks)
@@ -137,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
         extra[MASKS_FILE] = masks_json
     if sensitivity is not None:
         extra[SENSITIVITY_FILE] = {**sensitivity.to_json(), "chosen_bits": bits, "tolerance": args.tolerance}
-    with staged_run_folder(out) as tmp:
+    with output.publish() as tmp:
         packed_bytes = save_packed(tmp / PACKED_FILE, pack_net, pack_plan)
         reloaded, _ = load_packed(tmp / PACKED_FILE)
         x = data.val.x[:256]
@@ -147,9 +157,9 @@ def run(args: argparse.Namespace) -> int:
             raise StructpruneError(f"packed artifact does not reproduce the quantized network (max diff {diff:.3g})")
         metrics["packed_file_bytes"] = packed_bytes
         write_run_files(tmp, net, describe(net), metrics, config, extra)
-    shutil.rmtree(ckpt, ignore_errors=True)
-    print(f"{out}: {_describe_bits(bits)}, val MCR {float_val.mcr:.4f} -> {val.mcr:.4f}, test MCR {float_test.mcr:.4f} -> "
-          f"{test.mcr:.4f}; weight_bytes {storage.total_bytes:,} ({storage.compression:.1f}x smaller than dense 32-bit), "
+    print(f"{output.path}: {_describe_bits(bits)}, val MCR {float_val.mcr:.4f} -> {val.mcr:.4f}, "
+          f"test MCR {float_test.mcr:.4f} -> {test.mcr:.4f}; weight_bytes {storage.total_bytes:,} "
+          f"({storage.compression:.1f}x smaller than dense 32-bit), "
           f"packed file {packed_bytes:,} bytes")
     return 0
 

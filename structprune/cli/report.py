@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from structprune.cli.common import existing_file, suffixed_path
+from structprune.output import claim_file
 
 REPORT_FILE = suffixed_path(".html", ".htm", ".md")
 
@@ -23,12 +24,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="bench JSON file(s) from `structprune bench --json` (repeatable); a bench.json directly "
                    "inside a DIR that holds runs is read without it")
     p.add_argument("--title", default="structprune report")
+    p.add_argument("--overwrite", action="store_true", help="replace the report file(s) if they exist")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from structprune.report import collect, write_report
 
+    for target in [args.out, args.markdown]:
+        if target:
+            claim_file(target, overwrite=args.overwrite)
     records = collect(args.dirs, args.bench)
     written = write_report(records, args.out, args.title)
     if args.markdown:

@@ -27,6 +27,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from structprune.output import claim_folder
     from structprune.reproduce import reproduce
 
     out = args.out or Path(f"reproduce-{args.dataset}{'-quick' if args.quick else ''}")
@@ -36,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"[{time.perf_counter() - started:7.1f} s] {stage}: {'already done, skipped' if what == 'skip' else 'running'}",
               file=sys.stderr, flush=True)
 
-    seconds = reproduce(args.dataset, out, quick=args.quick, data_dir=args.data_dir, progress=not args.no_progress,
+    output = claim_folder(out, "reproduce", resume=True, inputs=() if args.from_run is None else (args.from_run,))
+    seconds = reproduce(args.dataset, output, quick=args.quick, data_dir=args.data_dir, progress=not args.no_progress,
                         on_stage=tell, trained=args.from_run)
     total = time.perf_counter() - started
     print(f"{out}: {len(seconds)} stage(s) run in {total:.0f} s; report: {out / 'report.html'} and {out / 'report.md'}")

@@ -6,11 +6,9 @@ import argparse
 import json
 import logging
 import shlex
-import shutil
 import sys
 import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,6 +16,7 @@ import torch
 from structprune import __version__
 from structprune.cli.common import (
     MAX_THREADS,
+    add_output_arguments,
     fraction,
     int_in,
     name_in,
@@ -27,11 +26,12 @@ from structprune.cli.common import (
     positive_int,
     seed,
 )
-from structprune.data import DATASETS, dataset_shape, load_dataset
+from structprune.data import DATASETS, is_folder_dataset, load_dataset
 from structprune.errors import StructpruneError
 from structprune.metrics import size_metrics
 from structprune.models import available, create
-from structprune.runfolder import check_writable_destination, save_run
+from structprune.output import claim_folder
+from structprune.runfolder import save_run
 from structprune.train import OPTIMIZERS, SCHEDULES, TrainConfig, evaluate, resolve_device, train
 
 log = logging.getLogger(__name__)
@@ -54,12 +54,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "train",
         help="train a model and save a run folder",
         description="Train a registered model on a dataset; write OUT/{model.safetensors,arch.json,metrics.json,"
-        "config.json}. A checkpoint is kept in OUT.ckpt/ after every epoch: run the same command again to resume.",
+        "config.json}. A checkpoint is kept in the staging folder .OUT.structprune/ beside OUT after every epoch: "
+        "run the same command again to resume.",
     )
     p.add_argument("--model", required=True, type=name_in(available(), "model"),
                    help=f"registered model ({', '.join(available())})")
-    p.add_argument("--data", required=True, type=name_in(DATASETS, "dataset"), help=f"dataset ({', '.join(DATASETS)})")
-    p.add_argument("--out", required=True, type=Path, help="run folder to write")
+    p.add_argument("--data", required=True, type=dataset_name, help=f"dataset ({', '.join(DATASETS)}; folder:PATH holds "
+                   "one sub-folder of PNG or JPEG images per class)")
+    p.add_argument("--image-size", type=positive_int, default=None, metavar="N",
+                   help="folder: datasets: resize images to N×N (default: the larger side of the first image)")
+    add_output_arguments(p, "run folder", resumable=True)
     p.add_argument("--data-dir", default=None, help="folder with the dataset files (default: $STRUCTPRUNE_DATA or ./data)")
     p.add_argument("--epochs", type=non_negative_int, default=3)
     p.add_argument("--lr", type=positive_float, default=0.02,
@@ -82,42 +86,42 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="NHWC layout for convolutions (auto: on for CPU)")
     p.add_argument("--threads", type=int_in(1, MAX_THREADS), default=None,
                    help="CPU threads for PyTorch (default: its own choice; 1 is fastest for tiny models)")
-    p.add_argument("--restart", action="store_true", help="discard an existing checkpoint in OUT.ckpt/")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
-def checkpoint_dir_for(out: Path) -> Path:
-    return out.parent / f"{out.name}.ckpt"
+def dataset_name(text: str) -> str:
+    """A built-in dataset's name, or folder:PATH."""
+    return text if is_folder_dataset(text) else name_in(DATASETS, "dataset")(text)
 
 
 def run(args: argparse.Namespace) -> int:
-    out = check_writable_destination(args.out)
+    output = claim_folder(args.out, "train", overwrite=args.overwrite)
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
                       batch_size=args.batch_size, seed=args.seed, schedule=args.schedule, optimizer=args.optimizer,
                       warmup_epochs=args.warmup_epochs)
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    data = load_dataset(args.data, args.data_dir, val_size=args.val_size, seed=args.seed, image_size=args.image_size)
     model_kwargs = dict(args.model_arg)
     fixed = sorted({"num_classes", "in_channels", "input_size"} & model_kwargs.keys())
     if fixed:
         raise StructpruneError(f"--model-arg {', '.join(fixed)}: set by the dataset {args.data!r}, not by hand")
-    num_classes, in_channels, input_size, _ = dataset_shape(args.data)
-    torch.manual_seed(args.seed)  # the model is built before the data is read: a bad --model-arg costs no loading
+    torch.manual_seed(args.seed)
     try:
-        model = create(args.model, num_classes=num_classes, in_channels=in_channels, input_size=input_size,
+        model = create(args.model, num_classes=data.num_classes, in_channels=data.in_channels, input_size=data.input_size,
                        **model_kwargs)
     except TypeError as exc:
         raise StructpruneError(f"model {args.model!r}: bad --model-arg ({exc})") from None
-    data = load_dataset(args.data, args.data_dir, val_size=args.val_size, seed=args.seed)
-    ckpt = checkpoint_dir_for(out)
-    if args.restart and ckpt.exists():
-        shutil.rmtree(ckpt)
     channels_last = args.channels_last == "on" or (args.channels_last == "auto" and device.type == "cpu")
+    augment = bool(data.augment and not args.no_augment)
+    identity = {"model": args.model, "model_kwargs": model_kwargs, "dataset": args.data, "data": data.fingerprint(),
+                "val_size": len(data.val), "augment": augment, "channels_last": channels_last, "train": asdict(cfg)}
     started = time.perf_counter()
-    history = train(model, data, cfg, checkpoint_dir=ckpt, progress=not args.no_progress, device=device,
-                    channels_last=channels_last, augment=False if args.no_augment else None)
+    with output.staged(identity, restart=args.restart):
+        history = train(model, data, cfg, checkpoint_dir=output.checkpoints, progress=not args.no_progress,
+                        device=device, channels_last=channels_last, augment=False if args.no_augment else None)
     seconds = time.perf_counter() - started
     model.cpu()
     val, test = evaluate(model, data.val), evaluate(model, data.test)
@@ -125,12 +129,11 @@ def run(args: argparse.Namespace) -> int:
                **size_metrics(model), "test_images": len(data.test), "train_seconds_this_session": round(seconds, 1),
                "history": history}
     config = {"command": shlex.join(["structprune", *sys.argv[1:]]), "verb": "train", "model": args.model,
-              "model_kwargs": model_kwargs, "dataset": args.data, "data_dir": args.data_dir, "val_size": len(data.val),
-              "augment": bool(data.augment and not args.no_augment), "device": str(device),
+              "model_kwargs": model_kwargs, "dataset": data.name, "data_dir": args.data_dir, "val_size": len(data.val),
+              "augment": augment, "device": str(device),
               "channels_last": channels_last, "threads": torch.get_num_threads(), "train": asdict(cfg),
               "structprune": __version__, "torch": torch.__version__}
-    save_run(out, model, None, metrics, config)
-    shutil.rmtree(ckpt, ignore_errors=True)
+    out = save_run(output, model, None, metrics, config)
     print(f"{out}: val MCR {val.mcr:.4f}, test MCR {test.mcr:.4f} ({len(data.test)} test images), "
           f"{metrics['params']:,} params, {metrics['macs']:,} MACs")
     return 0

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import LogFormatterSciNotation, ScalarFormatter
 
 from structprune.report.collect import BenchRecord, RunRecord, pruning_ratio
 
@@ -40,15 +41,19 @@ _STAGE_MARKERS = {"search": "*", "retrain": "P", "quantize": "X", "compact": "D"
 
 
 def _series_style(granularity: str, method: str, stage: str) -> dict[str, object]:
-    """Colour by scale, line style by method; the pipeline's stages as black markers."""
+    """Colour by scale, line style by method; the pipeline's stages as markers in the scale's colour (compact runs,
+    which score what their source scores, as open diamonds around it, so both stay visible)."""
+    color = _SCALE_COLORS.get(granularity, "tab:purple")
     if stage in _STAGE_MARKERS:
-        return {"color": "black", "marker": _STAGE_MARKERS[stage], "markersize": 9, "linestyle": "none"}
-    return {"color": _SCALE_COLORS.get(granularity, "tab:purple"), "marker": "o",
-            "linestyle": _METHOD_STYLES.get(method, "-.")}
+        style: dict[str, object] = {"color": color, "marker": _STAGE_MARKERS[stage], "markersize": 9, "linestyle": "none"}
+        if stage == "compact":
+            style.update(markersize=14, markerfacecolor="none", markeredgewidth=1.5)
+        return style
+    return {"color": color, "marker": "o", "linestyle": _METHOD_STYLES.get(method, "-.")}
 
 
 def mcr_vs_ratio(records: list[RunRecord]) -> bytes | None:
-    """Test MCR (%, log axis) against the fraction of MACs removed, one line per (scale, method, stage)."""
+    """Test MCR (%, linear axis) against the fraction of MACs removed, one line per (scale, method, stage)."""
     series: dict[tuple[str, str, str], list[tuple[float, float]]] = defaultdict(list)
     dense: list[float] = []
     for r in records:
@@ -70,15 +75,16 @@ def mcr_vs_ratio(records: list[RunRecord]) -> bytes | None:
         points.sort()
         label = " / ".join(x for x in (granularity, method) if x)
         label = f"{label} ({stage})" if label and stage else label or stage
-        ax.plot([100 * x for x, _ in points], [100 * max(y, 1e-4) for _, y in points], label=label,
+        ax.plot([100 * x for x, _ in points], [100 * y for _, y in points], label=label,
                 **_series_style(granularity, method, stage))
     for i, mcr in enumerate(sorted(set(dense))):
         ax.axhline(100 * mcr, color="grey", linestyle=":", linewidth=1, label="dense" if i == 0 else None)
-    ax.set_yscale("log")
-    ax.set_xlabel("MACs removed (%)")
-    ax.set_ylabel("test MCR (%, log)")
+    ax.yaxis.set_major_formatter(_PercentFormatter())  # plain ticks: "1.2%", never "1.2×10⁰"
+    ax.xaxis.set_major_formatter(_PercentFormatter())
+    ax.set_xlabel("MACs removed")
+    ax.set_ylabel("test MCR")
     ax.set_title("Misclassification rate against pruning ratio")
-    ax.grid(alpha=0.3, which="both")
+    ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return _png(fig)
 
@@ -158,7 +164,7 @@ def latency_vs_mcr(records: list[RunRecord]) -> bytes | None:
     if not rows:
         return None
     keys = sorted(rows)
-    fig = Figure(figsize=(5.2 * len(keys), 4.0))
+    fig = Figure(figsize=(5.2 * len(keys), 4.0), layout="constrained")
     for i, key in enumerate(keys):
         ax = fig.add_subplot(1, len(keys), i + 1)
         points = []
@@ -172,12 +178,40 @@ def latency_vs_mcr(records: list[RunRecord]) -> bytes | None:
         ax.step([x for x, _ in front], [y for _, y in front], where="post", color="black", linewidth=1,
                 label="Pareto front")
         ax.set_xscale("log")
-        ax.set_xlabel("median latency (ms, log)")
-        ax.set_ylabel("test MCR (%)")
+        _plain_log_ticks(ax.xaxis)
+        ax.yaxis.set_major_formatter(_PercentFormatter())
+        ax.margins(x=0.25, y=0.12)  # room for the run names beside the right-most and top points
+        ax.set_xlabel("median latency (ms, log scale)")
+        ax.set_ylabel("test MCR")
         ax.set_title(f"batch {key[0]}, {key[1]} thread(s)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     return _png(fig)
+
+
+class _PlainLogFormatter(LogFormatterSciNotation):
+    """Log-axis labels where matplotlib would put them, written as plain numbers ("0.5", "20"), not "2×10¹"."""
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        return f"{x:g}" if super().__call__(x, pos) else ""
+
+
+class _PercentFormatter(ScalarFormatter):
+    """Plain tick labels of values already in percent, as few decimals as the ticks need: "1.2%", "5%"."""
+
+    def __init__(self) -> None:
+        super().__init__(useOffset=False, useMathText=False)
+        self.set_scientific(False)
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        text = super().__call__(x, pos)
+        return f"{text}%" if text else text
+
+
+def _plain_log_ticks(axis: object) -> None:
+    """Plain labels on a log axis: the decades, and some ticks between them on ranges up to 3 decades."""
+    axis.set_major_formatter(_PlainLogFormatter())
+    axis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(3, 0.4)))
 
 
 def storage_breakdown(records: list[RunRecord]) -> bytes | None:
@@ -201,9 +235,10 @@ def storage_breakdown(records: list[RunRecord]) -> bytes | None:
             ax.annotate(f"{d / (w + i):.1f}× smaller", (x + 0.2, w + i), ha="center", va="bottom", fontsize=8)
     ax.set_xticks(list(xs), names, fontsize=8)
     ax.set_yscale("log")
-    smallest = min([w + i for w, i in zip(weights, index, strict=True) if w + i] + [d for d in dense if d] or [1.0])
-    ax.set_ylim(bottom=smallest / 4)  # log bars need a floor below the smallest bar
-    ax.set_ylabel("storage (KiB, log)")
+    _plain_log_ticks(ax.yaxis)
+    totals = [w + i for w, i in zip(weights, index, strict=True) if w + i] + [d for d in dense if d] or [1.0]
+    ax.set_ylim(min(totals) / 4, max(totals) * 2)  # log bars need a floor; the top leaves room for the labels
+    ax.set_ylabel("storage (KiB, log scale)")
     ax.set_title("Storage against the dense original")
     ax.legend(fontsize=7)
     last = runs[-1]
@@ -215,6 +250,7 @@ def storage_breakdown(records: list[RunRecord]) -> bytes | None:
     for x, s in enumerate(last.storage):
         if s.word_length:
             per_layer.annotate(f"{s.word_length} b", (x, lw[x] + li[x]), ha="center", va="bottom", fontsize=7)
+    per_layer.set_ylim(0, 1.15 * max([w + i for w, i in zip(lw, li, strict=True)] + [1e-3]))  # room for the labels
     per_layer.set_ylabel("storage (KiB)")
     per_layer.set_title(f"Per layer: {last.name} (word length on top)")
     per_layer.tick_params(axis="x", labelrotation=30, labelsize=7)

@@ -5,8 +5,14 @@
   driver           layer-by-layer search on a network, tolerance ladder, retraining, resume
   backends         where scoring runs (in-process, Ray)
   latency          a measured per-layer latency table for a latency-aware objective
+
+Called, `structprune.search(model, example_input, score_fn, ...)` is structprune.api.search (any network,
+any score function).
 """
 
+from structprune.callmodule import make_callable
 from structprune.search.particle_filter import BitSpace, ChoiceSpace, ParticleFilter, PFConfig
 
 __all__ = ["BitSpace", "ChoiceSpace", "PFConfig", "ParticleFilter"]
+
+make_callable(__name__)

@@ -58,8 +58,9 @@ from structprune.kernel_blocks import assign_output_blocks, block_masks, input_b
 from structprune.masking import MaskApplier
 from structprune.masks import MASKS_FILE, LayerMask, NetworkMask
 from structprune.metrics import size_metrics
+from structprune.output import Output, fingerprint_files
 from structprune.retrain import retrain_masked
-from structprune.runfolder import Run, check_writable_destination, load_state, save_run
+from structprune.runfolder import Run, as_output, load_state, save_run
 from structprune.search.backends import make_backend
 from structprune.search.latency import LatencyTable, measure_latency_table
 from structprune.search.particle_filter import BitSpace, ChoiceSpace, ParticleFilter, PFConfig, Space
@@ -416,10 +417,11 @@ class DriverState:
 class Search:
     """Runs one SearchConfig on a loaded run, writing progress into `out`."""
 
-    def __init__(self, run: Run, data: Dataset, cfg: SearchConfig, out: str | Path):
+    def __init__(self, run: Run, data: Dataset, cfg: SearchConfig, out: Output | str | Path):
         self.run, self.model, self.data, self.cfg = run, run.model, data, cfg
-        self.out = check_writable_destination(out)
-        self.state_dir = self.out / STATE_DIR
+        self.output = as_output(out, "prune", inputs=(run.path,))
+        self.out = self.output.path
+        self.state_dir = self.output.checkpoints / STATE_DIR
         if len(data.val) == 0:
             raise StructpruneError("the validation split is empty: nothing to score candidates on")
         n_score = min(cfg.score_images, len(data.val) // 2) if len(data.val) > 1 else 1
@@ -440,6 +442,7 @@ class Search:
         self.applier = MaskApplier(self.model)
         self.input_shape = tuple(run.arch["input_shape"])
         self.state = DriverState()
+        self.identity = {**self._fingerprint(), "data": data.fingerprint(), "source_files": fingerprint_files(run.path)}
 
     # -- persistence
     def _fingerprint(self) -> dict[str, Any]:
@@ -465,15 +468,15 @@ class Search:
             return False
         saved = read_json(path)
         if {k: saved.get(k) for k in ("config", "source")} != self._fingerprint():
-            raise StructpruneError(f"{self.out} holds a search with other settings; remove it or choose another --out")
+            raise StructpruneError(f"{self.state_dir} holds a search with other settings; pass --restart to discard it")
         self.state = DriverState(**saved["state"])
         self.model.load_state_dict(load_state(self.state_dir / "model.safetensors"))
         log.info("resuming %s at step %d, rung %d", self.out, self.state.step, self.state.rung)
         return True
 
     def _write_search_json(self) -> None:
-        self.out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.out / SEARCH_FILE, self.search_record())
+        """Progress a user can follow while the search runs, in the staging folder (the run folder gets it at the end)."""
+        write_json_atomic(self.output.checkpoints / SEARCH_FILE, self.search_record())
 
     def search_record(self) -> dict[str, Any]:
         return {"format": "structprune-search/1", "config": asdict(self.cfg), "order": [[g.value, n] for g, n in self.plan],
@@ -685,12 +688,13 @@ class Search:
         self.state.rung = 0
 
 
-def search_run(run: Run, data: Dataset, cfg: SearchConfig, out: str | Path,
+def search_run(run: Run, data: Dataset, cfg: SearchConfig, out: Output | str | Path,
                extra_config: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
     """Search, retrain, and save the pruned run (masks.json, search.json, metrics with conv MACs) in `out`."""
     search = Search(run, data, cfg, out)
     started = time.perf_counter()
-    mask, record = search.run_search()
+    with search.output.staged(search.identity):
+        mask, record = search.run_search()
     seconds = time.perf_counter() - started  # this invocation only (a resumed search counts its last part)
     model = search.model
     masked, dense = conv_macs(model, mask, search.input_shape)
@@ -712,10 +716,9 @@ def search_run(run: Run, data: Dataset, cfg: SearchConfig, out: str | Path,
         metrics["predicted_conv_ms_dense"] = table.network_ms(dict(zip(
             search.convs, zip([first_in, *dense_outs[:-1]], dense_outs, strict=True), strict=True)))
     config = {**run.config, **(extra_config or {}), "search": asdict(cfg), "source_run": str(run.path)}
-    save_run(out, model, run.arch, metrics, config, extra_json=extra)
     if not math.isfinite(metrics["test_mcr"]):
         raise StructpruneError("the pruned network produced non-finite outputs")
-    return Path(out), metrics
+    return save_run(search.output, model, run.arch, metrics, config, extra_json=extra), metrics
 
 
 __all__ = ["METHODS", "Search", "SearchConfig", "as_chain", "conv_macs", "search_run"]
