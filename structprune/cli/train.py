@@ -26,7 +26,7 @@ from structprune.cli.common import (
     positive_int,
     seed,
 )
-from structprune.data import DATASETS, is_folder_dataset, load_dataset
+from structprune.data import DATASETS, dataset_shape, is_folder_dataset, load_dataset
 from structprune.errors import StructpruneError
 from structprune.metrics import size_metrics
 from structprune.models import available, create
@@ -103,17 +103,23 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    data = load_dataset(args.data, args.data_dir, val_size=args.val_size, seed=args.seed, image_size=args.image_size)
     model_kwargs = dict(args.model_arg)
     fixed = sorted({"num_classes", "in_channels", "input_size"} & model_kwargs.keys())
     if fixed:
         raise StructpruneError(f"--model-arg {', '.join(fixed)}: set by the dataset {args.data!r}, not by hand")
+    data = None
+    if is_folder_dataset(args.data):  # its shape is known once its images are read
+        data = load_dataset(args.data, args.data_dir, val_size=args.val_size, seed=args.seed, image_size=args.image_size)
+        shape = (data.num_classes, data.in_channels, data.input_size)
+    else:  # the model is built before the data is read: a bad --model-arg costs no loading
+        shape = dataset_shape(args.data)[:3]
     torch.manual_seed(args.seed)
     try:
-        model = create(args.model, num_classes=data.num_classes, in_channels=data.in_channels, input_size=data.input_size,
-                       **model_kwargs)
+        model = create(args.model, num_classes=shape[0], in_channels=shape[1], input_size=shape[2], **model_kwargs)
     except TypeError as exc:
         raise StructpruneError(f"model {args.model!r}: bad --model-arg ({exc})") from None
+    if data is None:
+        data = load_dataset(args.data, args.data_dir, val_size=args.val_size, seed=args.seed, image_size=args.image_size)
     channels_last = args.channels_last == "on" or (args.channels_last == "auto" and device.type == "cpu")
     augment = bool(data.augment and not args.no_augment)
     identity = {"model": args.model, "model_kwargs": model_kwargs, "dataset": args.data, "data": data.fingerprint(),
