@@ -103,3 +103,22 @@ def test_a_trained_run_is_adopted_as_the_train_stage_and_a_mismatch_refused(tmp_
     with pytest.raises(StructpruneError, match="holds 'tiny-paper' trained on 'digits'"):
         rp.reproduce("digits", other, recipe=replace(recipe, model="tiny-vgg"), progress=False, trained=trained)
     assert not (other / "train").exists()
+
+    # resumed without --from-run: the adopted run stays the source, nothing reruns but the report
+    seen.clear()
+    rp.reproduce("digits", out, recipe=recipe, progress=False, on_stage=lambda n, w: seen.append((n, w)))
+    assert [n for n, w in seen if w == "run"] == ["report"]
+
+    # another --from-run replaces the train stage and every stage that depends on it
+    trained2 = tmp_path / "dense2"
+    assert main(["train", "--model", "tiny-paper", "--data", "digits", "--epochs", "1", "--val-size", "200", "--seed",
+                 "0", "--lr", "0.02", "--no-progress", "--out", str(trained2)]) == 0
+    searched = (out / "search" / "model.safetensors").read_bytes()
+    seen.clear()
+    rp.reproduce("digits", out, recipe=recipe, progress=False, trained=trained2,
+                 on_stage=lambda n, w: seen.append((n, w)))
+    assert all(w == "run" for n, w in seen), seen
+    assert (out / "train" / "model.safetensors").read_bytes() == (trained2 / "model.safetensors").read_bytes()
+    assert (out / "search" / "model.safetensors").read_bytes() != searched
+    assert json.loads((out / "reproduce.json").read_text())["train_from"] == str(trained2)
+    assert not list(out.glob(".*.structprune"))
