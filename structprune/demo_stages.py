@@ -45,13 +45,11 @@ def stage_search(ctx: Any) -> None:
 def stage_quantize(ctx: Any) -> None:
     """Fixed-point weights of the searched compact network, quantization-aware retraining, packed artifact."""
     from structprune.demo import torch_threads
-    from structprune.reproduce import _run_verb
+    from structprune.quant.run import QuantizeConfig, quantize_run
 
-    argv = ["quantize", str(ctx.work / SEARCH_COMPACT), "--bits", str(QUANT_BITS), "--epochs", str(QUANT_EPOCHS),
-            "--seed", str(ctx.seed), "--out", str(ctx.work / QUANT_RUN), "--no-progress"]
+    cfg = QuantizeConfig(bits=QUANT_BITS, epochs=QUANT_EPOCHS, seed=ctx.seed)
     with torch_threads(1):
-        _run_verb(argv)
-    m = load_run(ctx.work / QUANT_RUN).metrics
+        _, m = quantize_run(ctx.work / SEARCH_COMPACT, ctx.work / QUANT_RUN, cfg)
     ctx.results["quantize"] = {"test_mcr": m["test_mcr"], "bits": QUANT_BITS}
     ctx.report.append(
         f"## Quantized\n\n{QUANT_BITS}-bit fixed-point weights of `{SEARCH_COMPACT}/`, {QUANT_EPOCHS} epoch(s) of "
