@@ -9,7 +9,8 @@ pruned shapes and compact layers come back without unpickling anything:
      "modules": {"features.0": {"type": "Conv2d", "in_channels": 1, "out_channels": 20, ...}, ...}}
 
 A network of the user's own class (not in the registry) is described with "model": null and its class
-name; rebuilding it takes the user's factory of the unpruned network (`rebuild(arch, factory=...)`).
+name; rebuilding it takes the user's factory of the unpruned network (`structprune.rebuild.rebuild(arch,
+factory=...)`, above the registry and the compact layers).
 
 Built-in specs cover Conv2d, BatchNorm2d and Linear; compact layers register theirs with
 `@register_module_type`, providing `to_spec()` and a classmethod `from_spec(spec)`.
@@ -153,7 +154,7 @@ def describe(model: nn.Module) -> dict[str, Any]:
 
 def describe_unregistered(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any]:
     """The arch.json of a network of the user's own class: no factory is recorded ("model": null), only its
-    class name (for messages) and layer specs; rebuilding it needs the user's factory (`rebuild(..., factory=)`)."""
+    class name (for messages) and layer specs; rebuilding it needs the user's factory (structprune.rebuild, `factory=`)."""
     cls = type(model)
     return {
         "format": ARCH_FORMAT,
@@ -163,39 +164,6 @@ def describe_unregistered(model: nn.Module, input_shape: tuple[int, ...]) -> dic
         "input_shape": [int(v) for v in input_shape],
         "modules": layer_specs(model),
     }
-
-
-def rebuild(arch: dict[str, Any], source: str = "arch.json", factory: Callable[[], nn.Module] | None = None) -> nn.Module:
-    """Create the network described by `arch` (weights are not loaded). `factory`: a no-argument callable
-    building the unpruned network, for networks of the user's own class (arch.json "model": null); by
-    default the registered model named in arch.json is created."""
-    import structprune.compact  # noqa: F401  (registers the compact layer types)
-    from structprune.models import create
-
-    if not isinstance(arch, dict) or arch.get("format") != ARCH_FORMAT:
-        raise StructpruneError(f"{source}: not a structprune arch file (format {ARCH_FORMAT!r} expected)")
-    if "modules" not in arch or not isinstance(arch["modules"], dict):
-        raise StructpruneError(f"{source}: missing field 'modules'")
-    name = arch.get("model")
-    if factory is not None:
-        model = factory()
-        if not isinstance(model, nn.Module):
-            raise StructpruneError(f"the model factory returned {type(model).__name__}, not a torch.nn.Module")
-        name = type(model).__name__
-    elif "model" not in arch:
-        raise StructpruneError(f"{source}: missing field 'model'")
-    elif name is None:
-        raise StructpruneError(f"{source}: the network is of the user's class {arch.get('class', '?')}, not a registered "
-                               "model; rebuild it in Python with structprune.load(DIR, model_factory=...)")
-    else:
-        model = create(name, **arch.get("kwargs", {}))
-    for layer, spec in arch["modules"].items():
-        try:
-            model.get_submodule(layer)
-        except AttributeError:
-            raise StructpruneError(f"{source}: layer {layer!r} does not exist in {name}") from None
-        model.set_submodule(layer, build_module(spec, where=f"{source}: {layer}"))
-    return model
 
 
 def input_shape_of(model: nn.Module) -> tuple[int, ...]:
