@@ -9,8 +9,8 @@ from typing import Any
 
 from torch import nn
 
-import structprune.compact  # noqa: F401  (registers the compact layer types)
 from structprune.arch import ARCH_FORMAT, build_module
+from structprune.compact import csr_conv, intra_conv, kernel_conv  # noqa: F401  (they register the compact layer types)
 from structprune.errors import StructpruneError
 from structprune.models import create
 
