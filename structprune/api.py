@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from structprune.arch import FACTORY_ATTR, describe, describe_unregistered, rebuild
+from structprune.arch import FACTORY_ATTR, describe, describe_unregistered
 from structprune.channel_groups import ChannelGroups, find_channel_groups
 from structprune.compact.compaction import compact as _compact
 from structprune.errors import StructpruneError
@@ -43,6 +43,7 @@ from structprune.jsonio import read_json
 from structprune.masking import MaskApplier
 from structprune.masks import MASKS_FILE, LayerMask, NetworkMask
 from structprune.metrics import count_macs, count_params, state_bytes
+from structprune.rebuild import rebuild
 from structprune.runfolder import ARCH_FILE, MODEL_FILE, load_run, load_state, save_run
 from structprune.search.particle_filter import BitSpace, ChoiceSpace, ParticleFilter, PFConfig
 from structprune.selection import SelectionConfig, kernels_left, select

@@ -9,7 +9,8 @@ pruned shapes and compact layers come back without unpickling anything:
      "modules": {"features.0": {"type": "Conv2d", "in_channels": 1, "out_channels": 20, ...}, ...}}
 
 A network of the user's own class (not in the registry) is described with "model": null and its class
-name; rebuilding it takes the user's factory of the unpruned network (`rebuild(arch, factory=...)`).
+name; rebuilding it takes the user's factory of the unpruned network (`structprune.rebuild.rebuild(arch,
+factory=...)`, above the registry and the compact layers).
 
 Built-in specs cover Conv2d, BatchNorm2d and Linear; compact layers register theirs with
 `@register_module_type`, providing `to_spec()` and a classmethod `from_spec(spec)`.
@@ -156,7 +157,7 @@ def describe(model: nn.Module) -> dict[str, Any]:
 
 def describe_unregistered(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, Any]:
     """The arch.json of a network of the user's own class: no factory is recorded ("model": null), only its
-    class name (for messages) and layer specs; rebuilding it needs the user's factory (`rebuild(..., factory=)`)."""
+    class name (for messages) and layer specs; rebuilding it needs the user's factory (structprune.rebuild, `factory=`)."""
     cls = type(model)
     return {
         "format": ARCH_FORMAT,
@@ -229,7 +230,7 @@ def check_arch(arch: Any, source: str = "arch.json", user_class: bool = False) -
         check_spec(spec, f"{source}: {name}")
 
 
-def _stand_in(spec: dict[str, Any], where: str) -> nn.Module:
+def stand_in(spec: dict[str, Any], where: str) -> nn.Module:
     """For the size check on the meta device: a compact convolution's dense equivalent (same maps, kernel and
     geometry; never fewer weights), since compact layers compute index tables from their spec's data."""
     keys = ("in_channels", "out_channels", "kernel_size")
@@ -238,64 +239,6 @@ def _stand_in(spec: dict[str, Any], where: str) -> nn.Module:
     dense = {"type": "Conv2d", "stride": [1, 1], "padding": [0, 0], "dilation": [1, 1], "groups": 1, "bias": True,
              **{k: spec[k] for k in (*keys, "stride", "padding", "dilation", "groups", "bias") if k in spec}}
     return build_module(dense, where)
-
-
-def _assemble(arch: dict[str, Any], source: str, stand_ins: bool = False,
-              factory: Callable[[], nn.Module] | None = None) -> nn.Module:
-    from structprune.models import create
-
-    if factory is not None:
-        model = factory()
-        if not isinstance(model, nn.Module):
-            raise StructpruneError(f"the model factory returned {type(model).__name__}, not a torch.nn.Module")
-        name = type(model).__name__
-    else:
-        name = arch["model"]
-        try:
-            model = create(name, **arch.get("kwargs", {}))
-        except StructpruneError as exc:
-            raise StructpruneError(f"{source}: {exc}") from None
-        declared = arch.get("input_shape")
-        if declared is not None and list(factory_of(model)["input_shape"]) != declared:
-            raise StructpruneError(f"{source}: input_shape {declared} does not match the model's arguments "
-                                   f"({factory_of(model)['input_shape']})")
-    for layer, spec in arch["modules"].items():
-        try:
-            model.get_submodule(layer)
-        except AttributeError:
-            raise StructpruneError(f"{source}: layer {layer!r} does not exist in {name}") from None
-        build = _stand_in if stand_ins else build_module
-        model.set_submodule(layer, build(spec, f"{source}: {layer}"))
-    return model
-
-
-def rebuild(arch: dict[str, Any], source: str = "arch.json", factory: Callable[[], nn.Module] | None = None) -> nn.Module:
-    """Create the network described by `arch` (weights are not loaded). `factory`: a no-argument callable
-    building the unpruned network, for networks of the user's own class (arch.json "model": null); by
-    default the registered model named in arch.json is created.
-
-    The arch is checked first (sizes are integers in range), then built on PyTorch's meta device (shapes only)
-    to refuse, in one line, a network larger than the models' limit or one whose layers do not fit together,
-    before any memory is allocated."""
-    import structprune.compact  # noqa: F401  (registers the compact layer types)
-    from structprune.models.registry import check_size
-
-    check_arch(arch, source, user_class=factory is not None)
-    probe = check_size(source, lambda: _assemble(arch, source, stand_ins=True, factory=factory))
-    shape = arch.get("input_shape") or factory_of(probe)["input_shape"]
-    with torch.device("meta"):
-        try:
-            with torch.no_grad():
-                probe.eval()(torch.empty(1, *shape))
-        except NotImplementedError:
-            pass  # a layer without a meta kernel: the shapes are checked when the network first runs
-        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise StructpruneError(f"{source}: the layers do not fit together ({text})") from None
-    try:
-        return _assemble(arch, source, factory=factory)
-    except RuntimeError as exc:
-        raise StructpruneError(f"{source}: bad layer spec ({str(exc).strip().splitlines()[0]})") from None
 
 
 def input_shape_of(model: nn.Module) -> tuple[int, ...]:

@@ -8,7 +8,7 @@ records a digest of each stage's inputs (the recipe, the data, the weights of th
 whose output is complete and whose inputs are unchanged is skipped, so an interrupted reproduction resumes at
 the stage it stopped in (training and the search also resume inside the stage, from their checkpoints); a
 stage whose inputs changed (another --from-run, a retrained upstream stage) runs again. Stages call the library functions of
-each step; `quantize` has no library entry point, so its verb's `run` is called in-process.
+each step.
 
 The settings of each recipe are the ones behind docs/results.md; `--quick` shrinks epochs and search
 budgets so that `reproduce mnist --quick` finishes within minutes on two cores.
@@ -16,9 +16,7 @@ budgets so that `reproduce mnist --quick` finishes within minutes on two cores.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import logging
 import time
@@ -277,12 +275,13 @@ def retrain_stage(ctx: Context) -> None:
 
 
 def quantize_stage(ctx: Context) -> None:
+    from structprune.quant.run import QuantizeConfig, describe_bits, quantize_run
+
     r = ctx.recipe
-    argv = ["quantize", str(ctx.path(RETRAIN)), "--bits", str(r.bits), "--epochs", str(r.quant_epochs),
-            "--out", str(ctx.path(QUANT)), "--overwrite", "--no-progress"]
-    if ctx.data_dir:
-        argv += ["--data-dir", ctx.data_dir]
-    _run_verb(argv)
+    cfg = QuantizeConfig(bits=r.bits, epochs=r.quant_epochs, data_dir=ctx.data_dir)
+    path, m = quantize_run(ctx.path(RETRAIN), _stage_output(ctx, QUANT, "quantize"), cfg, progress=ctx.progress)
+    log.info("%s: %s, test MCR %.4f -> %.4f, weight_bytes %d", path, describe_bits(cfg.bits), m["float_test_mcr"],
+             m["test_mcr"], m["weight_bytes"])
 
 
 def compact_stage(ctx: Context) -> None:
@@ -355,20 +354,6 @@ def stages_for(recipe: Recipe) -> list[Stage]:
 
 
 # ------------------------------------------------------------------------------------------------ driver
-def _run_verb(argv: list[str]) -> None:
-    """Run a CLI verb in-process (for steps without a library entry point); its output goes to the log."""
-    from structprune.cli import build_parser
-
-    args = build_parser().parse_args(argv)
-    captured = io.StringIO()
-    with contextlib.redirect_stdout(captured):
-        code = args.func(args)
-    for line in captured.getvalue().splitlines():
-        log.info("%s", line)
-    if code:
-        raise StructpruneError(f"`structprune {' '.join(argv[:2])}` failed with exit status {code}")
-
-
 def _read_status(ctx: Context) -> dict[str, Any]:
     return read_json(ctx.path(STATUS_FILE)) if ctx.path(STATUS_FILE).is_file() else {}
 

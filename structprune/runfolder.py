@@ -21,10 +21,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from structprune.arch import describe, rebuild
+from structprune.arch import describe
 from structprune.errors import StructpruneError
 from structprune.jsonio import read_json, usual_permissions, write_json_atomic
 from structprune.output import Output, claim_folder
+from structprune.rebuild import rebuild
 
 MODEL_FILE = "model.safetensors"
 ARCH_FILE = "arch.json"

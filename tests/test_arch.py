@@ -4,9 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from structprune.arch import describe, rebuild
+from structprune.arch import describe
 from structprune.errors import StructpruneError
 from structprune.models import create
+from structprune.rebuild import rebuild
 
 
 def test_rebuild_restores_changed_layer_shapes():

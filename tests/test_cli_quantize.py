@@ -144,7 +144,7 @@ def test_bad_inputs_are_one_line(runs, capsys, tmp_path):
 
 
 def test_masks_are_found_along_the_source_run_chain(tmp_path):
-    from structprune.cli.quantize import find_masks
+    from structprune.quant.run import find_masks
 
     pruned, compacted_run, retrained = tmp_path / "p", tmp_path / "c", tmp_path / "r"
     for folder in (pruned, compacted_run, retrained):

@@ -12,7 +12,7 @@ from prune_nets import family_models, randomize_bn
 from torch import nn
 
 from structprune import models
-from structprune.arch import describe, rebuild
+from structprune.arch import describe
 from structprune.channel_groups import find_channel_groups
 from structprune.compact.compaction import compact
 from structprune.errors import StructpruneError
@@ -21,6 +21,7 @@ from structprune.masking import MaskApplier
 from structprune.masks import NetworkMask
 from structprune.metrics import count_params
 from structprune.pruning import select_masks
+from structprune.rebuild import rebuild
 
 HAS_KERNEL_CONV = importlib.util.find_spec("structprune.compact.kernel_conv") is not None
 FAMILIES = family_models()

@@ -6,10 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from structprune.arch import describe, rebuild
+from structprune.arch import describe
 from structprune.errors import StructpruneError
 from structprune.metrics import count_macs, count_params
 from structprune.models import available, create, register
+from structprune.rebuild import rebuild
 
 FULL = ["paper-mnist", "paper-cifar10", "vgg11", "vgg16", "resnet20", "resnet56", "mobilenetv2", "densenet"]
 TINY = ["tiny-paper", "tiny-vgg", "tiny-resnet", "tiny-mobilenet", "tiny-densenet"]

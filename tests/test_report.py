@@ -143,7 +143,7 @@ def test_demo_stage_appends_table_and_figures(runs, tmp_path):
     import shutil
     from types import SimpleNamespace
 
-    from structprune.report.demo_stage import stage_report
+    from structprune.demo.stages import stage_report
 
     work = tmp_path / "demo"
     shutil.copytree(runs, work)

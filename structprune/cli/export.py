@@ -9,13 +9,13 @@ from pathlib import Path
 from torch import nn
 
 from structprune.cli.common import positive_float
-from structprune.cli.quantize import PACKED_FILE
 from structprune.errors import StructpruneError
 from structprune.export_int8 import DEFAULT_CALIBRATION_IMAGES, export_int8
 from structprune.export_onnx import DEFAULT_TOLERANCE, EXPORTERS, export_onnx
 from structprune.jsonio import read_json, write_json_atomic
 from structprune.output import claim_file
 from structprune.quant.packing import load_packed
+from structprune.quant.run import PACKED_FILE
 from structprune.runcheck import load_checked_run
 from structprune.sensitivity import dataset_of_run
 

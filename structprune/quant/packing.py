@@ -24,11 +24,12 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
-from structprune.arch import describe, rebuild
+from structprune.arch import describe
 from structprune.errors import StructpruneError
 from structprune.jsonio import write_bytes_atomic
 from structprune.quant.apply import QuantPlan
 from structprune.quant.fixed_point import FixedPoint, check_bits
+from structprune.rebuild import rebuild
 
 PACKED_FORMAT = "structprune-packed/1"
 SPEC_KEY = "structprune.packed"

@@ -1,5 +1,6 @@
-"""The demo's last stages: an "after" to compare with, and the report of every run the demo made.
+"""The demo's own stages: data, the dense baseline, an "after" to compare with, and the report of every run.
 
+`stage_data` and `stage_train_dense`: the embedded digits and the dense `paper-mnist` run (dense/).
 `stage_pruned`: half the feature maps of each conv chosen by L1 magnitude (pruned/), retrained with the masks
 held (retrained/), compacted (compact/). `stage_report`: the dense run's per-layer sensitivity (seconds on
 the digits), then report.html (self-contained), PNGs under figures/, and a Markdown section (before/after
@@ -8,12 +9,18 @@ table and figures) appended to the demo's report.md.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import asdict
 
+import torch
+
+from structprune.arch import describe
+from structprune.data import load_dataset
+from structprune.demo.context import DEMO_DATA, DEMO_MODEL, DEMO_VAL, DENSE_RUN, DemoContext, torch_threads
 from structprune.jsonio import write_bytes_atomic
-from structprune.report.collect import collect
-from structprune.report.plots import all_plots
-from structprune.report.render import build_sections, md_table, summary_table, write_report
+from structprune.metrics import size_metrics
+from structprune.models import create
+from structprune.runfolder import write_run_files
+from structprune.train import TrainConfig, evaluate, train
 
 FIGURES = "figures"
 PRUNED_RUNS = ("pruned", "retrained", "compact")
@@ -21,12 +28,45 @@ PRUNE_RATIO = 0.5
 RETRAIN_EPOCHS = 10
 
 
-def stage_pruned(ctx: Any) -> None:
+def stage_data(ctx: DemoContext) -> None:
+    ctx.data = load_dataset(DEMO_DATA, val_size=DEMO_VAL, seed=ctx.seed)
+    d = ctx.data
+    ctx.results["data"] = {"train": len(d.train), "val": len(d.val), "test": len(d.test), "input_size": d.input_size}
+    ctx.report.append(
+        f"## Data\n\n`{DEMO_DATA}` (scikit-learn's bundled 8×8 handwritten digits): {len(d.train)} training, "
+        f"{len(d.val)} validation (carved from the training set, seed {ctx.seed}) and {len(d.test)} test images.\n"
+    )
+
+
+def stage_train_dense(ctx: DemoContext) -> None:
+    assert ctx.data is not None
+    d = ctx.data
+    torch.manual_seed(ctx.seed)
+    ctx.model = create(DEMO_MODEL, num_classes=d.num_classes, in_channels=d.in_channels, input_size=d.input_size)
+    cfg = TrainConfig(epochs=ctx.epochs, lr=0.05, batch_size=64, seed=ctx.seed)
+    with torch_threads(1):
+        history = train(ctx.model, d, cfg, progress=ctx.progress)
+    val, test = evaluate(ctx.model, d.val), evaluate(ctx.model, d.test)
+    metrics = {"val_mcr": val.mcr, "test_mcr": test.mcr, "val_loss": val.loss, "test_loss": test.loss,
+               **size_metrics(ctx.model), "history": history}
+    config = {"verb": "demo", "model": DEMO_MODEL, "dataset": DEMO_DATA, "val_size": len(d.val), "train": asdict(cfg)}
+    run_dir = ctx.work / DENSE_RUN
+    run_dir.mkdir()
+    write_run_files(run_dir, ctx.model, describe(ctx.model), metrics, config)
+    ctx.results["dense"] = {k: metrics[k] for k in ("val_mcr", "test_mcr", "params", "macs", "weight_bytes")}
+    ctx.report.append(
+        f"## Dense baseline\n\n`{DEMO_MODEL}` adapted to {d.input_size}×{d.input_size} inputs, trained {ctx.epochs} "
+        f"epochs (SGD, momentum {cfg.momentum}, cosine schedule from lr {cfg.lr}, batch {cfg.batch_size}).\n\n"
+        "| val MCR | test MCR | params | MACs | weight bytes |\n|---|---|---|---|---|\n"
+        f"| {val.mcr:.2%} | {test.mcr:.2%} | {metrics['params']:,} | {metrics['macs']:,} | {metrics['weight_bytes']:,} |\n\n"
+        f"Run folder: `{DENSE_RUN}/` (`structprune info {DENSE_RUN}`, `structprune eval {DENSE_RUN}`).\n"
+    )
+
+
+def stage_pruned(ctx: DemoContext) -> None:
     """Demo stage: L1 channel pruning at PRUNE_RATIO, retraining with the masks held, compaction."""
-    from structprune.demo import DENSE_RUN, torch_threads
     from structprune.pruning import compact_run, prune_run, select_masks
     from structprune.reproduce import retrain_run
-    from structprune.train import TrainConfig
 
     pruned, retrained, compact = (ctx.work / name for name in PRUNED_RUNS)
 
@@ -50,9 +90,11 @@ def stage_pruned(ctx: Any) -> None:
     )
 
 
-def stage_report(ctx: Any) -> None:
-    """Demo stage (see structprune.demo): `ctx.work` holds the run folders, `ctx.report` the Markdown sections."""
-    from structprune.demo import DENSE_RUN
+def stage_report(ctx: DemoContext) -> None:
+    """`ctx.work` holds the run folders, `ctx.report` the Markdown sections."""
+    from structprune.report.collect import collect
+    from structprune.report.plots import all_plots  # matplotlib: imported when the report is drawn
+    from structprune.report.render import build_sections, md_table, summary_table, write_report
     from structprune.sensitivity import SENSITIVITY_FILE, SensitivityConfig, sweep
 
     dense = ctx.work / DENSE_RUN

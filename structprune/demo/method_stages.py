@@ -7,8 +7,9 @@ small enough for the embedded 8×8 digits: a pipeline check in seconds, not a re
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
+from structprune.demo.context import DENSE_RUN, DemoContext, torch_threads
+from structprune.demo.stages import PRUNED_RUNS
 from structprune.jsonio import write_json_atomic
 from structprune.runfolder import as_output, load_run
 
@@ -21,9 +22,8 @@ QUANT_BITS, QUANT_EPOCHS = 4, 1
 BENCH_BATCHES, BENCH_ROUNDS = (1, 64), 3
 
 
-def stage_search(ctx: Any) -> None:
+def stage_search(ctx: DemoContext) -> None:
     """Particle filter at channel then intra-kernel scale on the dense run, short final retrain, compaction."""
-    from structprune.demo import DENSE_RUN, torch_threads
     from structprune.pruning import compact_run
     from structprune.search.driver import SearchConfig, search_run
 
@@ -42,16 +42,13 @@ def stage_search(ctx: Any) -> None:
         f"(`{SEARCH_COMPACT}/`: {small['macs']:,} MACs, {small['params']:,} params).\n")
 
 
-def stage_quantize(ctx: Any) -> None:
+def stage_quantize(ctx: DemoContext) -> None:
     """Fixed-point weights of the searched compact network, quantization-aware retraining, packed artifact."""
-    from structprune.demo import torch_threads
-    from structprune.reproduce import _run_verb
+    from structprune.quant.run import QuantizeConfig, quantize_run
 
-    argv = ["quantize", str(ctx.work / SEARCH_COMPACT), "--bits", str(QUANT_BITS), "--epochs", str(QUANT_EPOCHS),
-            "--seed", str(ctx.seed), "--out", str(ctx.work / QUANT_RUN), "--no-progress"]
+    cfg = QuantizeConfig(bits=QUANT_BITS, epochs=QUANT_EPOCHS, seed=ctx.seed)
     with torch_threads(1):
-        _run_verb(argv)
-    m = load_run(ctx.work / QUANT_RUN).metrics
+        _, m = quantize_run(ctx.work / SEARCH_COMPACT, ctx.work / QUANT_RUN, cfg)
     ctx.results["quantize"] = {"test_mcr": m["test_mcr"], "bits": QUANT_BITS}
     ctx.report.append(
         f"## Quantized\n\n{QUANT_BITS}-bit fixed-point weights of `{SEARCH_COMPACT}/`, {QUANT_EPOCHS} epoch(s) of "
@@ -59,7 +56,7 @@ def stage_quantize(ctx: Any) -> None:
         f"`{QUANT_RUN}/model.packed.safetensors`).\n")
 
 
-def stage_export(ctx: Any) -> None:
+def stage_export(ctx: DemoContext) -> None:
     """ONNX of the quantized compact network, checked against PyTorch by onnxruntime."""
     from structprune.reproduce import export_folder
 
@@ -70,13 +67,11 @@ def stage_export(ctx: Any) -> None:
                       f"{check}.\n")
 
 
-def stage_bench(ctx: Any) -> None:
+def stage_bench(ctx: DemoContext) -> None:
     """Dense vs the channel-pruned compact and the searched compact networks, batch 1 and 64, one thread."""
     from structprune.arch import input_shape_of
     from structprune.bench import Candidate, bench
-    from structprune.demo import DENSE_RUN
     from structprune.report.collect import collect
-    from structprune.report.demo_stage import PRUNED_RUNS
     from structprune.report.render import bench_table, md_table
 
     compared = (DENSE_RUN, PRUNED_RUNS[2], SEARCH_COMPACT)
