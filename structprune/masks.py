@@ -27,9 +27,9 @@ from torch import nn
 
 from structprune.errors import StructpruneError
 from structprune.granularity import IntraPattern
+from structprune.runfiles import MASKS_FILE
 
 MASKS_FORMAT = "structprune-masks/1"
-MASKS_FILE = "masks.json"
 
 
 @dataclass

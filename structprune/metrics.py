@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from structprune.arch import input_shape_of
+from structprune.data import Dataset
+from structprune.train import evaluate
 
 
 def count_params(model: nn.Module) -> int:
@@ -33,3 +37,17 @@ def state_bytes(model: nn.Module) -> int:
 
 def size_metrics(model: nn.Module) -> dict[str, int]:
     return {"params": count_params(model), "macs": count_macs(model), "weight_bytes": state_bytes(model)}
+
+
+def evaluation_metrics(model: nn.Module, data: Dataset | None) -> dict[str, Any]:
+    """The metrics.json record of a network's accuracy: val/test MCR and loss (empty without a dataset)."""
+    if data is None:
+        return {}
+    val, test = evaluate(model, data.val), evaluate(model, data.test)
+    return {"val_mcr": val.mcr, "test_mcr": test.mcr, "val_loss": val.loss, "test_loss": test.loss,
+            "test_images": len(data.test)}
+
+
+def run_metrics(model: nn.Module, data: Dataset | None, **extra: Any) -> dict[str, Any]:
+    """A run's metrics.json: accuracy, size, then whatever the stage adds (history, source metrics, ...)."""
+    return {**evaluation_metrics(model, data), **size_metrics(model), **extra}

@@ -32,19 +32,12 @@ from typing import Any
 
 from structprune.errors import StructpruneError
 from structprune.jsonio import write_json_atomic
+from structprune.runfiles import ALL_FILES, ALL_FOLDERS, CONFIG_FILE
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.json"
 STAGE_SUFFIX = ".structprune"
 STAGE_RECORD = "stage.json"
-# What structprune writes at the top of an output folder: files, and folders that are its own.
-OWN_FILES = frozenset({
-    "model.safetensors", "arch.json", "metrics.json", "config.json", "masks.json", "search.json", "sensitivity.json",
-    "quant.json", "storage.json", "model.packed.safetensors", "report.md", "report.html", "bench.json",
-    "reproduce.json", "export.json", "model.onnx", "model.int8.onnx", "latency.json", "history.json",
-})
-OWN_FOLDERS = frozenset({"state", "figures", "checkpoints"})
 
 
 def _is_output_folder(path: Path) -> bool:
@@ -74,10 +67,10 @@ def _is_own(entry: Path) -> bool:
     if entry.is_symlink():
         return False
     if entry.is_file():
-        return name in OWN_FILES or name.endswith(".png") or (name.startswith(".") and ".tmp" in name)
+        return name in ALL_FILES or name.endswith(".png") or (name.startswith(".") and ".tmp" in name)
     if name.startswith(".") and name.endswith(STAGE_SUFFIX):  # a stage of a resumable output, killed mid-way
         return entry.is_dir() and (entry / STAGE_RECORD).is_file()
-    return entry.is_dir() and (name in OWN_FOLDERS or name.endswith("_files") or _is_output_folder(entry))
+    return entry.is_dir() and (name in ALL_FOLDERS or name.endswith("_files") or _is_output_folder(entry))
 
 
 def _inside(child: Path, parent: Path) -> bool:

@@ -22,12 +22,11 @@ from structprune.errors import StructpruneError
 from structprune.granularity import Granularity
 from structprune.masking import MaskApplier
 from structprune.masks import MASKS_FILE, NetworkMask
-from structprune.metrics import size_metrics
+from structprune.metrics import evaluation_metrics, size_metrics
 from structprune.output import Output
 from structprune.runcheck import check_data_fits, load_checked_run
 from structprune.runfolder import Run, as_output, save_run
 from structprune.selection import SelectionConfig, select, selects_kernel_blocks
-from structprune.train import evaluate
 
 log = logging.getLogger(__name__)
 
@@ -79,15 +78,6 @@ def run_dataset(run: Run, data_dir: str | Path | None = None) -> Dataset | None:
                         val_size=run.config.get("val_size"), seed=seed)
     check_data_fits(run.model, data, str(run.path))
     return data
-
-
-def evaluation_metrics(model: nn.Module, data: Dataset | None) -> dict[str, Any]:
-    """val/test MCR and loss of `model` (empty without a dataset)."""
-    if data is None:
-        return {}
-    val, test = evaluate(model, data.val), evaluate(model, data.test)
-    return {"val_mcr": val.mcr, "test_mcr": test.mcr, "val_loss": val.loss, "test_loss": test.loss,
-            "test_images": len(data.test)}
 
 
 def load_masks(run: Run) -> NetworkMask | None:

@@ -24,13 +24,18 @@ from safetensors.torch import load_file, save_file
 from structprune.arch import describe
 from structprune.errors import StructpruneError
 from structprune.jsonio import read_json, usual_permissions, write_json_atomic
-from structprune.output import Output, claim_folder
+from structprune.output import Output, claim_folder, fingerprint_files
 from structprune.rebuild import rebuild
-
-MODEL_FILE = "model.safetensors"
-ARCH_FILE = "arch.json"
-METRICS_FILE = "metrics.json"
-CONFIG_FILE = "config.json"
+from structprune.runfiles import (
+    ARCH_FILE,
+    CONFIG_FILE,
+    MASKS_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    ONNX_FILE,
+    PACKED_FILE,
+    SCHEMA_VERSION,
+)
 
 
 @dataclass
@@ -89,7 +94,7 @@ def save_run(
     output = as_output(out, str(config.get("verb", "run")))
     arch = arch if arch is not None else describe(model)
     with output.publish() as tmp:
-        write_run_files(tmp, model, arch, metrics, {**config, "verb": output.verb}, extra_json)
+        write_run_files(tmp, model, arch, metrics, {**config, "verb": output.verb, "schema": SCHEMA_VERSION}, extra_json)
         for name, source in (extra_files or {}).items():
             shutil.copyfile(source, tmp / name)
     return output.path
@@ -126,3 +131,13 @@ def load_run(run_dir: str | Path) -> Run:
     metrics = read_json(path / METRICS_FILE) if (path / METRICS_FILE).exists() else {}
     config = read_json(path / CONFIG_FILE) if (path / CONFIG_FILE).exists() else {}
     return Run(path=path, model=model, arch=arch, metrics=metrics, config=config)
+
+
+RUN_CONTENT = (MODEL_FILE, ARCH_FILE, MASKS_FILE, PACKED_FILE, ONNX_FILE)  # what defines a run's network
+
+
+def run_fingerprint(path: str | Path) -> str:
+    """A hash of what a later stage depends on: a run's weights, structure and masks (not its reports or
+    metrics, which later stages may add to)."""
+    path = Path(path)
+    return fingerprint_files(*(path / name for name in RUN_CONTENT if (path / name).is_file()))

@@ -30,13 +30,13 @@ from structprune.jsonio import read_json, write_json_atomic
 from structprune.masking import MaskApplier
 from structprune.masks import NetworkMask
 from structprune.runcheck import check_data_fits, load_checked_run
+from structprune.runfiles import SENSITIVITY_FILE
 from structprune.selection import SelectionConfig, select
 from structprune.train import evaluate
 
 log = logging.getLogger(__name__)
 
 SENSITIVITY_FORMAT = "structprune-sensitivity/1"
-SENSITIVITY_FILE = "sensitivity.json"
 DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 METHODS = ("l1", "random")
 

@@ -127,9 +127,9 @@ def test_the_walk_finds_the_package():
 
 
 def test_the_parser_sees_imports_in_functions_and_relative_ones():
-    # reproduce.py imports structprune.pruning inside a function only
-    assert "structprune.pruning" in _imports("structprune.reproduce", module_level_only=False)
-    assert "structprune.pruning" not in _imports("structprune.reproduce", module_level_only=True)
+    # stages/measure.py imports structprune.report (matplotlib) inside a function only
+    assert "structprune.report" in _imports("structprune.stages.measure", module_level_only=False)
+    assert "structprune.report" not in _imports("structprune.stages.measure", module_level_only=True)
     assert "structprune.quant.run" in _imports("structprune.cli.quantize", module_level_only=True)
 
 

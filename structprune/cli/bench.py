@@ -5,24 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from structprune.arch import input_shape_of
-from structprune.bench import (
-    REFERENCES,
-    RUNTIMES,
-    Candidate,
-    bench,
-    int8_candidate,
-    reference_candidates,
-    runtime_candidate,
-)
+from structprune.bench import REFERENCES, RUNTIMES
 from structprune.cli.common import MAX_THREADS, int_in, int_list, name_list, positive_float, positive_int
 from structprune.errors import StructpruneError
-from structprune.export_int8 import DEFAULT_CALIBRATION_IMAGES, calibration_images
+from structprune.export_int8 import DEFAULT_CALIBRATION_IMAGES
 from structprune.jsonio import write_json_atomic
 from structprune.layer_bench import compare_layers
 from structprune.output import claim_file
 from structprune.runcheck import load_checked_run
-from structprune.sensitivity import dataset_of_run
+from structprune.stages.measure import BenchConfig, bench_runs
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -83,24 +74,12 @@ def run(args: argparse.Namespace) -> int:
         claim_file(args.json, inputs=args.runs, overwrite=args.overwrite)
     if args.per_layer:
         return _per_layer(args, references)
-    count = _int8_options(args)
-    candidates = []
-    for path in args.runs:
-        r = load_checked_run(path)
-        info = {"macs": r.metrics.get("macs"), "params": r.metrics.get("params"), "test_mcr": r.metrics.get("test_mcr")}
-        own = Candidate(str(path), r.model, input_shape_of(r.model), info)
-        rows = [c if c.info.get("reference") == "unstructured"
-                else runtime_candidate(c, args.runtime, args.threads, args.onnx_stop_spinning)
-                for c in [own, *reference_candidates(r, str(path), references)]]
-        if count is not None:
-            images = calibration_images(dataset_of_run(r.path, r.config, args.data_dir).train, count)
-            rows.insert(1, int8_candidate(own, images, args.threads, args.onnx_stop_spinning))
-        candidates += rows
-    records = bench(candidates, args.batch, threads=args.threads, rounds=args.rounds, progress=not args.no_progress,
-                    clock=args.clock, sample_seconds=args.sample_seconds)
-    if args.json is not None:
-        write_json_atomic(args.json, records)
-    width = max(len(c.name) for c in candidates)
+    cfg = BenchConfig(batches=tuple(args.batch), threads=args.threads, rounds=args.rounds,
+                      sample_seconds=args.sample_seconds, clock=args.clock, runtime=args.runtime,
+                      references=tuple(references), int8_images=_int8_options(args), data_dir=args.data_dir,
+                      onnx_stop_spinning=args.onnx_stop_spinning)
+    records = bench_runs(args.runs, cfg, out_json=args.json, progress=not args.no_progress)
+    width = max(len(rec["run"]) for rec in records)
     print(f"{'run':<{width}}  batch  median ms  IQR ms   min ms   max ms  speedup  MAC ratio  efficiency  layout"
           "          MACs")
     for rec in records:

@@ -14,10 +14,9 @@ from structprune.export_int8 import DEFAULT_CALIBRATION_IMAGES, export_int8
 from structprune.export_onnx import DEFAULT_TOLERANCE, EXPORTERS, export_onnx
 from structprune.jsonio import read_json, write_json_atomic
 from structprune.output import claim_file
-from structprune.quant.packing import load_packed
 from structprune.quant.run import PACKED_FILE
-from structprune.runcheck import load_checked_run
 from structprune.sensitivity import dataset_of_run
+from structprune.stages.export import export_model
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -52,8 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.int8 and (args.calibration_images is not None or args.data_dir is not None):
         raise StructpruneError("--calibration-images and --data-dir apply to --int8 only")
     claim_file(args.onnx, inputs=(args.run_dir,), overwrite=args.overwrite)
-    packed = args.run_dir / PACKED_FILE
-    model = load_packed(packed)[0] if packed.exists() else load_checked_run(args.run_dir).model
+    model = export_model(args.run_dir)
     if args.int8:
         return _int8(args, model)
     check = export_onnx(model, args.onnx, tolerance=args.tolerance, exporter=args.exporter)

@@ -29,16 +29,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from structprune.report import collect, write_report
+    from structprune.stages.measure import report_runs
 
-    for target in [args.out, args.markdown]:
-        if target:
-            claim_file(target, overwrite=args.overwrite)
-    records = collect(args.dirs, args.bench)
-    written = write_report(records, args.out, args.title)
-    if args.markdown:
-        written += write_report(records, args.markdown, args.title)
-    print(f"report of {len(records)} run(s): {written[0]}")
+    outs = [target for target in (args.out, args.markdown) if target]
+    for target in outs:
+        claim_file(target, overwrite=args.overwrite)
+    count, written = report_runs(args.dirs, outs, args.title, args.bench)
+    print(f"report of {count} run(s): {written[0]}")
     if args.markdown:
         print(f"markdown: {args.markdown}")
     return 0

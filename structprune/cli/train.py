@@ -7,13 +7,10 @@ import json
 import logging
 import shlex
 import sys
-import time
-from dataclasses import asdict
 from typing import Any
 
 import torch
 
-from structprune import __version__
 from structprune.cli.common import (
     MAX_THREADS,
     add_output_arguments,
@@ -26,13 +23,11 @@ from structprune.cli.common import (
     positive_int,
     seed,
 )
-from structprune.data import DATASETS, dataset_shape, is_folder_dataset, load_dataset
-from structprune.errors import StructpruneError
-from structprune.metrics import size_metrics
-from structprune.models import available, create
+from structprune.data import DATASETS, is_folder_dataset
+from structprune.models import available
 from structprune.output import claim_folder
-from structprune.runfolder import save_run
-from structprune.train import OPTIMIZERS, SCHEDULES, TrainConfig, evaluate, resolve_device, train
+from structprune.stages.train import TrainRunConfig, train_run
+from structprune.train import OPTIMIZERS, SCHEDULES, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -97,49 +92,17 @@ def dataset_name(text: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     output = claim_folder(args.out, "train", overwrite=args.overwrite)
-    cfg = TrainConfig(epochs=args.epochs, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
-                      batch_size=args.batch_size, seed=args.seed, schedule=args.schedule, optimizer=args.optimizer,
-                      warmup_epochs=args.warmup_epochs)
-    device = resolve_device(args.device)
+    cfg = TrainRunConfig(
+        model=args.model, dataset=args.data, model_kwargs=dict(args.model_arg), data_dir=args.data_dir,
+        val_size=args.val_size, image_size=args.image_size, device=args.device, channels_last=args.channels_last,
+        augment=False if args.no_augment else None,
+        train=TrainConfig(epochs=args.epochs, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+                          batch_size=args.batch_size, seed=args.seed, schedule=args.schedule, optimizer=args.optimizer,
+                          warmup_epochs=args.warmup_epochs))
     if args.threads:
         torch.set_num_threads(args.threads)
-    model_kwargs = dict(args.model_arg)
-    fixed = sorted({"num_classes", "in_channels", "input_size"} & model_kwargs.keys())
-    if fixed:
-        raise StructpruneError(f"--model-arg {', '.join(fixed)}: set by the dataset {args.data!r}, not by hand")
-    data = None
-    if is_folder_dataset(args.data):  # its shape is known once its images are read
-        data = load_dataset(args.data, args.data_dir, val_size=args.val_size, seed=args.seed, image_size=args.image_size)
-        shape = (data.num_classes, data.in_channels, data.input_size)
-    else:  # the model is built before the data is read: a bad --model-arg costs no loading
-        shape = dataset_shape(args.data)[:3]
-    torch.manual_seed(args.seed)
-    try:
-        model = create(args.model, num_classes=shape[0], in_channels=shape[1], input_size=shape[2], **model_kwargs)
-    except TypeError as exc:
-        raise StructpruneError(f"model {args.model!r}: bad --model-arg ({exc})") from None
-    if data is None:
-        data = load_dataset(args.data, args.data_dir, val_size=args.val_size, seed=args.seed, image_size=args.image_size)
-    channels_last = args.channels_last == "on" or (args.channels_last == "auto" and device.type == "cpu")
-    augment = bool(data.augment and not args.no_augment)
-    identity = {"model": args.model, "model_kwargs": model_kwargs, "dataset": args.data, "data": data.fingerprint(),
-                "val_size": len(data.val), "augment": augment, "channels_last": channels_last, "train": asdict(cfg)}
-    started = time.perf_counter()
-    with output.staged(identity, restart=args.restart):
-        history = train(model, data, cfg, checkpoint_dir=output.checkpoints, progress=not args.no_progress,
-                        device=device, channels_last=channels_last, augment=False if args.no_augment else None)
-    seconds = time.perf_counter() - started
-    model.cpu()
-    val, test = evaluate(model, data.val), evaluate(model, data.test)
-    metrics = {"val_mcr": val.mcr, "test_mcr": test.mcr, "val_loss": val.loss, "test_loss": test.loss,
-               **size_metrics(model), "test_images": len(data.test), "train_seconds_this_session": round(seconds, 1),
-               "history": history}
-    config = {"command": shlex.join(["structprune", *sys.argv[1:]]), "verb": "train", "model": args.model,
-              "model_kwargs": model_kwargs, "dataset": data.name, "data_dir": args.data_dir, "val_size": len(data.val),
-              "augment": augment, "device": str(device),
-              "channels_last": channels_last, "threads": torch.get_num_threads(), "train": asdict(cfg),
-              "structprune": __version__, "torch": torch.__version__}
-    out = save_run(output, model, None, metrics, config)
-    print(f"{out}: val MCR {val.mcr:.4f}, test MCR {test.mcr:.4f} ({len(data.test)} test images), "
-          f"{metrics['params']:,} params, {metrics['macs']:,} MACs")
+    out, m = train_run(output, cfg, progress=not args.no_progress, restart=args.restart,
+                       extra_config={"command": shlex.join(["structprune", *sys.argv[1:]])})
+    print(f"{out}: val MCR {m['val_mcr']:.4f}, test MCR {m['test_mcr']:.4f} ({m['test_images']} test images), "
+          f"{m['params']:,} params, {m['macs']:,} MACs")
     return 0

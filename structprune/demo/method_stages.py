@@ -10,11 +10,10 @@ from pathlib import Path
 
 from structprune.demo.context import DENSE_RUN, DemoContext, torch_threads
 from structprune.demo.stages import PRUNED_RUNS
-from structprune.jsonio import write_json_atomic
-from structprune.runfolder import as_output, load_run
+from structprune.runfiles import BENCH_FILE
+from structprune.runfolder import load_run
 
-SEARCH_RUN, SEARCH_COMPACT, QUANT_RUN, EXPORT_DIR, BENCH_FILE = (
-    "search", "search-compact", "quantized", "export", "bench.json")
+SEARCH_RUN, SEARCH_COMPACT, QUANT_RUN, EXPORT_DIR = "search", "search-compact", "quantized", "export"
 SEARCH = {"method": "pf", "granularities": ("channel", "intra"), "ratio": 0.5, "particles": 4, "generations": 2,
           "score_images": 300, "check_images": 300, "ladder": (0.5,), "step_epochs": 2, "final_epochs": 10,
           "intra_shared": True}
@@ -58,9 +57,9 @@ def stage_quantize(ctx: DemoContext) -> None:
 
 def stage_export(ctx: DemoContext) -> None:
     """ONNX of the quantized compact network, checked against PyTorch by onnxruntime."""
-    from structprune.reproduce import export_folder
+    from structprune.stages import export_run
 
-    record = export_folder(load_run(ctx.work / QUANT_RUN), as_output(ctx.work / EXPORT_DIR, "export"))
+    _, record = export_run(ctx.work / QUANT_RUN, ctx.work / EXPORT_DIR)
     check = {k: v for k, v in record.items() if k not in ("source_run", "onnx", "onnx_bytes")}
     ctx.results["export"] = check
     ctx.report.append(f"## Export\n\n`{EXPORT_DIR}/model.onnx` from `{QUANT_RUN}/`, checked with onnxruntime: "
@@ -69,19 +68,14 @@ def stage_export(ctx: DemoContext) -> None:
 
 def stage_bench(ctx: DemoContext) -> None:
     """Dense vs the channel-pruned compact and the searched compact networks, batch 1 and 64, one thread."""
-    from structprune.arch import input_shape_of
-    from structprune.bench import Candidate, bench
     from structprune.report.collect import collect
     from structprune.report.render import bench_table, md_table
+    from structprune.stages import BenchConfig, bench_runs
 
     compared = (DENSE_RUN, PRUNED_RUNS[2], SEARCH_COMPACT)
-    candidates = []
-    for name in compared:
-        run = load_run(ctx.work / name)
-        info = {k: run.metrics.get(k) for k in ("macs", "params", "test_mcr")}
-        candidates.append(Candidate(str(ctx.out / name), run.model, input_shape_of(run.model), info))
-    records = bench(candidates, list(BENCH_BATCHES), threads=1, rounds=BENCH_ROUNDS, progress=ctx.progress)
-    write_json_atomic(ctx.work / BENCH_FILE, records)
+    records = bench_runs([ctx.work / name for name in compared], BenchConfig(BENCH_BATCHES, threads=1, rounds=BENCH_ROUNDS),
+                         names=[str(ctx.out / name) for name in compared], out_json=ctx.work / BENCH_FILE,
+                         progress=ctx.progress)
     table = bench_table([r for r in collect([ctx.work]) if r.bench])
     ctx.results["bench"] = {"records": len(records)}
     dense_ms = {r["batch"]: r["median_ms"] for r in records if r["run"] == str(ctx.out / DENSE_RUN)}

@@ -9,18 +9,12 @@ table and figures) appended to the demo's report.md.
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
-import torch
-
-from structprune.arch import describe
 from structprune.data import load_dataset
 from structprune.demo.context import DEMO_DATA, DEMO_MODEL, DEMO_VAL, DENSE_RUN, DemoContext, torch_threads
 from structprune.jsonio import write_bytes_atomic
-from structprune.metrics import size_metrics
-from structprune.models import create
-from structprune.runfolder import write_run_files
-from structprune.train import TrainConfig, evaluate, train
+from structprune.runcheck import load_checked_run
+from structprune.stages.train import TrainRunConfig, train_run
+from structprune.train import TrainConfig
 
 FIGURES = "figures"
 PRUNED_RUNS = ("pruned", "retrained", "compact")
@@ -41,24 +35,19 @@ def stage_data(ctx: DemoContext) -> None:
 def stage_train_dense(ctx: DemoContext) -> None:
     assert ctx.data is not None
     d = ctx.data
-    torch.manual_seed(ctx.seed)
-    ctx.model = create(DEMO_MODEL, num_classes=d.num_classes, in_channels=d.in_channels, input_size=d.input_size)
     cfg = TrainConfig(epochs=ctx.epochs, lr=0.05, batch_size=64, seed=ctx.seed)
+    run_cfg = TrainRunConfig(model=DEMO_MODEL, dataset=DEMO_DATA, train=cfg, val_size=DEMO_VAL, device="cpu",
+                             channels_last="off")
     with torch_threads(1):
-        history = train(ctx.model, d, cfg, progress=ctx.progress)
-    val, test = evaluate(ctx.model, d.val), evaluate(ctx.model, d.test)
-    metrics = {"val_mcr": val.mcr, "test_mcr": test.mcr, "val_loss": val.loss, "test_loss": test.loss,
-               **size_metrics(ctx.model), "history": history}
-    config = {"verb": "demo", "model": DEMO_MODEL, "dataset": DEMO_DATA, "val_size": len(d.val), "train": asdict(cfg)}
-    run_dir = ctx.work / DENSE_RUN
-    run_dir.mkdir()
-    write_run_files(run_dir, ctx.model, describe(ctx.model), metrics, config)
+        _, metrics = train_run(ctx.work / DENSE_RUN, run_cfg, d, progress=ctx.progress, extra_config={"stage": "dense"})
+    ctx.model = load_checked_run(ctx.work / DENSE_RUN).model
     ctx.results["dense"] = {k: metrics[k] for k in ("val_mcr", "test_mcr", "params", "macs", "weight_bytes")}
     ctx.report.append(
         f"## Dense baseline\n\n`{DEMO_MODEL}` adapted to {d.input_size}×{d.input_size} inputs, trained {ctx.epochs} "
         f"epochs (SGD, momentum {cfg.momentum}, cosine schedule from lr {cfg.lr}, batch {cfg.batch_size}).\n\n"
         "| val MCR | test MCR | params | MACs | weight bytes |\n|---|---|---|---|---|\n"
-        f"| {val.mcr:.2%} | {test.mcr:.2%} | {metrics['params']:,} | {metrics['macs']:,} | {metrics['weight_bytes']:,} |\n\n"
+        f"| {metrics['val_mcr']:.2%} | {metrics['test_mcr']:.2%} | {metrics['params']:,} | {metrics['macs']:,} "
+        f"| {metrics['weight_bytes']:,} |\n\n"
         f"Run folder: `{DENSE_RUN}/` (`structprune info {DENSE_RUN}`, `structprune eval {DENSE_RUN}`).\n"
     )
 
@@ -66,7 +55,7 @@ def stage_train_dense(ctx: DemoContext) -> None:
 def stage_pruned(ctx: DemoContext) -> None:
     """Demo stage: L1 channel pruning at PRUNE_RATIO, retraining with the masks held, compaction."""
     from structprune.pruning import compact_run, prune_run, select_masks
-    from structprune.reproduce import retrain_run
+    from structprune.stages import retrain_run
 
     pruned, retrained, compact = (ctx.work / name for name in PRUNED_RUNS)
 
@@ -78,7 +67,7 @@ def stage_pruned(ctx: DemoContext) -> None:
     cfg = TrainConfig(epochs=RETRAIN_EPOCHS, lr=0.01, batch_size=64, seed=ctx.seed)
     with torch_threads(1):
         _, one_shot = prune_run(ctx.work / DENSE_RUN, pruned, choose, config)
-        after = retrain_run(pruned, retrained, cfg, ctx.data, progress=ctx.progress)
+        _, after = retrain_run(pruned, retrained, cfg, ctx.data, progress=ctx.progress)
         _, small = compact_run(retrained, compact, config={"stage": "compact"})
     ctx.results["pruned"] = {"one_shot_test_mcr": one_shot["test_mcr"], "retrained_test_mcr": after["test_mcr"],
                              "compact_macs": small["macs"], "compact_params": small["params"]}

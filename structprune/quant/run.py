@@ -27,16 +27,13 @@ from structprune.quant.sensitivity import choose_bits, sweep
 from structprune.quant.storage import storage_report
 from structprune.quant.targets import quantized_weights
 from structprune.runcheck import check_config, check_data_fits, load_checked_run
+from structprune.runfiles import PACKED_FILE, QUANT_FILE, SENSITIVITY_FILE, STORAGE_FILE
 from structprune.runfolder import as_output, write_run_files
 from structprune.train import TrainConfig, evaluate
 
 log = logging.getLogger(__name__)
 
 VERB = "quantize"
-PACKED_FILE = "model.packed.safetensors"
-QUANT_FILE = "quant.json"
-STORAGE_FILE = "storage.json"
-SENSITIVITY_FILE = "sensitivity.json"
 
 
 @dataclass(frozen=True)

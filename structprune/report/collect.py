@@ -15,17 +15,18 @@ from typing import Any
 
 from structprune.errors import StructpruneError
 from structprune.jsonio import read_json
+from structprune.runfiles import (
+    ARCH_FILE,
+    BENCH_FILE,
+    CONFIG_FILE,
+    MASKS_FILE,
+    METRICS_FILE,
+    SEARCH_FILE,
+    SENSITIVITY_FILE,
+    STORAGE_FILE,
+)
 
 log = logging.getLogger(__name__)
-
-METRICS_FILE = "metrics.json"
-ARCH_FILE = "arch.json"
-CONFIG_FILE = "config.json"
-MASKS_FILE = "masks.json"
-SEARCH_FILE = "search.json"
-SENSITIVITY_FILE = "sensitivity.json"
-STORAGE_FILE = "storage.json"
-BENCH_FILE = "bench.json"
 
 # metrics.json fields shown in the summary table, in order
 TABLE_FIELDS = ("val_mcr", "test_mcr", "params", "macs", "weight_bytes")

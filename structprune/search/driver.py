@@ -60,6 +60,7 @@ from structprune.masks import MASKS_FILE, LayerMask, NetworkMask
 from structprune.metrics import size_metrics
 from structprune.output import Output, fingerprint_files
 from structprune.retrain import retrain_masked
+from structprune.runfiles import LATENCY_FILE, SEARCH_FILE
 from structprune.runfolder import Run, as_output, load_state, save_run
 from structprune.search.backends import make_backend
 from structprune.search.latency import LatencyTable, measure_latency_table
@@ -83,9 +84,7 @@ log = logging.getLogger(__name__)
 
 METHODS = ("pf", "epf", "l1", "random", "tp-l2")
 DEFAULT_LADDER = (0.25, 0.5, 0.625, 0.75, 0.8125, 0.875, 0.9375)
-SEARCH_FILE = "search.json"
 STATE_DIR = "state"
-LATENCY_FILE = "latency.json"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,81 @@
+"""Reproduction recipes: every setting of `structprune reproduce DATASET [--quick]`, the ones behind
+docs/results.md. `--quick` shrinks epochs and search budgets so that `reproduce mnist --quick` finishes within
+minutes on two cores; `digits` (embedded data) checks the pipeline in seconds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from structprune.errors import StructpruneError
+from structprune.train import TrainConfig
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Every setting of a reproduction."""
+
+    dataset: str
+    model: str
+    train: TrainConfig
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {"bn": True}
+    val_size: int = 5000
+    sensitivity_images: int = 2000
+    ladder_ratios: tuple[float, ...] = (0.25, 0.5, 0.75)
+    ladder_methods: tuple[str, ...] = ("l1", "random")
+    scales: tuple[str, ...] = ("channel", "kernel", "intra")
+    search: dict[str, Any] = field(default_factory=dict)  # structprune.search.driver.SearchConfig fields
+    retrain_epochs: int = 3
+    retrain_lr: float = 0.01
+    retrain_images: int | None = None  # training images used by the final retraining (None: all)
+    bits: int = 6
+    quant_epochs: int = 1
+    bench_batches: tuple[int, ...] = (1, 64)
+    bench_threads: int = 2
+    bench_rounds: int = 7
+
+
+# kernel masks in two output-map groups sharing their kept inputs and one intra pattern per layer: the forms that
+# compact into few fast convolutions (docs/benchmarks.md); free per-kernel masks compact into many slow ones
+_MNIST_SEARCH = {"method": "pf", "tolerance": 0.002, "particles": 16, "generations": 6, "score_images": 2000,
+                 "check_images": 2000, "step_epochs": 1, "final_epochs": 1, "kernel_groups": 2, "intra_shared": True}
+# batch-norm statistics re-estimated for every candidate and for the accepted one: without it, one-shot pruning
+# of a batch-norm network looks far worse than it is and the search accepts nothing
+_CIFAR_SEARCH = {**_MNIST_SEARCH, "tolerance": 0.005, "bn_batches": 4}
+
+RECIPES: dict[tuple[str, bool], Recipe] = {
+    ("mnist", False): Recipe("mnist", "paper-mnist", TrainConfig(epochs=10, lr=0.02, batch_size=64),
+                             search=_MNIST_SEARCH, retrain_epochs=3),
+    ("mnist", True): Recipe(
+        "mnist", "paper-mnist", TrainConfig(epochs=2, lr=0.02, batch_size=64), sensitivity_images=1000,
+        search={**_MNIST_SEARCH, "particles": 8, "generations": 3, "score_images": 1000, "check_images": 1000,
+                "ladder": (0.5, 0.75, 0.875), "step_epochs": 1, "step_images": 10000, "final_epochs": 0},
+        retrain_epochs=1, retrain_images=20000, quant_epochs=0, bench_rounds=5),
+    # docs/results.md's dense CIFAR-10 run: lr 0.05 without warm-up collapsed there, 0.02 with a short warm-up did not
+    ("cifar10", False): Recipe(
+        "cifar10", "paper-cifar10", TrainConfig(epochs=10, lr=0.02, batch_size=64, warmup_epochs=0.5),
+        model_kwargs={"bn": True}, search=_CIFAR_SEARCH, retrain_epochs=5, bits=5),
+    ("cifar10", True): Recipe(
+        "cifar10", "paper-cifar10", TrainConfig(epochs=3, lr=0.02, batch_size=64, warmup_epochs=0.5), {"bn": True},
+        sensitivity_images=1000,
+        ladder_ratios=(0.25, 0.5), ladder_methods=("l1",),
+        search={**_CIFAR_SEARCH, "tolerance": 0.02, "particles": 6, "generations": 2, "score_images": 500,
+                "check_images": 1000, "ladder": (0.25, 0.5), "step_epochs": 0, "final_epochs": 0},
+        retrain_epochs=1, bits=5, quant_epochs=0, bench_rounds=3),
+    # the embedded 8×8 digits: a pipeline check in seconds, not a result
+    ("digits", True): Recipe(
+        "digits", "tiny-paper", TrainConfig(epochs=3, lr=0.05, batch_size=32), val_size=200, sensitivity_images=200,
+        ladder_ratios=(0.25, 0.5, 0.75), ladder_methods=("l1", "random"),
+        search={"method": "pf", "ratio": 0.5, "particles": 4, "generations": 2, "score_images": 100,
+                "check_images": 100, "ladder": (0.5,), "step_epochs": 0, "final_epochs": 0},
+        retrain_epochs=1, bits=8, quant_epochs=0, bench_batches=(1, 16), bench_rounds=2),
+}
+RECIPES[("digits", False)] = RECIPES[("digits", True)]
+
+
+def recipe_for(dataset: str, quick: bool) -> Recipe:
+    try:
+        return RECIPES[(dataset, quick)]
+    except KeyError:
+        names = sorted({d for d, _ in RECIPES})
+        raise StructpruneError(f"no reproduction recipe for {dataset!r}; choose from {', '.join(names)}") from None

@@ -1,0 +1,26 @@
+"""One library call per stage of the method. Each takes run folders and typed configs, writes a new run folder
+under the output policy (structprune.output: a new folder, staged, resumable) and returns it with its metrics.
+
+  train_run      a registered model trained on a dataset                 (structprune.stages.train)
+  prune_run      masks chosen one-shot (L1, random) and applied          (structprune.pruning)
+  search_run     masks chosen by the particle filter, layer by layer     (structprune.search.driver)
+  retrain_run    retraining with the masks held, optionally distilled    (structprune.stages.retrain)
+  compact_run    the masked network as smaller dense layers              (structprune.pruning)
+  quantize_run   fixed-point weights and the packed artifact             (structprune.quant.run)
+  export_run     ONNX, checked with ONNX Runtime                          (structprune.stages.export)
+  bench_runs     latency of runs against the first one                   (structprune.stages.measure)
+  report_runs    tables and plots of runs                                (structprune.stages.measure)
+
+The CLI verbs, `reproduce` and the demo are sequences of these calls.
+"""
+
+from structprune.pruning import compact_run, prune_run
+from structprune.quant.run import QuantizeConfig, quantize_run
+from structprune.search.driver import SearchConfig, search_run
+from structprune.stages.export import export_run
+from structprune.stages.measure import BenchConfig, bench_runs, report_runs
+from structprune.stages.retrain import Teacher, retrain_run
+from structprune.stages.train import TrainRunConfig, train_run
+
+__all__ = ["BenchConfig", "QuantizeConfig", "SearchConfig", "Teacher", "TrainRunConfig", "bench_runs", "compact_run",
+           "export_run", "prune_run", "quantize_run", "report_runs", "retrain_run", "search_run", "train_run"]
