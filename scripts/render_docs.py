@@ -438,7 +438,7 @@ def readme_summary() -> str:
         r64, r1 = get[(run, 64)], get[(run, 1)]
         cfg = RUN_LABELS[run].split(",")[0]
         rows.append([f"CIFAR-10, {cfg}, retrained", pct(dense64["test_mcr"]), pct(r64["test_mcr"]),
-                     times(dense64["macs"] / r64["macs"]), "",
+                     times(dense64["macs"] / r64["macs"]), "– (float32)",
                      times(dense64["median_ms"] / r64["median_ms"]), times(dense1["median_ms"] / r1["median_ms"]),
                      "ONNX Runtime"])
     return table(["network", "dense test MCR", "test MCR", "fewer MACs", "smaller weights", "faster, batch 64",
@@ -540,13 +540,17 @@ def render_text(text: str, where: str = "") -> tuple[str, list[str]]:
     return BLOCK.sub(fill, text), changed
 
 
+def _shown(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def check(paths: list[Path] | None = None) -> list[str]:
     """`path: table` for every stale block (empty when all are current)."""
     stale = []
     for path in paths or DOCS:
         if path.exists():
-            _, changed = render_text(path.read_text(encoding="utf-8"), str(path.relative_to(ROOT)))
-            stale += [f"{path.relative_to(ROOT)}: {name}" for name in changed]
+            _, changed = render_text(path.read_text(encoding="utf-8"), _shown(path))
+            stale += [f"{_shown(path)}: {name}" for name in changed]
     return stale
 
 
