@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_throughput.py --out runs/bench-throughput.json
+
+docs: $(STAMP)
+	$(PY) scripts/render_docs.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check structprune tests benchmarks scripts

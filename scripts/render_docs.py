@@ -1,0 +1,577 @@
+"""Regenerate the tables of README.md and docs/*.md from committed result files.
+
+A generated block in a Markdown file looks like
+
+    <!-- table: NAME -->
+    ...
+    <!-- end table -->
+
+and is filled by the renderer NAME below, which reads named committed files (benchmarks/results/*.json,
+docs/reproduce/*.md). `python scripts/render_docs.py` rewrites every block in place;
+`python scripts/render_docs.py --check` rewrites nothing and exits 1, naming each stale block, if a block
+differs from what the files give.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+DOCS = [ROOT / "README.md", ROOT / "docs" / "results.md", ROOT / "docs" / "benchmarks.md", ROOT / "docs" / "guide.md"]
+REPRODUCE_REPORT = ROOT / "docs" / "reproduce" / "mnist-quick-run2.md"
+BLOCK = re.compile(r"(<!-- table: (?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- end table -->)", re.S)
+TARGETS = {64: 0.9, 1: 0.75}  # latency ratio ÷ MAC ratio the project aims at, per batch size
+CSR_TARGET = 5.0  # compact at least this many times faster than the same nonzeros as unstructured sparse
+
+# run folders of the committed `structprune bench` files, as the tables name them
+RUN_LABELS = {
+    "runs/cifar10-dense": "dense `paper-cifar10`",
+    "runs/s4-c40k25i6-compact": "channel-40+kernel-25+intra-6of9, compacted, not retrained",
+    "runs/s4-c40k25i6-retrained": "channel-40+kernel-25+intra-6of9, retrained 2 epochs",
+    "runs/s4-c40k25i6-retrained8": "channel-40+kernel-25+intra-6of9, retrained 2 + 6 epochs",
+    "runs/s4-c25b2i6-compact": "channel-25+kernel-50b2+intra-6of9, compacted, not retrained",
+    "runs/s4-c25b2i6-retrained": "channel-25+kernel-50b2+intra-6of9, retrained 8 epochs",
+    "runs/s5-c25b2i6l50-compact": "channel-25+kernel-50b2+intra-6of9+linear-50, compacted, not retrained",
+    "runs/s5-c25b2i6l50-retrained": "channel-25+kernel-50b2+intra-6of9+linear-50, retrained 8 epochs",
+    "runs/s6-c20b2i6l50-compact": "channel-20+kernel-50b2+intra-6of9+linear-50, compacted, not retrained",
+    "runs/s6-c20b2i6l50-retrained": "channel-20+kernel-50b2+intra-6of9+linear-50, retrained 8 epochs",
+    "runs/repro-mnist-quick/train": "dense `paper-mnist` (`reproduce mnist --quick`)",
+    "runs/repro-mnist-quick/compact": "`reproduce mnist --quick` final network (searched, intra-kernel checkerboard)",
+    "runs/s3-mnist-pf-fast-compact": "search restricted to fast forms, retrained, compacted",
+    "runs/mnist-dense": "dense `paper-mnist`",
+    "runs/latency-mnist/lambda-0.1-compact": "latency-aware search, λ = 0.1",
+    "runs/latency-mnist/lambda-0.02-compact": "latency-aware search, λ = 0.02",
+    "runs/latency-mnist/lambda-0-compact": "the same search without the latency term (λ = 0)",
+}
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+
+def load(name: str) -> object:
+    return json.loads((RESULTS / name).read_text(encoding="utf-8"))
+
+
+def table(headers: list[str], rows: list[list[object]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join("" if c is None else str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def f2(x: float | None) -> str:
+    return "" if x is None else f"{x:.2f}"
+
+
+def ms(x: float | None) -> str:
+    if x is None:
+        return ""
+    return f"{x:.3f}" if x < 10 else f"{x:.2f}"
+
+
+def times(x: float | None, digits: int = 2) -> str:
+    return "" if x is None else f"{x:.{digits}f}×"
+
+
+def pct(x: float | None, digits: int = 2) -> str:
+    return "" if x is None else f"{100 * x:.{digits}f}%"
+
+
+def eff(x: float | None, batch: int) -> str:
+    """An efficiency (latency ratio ÷ MAC ratio), bold where it meets the target for its batch size."""
+    if x is None:
+        return ""
+    target = TARGETS.get(batch)
+    return f"**{x:.2f}**" if target is not None and round(x, 2) >= target else f"{x:.2f}"
+
+
+def label(run: str) -> str:
+    return RUN_LABELS.get(run, f"`{run}`")
+
+
+# ---------------------------------------------------------------- bench_network.py and repeat_summary.py files
+
+def network(name: str, configs: list[str] | None = None, csr: bool = True) -> str:
+    """bench_network.py: per configuration and batch, compact ms, latency ratio, efficiency (and × CSR)."""
+    data = load(name)
+    summary = data["summary"]
+    batches = sorted({int(k[5:]) for info in summary.values() for k in info if k.startswith("batch")}, reverse=True)
+    headers = ["configuration", "MAC ratio"]
+    for b in batches:
+        headers += [f"batch {b}: ms", "× dense", "efficiency"] + (["× CSR"] if csr else [])
+    first = next(iter(summary.values()))
+    dense_row = ["dense", "1.00"]
+    for b in batches:
+        dense_row += [ms(first[f"batch{b}"]["dense_ms"]), "1.00", ""] + ([""] if csr else [])
+    rows = [dense_row]
+    for config in configs or list(summary):
+        info = summary[config]
+        row = [config, f2(info["mac_ratio"])]
+        for b in batches:
+            cell = info.get(f"batch{b}")
+            if cell is None:
+                row += [""] * (4 if csr else 3)
+                continue
+            row += [ms(cell["compact_ms"]), f2(cell["latency_ratio"]), eff(cell["latency_over_mac_ratio"], b)]
+            if csr:
+                row.append(times(cell.get("compact_speedup_over_csr"), 1))
+        rows.append(row)
+    return table(headers, rows)
+
+
+def repeat_summary(name: str) -> str:
+    """repeat_summary.py: every run's efficiency, median, range and runs meeting the target."""
+    data = load(name)
+    rows = []
+    for r in data["rows"]:
+        each = ", ".join(f"{e:.3f}" for e in r["efficiency"])
+        meeting = f"{r['runs_meeting']} of {len(r['efficiency'])} (≥ {r['target']})"
+        if r["runs_meeting"] == len(r["efficiency"]):
+            meeting = f"**{meeting}**"
+        rows.append([r["configuration"], f2(r["mac_ratio"]), r["batch"], each, f"{r['median']:.3f}",
+                     f"{r['min']:.3f}–{r['max']:.3f}", f"{min(r['dense_ms']):.2f}–{max(r['dense_ms']):.2f}", meeting])
+    return table(["configuration", "MAC ratio", "batch", "efficiency of each run", "median", "range", "dense ms",
+                  "runs ≥ target"], rows)
+
+
+def round_per_block() -> str:
+    before = load("network-round-per-block-before-s6.json")["summary"]
+    after = load("network-round-per-block-after-s6.json")["summary"]
+    rows = []
+    for config in after:
+        for how, data in (("per layer (before)", before), ("per kernel block (now)", after)):
+            info = data[config]
+            rows.append([config, how, f2(info["mac_ratio"]), f2(info["batch64"]["latency_ratio"]),
+                         eff(info["batch64"]["latency_over_mac_ratio"], 64), f2(info["batch1"]["latency_ratio"]),
+                         eff(info["batch1"]["latency_over_mac_ratio"], 1)])
+    return table(["configuration", "`--round-to 16` rounds", "MAC ratio", "batch 64: × dense", "efficiency",
+                  "batch 1: × dense", "efficiency"], rows)
+
+
+def spin_gap() -> str:
+    data = load("onnx-spin-gap-s4.json")
+    rows = [[f"{1000 * r['gap_s']:.0f} ms", ms(r["dense_ms"]), ms(r["compact_ms"]), f2(r["latency_ratio"]),
+             f2(r["latency_over_mac_ratio"])] for r in data["rows"]]
+    return table(["idle gap between turns", "dense ms", "compact ms", "× dense", "efficiency"], rows)
+
+
+# --------------------------------------------------------------------------- `structprune bench --json` files
+
+def _macs_by_run(records: list[dict] | None = None) -> dict[str, int]:
+    """MACs per run folder: from the given records, else from any committed bench file (older eager files do
+    not record them)."""
+    found: dict[str, int] = {}
+    sources = [records] if records else []
+    sources += [json.loads(p.read_text(encoding="utf-8")) for p in sorted(RESULTS.glob("cli-trained*.json"))]
+    for source in sources:
+        for r in source:
+            if isinstance(r.get("macs"), int) and "reference" not in r:
+                found.setdefault(r["run"], r["macs"])
+    return found
+
+
+def _unstructured_of(run: str, by_run: dict[str, dict]) -> dict | None:
+    """The unstructured reference row of a run; a retrained run has its compact source's architecture and
+    nonzero count, so it is compared with that run's reference."""
+    ref = by_run.get(f"{run}#unstructured")
+    if ref is None:
+        stem = re.sub(r"-retrained\d*$", "-compact", run)
+        ref = by_run.get(f"{stem}#unstructured") if stem != run else None
+    return ref
+
+
+def cli_bench(names: list[str], mcr: bool = True) -> str:
+    """structprune bench --json: each run against the first run of its batch, and against its unstructured
+    (CSR) reference where the file has one."""
+    rows = []
+    for name in names:
+        records = load(name)
+        macs = _macs_by_run(records)
+        for batch in sorted({r["batch"] for r in records}, reverse=True):
+            group = [r for r in records if r["batch"] == batch]
+            dense = group[0]
+            by_run = {r["run"]: r for r in group}
+            for r in group:
+                if "reference" in r:
+                    continue
+                ratio = dense["median_ms"] / r["median_ms"]
+                mac_ratio = (macs[dense["run"]] / macs[r["run"]]) if r["run"] in macs and dense["run"] in macs else None
+                unstructured = _unstructured_of(r["run"], by_run)
+                row = [f"`{name}`", label(r["run"]), batch, ms(r["median_ms"]), f2(ratio), f2(mac_ratio),
+                       eff(ratio / mac_ratio, batch) if mac_ratio and r is not dense else "",
+                       times(unstructured["median_ms"] / r["median_ms"], 1) if unstructured else ""]
+                if mcr:
+                    row.append(pct(r.get("test_mcr")))
+                rows.append(row)
+    headers = ["file", "run", "batch", "median ms", "× dense", "MAC ratio", "efficiency",
+               "× unstructured (CSR, eager)"] + (["test MCR"] if mcr else [])
+    if len(names) == 1:
+        headers, rows = headers[1:], [row[1:] for row in rows]
+    return table(headers, rows)
+
+
+def accuracy(names: list[str]) -> str:
+    """Test MCR, MACs and parameters of every trained run in the given `structprune bench --json` files."""
+    seen: dict[str, dict] = {}
+    for name in names:
+        for r in load(name):
+            if "reference" not in r and r["run"] not in seen:
+                seen[r["run"]] = r
+    dense_macs = next(iter(seen.values()))["macs"]
+    rows = [[label(run), f"{r['macs']:,}", times(dense_macs / r["macs"]), f"{r['params']:,}", pct(r.get("test_mcr"))]
+            for run, r in seen.items()]
+    return table(["run", "MACs / image", "fewer MACs", "params", "test MCR (1,000 images)"], rows)
+
+
+def cli_repeats(names: list[str]) -> str:
+    """Several `structprune bench` runs of one command: the efficiency of each run in each."""
+    rows = []
+    for name in names:
+        records = load(name)
+        macs = _macs_by_run(records)
+        for batch in sorted({r["batch"] for r in records}, reverse=True):
+            group = [r for r in records if r["batch"] == batch and "reference" not in r]
+            dense = group[0]
+            for r in group[1:]:
+                ratio = dense["median_ms"] / r["median_ms"]
+                mac_ratio = macs[dense["run"]] / macs[r["run"]]
+                rows.append([f"`{name}`", label(r["run"]), batch, ms(dense["median_ms"]), ms(r["median_ms"]),
+                             f2(ratio), eff(ratio / mac_ratio, batch)])
+    return table(["file", "run", "batch", "dense ms", "run ms", "× dense", "efficiency"], rows)
+
+
+# ------------------------------------------------------------------------- layers, profiles, other scripts
+
+def layers(names: list[str], csr: bool = True) -> str:
+    """bench_layers.py: each compact case against dense channels_last, NCHW and im2col (and CSR)."""
+    rows = []
+    for name in names:
+        records = load(name)["records"]
+        med = {r["variant"]: r["median_ms"] for r in records}
+        dense_macs = next(r["macs"] for r in records if r["kind"] == "dense-cl")
+        for r in records:
+            if r["kind"] != "compact":
+                continue
+            c = r["case"]
+            row = [c, f2(dense_macs / r["macs"]), ms(r["median_ms"]), f2(med["dense-cl"] / r["median_ms"]),
+                   f2(med["dense-nchw"] / r["median_ms"]), f2(med["im2col"] / r["median_ms"])]
+            if csr:
+                c_ms = med.get(f"{c} | csr")
+                row += [ms(c_ms), f2(c_ms / r["median_ms"]) if c_ms else ""]
+            rows.append(row)
+    first = load(names[0])["records"]
+    base = {r["kind"]: r["median_ms"] for r in first if r["kind"] in ("dense-cl", "dense-nchw", "im2col")}
+    rows.insert(0, ["dense (channels_last; NCHW; im2col + GEMM)", "1.00",
+                    f"{ms(base['dense-cl'])}; {ms(base['dense-nchw'])}; {ms(base['im2col'])}", "1.00", "", "", ]
+                + (["", ""] if csr else []))
+    headers = ["case", "MAC ratio", "compact ms", "× dense channels_last", "× dense NCHW", "× im2col"]
+    return table(headers + (["CSR ms", "× CSR"] if csr else []), rows)
+
+
+def profile_ops(name: str) -> str:
+    """profile_network.py: time per operator kind, ms per forward pass and share of the total."""
+    data = load(name)
+    kinds = [k for k in ("conv", "pool", "relu", "linear", "other")
+             if any(row["ms"].get(k) for row in data["rows"].values())]
+    rows = []
+    for config, row in data["rows"].items():
+        total = row["total_ms"]
+        shares = [f"{ms(row['ms'].get(k, 0.0))} ({100 * row['ms'].get(k, 0.0) / total:.0f}%)" for k in kinds]
+        rows.append([config, f2(row["mac_ratio"]), *shares, ms(total)])
+    return table(["network", "MAC ratio", *kinds, "total ms"], rows)
+
+
+def profile_layers(name: str, config: str) -> str:
+    """profile_network.py --per-layer: each ONNX Runtime node beside the dense network's same node."""
+    data = load(name)
+    row = data["rows"][config]
+    rows = [[p["op"], p.get("layer") or "", ms(p["dense_ms"]), ms(p["ms"]), f2(p["speedup"]),
+             f2(p.get("mac_ratio")), f2(p.get("efficiency"))] for p in row["per_layer"]]
+    dense_total = data["rows"]["dense"]["total_ms"]
+    rows.append(["all nodes", "", ms(dense_total), ms(row["total_ms"]), f2(dense_total / row["total_ms"]),
+                 f2(row["mac_ratio"]), f2(dense_total / row["total_ms"] / row["mac_ratio"])])
+    return table(["node", "layer", "dense ms", "compact ms", "× dense", "MAC ratio", "efficiency"], rows)
+
+
+def layer_efficiency(name: str) -> str:
+    """layer_efficiency.py: each layer of the dense network beside its compact counterpart."""
+    data = load(name)
+    rows = []
+    for config, records in data["results"].items():
+        for r in records:
+            if r["type"] not in ("Conv2d", "Linear") and not r["type"].endswith("Conv2d"):
+                continue
+            rows.append([config, r["layer"], r["batch"], r["other_type"], f2(r["mac_ratio"]), f2(r["latency_ratio"]),
+                         f2(r["efficiency"]), r.get("other_kernels", "")])
+    return table(["network", "layer", "batch", "compact layer", "MAC ratio", "× dense", "efficiency", "kernel"], rows)
+
+
+def onnx_models() -> str:
+    data = load("onnx.json")
+    rows = [[r["model"], r["variant"], r["threads"], r["batch"], f"{r['macs'] / 1e6:.1f} M", f2(r["mac_ratio"]),
+             ms(r["median_ms"]), f"{r['speedup_vs_dense']:.2f} ({r['speedup_min']:.2f}–{r['speedup_max']:.2f})"]
+            for r in data["results"]]
+    return table(["model", "variant", "threads", "batch", "MACs", "MAC ratio", "ms (median)",
+                  "× dense (range over rounds)"], rows)
+
+
+def throughput() -> str:
+    data = load("throughput-2threads.json")
+    rows = [[r["model"], f"{r['params']:,}", f"{r['macs'] / 1e6:.1f} M",
+             f"{r['infer_images_per_s']:.0f} ({r['infer_min']:.0f}–{r['infer_max']:.0f})",
+             f"{r['train_images_per_s']:.0f} ({r['train_min']:.0f}–{r['train_max']:.0f})"] for r in data["rows"]]
+    return table(["model", "params", "MACs / image", "inference images/s (range)", "training images/s (range)"], rows)
+
+
+def cuda_check() -> str:
+    data = load("cuda-check-h200.json")
+    rows = [[key, "passed" if v["ok"] else "FAILED", v["detail"]] for key, v in data.items()
+            if isinstance(v, dict) and "ok" in v]
+    t = data["timing"]
+    rows.append(["timing, batch 256 (dense; compact)", "", f"{ms(t['dense_b256_ms'])} ms; {ms(t['compact_b256_ms'])} ms"])
+    rows.append(["timing, batch 1 (dense; compact)", "", f"{ms(t['dense_b1_ms'])} ms; {ms(t['compact_b1_ms'])} ms"])
+    return table(["check", "result", "detail"], rows)
+
+
+# ------------------------------------------------------------------------- the committed reproduction report
+
+def _report_table(heading: str) -> tuple[list[str], list[list[str]]]:
+    """The first Markdown table under `## heading` of the committed `structprune report` output."""
+    text = REPRODUCE_REPORT.read_text(encoding="utf-8")
+    section = text[text.index(f"\n## {heading}\n") + 1:]
+    block = []
+    for ln in section.splitlines()[1:]:
+        if ln.startswith("## "):
+            break
+        if ln.startswith("|"):
+            block.append(ln)
+        elif block:
+            break
+    split = [[c.strip() for c in ln.strip("|").split("|")] for ln in block]
+    return split[0], split[2:]
+
+
+def reproduce_runs(stages: tuple[str, ...] = ("train", "search", "retrain", "quantize", "compact")) -> str:
+    headers, rows = _report_table("Runs")
+    keep = ["run", "val MCR", "test MCR", "MACs", "weight bytes", "MACs removed", "MAC ratio", "size ratio",
+            "Δ test MCR"]
+    idx = [headers.index(h) for h in keep]
+    return table(keep, [[row[i] for i in idx] for row in rows if row[0] in stages])
+
+
+def reproduce_ladder() -> str:
+    headers, rows = _report_table("Runs")
+    by = {row[0]: row for row in rows}
+    out = []
+    for method in ("l1", "random"):
+        for scale in ("channel", "kernel", "intra"):
+            cells = [by.get(f"ladder-{method}-{scale}-{p}") for p in (25, 50, 75)]
+            out.append([method, scale] + [f"{c[headers.index('test MCR')]} ({c[headers.index('MAC ratio')]})"
+                                          if c else "" for c in cells])
+    return table(["method", "scale", "25% pruned: test MCR (MAC ratio)", "50%", "75%"], out)
+
+
+def reproduce_latency() -> str:
+    headers, rows = _report_table("Measured latency")
+    return table(headers, rows)
+
+
+def reproduce_storage() -> str:
+    headers, rows = _report_table("Storage")
+    return table(headers, rows)
+
+
+# ------------------------------------------------------------------------------------- summaries for readers
+
+def network_targets() -> str:
+    """Each three-scale network against the targets, from the repeated runs and the trained runs."""
+    rows = []
+    for summary, retrained_file, config in (
+            ("repeat-c20-s6/summary.json", "cli-trained-c20-onnxruntime-s6.json",
+             "channel-20+kernel-50b2+intra-6of9+linear-50"),
+            ("repeat-s6/summary.json", "cli-trained-linear-onnxruntime-s5.json",
+             "channel-25+kernel-50b2+intra-6of9+linear-50")):
+        reps = {r["batch"]: r for r in load(summary)["rows"] if r["configuration"] == config}
+        records = load(retrained_file)
+        trained = [r for r in records if r["run"].endswith("l50-retrained")]
+        cells = []
+        for batch in (64, 1):
+            r = reps[batch]
+            verdict = "met" if r["runs_meeting"] == len(r["efficiency"]) else (
+                "not met" if r["runs_meeting"] == 0 else "at the threshold")
+            cells.append(f"{verdict}: median {r['median']:.3f}, {r['min']:.3f}–{r['max']:.3f}, "
+                         f"{r['runs_meeting']} of {len(r['efficiency'])} runs ≥ {r['target']}")
+        by = {(r["run"], r["batch"]): r for r in records}
+        speed = []
+        for batch in (64, 1):
+            run = next(r for r in trained if r["batch"] == batch)
+            ref = by.get((re.sub(r"-retrained$", "-compact", run["run"]) + "#unstructured", batch))
+            speed.append(ref["median_ms"] / run["median_ms"])
+        csr = f"{'met' if min(speed) >= CSR_TARGET else 'not met'}: {speed[0]:.1f}× / {speed[1]:.1f}×"
+        mcr = pct(trained[0].get("test_mcr"))
+        rows.append([config, f2(reps[64]["mac_ratio"]), mcr, *cells, csr])
+    return table(["network (random weights for the repeated runs)", "MAC ratio", "test MCR, trained",
+                  "batch 64 (≥ 0.9)", "batch 1 (≥ 0.75)", f"× unstructured, batch 64 / 1 (≥ {CSR_TARGET:.0f}×)"], rows)
+
+
+def readme_summary() -> str:
+    """A few headline rows for the README."""
+    rows = []
+    headers, report = _report_table("Runs")
+    by = {row[0]: row for row in report}
+    _, latency = _report_table("Measured latency")
+    lat = {(r[0], r[1], r[2]): r for r in latency}
+    q = by["quantize"]
+    rows.append(["MNIST, `reproduce mnist --quick` (searched channel + kernel + intra, 6-bit weights)",
+                 by["train"][headers.index("test MCR")], q[headers.index("test MCR")], q[headers.index("MAC ratio")],
+                 q[headers.index("size ratio")], lat[("compact", "as run", "64")][6], lat[("compact", "as run", "1")][6],
+                 "PyTorch eager"])
+    for name, run in (("cli-trained-c20-onnxruntime-s6.json", "runs/s6-c20b2i6l50-retrained"),
+                      ("cli-trained-linear-onnxruntime-s5.json", "runs/s5-c25b2i6l50-retrained")):
+        records = load(name)
+        get = {(r["run"], r["batch"]): r for r in records}
+        dense64, dense1 = get[("runs/cifar10-dense", 64)], get[("runs/cifar10-dense", 1)]
+        r64, r1 = get[(run, 64)], get[(run, 1)]
+        cfg = RUN_LABELS[run].split(",")[0]
+        rows.append([f"CIFAR-10, {cfg}, retrained", pct(dense64["test_mcr"]), pct(r64["test_mcr"]),
+                     times(dense64["macs"] / r64["macs"]), "– (float32)",
+                     times(dense64["median_ms"] / r64["median_ms"]), times(dense1["median_ms"] / r1["median_ms"]),
+                     "ONNX Runtime"])
+    return table(["network", "dense test MCR", "test MCR", "fewer MACs", "smaller weights", "faster, batch 64",
+                  "faster, batch 1", "runtime (2 threads)"], rows)
+
+
+def result_files() -> str:
+    """Every committed result file, with the command that wrote it where the file records one."""
+    rows = []
+    for path in sorted(RESULTS.rglob("*.json")):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        command = None
+        if isinstance(data, dict):
+            command = data.get("command") or (data.get("meta") or {}).get("command")
+        rel = str(path.relative_to(RESULTS))
+        if command:
+            script = command.split()[0]
+        elif rel.startswith("layers-"):
+            script = "benchmarks/bench_layers.py"
+        else:
+            script = WRITERS.get(rel, "structprune bench --json" if isinstance(data, list) else "?")
+        rows.append([f"`{rel}`", f"`{script}`"])
+    return table(["file (in benchmarks/results/)", "written by"], rows)
+
+
+WRITERS = {  # files that do not record their command
+    "cuda-check-h200.json": "scripts/check_cuda.py",
+    "throughput-2threads.json": "benchmarks/bench_throughput.py",
+    "per-layer-repro-mnist-quick-s3.json": "structprune bench --per-layer --json",
+}
+
+RENDERERS: dict[str, Callable[[], str]] = {
+    # README
+    "readme-summary": readme_summary,
+    # docs/results.md
+    "cifar10-trained": lambda: accuracy(["cli-trained-c40k25i6-onnxruntime-s4.json",
+                                          "cli-trained8-c40k25i6-onnxruntime-s4.json",
+                                          "cli-trained-c25b2i6-onnxruntime-s4.json",
+                                          "cli-trained-linear-onnxruntime-s5.json",
+                                          "cli-trained-c20-onnxruntime-s6.json"]),
+    "mnist-fast-forms": lambda: cli_bench(["mnist-fast-forms-s3.json"]),
+    "mnist-latency-search": lambda: cli_bench(["latency-tradeoff-mnist.json"]),
+    "reproduce-runs": reproduce_runs,
+    "reproduce-ladder": reproduce_ladder,
+    "reproduce-latency": reproduce_latency,
+    "reproduce-storage": reproduce_storage,
+    "throughput": throughput,
+    "cuda-check": cuda_check,
+    # docs/benchmarks.md
+    "network-targets": network_targets,
+    "layers-2threads": lambda: layers(["layers-2threads-wall-quiet.json"], csr=False),
+    "layers-1thread-csr": lambda: layers(["layers-1thread-cpu-csr-intra3.json", "layers-1thread-cpu-csr-intra5.json",
+                                          "layers-1thread-cpu-csr-kernel.json",
+                                          "layers-1thread-cpu-csr-unstructured.json"]),
+    "layers-batch1": lambda: layers(["layers-batch1-1thread-cpu.json"], csr=False),
+    "onnx-repeat-c25": lambda: repeat_summary("repeat-s6/summary.json"),
+    "onnx-repeat-c20": lambda: repeat_summary("repeat-c20-s6/summary.json"),
+    "onnx-sweep": lambda: network("network-sweep-onnxruntime-s4.json", csr=False),
+    "onnx-blocks": lambda: network("network-blocks-onnxruntime-s4.json"),
+    "onnx-linear": lambda: network("network-linear-onnxruntime-s5.json"),
+    "onnx-stop-spinning": lambda: network("network-onnxruntime-stop-spinning-s4.json", csr=False),
+    "onnx-spin-gap": spin_gap,
+    "onnx-round-per-block": round_per_block,
+    "onnx-profile-layers": lambda: profile_layers("profile-onnxruntime-per-layer-b64-s5.json",
+                                                  "channel-25+kernel-50b2+intra-6of9+linear-50"),
+    "onnx-trained": lambda: cli_bench(["cli-trained-c20-onnxruntime-s6.json",
+                                       "cli-trained-linear-onnxruntime-s5.json"], mcr=False),
+    "onnx-trained-repeats": lambda: cli_repeats(["cli-trained-c20-onnxruntime-s6.json",
+                                                 "cli-trained-c20-onnxruntime-run2-s6.json",
+                                                 "cli-trained-linear-onnxruntime-s5.json",
+                                                 "cli-trained-linear-onnxruntime-run2-s5.json"]),
+    "onnx-bench-onnx": onnx_models,
+    "eager-sweep": lambda: network("network-sweep-eager-s4.json"),
+    "eager-blocks": lambda: network("network-blocks-eager-s4.json"),
+    "eager-trained": lambda: cli_bench(["cli-trained-c25b2i6-eager-s4.json", "cli-trained-c40k25i6-eager-s4.json"],
+                                       mcr=False),
+    "eager-profile": lambda: profile_ops("profile-eager-b64-s4.json"),
+    "eager-layer-efficiency": lambda: layer_efficiency("layer-efficiency-steady-malloc-s3.json"),
+    "compile": lambda: network("network-compile-s6.json", csr=False),
+    "result-files": result_files,
+}
+
+
+# ------------------------------------------------------------------------------------------------- the driver
+
+def render_text(text: str, where: str = "") -> tuple[str, list[str]]:
+    """The text with every block regenerated, and the names of the blocks that changed."""
+    changed: list[str] = []
+
+    def fill(match: re.Match) -> str:
+        name = match["name"]
+        if name not in RENDERERS:
+            raise SystemExit(f"render_docs: {where}: no renderer for table {name!r}")
+        body = RENDERERS[name]()
+        if body != match["body"]:
+            changed.append(name)
+        return match.group(1) + body + match.group(4)
+
+    return BLOCK.sub(fill, text), changed
+
+
+def _shown(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def check(paths: list[Path] | None = None) -> list[str]:
+    """`path: table` for every stale block (empty when all are current)."""
+    stale = []
+    for path in paths or DOCS:
+        if path.exists():
+            _, changed = render_text(path.read_text(encoding="utf-8"), _shown(path))
+            stale += [f"{_shown(path)}: {name}" for name in changed]
+    return stale
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 naming each stale table")
+    args = parser.parse_args(argv)
+    if args.check:
+        stale = check()
+        for item in stale:
+            print(f"stale table: {item}", file=sys.stderr)
+        return 1 if stale else 0
+    for path in DOCS:
+        if path.exists():
+            new, changed = render_text(path.read_text(encoding="utf-8"), str(path.relative_to(ROOT)))
+            if changed:
+                path.write_text(new, encoding="utf-8")
+                print(f"{path.relative_to(ROOT)}: {', '.join(changed)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
