@@ -32,8 +32,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from structprune.compact import CsrConv2d, IntraKernelConv2d, KernelSparseConv2d, structured_kernel_mask
-from structprune.granularity import IntraPattern
-from structprune.masks import LayerMask
+from structprune.sparsity.granularity import IntraPattern
+from structprune.sparsity.masks import LayerMask
 
 
 def cases(conv: nn.Conv2d, quick: bool) -> dict[str, tuple[nn.Module, torch.Tensor]]:

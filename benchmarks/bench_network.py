@@ -26,13 +26,13 @@ from torch import nn
 
 from structprune import models
 from structprune.bench import RUNTIMES, Candidate, bench, runtime_candidate
-from structprune.channel_groups import ChannelGroups, find_channel_groups
 from structprune.compact.compaction import compact, unread_channels
-from structprune.granularity import Granularity, IntraPattern
-from structprune.masking import MaskApplier
-from structprune.masks import NetworkMask
 from structprune.metrics import count_macs, count_params
-from structprune.pruning import select_masks
+from structprune.sparsity.channel_groups import ChannelGroups, find_channel_groups
+from structprune.sparsity.granularity import Granularity, IntraPattern
+from structprune.sparsity.masking import MaskApplier
+from structprune.sparsity.masks import NetworkMask
+from structprune.sparsity.selection import select_masks
 
 HAS_KERNEL = importlib.util.find_spec("structprune.compact.kernel_conv") is not None
 HAS_CSR = importlib.util.find_spec("structprune.compact.csr_conv") is not None

@@ -24,14 +24,14 @@ import torch
 from torch.utils.benchmark import Timer
 
 from structprune.arch import example_input
-from structprune.channel_groups import find_channel_groups
 from structprune.compact.compaction import compact
 from structprune.export_onnx import export_onnx, onnx_session
-from structprune.granularity import Granularity
 from structprune.metrics import count_macs, count_params
 from structprune.models import create
 from structprune.runfolder import load_run
-from structprune.selection import SelectionConfig, select
+from structprune.sparsity.channel_groups import find_channel_groups
+from structprune.sparsity.granularity import Granularity
+from structprune.sparsity.selection import SelectionConfig, select
 
 # variant name -> (granularities, ratios); None = the dense network
 VARIANTS: dict[str, tuple[list[Granularity], list[float]] | None] = {

@@ -25,9 +25,6 @@ import numpy as np
 import torch
 
 from structprune.data import load_dataset
-from structprune.granularity import Granularity, IntraPattern
-from structprune.masking import MaskApplier
-from structprune.masks import NetworkMask
 from structprune.models import create
 from structprune.runfolder import load_run
 from structprune.search.scoring import (
@@ -38,6 +35,9 @@ from structprune.search.scoring import (
     intra_masks_from_choices,
     kernel_masks_from_bits,
 )
+from structprune.sparsity.granularity import Granularity, IntraPattern
+from structprune.sparsity.masking import MaskApplier
+from structprune.sparsity.masks import NetworkMask
 from structprune.train import evaluate
 
 DATA = Path(__file__).resolve().parents[1] / "../shared/data"
@@ -76,7 +76,7 @@ def candidates(model, layer: str, g: Granularity, count: int, rng: np.random.Gen
 
 
 def _layer(shape, **fields):
-    from structprune.masks import LayerMask
+    from structprune.sparsity.masks import LayerMask
 
     return LayerMask(shape=shape, **fields)
 

@@ -17,15 +17,15 @@ from pathlib import Path
 import torch
 
 from structprune import models
-from structprune.channel_groups import find_channel_groups
 from structprune.cli import main as cli
 from structprune.compact.compaction import compact, unread_channels
 from structprune.data import load_dataset
-from structprune.granularity import IntraPattern
-from structprune.masking import MaskApplier
-from structprune.pruning import select_masks
 from structprune.retrain import retrain_masked
 from structprune.runfolder import load_run
+from structprune.sparsity.channel_groups import find_channel_groups
+from structprune.sparsity.granularity import IntraPattern
+from structprune.sparsity.masking import MaskApplier
+from structprune.sparsity.selection import select_masks
 from structprune.train import TrainConfig, evaluate
 
 RTOL = 1e-4

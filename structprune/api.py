@@ -35,18 +35,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from structprune.arch import FACTORY_ATTR, describe, describe_unregistered
-from structprune.channel_groups import ChannelGroups, find_channel_groups
 from structprune.compact.compaction import compact as _compact
 from structprune.errors import StructpruneError
-from structprune.granularity import Granularity, IntraPattern
 from structprune.jsonio import read_json
-from structprune.masking import MaskApplier
-from structprune.masks import MASKS_FILE, LayerMask, NetworkMask
 from structprune.metrics import count_macs, count_params, state_bytes
 from structprune.rebuild import rebuild
 from structprune.runfolder import ARCH_FILE, MODEL_FILE, load_run, load_state, save_run
 from structprune.search.particle_filter import BitSpace, ChoiceSpace, ParticleFilter, PFConfig
-from structprune.selection import SelectionConfig, kernels_left, select
+from structprune.sparsity.channel_groups import ChannelGroups, find_channel_groups
+from structprune.sparsity.granularity import Granularity, IntraPattern
+from structprune.sparsity.masking import MaskApplier
+from structprune.sparsity.masks import MASKS_FILE, LayerMask, NetworkMask
+from structprune.sparsity.selection import SelectionConfig, kernels_left, select
 
 log = logging.getLogger(__name__)
 

@@ -291,9 +291,9 @@ def masked_network(run: Any) -> nn.Module:
     """A dense copy of the run's network with its masks applied: from the run's own masks.json, or, for a
     compact run, from its `source_run`. Raises StructpruneError (one line) when there is none, or when it
     does not compute what the run's network computes."""
-    from structprune.masking import MaskApplier
-    from structprune.pruning import load_masks
     from structprune.runfolder import load_run
+    from structprune.sparsity.masking import MaskApplier
+    from structprune.stages.prune import load_masks
 
     source, mask = run, load_masks(run)
     if mask is None:

@@ -26,12 +26,12 @@ from structprune.data import Dataset, load_dataset
 from structprune.errors import StructpruneError
 from structprune.jsonio import read_json, write_json_atomic
 from structprune.output import Output, claim_folder
-from structprune.pruning import select_masks
 from structprune.recipes import RECIPES, Recipe, recipe_for
 from structprune.runcheck import load_checked_run
 from structprune.runfiles import BENCH_FILE, CONFIG_FILE, EXPORT_FILE, MASKS_FILE, METRICS_FILE, SENSITIVITY_FILE, STATUS_FILE
 from structprune.runfolder import run_fingerprint
 from structprune.sensitivity import SensitivityConfig, sweep
+from structprune.sparsity.selection import select_masks
 from structprune.stages import (
     BenchConfig,
     QuantizeConfig,

@@ -7,11 +7,11 @@ from typing import Any
 
 from torch import nn
 
-from structprune.channel_groups import ChannelGroups
 from structprune.data import Dataset
 from structprune.distill import Distillation
-from structprune.masking import MaskApplier, multiply_
-from structprune.masks import NetworkMask
+from structprune.sparsity.channel_groups import ChannelGroups
+from structprune.sparsity.masking import MaskApplier, multiply_
+from structprune.sparsity.masks import NetworkMask
 from structprune.train import TrainConfig, train
 
 

@@ -17,8 +17,8 @@ from torch import nn
 from structprune.arch import factory_of
 from structprune.data import Dataset
 from structprune.errors import StructpruneError
-from structprune.masks import MASKS_FILE, NetworkMask
 from structprune.runfolder import CONFIG_FILE, METRICS_FILE, Run, load_run
+from structprune.sparsity.masks import MASKS_FILE, NetworkMask
 
 # metrics.json fields a verb reads as numbers
 NUMERIC_METRICS = ("val_mcr", "test_mcr", "val_loss", "test_loss", "params", "macs", "weight_bytes",

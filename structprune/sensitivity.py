@@ -2,7 +2,7 @@
 
 For every conv layer and every ratio r, a mask that prunes a fraction r of that layer's groups at one
 scale (feature maps, kernels or intra-kernel taps) is chosen by L1 magnitude or at random
-(`structprune.selection`, layer scope), applied in place to that layer alone (`MaskApplier`, no model
+(`structprune.sparsity.selection`, layer scope), applied in place to that layer alone (`MaskApplier`, no model
 copy), and the validation MCR measured. The result, sensitivity.json in the run folder:
 
     {"format": "structprune-sensitivity/1", "granularity": "channel", "method": "l1", "split": "val",
@@ -25,13 +25,13 @@ from torch import nn
 
 from structprune.data import Dataset, Split, load_dataset
 from structprune.errors import StructpruneError
-from structprune.granularity import Granularity
 from structprune.jsonio import read_json, write_json_atomic
-from structprune.masking import MaskApplier
-from structprune.masks import NetworkMask
 from structprune.runcheck import check_data_fits, load_checked_run
 from structprune.runfiles import SENSITIVITY_FILE
-from structprune.selection import SelectionConfig, select
+from structprune.sparsity.granularity import Granularity
+from structprune.sparsity.masking import MaskApplier
+from structprune.sparsity.masks import NetworkMask
+from structprune.sparsity.selection import SelectionConfig, select
 from structprune.train import evaluate
 
 log = logging.getLogger(__name__)

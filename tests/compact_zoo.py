@@ -6,11 +6,11 @@ import torch
 from torch import nn
 
 from structprune.arch import example_input
-from structprune.channel_groups import find_channel_groups
 from structprune.compact.compaction import compact
-from structprune.granularity import Granularity
 from structprune.models import create
-from structprune.selection import SelectionConfig, select
+from structprune.sparsity.channel_groups import find_channel_groups
+from structprune.sparsity.granularity import Granularity
+from structprune.sparsity.selection import SelectionConfig, select
 
 TINY_ZOO = ("tiny-paper", "tiny-vgg", "tiny-resnet", "tiny-mobilenet", "tiny-densenet")
 

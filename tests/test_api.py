@@ -13,8 +13,8 @@ from torch.utils.data import DataLoader, TensorDataset
 import structprune
 from structprune.cli import main
 from structprune.errors import StructpruneError
-from structprune.masks import NetworkMask
 from structprune.models import create
+from structprune.sparsity.masks import NetworkMask
 
 
 def resnet() -> nn.Module:

@@ -16,8 +16,9 @@ from structprune import models
 from structprune.bench import Candidate, add_ratios, bench, reference_candidates, runtime_candidate
 from structprune.compact.csr_conv import CsrConv2d
 from structprune.metrics import size_metrics
-from structprune.pruning import compact_run, prune_run, select_masks
 from structprune.runfolder import load_run, save_run
+from structprune.sparsity.selection import select_masks
+from structprune.stages.prune import compact_run, prune_run
 
 REPO = Path(__file__).parents[1]
 FIELDS = {"run", "batch", "threads", "median_ms", "macs", "params", "test_mcr", "min_ms", "max_ms", "iqr_ms",

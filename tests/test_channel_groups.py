@@ -8,8 +8,8 @@ from prune_nets import TinyDenseNet, TinyResNet, family_models
 from torch import nn
 
 from structprune import models
-from structprune.channel_groups import find_channel_groups
 from structprune.errors import StructpruneError
+from structprune.sparsity.channel_groups import find_channel_groups
 
 
 def test_plain_network_groups_are_each_conv_with_its_consumer():

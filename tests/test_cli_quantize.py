@@ -13,18 +13,18 @@ import pytest
 import torch
 
 from structprune.arch import example_input
-from structprune.channel_groups import find_channel_groups
 from structprune.cli import main
 from structprune.compact.compaction import compact
 from structprune.data import load_dataset
-from structprune.granularity import Granularity
-from structprune.masking import MaskApplier
-from structprune.masks import MASKS_FILE
 from structprune.metrics import size_metrics
 from structprune.models import create
 from structprune.quant.packing import load_packed
 from structprune.runfolder import load_run, save_run
-from structprune.selection import SelectionConfig, select
+from structprune.sparsity.channel_groups import find_channel_groups
+from structprune.sparsity.granularity import Granularity
+from structprune.sparsity.masking import MaskApplier
+from structprune.sparsity.masks import MASKS_FILE
+from structprune.sparsity.selection import SelectionConfig, select
 from structprune.train import TrainConfig, evaluate, train
 
 ROOT = Path(__file__).parents[1]

@@ -14,10 +14,10 @@ from structprune.arch import describe, example_input
 from structprune.compact import CsrConv2d, IntraKernelConv2d, KernelSparseConv2d, structured_kernel_mask
 from structprune.compact.intra_conv import conv2d, decompose_taps
 from structprune.errors import StructpruneError
-from structprune.granularity import IntraPattern
-from structprune.masks import LayerMask
 from structprune.models import create
 from structprune.rebuild import rebuild
+from structprune.sparsity.granularity import IntraPattern
+from structprune.sparsity.masks import LayerMask
 
 KERNELS = [(1, 1), (2, 2), (3, 3), (5, 5), (3, 1), (1, 3), (2, 3), (3, 5)]
 

@@ -13,15 +13,15 @@ from torch import nn
 
 from structprune import models
 from structprune.arch import describe
-from structprune.channel_groups import find_channel_groups
 from structprune.compact.compaction import compact
 from structprune.errors import StructpruneError
-from structprune.granularity import IntraPattern
-from structprune.masking import MaskApplier
-from structprune.masks import NetworkMask
 from structprune.metrics import count_params
-from structprune.pruning import select_masks
 from structprune.rebuild import rebuild
+from structprune.sparsity.channel_groups import find_channel_groups
+from structprune.sparsity.granularity import IntraPattern
+from structprune.sparsity.masking import MaskApplier
+from structprune.sparsity.masks import NetworkMask
+from structprune.sparsity.selection import select_masks
 
 HAS_KERNEL_CONV = importlib.util.find_spec("structprune.compact.kernel_conv") is not None
 FAMILIES = family_models()
@@ -253,8 +253,8 @@ def calibrate_bn(model: nn.Module, x: torch.Tensor) -> None:
 @pytest.mark.parametrize("name", ["vgg11", "resnet20", "mobilenetv2", "densenet"])
 def test_full_size_zoo_models_compact_at_every_scale(name):
     """The real zoo networks (random weights): half the channels, kernels and taps; same outputs, fewer params."""
-    from structprune.masking import apply_mask_
-    from structprune.pruning import select_masks
+    from structprune.sparsity.masking import apply_mask_
+    from structprune.sparsity.selection import select_masks
 
     torch.manual_seed(0)
     model = models.create(name).eval()

@@ -15,11 +15,12 @@ from structprune.cli import main
 from structprune.data import load_dataset
 from structprune.distill import Distillation, distillation_loss, trained_source
 from structprune.errors import StructpruneError
-from structprune.masking import MaskApplier
 from structprune.metrics import size_metrics
-from structprune.pruning import load_masks, select_masks
 from structprune.retrain import retrain_masked
 from structprune.runfolder import load_run, save_run
+from structprune.sparsity.masking import MaskApplier
+from structprune.sparsity.selection import select_masks
+from structprune.stages.prune import load_masks
 from structprune.train import TrainConfig
 
 CFG = TrainConfig(epochs=1, lr=0.05, batch_size=128)

@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from structprune.errors import StructpruneError
-from structprune.granularity import Granularity, IntraPattern
+from structprune.sparsity.granularity import Granularity, IntraPattern
 
 
 def test_parse_list_keeps_order_and_drops_repeats():

@@ -10,14 +10,14 @@ from prune_nets import family_models
 from torch import nn
 
 from structprune import models
-from structprune.channel_groups import find_channel_groups
 from structprune.compact.compaction import compact
 from structprune.compact.kernel_conv import KernelSparseConv2d
 from structprune.errors import StructpruneError
-from structprune.granularity import Granularity, IntraPattern
-from structprune.kernel_blocks import balanced_blocks, input_blocks
-from structprune.masking import MaskApplier
-from structprune.selection import SelectionConfig, select
+from structprune.sparsity.channel_groups import find_channel_groups
+from structprune.sparsity.granularity import Granularity, IntraPattern
+from structprune.sparsity.kernel_blocks import balanced_blocks, input_blocks
+from structprune.sparsity.masking import MaskApplier
+from structprune.sparsity.selection import SelectionConfig, select
 
 FAMILIES = family_models()
 GROUPS = {name: find_channel_groups(m, torch.randn(1, *shape)) for name, (m, shape) in FAMILIES.items()}

@@ -8,11 +8,11 @@ from prune_nets import family_models
 from torch import nn
 
 from structprune import models
-from structprune.channel_groups import find_channel_groups
 from structprune.errors import StructpruneError
-from structprune.granularity import IntraPattern
-from structprune.masking import MaskApplier, apply_mask_
-from structprune.masks import LayerMask, NetworkMask
+from structprune.sparsity.channel_groups import find_channel_groups
+from structprune.sparsity.granularity import IntraPattern
+from structprune.sparsity.masking import MaskApplier, apply_mask_
+from structprune.sparsity.masks import LayerMask, NetworkMask
 
 FAMILIES = family_models()
 

@@ -7,8 +7,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from structprune.errors import StructpruneError
-from structprune.granularity import IntraPattern
-from structprune.masks import LayerMask, NetworkMask
+from structprune.sparsity.granularity import IntraPattern
+from structprune.sparsity.masks import LayerMask, NetworkMask
 
 
 @st.composite

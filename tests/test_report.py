@@ -13,7 +13,6 @@ import torch
 from structprune.cli import main
 from structprune.data import load_dataset
 from structprune.errors import StructpruneError
-from structprune.masks import LayerMask, NetworkMask
 from structprune.metrics import size_metrics
 from structprune.models import create
 from structprune.report import collect
@@ -21,6 +20,7 @@ from structprune.report.collect import pruning_ratio, read_bench
 from structprune.report.plots import all_plots, pareto_front
 from structprune.report.render import fmt_int, fmt_mcr, write_report
 from structprune.runfolder import save_run
+from structprune.sparsity.masks import LayerMask, NetworkMask
 from structprune.train import TrainConfig, evaluate, train
 
 

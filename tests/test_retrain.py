@@ -7,9 +7,9 @@ import torch
 from structprune import models
 from structprune.compact.compaction import compact
 from structprune.data import load_dataset
-from structprune.masking import MaskApplier
-from structprune.pruning import select_masks
 from structprune.retrain import retrain_compact, retrain_masked
+from structprune.sparsity.masking import MaskApplier
+from structprune.sparsity.selection import select_masks
 from structprune.train import TrainConfig
 
 CFG = TrainConfig(epochs=1, lr=0.05, batch_size=128)

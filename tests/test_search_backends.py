@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from structprune.errors import StructpruneError
-from structprune.granularity import Granularity
 from structprune.models import create
 from structprune.search.backends import InProcess, make_backend
 from structprune.search.scoring import LayerScorer, ScoreSet, channel_masks_from_bits
+from structprune.sparsity.granularity import Granularity
 
 
 def tiny_scorer():

@@ -9,12 +9,12 @@ import torch
 from structprune.cli import main
 from structprune.data import load_dataset
 from structprune.errors import StructpruneError
-from structprune.masks import NetworkMask
 from structprune.metrics import size_metrics
 from structprune.models import create
 from structprune.runfolder import load_run, save_run
 from structprune.search import driver as driver_mod
 from structprune.search.driver import Search, SearchConfig, conv_macs, search_run
+from structprune.sparsity.masks import NetworkMask
 from structprune.train import TrainConfig, train
 
 FAST = {"particles": 4, "generations": 3, "score_images": 80, "check_images": 80, "step_epochs": 0, "final_epochs": 0}
@@ -176,8 +176,8 @@ def test_kernel_units_share_one_bit_per_group_and_input_map():
 @pytest.mark.parametrize("method", ["pf", "l1"])
 def test_structured_kernel_and_shared_pattern_searches_give_fast_masks(tiny_run, digits, tmp_path, method):
     from structprune.compact.compaction import compact
-    from structprune.granularity import IntraPattern
-    from structprune.pruning import load_masks
+    from structprune.sparsity.granularity import IntraPattern
+    from structprune.stages.prune import load_masks
 
     cfg = SearchConfig(method=method, granularities=("kernel", "intra"), tolerance=0.99, ratio=0.5,
                        kernel_groups=1, intra_shared=True, intra_patterns=((1, 3), (0, 2)), **FAST)
@@ -200,8 +200,9 @@ def test_structured_kernel_and_shared_pattern_searches_give_fast_masks(tiny_run,
 def test_kernel_block_search_gives_grouped_convolutions(tiny_run, digits, tmp_path, method):
     """The search assigns output maps to two blocks; its L1 candidate is the one-shot L1 selection."""
     from structprune.compact.compaction import compact
-    from structprune.kernel_blocks import input_blocks
-    from structprune.pruning import load_masks, select_masks
+    from structprune.sparsity.kernel_blocks import input_blocks
+    from structprune.sparsity.selection import select_masks
+    from structprune.stages.prune import load_masks
 
     cfg = SearchConfig(method=method, granularities=("kernel",), tolerance=0.99, ratio=0.5, kernel_blocks=2, **FAST)
     out, _ = search_run(load_run(tiny_run), digits, cfg, tmp_path / "blocks")

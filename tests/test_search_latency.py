@@ -7,11 +7,11 @@ import torch
 
 from structprune.data import load_dataset
 from structprune.errors import StructpruneError
-from structprune.masks import NetworkMask
 from structprune.models import create
 from structprune.runfolder import load_run, save_run
 from structprune.search.driver import SearchConfig, search_run
 from structprune.search.latency import LatencyTable, measure_latency_table
+from structprune.sparsity.masks import NetworkMask
 from structprune.train import TrainConfig, train
 
 

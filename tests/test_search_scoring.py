@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 
 from structprune.errors import StructpruneError
-from structprune.granularity import Granularity, IntraPattern
 from structprune.models import create
 from structprune.search.scoring import (
     LayerScorer,
@@ -19,6 +18,7 @@ from structprune.search.scoring import (
     intra_masks_from_choices,
     kernel_masks_from_bits,
 )
+from structprune.sparsity.granularity import Granularity, IntraPattern
 
 
 def tiny(bn: bool):

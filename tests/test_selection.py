@@ -11,12 +11,11 @@ from hypothesis import strategies as st
 from prune_nets import family_models
 
 from structprune import models
-from structprune.channel_groups import find_channel_groups
 from structprune.errors import StructpruneError
-from structprune.granularity import Granularity as G
-from structprune.granularity import IntraPattern
-from structprune.pruning import select_masks
-from structprune.selection import keep_count
+from structprune.sparsity.channel_groups import find_channel_groups
+from structprune.sparsity.granularity import Granularity as G
+from structprune.sparsity.granularity import IntraPattern
+from structprune.sparsity.selection import keep_count, select_masks
 
 FAMILIES = family_models()
 HAS_KERNEL_CONV = importlib.util.find_spec("structprune.compact.kernel_conv") is not None

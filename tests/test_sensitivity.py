@@ -12,16 +12,16 @@ import torch
 from structprune.cli import main
 from structprune.data import load_dataset
 from structprune.errors import StructpruneError
-from structprune.granularity import Granularity
-from structprune.masking import MaskApplier, apply_mask_
-from structprune.masks import NetworkMask
 from structprune.metrics import size_metrics
 from structprune.models import create
 from structprune.report import collect
 from structprune.report.plots import all_plots
 from structprune.runfolder import save_run
-from structprune.selection import SelectionConfig, select
 from structprune.sensitivity import SensitivityConfig, sweep
+from structprune.sparsity.granularity import Granularity
+from structprune.sparsity.masking import MaskApplier, apply_mask_
+from structprune.sparsity.masks import NetworkMask
+from structprune.sparsity.selection import SelectionConfig, select
 from structprune.train import TrainConfig, evaluate, train
 
 

@@ -10,8 +10,8 @@ import torch
 
 from structprune.data import load_dataset
 from structprune.errors import StructpruneError
-from structprune.pruning import select_masks
 from structprune.runfolder import load_run
+from structprune.sparsity.selection import select_masks
 from structprune.stages import (
     BenchConfig,
     QuantizeConfig,

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from structprune.compact.compaction import compact
-from structprune.granularity import IntraPattern
-from structprune.masks import NetworkMask
 from structprune.models import create
 from structprune.quant.storage import dense_original_bits, index_width, storage_report
 from structprune.quant.targets import quantized_weights
+from structprune.sparsity.granularity import IntraPattern
+from structprune.sparsity.masks import NetworkMask
 
 WEIGHTS, BIASES = 4168, 74
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from structprune.cli.common import add_output_arguments
 from structprune.output import claim_folder
-from structprune.pruning import compact_run
+from structprune.stages.prune import compact_run
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

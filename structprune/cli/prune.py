@@ -10,10 +10,10 @@ from pathlib import Path
 from structprune.cli.common import add_output_arguments, from_library, positive_int, seed
 from structprune.cli.prune_search import add_search_arguments, run_search
 from structprune.errors import StructpruneError
-from structprune.granularity import Granularity, IntraPattern
 from structprune.output import claim_folder
-from structprune.pruning import MaskChooser, prune_run, select_masks
-from structprune.selection import KERNEL_STRUCTURES, METHODS, SCOPES
+from structprune.sparsity.granularity import Granularity, IntraPattern
+from structprune.sparsity.selection import KERNEL_STRUCTURES, METHODS, SCOPES, select_masks
+from structprune.stages.prune import MaskChooser, prune_run
 
 GRANULARITIES = from_library(Granularity.parse_list, "granularity list")
 SEARCH_METHODS = ("pf", "epf", "random-best", "tp-l2")  # the mask search (structprune.search; options in prune_search.py)

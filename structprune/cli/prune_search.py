@@ -28,8 +28,8 @@ from structprune.cli.common import (
     positive_int,
 )
 from structprune.errors import StructpruneError
-from structprune.granularity import Granularity, IntraPattern
 from structprune.output import Output
+from structprune.sparsity.granularity import Granularity, IntraPattern
 
 DRIVER_METHOD = {"pf": "pf", "epf": "epf", "l1": "l1", "random-best": "random", "tp-l2": "tp-l2"}
 
@@ -97,9 +97,9 @@ def check_intra_patterns(model: torch.nn.Module, patterns: tuple[IntraPattern, .
 
 
 def run_search(args: argparse.Namespace, granularities: list[Granularity], output: Output) -> int:
-    from structprune.pruning import run_dataset
     from structprune.runcheck import load_checked_run
     from structprune.search.driver import SearchConfig, search_run
+    from structprune.stages.prune import run_dataset
 
     if args.method not in DRIVER_METHOD:
         raise StructpruneError(f"--method {args.method} cannot run the search schedule; use pf, epf, l1, random-best or tp-l2")

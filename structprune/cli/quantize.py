@@ -20,7 +20,6 @@ from structprune.cli.common import (
 from structprune.data import DATASETS
 from structprune.errors import StructpruneError
 from structprune.jsonio import read_json
-from structprune.masks import MASKS_FILE
 from structprune.output import claim_folder
 from structprune.quant.fixed_point import MAX_BITS, MIN_BITS, check_bits
 from structprune.quant.run import (
@@ -33,6 +32,7 @@ from structprune.quant.run import (
     describe_bits,
     quantize_run,
 )
+from structprune.sparsity.masks import MASKS_FILE
 
 
 def word_length(text: str) -> int:

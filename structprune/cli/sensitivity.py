@@ -8,7 +8,7 @@ from pathlib import Path
 
 from structprune.cli.common import positive_int, seed
 from structprune.errors import StructpruneError
-from structprune.granularity import Granularity
+from structprune.sparsity.granularity import Granularity
 
 
 def ratio_list(text: str) -> tuple[float, ...]:

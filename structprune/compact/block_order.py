@@ -1,4 +1,4 @@
-"""Channels reordered block by block, so that block-diagonal kernel masks (structprune.kernel_blocks) compact
+"""Channels reordered block by block, so that block-diagonal kernel masks (structprune.sparsity.kernel_blocks) compact
 into grouped convolutions that read their input as it comes.
 
 A channel group whose consumer convs keep their kernels in disjoint blocks of input maps is permuted so that
@@ -18,9 +18,9 @@ import logging
 import torch
 from torch import nn
 
-from structprune.channel_groups import ChannelGroup, ChannelGroups
-from structprune.kernel_blocks import group_producers, input_blocks, producing_layers
-from structprune.masks import NetworkMask
+from structprune.sparsity.channel_groups import ChannelGroup, ChannelGroups
+from structprune.sparsity.kernel_blocks import group_producers, input_blocks, producing_layers
+from structprune.sparsity.masks import NetworkMask
 
 log = logging.getLogger(__name__)
 

@@ -19,11 +19,11 @@ import torch
 from torch import nn
 
 from structprune.arch import example_input
-from structprune.channel_groups import ChannelGroups, build_dependency_graph, find_channel_groups
 from structprune.compact.block_order import order_blocks_
 from structprune.errors import StructpruneError
-from structprune.masking import MaskApplier, check_channel_roots
-from structprune.masks import LayerMask, NetworkMask
+from structprune.sparsity.channel_groups import ChannelGroups, build_dependency_graph, find_channel_groups
+from structprune.sparsity.masking import MaskApplier, check_channel_roots
+from structprune.sparsity.masks import LayerMask, NetworkMask
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from torch.utils.flop_counter import conv_flop_count, flop_registry, register_fl
 from structprune.arch import register_module_type
 from structprune.compact.conv_source import check_zero_padded_conv, take_weights_from
 from structprune.errors import StructpruneError
-from structprune.granularity import IntraPattern
+from structprune.sparsity.granularity import IntraPattern
 
 Pair = tuple[int, int]
 

@@ -36,7 +36,7 @@ from structprune.compact.intra_conv import (
     plan_pieces,
 )
 from structprune.errors import StructpruneError
-from structprune.granularity import IntraPattern
+from structprune.sparsity.granularity import IntraPattern
 
 # Above this many groups, separate convolutions (one per group, outputs concatenated) ran faster than one
 # grouped convolution in oneDNN on this CPU; up to it, the grouped one is as fast or faster.

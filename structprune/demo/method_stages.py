@@ -23,8 +23,8 @@ BENCH_BATCHES, BENCH_ROUNDS = (1, 64), 3
 
 def stage_search(ctx: DemoContext) -> None:
     """Particle filter at channel then intra-kernel scale on the dense run, short final retrain, compaction."""
-    from structprune.pruning import compact_run
     from structprune.search.driver import SearchConfig, search_run
+    from structprune.stages.prune import compact_run
 
     cfg = SearchConfig(seed=ctx.seed, **SEARCH)
     with torch_threads(1):

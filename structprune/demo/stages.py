@@ -54,8 +54,9 @@ def stage_train_dense(ctx: DemoContext) -> None:
 
 def stage_pruned(ctx: DemoContext) -> None:
     """Demo stage: L1 channel pruning at PRUNE_RATIO, retraining with the masks held, compaction."""
-    from structprune.pruning import compact_run, prune_run, select_masks
+    from structprune.sparsity.selection import select_masks
     from structprune.stages import retrain_run
+    from structprune.stages.prune import compact_run, prune_run
 
     pruned, retrained, compact = (ctx.work / name for name in PRUNED_RUNS)
 

@@ -16,7 +16,6 @@ from structprune.compact.compaction import compact
 from structprune.data import load_dataset
 from structprune.errors import StructpruneError
 from structprune.jsonio import read_json
-from structprune.masks import MASKS_FILE, NetworkMask
 from structprune.metrics import count_macs, count_params
 from structprune.output import Output, fingerprint_files
 from structprune.quant.apply import QuantPlan, plan_formats, plan_to_json, quantize_model_
@@ -29,6 +28,7 @@ from structprune.quant.targets import quantized_weights
 from structprune.runcheck import check_config, check_data_fits, load_checked_run
 from structprune.runfiles import PACKED_FILE, QUANT_FILE, SENSITIVITY_FILE, STORAGE_FILE
 from structprune.runfolder import as_output, write_run_files
+from structprune.sparsity.masks import MASKS_FILE, NetworkMask
 from structprune.train import TrainConfig, evaluate
 
 log = logging.getLogger(__name__)

@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from structprune.arch import factory_of
-from structprune.masks import LayerMask, NetworkMask
 from structprune.quant.targets import quantized_weights
+from structprune.sparsity.masks import LayerMask, NetworkMask
 
 FLOAT_BITS = 32
 

@@ -179,7 +179,7 @@ def find_runs(paths: list[str | Path]) -> list[Path]:
 def kept_fraction_from_masks(masks: dict[str, Any]) -> dict[str, float]:
     """Fraction of each masked conv layer's weights that its own masks keep (all three scales combined;
     input maps removed by the previous layer's channel mask are not subtracted)."""
-    from structprune.masks import NetworkMask
+    from structprune.sparsity.masks import NetworkMask
 
     network = NetworkMask.from_json(masks)
     out: dict[str, float] = {}

@@ -52,11 +52,7 @@ from tqdm import tqdm
 from structprune.arch import example_input
 from structprune.data import Dataset, Split
 from structprune.errors import StructpruneError
-from structprune.granularity import Granularity, IntraPattern
 from structprune.jsonio import read_json, write_json_atomic
-from structprune.kernel_blocks import assign_output_blocks, block_masks, input_blocks, output_blocks
-from structprune.masking import MaskApplier
-from structprune.masks import MASKS_FILE, LayerMask, NetworkMask
 from structprune.metrics import size_metrics
 from structprune.output import Output, fingerprint_files
 from structprune.retrain import retrain_masked
@@ -78,6 +74,10 @@ from structprune.search.scoring import (
     kernel_units,
     reestimate_norms,
 )
+from structprune.sparsity.granularity import Granularity, IntraPattern
+from structprune.sparsity.kernel_blocks import assign_output_blocks, block_masks, input_blocks, output_blocks
+from structprune.sparsity.masking import MaskApplier
+from structprune.sparsity.masks import MASKS_FILE, LayerMask, NetworkMask
 from structprune.train import TrainConfig, evaluate
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ class SearchConfig:
     lr: float = 0.01
     layers: tuple[str, ...] | None = None  # convolutions to prune (None: all)
     kernel_groups: int = 0  # kernel scale: 0 = free kernels; G >= 1 = G output-map groups sharing kept input maps
-    kernel_blocks: int = 0  # kernel scale: 2 = two blocks per layer (structprune.kernel_blocks), half the kernels
+    kernel_blocks: int = 0  # kernel scale: 2 = two blocks per layer (structprune.sparsity.kernel_blocks), half the kernels
     intra_shared: bool = False  # intra scale: one pattern for the whole layer instead of one per input map
     intra_patterns: tuple[tuple[int, int], ...] | None = None  # intra scale: (start, stride) choices (None: all)
     scope: str = "layer"  # "layer": one layer at a time; "global": one channel search over every layer at once

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from structprune.errors import StructpruneError
-from structprune.granularity import Granularity, IntraPattern
+from structprune.sparsity.granularity import Granularity, IntraPattern
 
 # Modules between a conv and the next weighted layer through which a zeroed map stays zero
 # (its batch norm counts: a pruned map's norm is pruned with it).

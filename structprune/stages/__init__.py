@@ -2,10 +2,10 @@
 under the output policy (structprune.output: a new folder, staged, resumable) and returns it with its metrics.
 
   train_run      a registered model trained on a dataset                 (structprune.stages.train)
-  prune_run      masks chosen one-shot (L1, random) and applied          (structprune.pruning)
+  prune_run      masks chosen one-shot (L1, random) and applied          (structprune.stages.prune)
   search_run     masks chosen by the particle filter, layer by layer     (structprune.search.driver)
   retrain_run    retraining with the masks held, optionally distilled    (structprune.stages.retrain)
-  compact_run    the masked network as smaller dense layers              (structprune.pruning)
+  compact_run    the masked network as smaller dense layers              (structprune.stages.prune)
   quantize_run   fixed-point weights and the packed artifact             (structprune.quant.run)
   export_run     ONNX, checked with ONNX Runtime                          (structprune.stages.export)
   bench_runs     latency of runs against the first one                   (structprune.stages.measure)
@@ -14,11 +14,11 @@ under the output policy (structprune.output: a new folder, staged, resumable) an
 The CLI verbs, `reproduce` and the demo are sequences of these calls.
 """
 
-from structprune.pruning import compact_run, prune_run
 from structprune.quant.run import QuantizeConfig, quantize_run
 from structprune.search.driver import SearchConfig, search_run
 from structprune.stages.export import export_run
 from structprune.stages.measure import BenchConfig, bench_runs, report_runs
+from structprune.stages.prune import compact_run, prune_run
 from structprune.stages.retrain import Teacher, retrain_run
 from structprune.stages.train import TrainRunConfig, train_run
 

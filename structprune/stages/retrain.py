@@ -13,11 +13,12 @@ from structprune.distill import DEFAULT_TEMPERATURE, DEFAULT_WEIGHT, teacher_for
 from structprune.errors import StructpruneError
 from structprune.metrics import run_metrics
 from structprune.output import Output
-from structprune.pruning import channel_groups_of, load_masks, mask_summary, run_dataset
 from structprune.retrain import retrain_compact, retrain_masked
 from structprune.runcheck import load_checked_run
 from structprune.runfiles import MASKS_FILE
 from structprune.runfolder import as_output, run_fingerprint, save_run
+from structprune.sparsity.selection import channel_groups_of
+from structprune.stages.prune import load_masks, mask_summary, run_dataset
 from structprune.train import TrainConfig
 
 log = logging.getLogger(__name__)

@@ -21,9 +21,9 @@ import logging
 import torch
 from torch import nn
 
-from structprune.channel_groups import ChannelGroup, ChannelGroups, GroupMember
 from structprune.errors import StructpruneError
-from structprune.masks import NetworkMask
+from structprune.sparsity.channel_groups import ChannelGroup, ChannelGroups, GroupMember
+from structprune.sparsity.masks import NetworkMask
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from structprune.arch import example_input
-from structprune.channel_groups import ChannelGroups, find_channel_groups
 from structprune.errors import StructpruneError
-from structprune.masks import NetworkMask
+from structprune.sparsity.channel_groups import ChannelGroups, find_channel_groups
+from structprune.sparsity.masks import NetworkMask
 
 
 def _slice_factor(param: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:

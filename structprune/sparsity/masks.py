@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from structprune.errors import StructpruneError
-from structprune.granularity import IntraPattern
 from structprune.runfiles import MASKS_FILE
+from structprune.sparsity.granularity import IntraPattern
 
 MASKS_FORMAT = "structprune-masks/1"
 

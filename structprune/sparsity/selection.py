@@ -4,7 +4,7 @@
            `linear_ratio`, also the hidden units of fully connected layers (score: the unit's weight row)
   kernel   per (out, in) kernel: score = sum of |w| of the k×k kernel; unstructured, structured
            (output maps in groups sharing their kept input maps, B1's `structured_kernel_mask`), or blocks
-           (each output map reads only the input maps of its own block: structprune.kernel_blocks)
+           (each output map reads only the input maps of its own block: structprune.sparsity.kernel_blocks)
   intra    per input map of a conv: the (start, stride) pattern with the requested tap count that keeps
            the most L1 over the kernels reading that map (or, `intra_shared`, one pattern per layer)
 
@@ -19,15 +19,17 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from structprune.channel_groups import ChannelGroups
+from structprune.arch import example_input
 from structprune.errors import StructpruneError
-from structprune.granularity import Granularity, IntraPattern
-from structprune.kernel_blocks import select_kernel_blocks
-from structprune.masks import NetworkMask
+from structprune.sparsity.channel_groups import ChannelGroups, find_channel_groups
+from structprune.sparsity.granularity import Granularity, IntraPattern
+from structprune.sparsity.kernel_blocks import select_kernel_blocks
+from structprune.sparsity.masks import NetworkMask
 
 METHODS = ("l1", "random")
 SCOPES = ("layer", "global")
@@ -39,7 +41,7 @@ class SelectionConfig:
     method: str = "l1"  # "l1" | "random"
     scope: str = "layer"  # "layer" | "global"
     seed: int = 0
-    kernel_structure: str = "unstructured"  # "unstructured" | "structured" | "blocks" (structprune.kernel_blocks)
+    kernel_structure: str = "unstructured"  # "unstructured" | "structured" | "blocks" (structprune.sparsity.kernel_blocks)
     kernel_groups: int = 4  # structured kernels: output-map groups per layer sharing kept input maps; blocks: G
     round_to: int = 1  # kept maps (channel scale; per block with kernel blocks) and kept input maps per group
     # (structured kernels) rounded up to a multiple: 8 suits CPU kernels, 16 ONNX Runtime's with AVX-512
@@ -363,3 +365,33 @@ def select(
             select_intra(model, groups, r, cfg, mask, gen)
     mask.validate(model)
     return mask
+
+
+def select_masks(
+    model: nn.Module,
+    granularities: list[Granularity] | str,
+    ratio: float | list[float],
+    method: str = "l1",
+    scope: str = "layer",
+    seed: int = 0,
+    groups: ChannelGroups | None = None,
+    base: NetworkMask | None = None,
+    **options: Any,
+) -> NetworkMask:
+    """Masks at `ratio` (one, or one per granularity) by L1 magnitude or at random.
+
+    `options` are further SelectionConfig fields (kernel_structure, kernel_groups, round_to, intra_shared,
+    linear_ratio).
+    `base`: an earlier mask to nest in (its pruned units stay pruned).
+    """
+    grans = Granularity.parse_list(granularities) if isinstance(granularities, str) else list(granularities)
+    ratios = list(ratio) if isinstance(ratio, list | tuple) else [float(ratio)]
+    cfg = SelectionConfig(method=method, scope=scope, seed=seed, **options)
+    if groups is None and (Granularity.CHANNEL in grans or base is not None or cfg.linear_ratio > 0
+                           or selects_kernel_blocks(grans, cfg)):
+        groups = channel_groups_of(model)
+    return select(model, grans, ratios, cfg, groups=groups, base=base)
+
+
+def channel_groups_of(model: nn.Module) -> ChannelGroups:
+    return find_channel_groups(model, example_input(model))

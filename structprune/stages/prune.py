@@ -1,6 +1,5 @@
-"""Pruning a run folder: choose masks, write the masked run; compact a masked run into a smaller network.
+"""The prune and compact stages: choose masks, write the masked run; compact a masked run into a smaller network.
 
-  select_masks(model, ...)      masks by L1 magnitude or at random (the baselines the search is compared with)
   prune_run(src, out, ...)      src run + masks -> out run: same arch, pruned weights zero, masks.json
   compact_run(src, out)         masked run -> compact run: smaller layers, its own params/MACs/MCR
 """
@@ -15,18 +14,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from structprune.channel_groups import ChannelGroups, find_channel_groups
 from structprune.compact.compaction import compact
 from structprune.data import Dataset, load_dataset
 from structprune.errors import StructpruneError
-from structprune.granularity import Granularity
-from structprune.masking import MaskApplier
-from structprune.masks import MASKS_FILE, NetworkMask
 from structprune.metrics import evaluation_metrics, size_metrics
 from structprune.output import Output
 from structprune.runcheck import check_data_fits, load_checked_run
 from structprune.runfolder import Run, as_output, save_run
-from structprune.selection import SelectionConfig, select, selects_kernel_blocks
+from structprune.sparsity.channel_groups import ChannelGroups
+from structprune.sparsity.masking import MaskApplier
+from structprune.sparsity.masks import MASKS_FILE, NetworkMask
+from structprune.sparsity.selection import channel_groups_of
 
 log = logging.getLogger(__name__)
 
@@ -34,38 +32,6 @@ log = logging.getLogger(__name__)
 # `base` is the mask the run already carries (prune a pruned run further): the result must nest inside it.
 # The particle-filter search plugs in here (cli/prune.py builds one chooser per --method).
 MaskChooser = Callable[[nn.Module, ChannelGroups, Dataset | None, NetworkMask | None], NetworkMask]
-
-
-def select_masks(
-    model: nn.Module,
-    granularities: list[Granularity] | str,
-    ratio: float | list[float],
-    method: str = "l1",
-    scope: str = "layer",
-    seed: int = 0,
-    groups: ChannelGroups | None = None,
-    base: NetworkMask | None = None,
-    **options: Any,
-) -> NetworkMask:
-    """Masks at `ratio` (one, or one per granularity) by L1 magnitude or at random.
-
-    `options` are further SelectionConfig fields (kernel_structure, kernel_groups, round_to, intra_shared,
-    linear_ratio).
-    `base`: an earlier mask to nest in (its pruned units stay pruned).
-    """
-    grans = Granularity.parse_list(granularities) if isinstance(granularities, str) else list(granularities)
-    ratios = list(ratio) if isinstance(ratio, list | tuple) else [float(ratio)]
-    cfg = SelectionConfig(method=method, scope=scope, seed=seed, **options)
-    if groups is None and (Granularity.CHANNEL in grans or base is not None or cfg.linear_ratio > 0
-                           or selects_kernel_blocks(grans, cfg)):
-        groups = channel_groups_of(model)
-    return select(model, grans, ratios, cfg, groups=groups, base=base)
-
-
-def channel_groups_of(model: nn.Module) -> ChannelGroups:
-    from structprune.arch import example_input
-
-    return find_channel_groups(model, example_input(model))
 
 
 def run_dataset(run: Run, data_dir: str | Path | None = None) -> Dataset | None:
