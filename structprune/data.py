@@ -97,12 +97,13 @@ SPECS = {
     "fashion-mnist": _Spec((1, 28, 28), (0.2860,), (0.3530,)),
     "cifar10": _Spec((3, 32, 32), (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), augment=True),
 }
-DEFAULT_VAL_MAX = 5000  # the default validation split: a tenth of the training images, at most this many
+DEFAULT_VAL_MAX = 5000  # the default validation split: this many, or a tenth of a smaller training set
 
 
 def default_val_size(train_images: int) -> int:
-    """A tenth of the training images, at most DEFAULT_VAL_MAX, at least 1."""
-    return max(1, min(DEFAULT_VAL_MAX, train_images // 10))
+    """DEFAULT_VAL_MAX images when that is at most a fifth of the training set (MNIST, CIFAR-10: enough to compare
+    methods), else a tenth of it (at least 1)."""
+    return DEFAULT_VAL_MAX if train_images >= 5 * DEFAULT_VAL_MAX else max(1, train_images // 10)
 
 
 def dataset_shape(name: str) -> tuple[int, int, int, int]:
@@ -248,7 +249,7 @@ def _choose_val_size(val_size: int | None, train_images: int) -> int:
     """The validation split's size: as given (1 to train_images - 1), or by default a tenth, at most 5,000."""
     if val_size is None:
         val = default_val_size(train_images)
-        log.info("validation split: %d of the %d training images (a tenth, at most %d; --val-size sets it)",
+        log.info("validation split: %d of the %d training images (%d, or a tenth of a smaller set; --val-size sets it)",
                  val, train_images, DEFAULT_VAL_MAX)
         return val
     if isinstance(val_size, bool) or not isinstance(val_size, int) or not 1 <= val_size < train_images:

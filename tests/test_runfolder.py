@@ -101,9 +101,7 @@ def test_failed_write_leaves_no_folder(tmp_path):
     with pytest.raises(RuntimeError), claim_folder(tmp_path / "run", "train").publish() as tmp:
         (tmp / "half.json").write_text("{")
         raise RuntimeError("crash mid-write")
-    assert not (tmp_path / "run").exists()
-    assert [p.name for p in tmp_path.iterdir()] == [".run.structprune"]  # the staging area keeps checkpoints only
-    assert not (tmp_path / ".run.structprune" / "work").exists()
+    assert list(tmp_path.iterdir()) == []  # nothing to resume: the staging folder goes too
 
 
 def test_failed_overwrite_keeps_the_previous_run(tmp_path):
@@ -113,7 +111,7 @@ def test_failed_overwrite_keeps_the_previous_run(tmp_path):
     with pytest.raises(RuntimeError), claim_folder(out, "test", overwrite=True).publish():
         raise RuntimeError("crash")
     assert (out / MODEL_FILE).read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".run.structprune", "run"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
 def test_destination_under_a_file_is_refused(tmp_path):

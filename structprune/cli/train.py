@@ -72,7 +72,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup-epochs", type=non_negative_float, default=0.0,
                    help="linear learning-rate warm-up (epochs, may be fractional)")
     p.add_argument("--val-size", type=positive_int, default=None,
-                   help="validation images carved from the training set (default: a tenth of them, at most 5,000)")
+                   help="validation images carved from the training set (default 5,000, or a tenth of a set under 25,000)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--model-arg", action="append", type=model_arg, default=[], metavar="KEY=VALUE",
                    help="extra model argument, e.g. bn=true (repeatable)")
