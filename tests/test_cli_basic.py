@@ -168,3 +168,6 @@ def test_demo_writes_a_report(tmp_path, capsys):
     report = (out / "report.md").read_text()
     assert "## Dense baseline" in report and "test MCR" in report
     assert load_run(out / "dense").arch["kwargs"]["input_size"] == 8
+    bench = json.loads((out / "bench.json").read_text())  # records name the runs where they end up
+    assert {Path(r["run"]).parent for r in bench} == {out} and not any(".structprune" in r["run"] for r in bench)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]
