@@ -15,38 +15,23 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from structprune import stages
 from structprune.data import Dataset, load_dataset
 from structprune.errors import StructpruneError
 from structprune.jsonio import read_json, write_json_atomic
 from structprune.output import Output, claim_folder
 from structprune.recipes import RECIPES, Recipe, recipe_for
 from structprune.runcheck import load_checked_run
-from structprune.runfiles import BENCH_FILE, CONFIG_FILE, EXPORT_FILE, MASKS_FILE, METRICS_FILE, SENSITIVITY_FILE, STATUS_FILE
+from structprune.runfiles import BENCH_FILE, CONFIG_FILE, EXPORT_FILE, METRICS_FILE, SENSITIVITY_FILE, STATUS_FILE
 from structprune.runfolder import run_fingerprint
 from structprune.sensitivity import SensitivityConfig, sweep
 from structprune.sparsity.selection import select_masks
-from structprune.stages import (
-    BenchConfig,
-    QuantizeConfig,
-    SearchConfig,
-    TrainRunConfig,
-    bench_runs,
-    compact_run,
-    export_run,
-    prune_run,
-    quantize_run,
-    report_runs,
-    retrain_run,
-    search_run,
-    train_run,
-)
 from structprune.train import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -109,13 +94,19 @@ def stage_digest(ctx: Context, stage: Stage) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ stages
-def train_stage(ctx: Context) -> None:
-    if ctx.trained is not None:
-        return adopt_trained_run(ctx)
+def train_config(ctx: Context) -> stages.TrainRunConfig:
     r = ctx.recipe
-    cfg = TrainRunConfig(model=r.model, dataset=r.dataset, train=r.train, model_kwargs=r.model_kwargs,
-                         data_dir=ctx.data_dir, val_size=r.val_size, channels_last="off")
-    train_run(ctx.output(TRAIN, "train"), cfg, ctx.data, progress=ctx.progress, extra_config={"stage": TRAIN})
+    return stages.TrainRunConfig(model=r.model, dataset=r.dataset, train=r.train, model_kwargs=r.model_kwargs,
+                                 data_dir=ctx.data_dir, val_size=r.val_size, channels_last="off")
+
+
+def train_stage(ctx: Context) -> None:
+    """The recipe's dense run, or a copy of the --from-run one (reproduce.json names it)."""
+    if ctx.trained is not None:
+        stages.adopt_run(ctx.trained, ctx.output(TRAIN, "train"), train_config(ctx))
+    else:
+        stages.train_run(ctx.output(TRAIN, "train"), train_config(ctx), ctx.data, progress=ctx.progress,
+                         extra_config={"stage": TRAIN})
 
 
 def sensitivity_stage(ctx: Context) -> None:
@@ -133,14 +124,14 @@ def ladder_stage(name: str, method: str, scale: str, ratio: float) -> Stage:
 
         config = {"stage": "ladder", "granularity": scale, "method": method,
                   "prune": {"granularity": [scale], "method": method, "ratio": [ratio], "scope": "layer", "seed": 0}}
-        prune_run(ctx.path(TRAIN), ctx.output(name, "prune"), choose, config, data_dir=ctx.data_dir)
+        stages.prune_run(ctx.path(TRAIN), ctx.output(name, "prune"), choose, config, data_dir=ctx.data_dir)
 
     return Stage(name, run, (TRAIN,))
 
 
 def search_stage(ctx: Context) -> None:
-    cfg = SearchConfig(granularities=tuple(ctx.recipe.scales), **ctx.recipe.search)
-    search_run(load_checked_run(ctx.path(TRAIN)), ctx.data, cfg, ctx.output(SEARCH, "prune"),
+    cfg = stages.SearchConfig(granularities=tuple(ctx.recipe.scales), **ctx.recipe.search)
+    stages.search_run(load_checked_run(ctx.path(TRAIN)), ctx.data, cfg, ctx.output(SEARCH, "prune"),
                extra_config={"stage": SEARCH, "granularity": ",".join(cfg.granularities), "method": cfg.method})
 
 
@@ -148,22 +139,31 @@ def retrain_stage(ctx: Context) -> None:
     r = ctx.recipe
     cfg = TrainConfig(epochs=r.retrain_epochs, lr=r.retrain_lr, batch_size=r.train.batch_size, seed=r.train.seed)
     data = ctx.data if r.retrain_images is None else replace(ctx.data, train=ctx.data.train.subset(r.retrain_images))
-    retrain_run(ctx.path(SEARCH), ctx.output(RETRAIN, "retrain"), cfg, data, progress=ctx.progress,
+    stages.retrain_run(ctx.path(SEARCH), ctx.output(RETRAIN, "retrain"), cfg, data, progress=ctx.progress,
                 extra_config={"stage": RETRAIN})
 
 
 def quantize_stage(ctx: Context) -> None:
-    cfg = QuantizeConfig(bits=ctx.recipe.bits, epochs=ctx.recipe.quant_epochs, data_dir=ctx.data_dir)
-    quantize_run(ctx.path(RETRAIN), ctx.output(QUANT, "quantize"), cfg, progress=ctx.progress)
+    cfg = stages.QuantizeConfig(bits=ctx.recipe.bits, epochs=ctx.recipe.quant_epochs, data_dir=ctx.data_dir)
+    stages.quantize_run(ctx.path(RETRAIN), ctx.output(QUANT, "quantize"), cfg, progress=ctx.progress)
+
+
+def compact_stage(ctx: Context) -> None:
+    stages.compact_run(ctx.path(QUANT), ctx.output(COMPACT, "compact"), data_dir=ctx.data_dir, config={"stage": COMPACT})
+
+
+def report_stage(ctx: Context) -> None:
+    stages.report_runs([ctx.out], [ctx.path("report.md"), ctx.path("report.html")],
+                       f"structprune reproduce {ctx.recipe.dataset}")
 
 
 def bench_stage(ctx: Context) -> None:
     """Dense against compact, with the compact network's references (structprune.bench.REFERENCES): the same
     network masked but run with dense tensors, and the same nonzeros run as unstructured sparse (CSR)."""
     r = ctx.recipe
-    cfg = BenchConfig(batches=r.bench_batches, threads=r.bench_threads, rounds=r.bench_rounds,
+    cfg = stages.BenchConfig(batches=r.bench_batches, threads=r.bench_threads, rounds=r.bench_rounds,
                       references=("masked-dense", "unstructured"))
-    bench_runs([ctx.path(TRAIN), ctx.path(COMPACT)], cfg, reference_runs=(1,), out_json=ctx.path(BENCH_FILE),
+    stages.bench_runs([ctx.path(TRAIN), ctx.path(COMPACT)], cfg, reference_runs=(1,), out_json=ctx.path(BENCH_FILE),
                progress=ctx.progress)
 
 
@@ -177,44 +177,15 @@ def stages_for(recipe: Recipe) -> list[Stage]:
         Stage(SEARCH, search_stage, (TRAIN,)),
         Stage(RETRAIN, retrain_stage, (SEARCH,)),
         Stage(QUANT, quantize_stage, (RETRAIN,)),
-        Stage(COMPACT, lambda ctx: compact_run(ctx.path(QUANT), ctx.output(COMPACT, "compact"), data_dir=ctx.data_dir,
-                                               config={"stage": COMPACT}), (QUANT,)),
-        Stage(EXPORT, lambda ctx: export_run(ctx.path(COMPACT), ctx.output(EXPORT, "export")), (COMPACT,),
+        Stage(COMPACT, compact_stage, (QUANT,)),
+        Stage(EXPORT, lambda ctx: stages.export_run(ctx.path(COMPACT), ctx.output(EXPORT, "export")), (COMPACT,),
               _has(f"{EXPORT}/{EXPORT_FILE}")),
         Stage("bench", bench_stage, (TRAIN, COMPACT), _has(BENCH_FILE)),
-        Stage("report", lambda ctx: report_runs([ctx.out], [ctx.path("report.md"), ctx.path("report.html")],
-                                                f"structprune reproduce {ctx.recipe.dataset}"), (), lambda ctx: False),
+        Stage("report", report_stage, (), lambda ctx: False),  # always redrawn from what is there
     ]
 
 
 # ------------------------------------------------------------------------------------------------ driver
-def check_trained_run(ctx: Context, source: Path) -> None:
-    """A dense run that can serve as the `train` stage: the recipe's model trained on the recipe's dataset with
-    the recipe's validation split, without masks (checked before anything is written)."""
-    run = load_checked_run(source)
-    model, dataset, val_size = (run.config.get(k) for k in ("model", "dataset", "val_size"))
-    if model != ctx.recipe.model or dataset != ctx.recipe.dataset:
-        raise StructpruneError(f"{source}: holds {model!r} trained on {dataset!r}; this reproduction needs "
-                               f"{ctx.recipe.model!r} on {ctx.recipe.dataset!r}")
-    if (run.path / MASKS_FILE).is_file():
-        raise StructpruneError(f"{source}: is a pruned run ({MASKS_FILE}); start from the dense one")
-    if val_size is not None and val_size != ctx.recipe.val_size:
-        raise StructpruneError(f"{source}: trained with {val_size} validation images held out, the recipe holds out "
-                               f"{ctx.recipe.val_size}: the search would score images the network was trained on")
-
-
-def adopt_trained_run(ctx: Context) -> None:
-    """Copy the --from-run dense run into OUT/train atomically; reproduce.json names the source."""
-    assert ctx.trained is not None
-    check_trained_run(ctx, ctx.trained)
-    with ctx.output(TRAIN, "train").publish() as tmp:
-        for item in ctx.trained.iterdir():
-            if item.is_file() and item.name != SENSITIVITY_FILE:
-                shutil.copy2(item, tmp / item.name)
-        config = {**read_json(ctx.trained / CONFIG_FILE), "verb": "train", "adopted_from": str(ctx.trained)}
-        write_json_atomic(tmp / CONFIG_FILE, config)
-
-
 def _status(ctx: Context, seconds: dict[str, float], skipped: list[str], digests: dict[str, str]) -> None:
     previous = read_json(ctx.path(STATUS_FILE)) if ctx.path(STATUS_FILE).is_file() else {}
     write_json_atomic(ctx.path(STATUS_FILE), {
@@ -238,7 +209,7 @@ def reproduce(dataset: str, out: str | Path | Output, quick: bool = False, data_
                   trained=Path(trained) if trained is not None else None)
     ctx.data  # noqa: B018  (a missing dataset fails here, before anything is written)
     if ctx.trained is not None:
-        check_trained_run(ctx, ctx.trained)
+        stages.check_adoptable(ctx.trained, train_config(ctx))
     status = read_json(ctx.path(STATUS_FILE)) if ctx.path(STATUS_FILE).is_file() else {}
     if status and status.get("dataset") != recipe.dataset:
         raise StructpruneError(f"{output.path}: holds a reproduction of {status.get('dataset')!r}, not {recipe.dataset!r}")

@@ -1,7 +1,7 @@
 """One library call per stage of the method. Each takes run folders and typed configs, writes a new run folder
 under the output policy (structprune.output: a new folder, staged, resumable) and returns it with its metrics.
 
-  train_run      a registered model trained on a dataset                 (structprune.stages.train)
+  train_run      a registered model trained on a dataset (adopt_run: an already trained one)  (stages.train)
   prune_run      masks chosen one-shot (L1, random) and applied          (structprune.stages.prune)
   search_run     masks chosen by the particle filter, layer by layer     (structprune.search.driver)
   retrain_run    retraining with the masks held, optionally distilled    (structprune.stages.retrain)
@@ -20,7 +20,23 @@ from structprune.stages.export import export_run
 from structprune.stages.measure import BenchConfig, bench_runs, report_runs
 from structprune.stages.prune import compact_run, prune_run
 from structprune.stages.retrain import Teacher, retrain_run
-from structprune.stages.train import TrainRunConfig, train_run
+from structprune.stages.train import TrainRunConfig, adopt_run, check_adoptable, train_run
 
-__all__ = ["BenchConfig", "QuantizeConfig", "SearchConfig", "Teacher", "TrainRunConfig", "bench_runs", "compact_run",
-           "export_run", "prune_run", "quantize_run", "report_runs", "retrain_run", "search_run", "train_run"]
+__all__ = [
+           "BenchConfig",
+           "QuantizeConfig",
+           "SearchConfig",
+           "Teacher",
+           "TrainRunConfig",
+           "adopt_run",
+           "bench_runs",
+           "check_adoptable",
+           "compact_run",
+           "export_run",
+           "prune_run",
+           "quantize_run",
+           "report_runs",
+           "retrain_run",
+           "search_run",
+           "train_run",
+]

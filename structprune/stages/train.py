@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -13,9 +14,12 @@ import torch
 from structprune import __version__
 from structprune.data import Dataset, dataset_shape, is_folder_dataset, load_dataset
 from structprune.errors import StructpruneError
+from structprune.jsonio import read_json, write_json_atomic
 from structprune.metrics import run_metrics
 from structprune.models import create
 from structprune.output import Output
+from structprune.runcheck import load_checked_run
+from structprune.runfiles import CONFIG_FILE, MASKS_FILE, SENSITIVITY_FILE
 from structprune.runfolder import as_output, save_run
 from structprune.train import TrainConfig, resolve_device, train
 
@@ -93,3 +97,32 @@ def train_run(out: Output | str | Path, cfg: TrainRunConfig, data: Dataset | Non
               "device": str(device), "channels_last": channels_last, "threads": torch.get_num_threads(),
               "train": asdict(cfg.train), "structprune": __version__, "torch": torch.__version__}
     return save_run(output, model, None, metrics, config), metrics
+
+
+def check_adoptable(src: str | Path, cfg: TrainRunConfig) -> None:
+    """A trained run that can stand for `cfg`'s training: the same model on the same dataset with the same
+    validation split, without masks (else the search would score images the network was trained on)."""
+    run = load_checked_run(src)
+    model, dataset, val_size = (run.config.get(k) for k in ("model", "dataset", "val_size"))
+    if model != cfg.model or dataset != cfg.dataset:
+        raise StructpruneError(f"{src}: holds {model!r} trained on {dataset!r}; this needs {cfg.model!r} on "
+                               f"{cfg.dataset!r}")
+    if (run.path / MASKS_FILE).is_file():
+        raise StructpruneError(f"{src}: is a pruned run ({MASKS_FILE}); start from the dense one")
+    if val_size is not None and cfg.val_size is not None and val_size != cfg.val_size:
+        raise StructpruneError(f"{src}: trained with {val_size} validation images held out, this needs "
+                               f"{cfg.val_size}: the search would score images the network was trained on")
+
+
+def adopt_run(src: str | Path, out: Output | str | Path, cfg: TrainRunConfig) -> Path:
+    """An already trained run copied into `out` as the train stage (checked by check_adoptable); its config
+    names where it came from."""
+    check_adoptable(src, cfg)
+    output = as_output(out, "train", inputs=(src,))
+    with output.publish() as tmp:
+        for item in Path(src).iterdir():
+            if item.is_file() and item.name != SENSITIVITY_FILE:
+                shutil.copy2(item, tmp / item.name)
+        config = {**read_json(Path(src) / CONFIG_FILE), "verb": "train", "adopted_from": str(src)}
+        write_json_atomic(tmp / CONFIG_FILE, config)
+    return output.path
