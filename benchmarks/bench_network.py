@@ -29,7 +29,7 @@ from structprune.bench import RUNTIMES, Candidate, bench, runtime_candidate
 from structprune.compact.compaction import compact, unread_channels
 from structprune.metrics import count_macs, count_params
 from structprune.sparsity.channel_groups import ChannelGroups, find_channel_groups
-from structprune.sparsity.granularity import Granularity, IntraPattern
+from structprune.sparsity.granularity import Granularity, IntraPattern, KernelForm
 from structprune.sparsity.masking import MaskApplier
 from structprune.sparsity.masks import NetworkMask
 from structprune.sparsity.selection import select_masks
@@ -74,16 +74,16 @@ def parse_config(name: str, round_to: int = 8) -> tuple[str, list[float], dict]:
             if not part.endswith("of9") or number not in INTRA_PATTERNS:
                 raise SystemExit(f"bad configuration {name!r} at {part!r}: " + CONFIG_HELP)
             ratios.append(1 - number / 9)
-            options["intra_candidates"] = (INTRA_PATTERNS[number],)
+            options["intra_patterns"] = (INTRA_PATTERNS[number],)
         else:
             if part.endswith("of9") or not 0 < number < 100:
                 raise SystemExit(f"bad configuration {name!r} at {part!r}: " + CONFIG_HELP)
             ratios.append(number / 100)
             options["round_to"] = round_to
             if scale == "kernel" and m.group(4):  # blocks: each output map reads only its block's input maps
-                options.update(kernel_structure="blocks", kernel_groups=int(m.group(4)))
+                options["kernel"] = KernelForm("blocks", int(m.group(4)))
             elif scale == "kernel":
-                options.update(kernel_structure="structured", kernel_groups=int(m.group(3) or 1))
+                options["kernel"] = KernelForm("structured", int(m.group(3) or 1))
         grans.append(scale)
     order = sorted(range(len(grans)), key=lambda i: ("channel", "kernel", "intra").index(grans[i]))
     return ",".join(grans[i] for i in order), [ratios[i] for i in order], options

@@ -23,7 +23,7 @@ from structprune.data import load_dataset
 from structprune.retrain import retrain_masked
 from structprune.runfolder import load_run
 from structprune.sparsity.channel_groups import find_channel_groups
-from structprune.sparsity.granularity import IntraPattern
+from structprune.sparsity.granularity import IntraPattern, KernelForm
 from structprune.sparsity.masking import MaskApplier
 from structprune.sparsity.selection import select_masks
 from structprune.train import TrainConfig, evaluate
@@ -32,7 +32,7 @@ RTOL = 1e-4
 CKI = ("channel,kernel,intra", [0.5, 0.5, 6 / 9])
 # the fast variant (benchmarks/bench_network.py): whole maps in multiples of 8, every output map keeping the same
 # input maps, the centre column of each 3×3 kernel
-FAST = {"round_to": 8, "kernel_structure": "structured", "kernel_groups": 1, "intra_candidates": (IntraPattern(1, 3),)}
+FAST = {"round_to": 8, "kernel": KernelForm("structured", 1), "intra_patterns": (IntraPattern(1, 3),)}
 
 
 def relative_gap(a: torch.Tensor, b: torch.Tensor) -> float:

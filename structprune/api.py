@@ -43,7 +43,7 @@ from structprune.rebuild import rebuild
 from structprune.runfolder import ARCH_FILE, MODEL_FILE, load_run, load_state, save_run
 from structprune.search.particle_filter import BitSpace, ChoiceSpace, ParticleFilter, PFConfig
 from structprune.sparsity.channel_groups import ChannelGroups, find_channel_groups
-from structprune.sparsity.granularity import Granularity, IntraPattern
+from structprune.sparsity.granularity import Granularity, IntraPattern, KernelForm
 from structprune.sparsity.masking import MaskApplier
 from structprune.sparsity.masks import MASKS_FILE, LayerMask, NetworkMask
 from structprune.sparsity.selection import SelectionConfig, kernels_left, select
@@ -51,8 +51,7 @@ from structprune.sparsity.selection import SelectionConfig, kernels_left, select
 log = logging.getLogger(__name__)
 
 ScoreFn = Callable[[nn.Module], float]  # the network (masked in place while called) -> score, lower is better
-SELECTION_OPTIONS = ("scope", "seed", "kernel_structure", "kernel_groups", "round_to", "intra_shared",
-                     "intra_candidates", "linear_ratio")
+SELECTION_OPTIONS = ("scope", "seed", "kernel", "round_to", "intra_shared", "intra_patterns", "linear_ratio")
 
 
 # ----------------------------------------------------------------------------------------------- checks
@@ -124,9 +123,19 @@ def _selection_config(method: str, options: dict[str, Any]) -> SelectionConfig:
     unknown = sorted(set(options) - set(SELECTION_OPTIONS))
     if unknown:
         raise StructpruneError(f"unknown option(s) {', '.join(unknown)}; options: {', '.join(SELECTION_OPTIONS)}")
-    if options.get("intra_candidates") is not None:
-        options = {**options, "intra_candidates": tuple(IntraPattern(int(a), int(b)) for a, b in options["intra_candidates"])}
+    if isinstance(options.get("kernel"), str):
+        options = {**options, "kernel": KernelForm.parse(options["kernel"])}
+    if options.get("intra_patterns") is not None:
+        options = {**options, "intra_patterns": _patterns(options["intra_patterns"])}
     return SelectionConfig(method=method, **options)
+
+
+def _patterns(value: Any) -> tuple[IntraPattern, ...]:
+    """IntraPatterns, or (start, stride) pairs, as a tuple of IntraPattern."""
+    try:
+        return tuple(p if isinstance(p, IntraPattern) else IntraPattern(int(p[0]), int(p[1])) for p in value)
+    except (TypeError, ValueError, IndexError):
+        raise StructpruneError(f"intra_patterns must list IntraPatterns or (start, stride) pairs, not {value!r}") from None
 
 
 def _groups(model: nn.Module, sample: torch.Tensor) -> ChannelGroups:
@@ -148,8 +157,8 @@ def prune(
     "channel,intra"; one ratio, or one per granularity), chosen by L1 magnitude ("l1") or at random ("random").
 
     The model is not changed. `base`: earlier masks to nest in. `options`: scope ("layer" | "global"), seed,
-    kernel_structure ("unstructured" | "structured" | "blocks"), kernel_groups, round_to, intra_shared,
-    intra_candidates (pairs (start, stride)), linear_ratio (hidden units of fully connected layers).
+    kernel (a KernelForm, or its text: "unstructured", "structured:G", "blocks:G"), round_to, intra_shared,
+    intra_patterns (IntraPatterns or (start, stride) pairs), linear_ratio (hidden units of fully connected layers).
     """
     _check_model(model)
     sample = _sample(model, example_input, base)
@@ -291,12 +300,11 @@ def _intra_decoder(patterns: list[IntraPattern], inputs: int, shared: bool) -> C
     return decode
 
 
-def _intra_units(candidate: NetworkMask, options: dict[str, Any]) -> list[_Unit]:
+def _intra_units(candidate: NetworkMask, cfg: SelectionConfig) -> list[_Unit]:
     """A unit per conv whose intra-kernel patterns the L1 candidate set: one of the patterns with the same tap
-    count (among `intra_candidates`) per input map, or per layer (`intra_shared`)."""
-    allowed = options.get("intra_candidates")
-    allowed = None if allowed is None else {IntraPattern(int(a), int(b)) for a, b in allowed}
-    shared = bool(options.get("intra_shared"))
+    count (among `intra_patterns`) per input map, or per layer (`intra_shared`)."""
+    allowed = None if cfg.intra_patterns is None else set(cfg.intra_patterns)
+    shared = cfg.intra_shared
     units = []
     for name, lm in candidate:
         if lm.intra is None or all(p is None for p in lm.intra):
@@ -376,21 +384,21 @@ def search(
     score worse: with one granularity, the result never scores worse than the L1 masks. Cost: at most
     particles × generations calls of `score_fn` per layer. `temperature` is in score units (0.002 suits an
     MCR; scale it for a loss); `evolutionary` adds crossover and elitism (EPF). Kernel masks are searched
-    free (kernel_structure "unstructured").
+    free (kernel "unstructured").
     """
     _check_model(model)
     if not callable(score_fn):
         raise StructpruneError(f"score_fn must be a function of the network returning a number, not {type(score_fn).__name__}")
-    if options.get("kernel_structure", "unstructured") != "unstructured":
-        raise StructpruneError("search chooses free kernel masks (kernel_structure 'unstructured'); structured and "
-                               "block kernel masks come from structprune.prune")
+    cfg = _selection_config("l1", {**options, "seed": seed})
+    if cfg.kernel != KernelForm():
+        raise StructpruneError(f"search chooses free kernel masks (kernel 'unstructured', not {str(cfg.kernel)!r}); "
+                               "structured and block kernel masks come from structprune.prune")
     pf_config = PFConfig(particles=particles, generations=generations, temperature=temperature,
                          evolutionary=evolutionary, elite=min(2, particles - 1), seed=seed)
     sample = _sample(model, example_input, base)
     _runs_on(model, sample)
     grans = _granularities(granularity)
     ratios = _ratios(ratio, len(grans))
-    cfg = _selection_config("l1", {**options, "seed": seed})
     if base is not None:
         _check_masks(base)
     groups = _groups(model, sample)
@@ -406,7 +414,7 @@ def search(
         elif g is Granularity.KERNEL:
             units = _kernel_units(current, start, model, groups)
         else:
-            units = _intra_units(current, options)
+            units = _intra_units(current, cfg)
         for unit in units:
             current = _search_unit(unit, current, model, scorer, replace(pf_config, seed=seed + searched))
             searched += 1

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from structprune.errors import StructpruneError
+from structprune.sparsity.granularity import KernelForm
 from structprune.train import TrainConfig
 
 
@@ -38,7 +39,8 @@ class Recipe:
 # kernel masks in two output-map groups sharing their kept inputs and one intra pattern per layer: the forms that
 # compact into few fast convolutions (docs/benchmarks.md); free per-kernel masks compact into many slow ones
 _MNIST_SEARCH = {"method": "pf", "tolerance": 0.002, "particles": 16, "generations": 6, "score_images": 2000,
-                 "check_images": 2000, "step_epochs": 1, "final_epochs": 1, "kernel_groups": 2, "intra_shared": True}
+                 "check_images": 2000, "step_epochs": 1, "final_epochs": 1, "kernel": KernelForm("structured", 2),
+                 "intra_shared": True}
 # batch-norm statistics re-estimated for every candidate and for the accepted one: without it, one-shot pruning
 # of a batch-norm network looks far worse than it is and the search accepts nothing
 _CIFAR_SEARCH = {**_MNIST_SEARCH, "tolerance": 0.005, "bn_batches": 4}

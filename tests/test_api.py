@@ -192,7 +192,7 @@ class Unrunnable(nn.Module):
     (lambda m: structprune.search(m, X, 42), "score_fn must be a function"),
     (lambda m: structprune.search(m, X, lambda net: "low", particles=2, generations=1), "returned str, not a number"),
     (lambda m: structprune.search(m, X, lambda net: float("nan"), particles=2, generations=1), "finite number"),
-    (lambda m: structprune.search(m, X, lambda net: 0.0, kernel_structure="blocks"), "free kernel masks"),
+    (lambda m: structprune.search(m, X, lambda net: 0.0, kernel="blocks:2"), "free kernel masks"),
     (lambda m: structprune.search(m, X, lambda net: 0.0, particles=1), "at least 2 particles"),
     (lambda m: structprune.mcr_scorer([{"x": X}])(m), r"\(inputs, labels\) batches"),
     (lambda m: structprune.mcr_scorer([])(m), "yielded no images"),

@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from structprune.errors import StructpruneError
-from structprune.sparsity.granularity import Granularity, IntraPattern
+from structprune.sparsity.granularity import Granularity, IntraPattern, KernelForm
 
 
 def test_parse_list_keeps_order_and_drops_repeats():
@@ -45,3 +45,42 @@ def test_patterns_outside_the_kernel_are_rejected():
 def test_a_negative_start_or_a_stride_below_one_is_no_pattern(start, stride):
     with pytest.raises(StructpruneError, match="start must be >= 0 and stride >= 1"):
         IntraPattern(start, stride)
+
+
+@given(st.sampled_from(["unstructured", "structured", "blocks"]), st.integers(1, 64))
+def test_kernel_form_text_round_trips(structure, groups):
+    if structure == "unstructured":
+        groups = 1
+    elif structure == "blocks":
+        groups = max(groups, 2)
+    form = KernelForm(structure, groups)
+    assert KernelForm.parse(str(form)) == form
+
+
+def test_kernel_form_text():
+    assert KernelForm.parse("blocks:2") == KernelForm("blocks", 2)
+    assert KernelForm.parse(" structured:4 ") == KernelForm("structured", 4)
+    assert KernelForm.parse("unstructured") == KernelForm()
+    assert str(KernelForm()) == "unstructured" and str(KernelForm("blocks", 3)) == "blocks:3"
+
+
+@pytest.mark.parametrize("text", ["lattice:2", "structured", "blocks:", "blocks:two", "unstructured:2", "structured:-1", ""])
+def test_kernel_form_bad_text_is_one_line(text):
+    with pytest.raises(StructpruneError, match="write unstructured, structured:G or blocks:G") as info:
+        KernelForm.parse(text)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("lattice", 2), "unknown kernel structure 'lattice'"),
+    (("structured", 0), "kernel groups 0 must be a whole number >= 1"),
+    (("structured", 2.0), "kernel groups 2.0 must be"),
+    (("structured", True), "kernel groups True must be"),
+    (("unstructured", 4), "unstructured kernels take no groups"),
+    (("blocks", 1), "at least 2 blocks"),
+    (("blocks", 0), "kernel groups 0 must be"),
+])
+def test_kernel_form_validates_in_one_line(args, message):
+    with pytest.raises(StructpruneError, match=message) as info:
+        KernelForm(*args)
+    assert "\n" not in str(info.value)

@@ -14,7 +14,7 @@ from structprune.compact.compaction import compact
 from structprune.compact.kernel_conv import KernelSparseConv2d
 from structprune.errors import StructpruneError
 from structprune.sparsity.channel_groups import find_channel_groups
-from structprune.sparsity.granularity import Granularity, IntraPattern
+from structprune.sparsity.granularity import Granularity, IntraPattern, KernelForm
 from structprune.sparsity.kernel_blocks import balanced_blocks, input_blocks
 from structprune.sparsity.masking import MaskApplier
 from structprune.sparsity.selection import SelectionConfig, select
@@ -33,8 +33,8 @@ def blocks_mask(model: nn.Module, groups, blocks: int = 2, channel: float = 0.25
     if intra is not None:
         scales.append(Granularity.INTRA)
         ratios.append(1 - len(intra.taps(9)) / 9)
-    cfg = SelectionConfig(kernel_structure="blocks", kernel_groups=blocks, round_to=2 * blocks,
-                          intra_candidates=None if intra is None else (intra,))
+    cfg = SelectionConfig(kernel=KernelForm("blocks", blocks), round_to=2 * blocks,
+                          intra_patterns=None if intra is None else (intra,))
     return select(model, scales, ratios, cfg, groups=groups)
 
 
@@ -83,7 +83,7 @@ def test_a_kernel_ratio_other_than_one_minus_one_over_g_is_refused():
     model = plain_net()
     groups = find_channel_groups(model, torch.randn(1, 3, 16, 16))
     with pytest.raises(StructpruneError, match=r"2 blocks remove 0\.5"):
-        select(model, [Granularity.KERNEL], [0.3], SelectionConfig(kernel_structure="blocks", kernel_groups=2),
+        select(model, [Granularity.KERNEL], [0.3], SelectionConfig(kernel=KernelForm("blocks", 2)),
                groups=groups)
 
 
@@ -110,7 +110,7 @@ def test_round_to_applies_per_block_so_blocks_stay_equal_and_aligned():
     model = models.create("plain", spec="2x40C3-MP2-2x40C3-MP2-48C3-24FC-10FC", in_channels=3, input_size=16).eval()
     x = torch.randn(2, 3, 16, 16)
     groups = find_channel_groups(model, x[:1])
-    cfg = SelectionConfig(kernel_structure="blocks", kernel_groups=2, round_to=4)
+    cfg = SelectionConfig(kernel=KernelForm("blocks", 2), round_to=4)
     mask = select(model, [Granularity.CHANNEL, Granularity.KERNEL], [0.3, 0.5], cfg, groups=groups)
     for name, layer in mask.layers.items():  # 40 maps at 0.3: 28 kept, blocks of 14; per block: blocks of 16
         kept = int(layer.keep_out.sum()) if layer.keep_out is not None else None
@@ -133,7 +133,7 @@ def test_blocks_compact_to_the_masked_function_on_every_family(family, blocks, c
     if intra is not None:
         scales.append(Granularity.INTRA)
         ratios.append(0.4)
-    cfg = SelectionConfig(kernel_structure="blocks", kernel_groups=blocks)
+    cfg = SelectionConfig(kernel=KernelForm("blocks", blocks))
     try:
         mask = select(model, scales, ratios, cfg, groups=groups)
     except StructpruneError as exc:  # too few maps left for the blocks: refused in one line

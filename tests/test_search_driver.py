@@ -14,6 +14,7 @@ from structprune.models import create
 from structprune.runfolder import load_run, save_run
 from structprune.search import driver as driver_mod
 from structprune.search.driver import Search, SearchConfig, conv_macs, search_run
+from structprune.sparsity.granularity import IntraPattern, KernelForm
 from structprune.sparsity.masks import NetworkMask
 from structprune.train import TrainConfig, train
 
@@ -176,11 +177,11 @@ def test_kernel_units_share_one_bit_per_group_and_input_map():
 @pytest.mark.parametrize("method", ["pf", "l1"])
 def test_structured_kernel_and_shared_pattern_searches_give_fast_masks(tiny_run, digits, tmp_path, method):
     from structprune.compact.compaction import compact
-    from structprune.sparsity.granularity import IntraPattern
     from structprune.stages.prune import load_masks
 
     cfg = SearchConfig(method=method, granularities=("kernel", "intra"), tolerance=0.99, ratio=0.5,
-                       kernel_groups=1, intra_shared=True, intra_patterns=((1, 3), (0, 2)), **FAST)
+                       kernel=KernelForm("structured", 1), intra_shared=True,
+                       intra_patterns=(IntraPattern(1, 3), IntraPattern(0, 2)), **FAST)
     out, _ = search_run(load_run(tiny_run), digits, cfg, tmp_path / "fast")
     run = load_run(out)
     mask = load_masks(run)
@@ -204,7 +205,8 @@ def test_kernel_block_search_gives_grouped_convolutions(tiny_run, digits, tmp_pa
     from structprune.sparsity.selection import select_masks
     from structprune.stages.prune import load_masks
 
-    cfg = SearchConfig(method=method, granularities=("kernel",), tolerance=0.99, ratio=0.5, kernel_blocks=2, **FAST)
+    cfg = SearchConfig(method=method, granularities=("kernel",), tolerance=0.99, ratio=0.5, kernel=KernelForm("blocks", 2),
+                       **FAST)
     out, _ = search_run(load_run(tiny_run), digits, cfg, tmp_path / "blocks")
     run = load_run(out)
     mask = load_masks(run)
@@ -218,7 +220,7 @@ def test_kernel_block_search_gives_grouped_convolutions(tiny_run, digits, tmp_pa
     outputs_of_second = {tuple(torch.nonzero((second == s).all(1)).flatten().tolist()) for s in torch.unique(second, dim=0)}
     assert read_by_third == outputs_of_second
     if method == "l1":
-        one_shot = select_masks(load_run(tiny_run).model, "kernel", 0.5, kernel_structure="blocks", kernel_groups=2)
+        one_shot = select_masks(load_run(tiny_run).model, "kernel", 0.5, kernel=KernelForm("blocks", 2))
         for name in ("features.2", "features.5"):
             assert torch.equal(one_shot.layers[name].keep_kernel, mask.layers[name].keep_kernel), name
     small = compact(run.model, mask).eval()
@@ -268,3 +270,21 @@ def test_kernel_block_rungs_need_two_equal_blocks_of_inputs_and_outputs():
     assert kernel_block_rung(model, mask, "features.2", 2).in_blocks.tolist() == [0, 0, -1, 1, 1, -1]
     mask.layer("features.2", model.features[2]).keep_out = torch.tensor([1, 1, 1, 1, 1, 0], dtype=torch.bool)
     assert kernel_block_rung(model, mask, "features.2", 2) is None  # 5 output maps cannot split evenly
+
+
+def test_search_config_takes_one_kernel_form_and_saves_as_json():
+    import json
+    from dataclasses import asdict
+
+    cfg = SearchConfig(granularities=("kernel", "intra"), kernel=KernelForm("structured", 2),
+                       intra_patterns=(IntraPattern(1, 3),))
+    saved = json.loads(json.dumps(asdict(cfg)))
+    assert saved["kernel"] == {"structure": "structured", "groups": 2}
+    assert saved["intra_patterns"] == [{"start": 1, "stride": 3}]
+    assert saved == json.loads(json.dumps(asdict(SearchConfig(**{**vars(cfg)}))))  # deterministic
+    with pytest.raises(StructpruneError, match="the search chooses 2 kernel blocks per layer, not 3"):
+        SearchConfig(kernel=KernelForm("blocks", 3))
+    with pytest.raises(StructpruneError, match="kernel must be a KernelForm"):
+        SearchConfig(kernel="blocks:2")
+    with pytest.raises(StructpruneError, match="tuple of IntraPattern"):
+        SearchConfig(intra_patterns=((1, 3),))

@@ -14,7 +14,7 @@ from structprune import models
 from structprune.errors import StructpruneError
 from structprune.sparsity.channel_groups import find_channel_groups
 from structprune.sparsity.granularity import Granularity as G
-from structprune.sparsity.granularity import IntraPattern
+from structprune.sparsity.granularity import IntraPattern, KernelForm
 from structprune.sparsity.selection import keep_count, select_masks
 
 FAMILIES = family_models()
@@ -128,7 +128,7 @@ def test_unstructured_kernels_drop_the_smallest_kernels_among_kept_channels():
 @pytest.mark.skipif(not HAS_KERNEL_CONV, reason="structured kernel masks come with the compact kernel layer")
 def test_structured_kernels_share_kept_inputs_within_output_groups():
     model, groups = paper()
-    mask = select_masks(model, "kernel", 0.5, groups=groups, kernel_structure="structured", kernel_groups=2)
+    mask = select_masks(model, "kernel", 0.5, groups=groups, kernel=KernelForm("structured", 2))
     kk = mask.layers["features.3"].keep_kernel
     assert 0 < int(kk.sum()) < kk.numel()
     assert len({tuple(row.tolist()) for row in kk}) <= 2
@@ -140,8 +140,7 @@ def test_structured_kernels_keep_multiples_of_round_to_inputs(ratio):
     torch.manual_seed(0)
     model = models.create("plain", spec="32C3-MP2-40C3-10FC", in_channels=3, input_size=8).eval()
     groups = find_channel_groups(model, torch.randn(1, 3, 8, 8))
-    mask = select_masks(model, "kernel", ratio, groups=groups, kernel_structure="structured", kernel_groups=2,
-                        round_to=8)
+    mask = select_masks(model, "kernel", ratio, groups=groups, kernel=KernelForm("structured", 2), round_to=8)
     kept = mask.layers["features.3"].keep_kernel.sum(1)  # kept input maps of each of the 40 output maps
     assert all(int(k) % 8 == 0 and int(k) >= round((1 - ratio) * 32) for k in kept)
 
@@ -163,13 +162,13 @@ def test_bad_ratio_lists_are_rejected():
         select_masks(model, "channel", 1.0, groups=groups)
 
 
-def test_intra_candidates_restrict_the_choice_and_a_missing_tap_count_is_an_error():
+def test_intra_patterns_restrict_the_choice_and_a_missing_tap_count_is_an_error():
     model, groups = paper()
-    mask = select_masks(model, "intra", 6 / 9, groups=groups, intra_candidates=(IntraPattern(1, 3), IntraPattern(0, 3)))
+    mask = select_masks(model, "intra", 6 / 9, groups=groups, intra_patterns=(IntraPattern(1, 3), IntraPattern(0, 3)))
     chosen = {p for _, lm in mask for p in lm.intra}
     assert chosen <= {IntraPattern(1, 3), IntraPattern(0, 3)}
     with pytest.raises(StructpruneError, match=r"features\.0: no allowed intra-kernel pattern keeps 5 of 9"):
-        select_masks(model, "intra", 4 / 9, groups=groups, intra_candidates=(IntraPattern(1, 3),))
+        select_masks(model, "intra", 4 / 9, groups=groups, intra_patterns=(IntraPattern(1, 3),))
 
 
 def test_linear_ratio_keeps_the_hidden_units_with_the_largest_weight_rows():

@@ -11,8 +11,8 @@ from structprune.cli.common import add_output_arguments, from_library, positive_
 from structprune.cli.prune_search import add_search_arguments, run_search
 from structprune.errors import StructpruneError
 from structprune.output import claim_folder
-from structprune.sparsity.granularity import Granularity, IntraPattern
-from structprune.sparsity.selection import KERNEL_STRUCTURES, METHODS, SCOPES, select_masks
+from structprune.sparsity.granularity import KERNEL_STRUCTURES, Granularity, IntraPattern, KernelForm
+from structprune.sparsity.selection import METHODS, SCOPES, select_masks
 from structprune.stages.prune import MaskChooser, prune_run
 
 GRANULARITIES = from_library(Granularity.parse_list, "granularity list")
@@ -55,6 +55,15 @@ def pattern_list(text: str) -> tuple[IntraPattern, ...]:
     return tuple(IntraPattern(a, b) for a, b in numbers)
 
 
+def kernel_form(structure: str, groups: int | None) -> KernelForm:
+    """--kernel-structure and --kernel-groups as one KernelForm (structured and blocks: 4 groups unless given)."""
+    if structure == "unstructured":
+        if groups is not None:
+            raise StructpruneError("--kernel-groups applies to --kernel-structure structured or blocks")
+        return KernelForm()
+    return KernelForm(structure, 4 if groups is None else groups)
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "prune",
@@ -84,8 +93,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    "its own block's input maps, and the layer compacts into one grouped convolution (l1 and random: "
                    "give the kernel ratio 1 - 1/G; the search: G = 2, it chooses which output maps go to which "
                    "block, and prunes half the kernels whatever --ratio says)")
-    p.add_argument("--kernel-groups", type=positive_int, default=4,
-                   help="structured kernels: output-map groups per layer; blocks: the number of blocks G")
+    p.add_argument("--kernel-groups", type=positive_int, default=None, metavar="G",
+                   help="structured kernels: output-map groups per layer; blocks: the number of blocks G (default 4)")
     p.add_argument("--intra-shared", action="store_true", help="intra scale: one pattern for the whole layer")
     p.add_argument("--intra-patterns", type=pattern_list, default=None, metavar="S:T,...",
                    help="intra scale: choose only among these (start:stride) patterns, e.g. 1:3 (the centre column, "
@@ -98,32 +107,33 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def baseline_chooser(args: argparse.Namespace, granularities: list[Granularity]) -> MaskChooser:
+def baseline_chooser(args: argparse.Namespace, granularities: list[Granularity], kernel: KernelForm) -> MaskChooser:
     def choose(model, groups, data, base):
         return select_masks(model, granularities, args.ratio, method=args.method, scope=args.scope, seed=args.seed,
-                            groups=groups, base=base, round_to=args.round_to, kernel_structure=args.kernel_structure,
-                            kernel_groups=args.kernel_groups, intra_shared=args.intra_shared,
-                            intra_candidates=args.intra_patterns, linear_ratio=args.linear_ratio)
+                            groups=groups, base=base, round_to=args.round_to, kernel=kernel,
+                            intra_shared=args.intra_shared, intra_patterns=args.intra_patterns,
+                            linear_ratio=args.linear_ratio)
 
     return choose
 
 
 def run(args: argparse.Namespace) -> int:
     granularities = args.granularity
+    kernel = kernel_form(args.kernel_structure, args.kernel_groups)
     output = claim_folder(args.out, "prune", inputs=(args.run_dir,), overwrite=args.overwrite)
     if args.restart:
         output.discard()
     if args.method in SEARCH_METHODS or args.max or args.schedule:
-        return run_search(args, granularities, output)
+        return run_search(args, granularities, kernel, output)
     if args.ratio is None:
         raise StructpruneError(f"--method {args.method} needs --ratio (or --max for the search schedule)")
     if len(args.ratio) not in (1, len(granularities)):
         raise StructpruneError(f"--ratio lists {len(args.ratio)} values for {len(granularities)} granularities")
-    choose = baseline_chooser(args, granularities)
+    choose = baseline_chooser(args, granularities, kernel)
     config = {"command": shlex.join(["structprune", *sys.argv[1:]]), "verb": "prune",
               "prune": {"granularity": [g.value for g in granularities], "method": args.method, "ratio": args.ratio,
                         "scope": args.scope, "seed": args.seed, "round_to": args.round_to,
-                        "kernel_structure": args.kernel_structure, "kernel_groups": args.kernel_groups,
+                        "kernel": str(kernel),
                         "intra_shared": args.intra_shared, "linear_ratio": args.linear_ratio,
                         "intra_patterns": None if args.intra_patterns is None
                         else [[p.start, p.stride] for p in args.intra_patterns]}}

@@ -29,7 +29,7 @@ from structprune.cli.common import (
 )
 from structprune.errors import StructpruneError
 from structprune.output import Output
-from structprune.sparsity.granularity import Granularity, IntraPattern
+from structprune.sparsity.granularity import Granularity, IntraPattern, KernelForm
 
 DRIVER_METHOD = {"pf": "pf", "epf": "epf", "l1": "l1", "random-best": "random", "tp-l2": "tp-l2"}
 
@@ -96,7 +96,7 @@ def check_intra_patterns(model: torch.nn.Module, patterns: tuple[IntraPattern, .
             raise StructpruneError(f"--intra-patterns: none prunes the {positions}-position kernels of {name}")
 
 
-def run_search(args: argparse.Namespace, granularities: list[Granularity], output: Output) -> int:
+def run_search(args: argparse.Namespace, granularities: list[Granularity], kernel: KernelForm, output: Output) -> int:
     from structprune.runcheck import load_checked_run
     from structprune.search.driver import SearchConfig, search_run
     from structprune.stages.prune import run_dataset
@@ -110,9 +110,8 @@ def run_search(args: argparse.Namespace, granularities: list[Granularity], outpu
     if args.linear_ratio:
         raise StructpruneError("--linear-ratio is for one-shot selection (--method l1 or random without --max or "
                                "--schedule); the search prunes convolutions only")
-    if args.kernel_structure == "blocks" and args.kernel_groups != 2:
-        raise StructpruneError(f"the search chooses 2 kernel blocks per layer: give --kernel-groups 2, not "
-                               f"{args.kernel_groups}")
+    if kernel.structure == "blocks" and kernel.groups != 2:
+        raise StructpruneError(f"the search chooses 2 kernel blocks per layer: give --kernel-groups 2, not {kernel.groups}")
     run = load_checked_run(args.run_dir)
     if args.latency_table is not None:
         check_latency_table(run.model, args.latency_table, args.layers)
@@ -129,11 +128,7 @@ def run_search(args: argparse.Namespace, granularities: list[Granularity], outpu
         final_epochs=args.final_epochs, final_images=args.final_images, lr=args.lr, backend=args.backend,
         workers=args.workers, seed=args.seed, scope=args.scope, latency_weight=args.latency_weight,
         latency_table=None if args.latency_table is None else str(args.latency_table), bn_batches=args.bn_recalibrate,
-        kernel_groups=args.kernel_groups if args.kernel_structure == "structured" else 0,
-        kernel_blocks=2 if args.kernel_structure == "blocks" else 0,
-        intra_shared=args.intra_shared,
-        intra_patterns=None if args.intra_patterns is None else tuple((p.start, p.stride) for p in args.intra_patterns),
-        layers=args.layers)
+        kernel=kernel, intra_shared=args.intra_shared, intra_patterns=args.intra_patterns, layers=args.layers)
     command = {"command": shlex.join(["structprune", *sys.argv[1:]]), "verb": "prune"}
     out, m = search_run(run, data, cfg, output, extra_config=command)
     kept = ", ".join(f"{k} {v:.3f}" for k, v in m["kept_fraction"].items())

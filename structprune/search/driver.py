@@ -74,7 +74,7 @@ from structprune.search.scoring import (
     kernel_units,
     reestimate_norms,
 )
-from structprune.sparsity.granularity import Granularity, IntraPattern
+from structprune.sparsity.granularity import Granularity, IntraPattern, KernelForm, require_kernel_form, require_patterns
 from structprune.sparsity.kernel_blocks import assign_output_blocks, block_masks, input_blocks, output_blocks
 from structprune.sparsity.masking import MaskApplier
 from structprune.sparsity.masks import MASKS_FILE, LayerMask, NetworkMask
@@ -110,10 +110,9 @@ class SearchConfig:
     final_images: int | None = None  # training images for the final retraining (None: all)
     lr: float = 0.01
     layers: tuple[str, ...] | None = None  # convolutions to prune (None: all)
-    kernel_groups: int = 0  # kernel scale: 0 = free kernels; G >= 1 = G output-map groups sharing kept input maps
-    kernel_blocks: int = 0  # kernel scale: 2 = two blocks per layer (structprune.sparsity.kernel_blocks), half the kernels
+    kernel: KernelForm = field(default_factory=KernelForm)  # free, structured:G (G >= 1) or blocks:2 (half the kernels)
     intra_shared: bool = False  # intra scale: one pattern for the whole layer instead of one per input map
-    intra_patterns: tuple[tuple[int, int], ...] | None = None  # intra scale: (start, stride) choices (None: all)
+    intra_patterns: tuple[IntraPattern, ...] | None = None  # intra scale: the choices (None: all)
     scope: str = "layer"  # "layer": one layer at a time; "global": one channel search over every layer at once
     latency_weight: float = 0.0  # λ, MCR per millisecond of predicted conv latency (see latency.py)
     latency_table: str | None = None  # a saved table (JSON); measured into the output folder when absent
@@ -145,12 +144,10 @@ class SearchConfig:
             raise StructpruneError("batch-norm recalibration batches must be >= 0")
         if self.latency_weight < 0:
             raise StructpruneError(f"latency weight {self.latency_weight} must be >= 0")
-        if self.kernel_groups < 0:
-            raise StructpruneError(f"kernel groups {self.kernel_groups} must be >= 0 (0: free kernel masks)")
-        if self.kernel_blocks not in (0, 2):
-            raise StructpruneError(f"the search chooses 2 kernel blocks per layer, not {self.kernel_blocks}")
-        if self.kernel_blocks and self.kernel_groups:
-            raise StructpruneError("kernel blocks and kernel groups are two kernel structures: choose one")
+        require_kernel_form(self.kernel)
+        require_patterns(self.intra_patterns)
+        if self.kernel.structure == "blocks" and self.kernel.groups != 2:
+            raise StructpruneError(f"the search chooses 2 kernel blocks per layer, not {self.kernel.groups}")
 
     @property
     def budget(self) -> int:
@@ -289,23 +286,23 @@ def rungs_for(model: nn.Module, mask: NetworkMask, g: Granularity, layer: str, c
             keep = max(1, round((1 - r) * shape[0]))
             if keep < int(alive.sum()) and (not out or keep < out[-1].space.keep):
                 out.append(Rung(g, layer, r, BitSpace(int(alive.sum()), keep), alive=alive))
-    elif g is Granularity.KERNEL and cfg.kernel_blocks:
-        block_rung = kernel_block_rung(model, mask, layer, cfg.kernel_blocks)
+    elif g is Granularity.KERNEL and cfg.kernel.structure == "blocks":
+        block_rung = kernel_block_rung(model, mask, layer, cfg.kernel.groups)
         out = [block_rung] if block_rung is not None else []
     elif g is Granularity.KERNEL:
         alive = alive_kernels(model, mask, layer)
-        units = kernel_units(alive, cfg.kernel_groups)
+        kernel_groups = cfg.kernel.groups if cfg.kernel.structure == "structured" else 0  # 0: free kernels
+        units = kernel_units(alive, kernel_groups)
         count = int(units.max()) + 1
         # units of the unpruned layer: O·I kernels, or (groups in use) × I input maps
-        full = shape[0] * shape[1] if cfg.kernel_groups == 0 else kernel_groups_in_use(alive, cfg.kernel_groups) * shape[1]
+        full = shape[0] * shape[1] if kernel_groups == 0 else kernel_groups_in_use(alive, kernel_groups) * shape[1]
         for r in ratios:
             keep = max(1, round((1 - r) * full))
             if keep < count and (not out or keep < out[-1].space.keep):
                 out.append(Rung(g, layer, r, BitSpace(count, keep), alive=alive, units=units))
     else:
         positions = shape[2] * shape[3]
-        allowed = (IntraPattern.all_patterns(positions) if cfg.intra_patterns is None
-                   else [IntraPattern(a, b) for a, b in cfg.intra_patterns])
+        allowed = IntraPattern.all_patterns(positions) if cfg.intra_patterns is None else list(cfg.intra_patterns)
         available = sorted({len(p.taps(positions)) for p in allowed} - {positions, 0})
         if not available:
             raise StructpruneError(f"{layer}: no allowed intra-kernel pattern prunes a kernel of {positions} positions")

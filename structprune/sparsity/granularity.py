@@ -7,6 +7,8 @@ For a convolution with weight [O, I, kh, kw] (I = input maps per group):
                keep flattened positions start, start+stride, ... < kh·kw. In im2col form the dropped
                positions are whole rows of the feature matrix and columns of the kernel matrix.
                Example: 3×3, IntraPattern(0, 3) keeps positions 0, 3, 6 (the left column).
+
+How the kernel scale's masks are shaped is a KernelForm: free, structured in output-map groups, or blocks.
 """
 
 from __future__ import annotations
@@ -75,3 +77,64 @@ class IntraPattern:
     def with_taps(kernel_positions: int, count: int) -> list[IntraPattern]:
         """The patterns of a kernel that keep exactly `count` positions."""
         return [p for p in IntraPattern.all_patterns(kernel_positions) if len(p.taps(kernel_positions)) == count]
+
+
+KERNEL_STRUCTURES = ("unstructured", "structured", "blocks")
+
+
+@dataclass(frozen=True)
+class KernelForm:
+    """How masks at the kernel scale are shaped, with its number of groups:
+
+      unstructured  any (output map, input map) kernel may go (groups is 1)
+      structured    each layer's output maps fall into `groups` groups; every map of a group keeps the same input maps
+      blocks        each layer's maps fall into `groups` blocks (at least 2) that follow the producing layer's; an
+                    output map reads only its own block's input maps (structprune.sparsity.kernel_blocks), so the
+                    layer compacts into one grouped convolution and 1 - 1/groups of its kernels go
+
+    As text: "unstructured", "structured:G" or "blocks:G".
+
+    >>> KernelForm.parse("blocks:2")
+    KernelForm(structure='blocks', groups=2)
+    >>> str(KernelForm("structured", 4))
+    'structured:4'
+    """
+
+    structure: str = "unstructured"
+    groups: int = 1
+
+    def __post_init__(self) -> None:
+        if self.structure not in KERNEL_STRUCTURES:
+            raise StructpruneError(f"unknown kernel structure {self.structure!r}; choose from {', '.join(KERNEL_STRUCTURES)}")
+        if isinstance(self.groups, bool) or not isinstance(self.groups, int) or self.groups < 1:
+            raise StructpruneError(f"kernel groups {self.groups!r} must be a whole number >= 1")
+        if self.structure == "unstructured" and self.groups != 1:
+            raise StructpruneError(f"unstructured kernels take no groups (got {self.groups}); use structured:{self.groups} "
+                                   f"or blocks:{self.groups}")
+        if self.structure == "blocks" and self.groups < 2:
+            raise StructpruneError("kernel blocks need at least 2 blocks per layer (one block prunes nothing)")
+
+    @classmethod
+    def parse(cls, text: str) -> KernelForm:
+        """'unstructured', 'structured:G' or 'blocks:G' -> KernelForm."""
+        name, sep, count = text.strip().partition(":")
+        if name == "unstructured" and not sep:
+            return cls()
+        if name in KERNEL_STRUCTURES and name != "unstructured" and count.strip().isdigit():
+            return cls(name, int(count))
+        raise StructpruneError(f"kernel form {text!r}: write unstructured, structured:G or blocks:G (G a whole number)")
+
+    def __str__(self) -> str:
+        return self.structure if self.structure == "unstructured" else f"{self.structure}:{self.groups}"
+
+
+def require_kernel_form(kernel: object) -> None:
+    """A config's `kernel` field holds a KernelForm (text is parsed at the edge, with KernelForm.parse)."""
+    if not isinstance(kernel, KernelForm):
+        raise StructpruneError(f"kernel must be a KernelForm (e.g. KernelForm.parse('structured:2')), not {kernel!r}")
+
+
+def require_patterns(patterns: object) -> None:
+    """A config's `intra_patterns` field holds None (every pattern) or a tuple of IntraPattern."""
+    if patterns is not None and (not isinstance(patterns, tuple) or not all(isinstance(p, IntraPattern) for p in patterns)):
+        raise StructpruneError(f"intra patterns must be None or a tuple of IntraPattern, not {patterns!r}")

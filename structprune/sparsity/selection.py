@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -27,13 +27,12 @@ from torch import nn
 from structprune.arch import example_input
 from structprune.errors import StructpruneError
 from structprune.sparsity.channel_groups import ChannelGroups, find_channel_groups
-from structprune.sparsity.granularity import Granularity, IntraPattern
+from structprune.sparsity.granularity import Granularity, IntraPattern, KernelForm, require_kernel_form, require_patterns
 from structprune.sparsity.kernel_blocks import select_kernel_blocks
 from structprune.sparsity.masks import NetworkMask
 
 METHODS = ("l1", "random")
 SCOPES = ("layer", "global")
-KERNEL_STRUCTURES = ("unstructured", "structured", "blocks")
 
 
 @dataclass(frozen=True)
@@ -41,12 +40,11 @@ class SelectionConfig:
     method: str = "l1"  # "l1" | "random"
     scope: str = "layer"  # "layer" | "global"
     seed: int = 0
-    kernel_structure: str = "unstructured"  # "unstructured" | "structured" | "blocks" (structprune.sparsity.kernel_blocks)
-    kernel_groups: int = 4  # structured kernels: output-map groups per layer sharing kept input maps; blocks: G
+    kernel: KernelForm = field(default_factory=KernelForm)  # kernel scale: unstructured, structured:G or blocks:G
     round_to: int = 1  # kept maps (channel scale; per block with kernel blocks) and kept input maps per group
     # (structured kernels) rounded up to a multiple: 8 suits CPU kernels, 16 ONNX Runtime's with AVX-512
     intra_shared: bool = False  # one intra pattern for the whole layer
-    intra_candidates: tuple[IntraPattern, ...] | None = None  # restrict intra patterns (e.g. pad-free ones)
+    intra_patterns: tuple[IntraPattern, ...] | None = None  # restrict intra patterns (e.g. pad-free ones)
     linear_ratio: float = 0.0  # fraction of the hidden units of fully connected layers pruned (channel scale)
 
     def __post_init__(self) -> None:
@@ -54,11 +52,10 @@ class SelectionConfig:
             raise StructpruneError(f"unknown selection method {self.method!r}; choose from {', '.join(METHODS)}")
         if self.scope not in SCOPES:
             raise StructpruneError(f"unknown scope {self.scope!r}; choose from {', '.join(SCOPES)}")
-        if self.kernel_structure not in KERNEL_STRUCTURES:
-            raise StructpruneError(f"unknown kernel structure {self.kernel_structure!r}; choose from "
-                                   f"{', '.join(KERNEL_STRUCTURES)}")
-        if self.round_to < 1 or self.kernel_groups < 1:
-            raise StructpruneError("round_to and kernel_groups must be at least 1")
+        require_kernel_form(self.kernel)
+        require_patterns(self.intra_patterns)
+        if self.round_to < 1:
+            raise StructpruneError("round_to must be at least 1")
         if not 0.0 <= self.linear_ratio < 1.0:
             raise StructpruneError(f"linear ratio {self.linear_ratio} must be in [0, 1)")
 
@@ -193,20 +190,20 @@ def select_kernels(model: nn.Module, groups: ChannelGroups | None, ratio: float,
         region[name] = _kernel_region(name, conv, mask, groups)
         alive[name] = _alive_kernels(name, conv, mask, groups)
         scores[name] = _scores(conv.weight.detach().cpu().abs().sum((2, 3)), cfg, gen)  # [O, I]
-    if cfg.kernel_structure == "blocks":
-        if abs(ratio - (1 - 1 / cfg.kernel_groups)) > 1e-3:
-            raise StructpruneError(f"kernel blocks: {cfg.kernel_groups} blocks remove {1 - 1 / cfg.kernel_groups:.4g} of "
+    if cfg.kernel.structure == "blocks":
+        if abs(ratio - (1 - 1 / cfg.kernel.groups)) > 1e-3:
+            raise StructpruneError(f"kernel blocks: {cfg.kernel.groups} blocks remove {1 - 1 / cfg.kernel.groups:.4g} of "
                                    f"each layer's kernels; give that kernel ratio, not {ratio:g}")
-        select_kernel_blocks(model, convs, groups, cfg.kernel_groups, alive, scores, mask)
+        select_kernel_blocks(model, convs, groups, cfg.kernel.groups, alive, scores, mask)
         return
     if cfg.scope == "global":
         keeps = _global_keep(scores, alive, ratio, region)
     else:
         keeps = {n: _keep_top(scores[n], alive[n], keep_count(int(region[n].sum()), ratio)) for n in convs}
     for name, keep in keeps.items():
-        if cfg.kernel_structure == "structured":
+        if cfg.kernel.structure == "structured":
             fraction = int(keep.sum()) / max(int(alive[name].sum()), 1)
-            keep = _structured(convs[name], alive[name], scores[name], fraction, cfg.kernel_groups, cfg.round_to)
+            keep = _structured(convs[name], alive[name], scores[name], fraction, cfg.kernel.groups, cfg.round_to)
         mask.layer(name, convs[name]).keep_kernel = keep
 
 
@@ -269,10 +266,10 @@ def select_intra(model: nn.Module, groups: ChannelGroups | None, ratio: float, c
 
 
 def _candidates(name: str, positions: int, taps: int, cfg: SelectionConfig) -> list[IntraPattern]:
-    """The patterns with `taps` kept positions, limited to cfg.intra_candidates when given."""
+    """The patterns with `taps` kept positions, limited to cfg.intra_patterns when given."""
     patterns = IntraPattern.with_taps(positions, taps)
-    if cfg.intra_candidates is not None:
-        allowed = {p.taps(positions) for p in cfg.intra_candidates}
+    if cfg.intra_patterns is not None:
+        allowed = {p.taps(positions) for p in cfg.intra_patterns}
         patterns = [p for p in patterns if p.taps(positions) in allowed]
         if not patterns:
             raise StructpruneError(f"{name}: no allowed intra-kernel pattern keeps {taps} of {positions} positions")
@@ -317,14 +314,14 @@ def _global_tap_counts(convs: dict[str, nn.Conv2d], mask: NetworkMask, groups: C
 # ---------------------------------------------------------------------------------------------- entry
 def selects_kernel_blocks(granularities: list[Granularity], cfg: SelectionConfig) -> bool:
     """Whether the kernel scale is selected as kernel blocks (which need the model's channel groups)."""
-    return Granularity.KERNEL in granularities and cfg.kernel_structure == "blocks"
+    return Granularity.KERNEL in granularities and cfg.kernel.structure == "blocks"
 
 
 def _channel_multiple(granularities: list[Granularity], cfg: SelectionConfig) -> int:
     """Kept maps per layer are rounded up to this. With kernel blocks, a multiple of round_to per block: the
     blocks then come out equal (one grouped convolution, not a convolution per block) and each holds a multiple
     of round_to maps (CPU kernels that work in channel blocks run every group at full speed)."""
-    return cfg.round_to * (cfg.kernel_groups if selects_kernel_blocks(granularities, cfg) else 1)
+    return cfg.round_to * (cfg.kernel.groups if selects_kernel_blocks(granularities, cfg) else 1)
 
 
 def select(
@@ -380,7 +377,7 @@ def select_masks(
 ) -> NetworkMask:
     """Masks at `ratio` (one, or one per granularity) by L1 magnitude or at random.
 
-    `options` are further SelectionConfig fields (kernel_structure, kernel_groups, round_to, intra_shared,
+    `options` are further SelectionConfig fields (kernel: a KernelForm, round_to, intra_shared, intra_patterns,
     linear_ratio).
     `base`: an earlier mask to nest in (its pruned units stay pruned).
     """
