@@ -27,6 +27,7 @@ from torch import nn
 from structprune import models
 from structprune.bench import RUNTIMES, Candidate, bench, runtime_candidate
 from structprune.compact.compaction import compact, unread_channels
+from structprune.errors import StructpruneError
 from structprune.metrics import count_macs, count_params
 from structprune.sparsity.channel_groups import ChannelGroups, find_channel_groups
 from structprune.sparsity.granularity import Granularity, IntraPattern, KernelForm
@@ -80,10 +81,13 @@ def parse_config(name: str, round_to: int = 8) -> tuple[str, list[float], dict]:
                 raise SystemExit(f"bad configuration {name!r} at {part!r}: " + CONFIG_HELP)
             ratios.append(number / 100)
             options["round_to"] = round_to
-            if scale == "kernel" and m.group(4):  # blocks: each output map reads only its block's input maps
-                options["kernel"] = KernelForm("blocks", int(m.group(4)))
-            elif scale == "kernel":
-                options["kernel"] = KernelForm("structured", int(m.group(3) or 1))
+            try:
+                if scale == "kernel" and m.group(4):  # blocks: each output map reads only its block's input maps
+                    options["kernel"] = KernelForm("blocks", int(m.group(4)))
+                elif scale == "kernel":
+                    options["kernel"] = KernelForm("structured", int(m.group(3) or 1))
+            except StructpruneError as exc:
+                raise SystemExit(f"bad configuration {name!r} at {part!r}: {exc}") from None
         grans.append(scale)
     order = sorted(range(len(grans)), key=lambda i: ("channel", "kernel", "intra").index(grans[i]))
     return ",".join(grans[i] for i in order), [ratios[i] for i in order], options
