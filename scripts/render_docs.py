@@ -458,6 +458,8 @@ def result_files() -> str:
             script = command.split()[0]
         elif rel.startswith("layers-"):
             script = "benchmarks/bench_layers.py"
+        elif rel.startswith("reproduce-mnist-quick"):
+            script = "structprune reproduce mnist --quick"
         else:
             script = WRITERS.get(rel, "structprune bench --json" if isinstance(data, list) else "?")
         rows.append([f"`{rel}`", f"`{script}`"])
