@@ -127,6 +127,18 @@ def unread_channels(model: nn.Module, mask: NetworkMask, groups: ChannelGroups) 
     return out
 
 
+def _keeps_a_kernel_everywhere(mask: NetworkMask, groups: ChannelGroups) -> bool:
+    """Every kernel-masked layer keeps at least one kernel between its surviving output and input maps."""
+    keep = {name: lm.keep_out for name, lm in mask if lm.keep_out is not None}
+    for name, lm in mask:
+        if lm.keep_kernel is not None:
+            rows = groups.kept_indices(name, "out", keep, lm.shape[0])
+            cols = groups.kept_indices(name, "in", keep, lm.shape[1])
+            if not bool(lm.keep_kernel[rows][:, cols].any()):
+                return False
+    return True
+
+
 def compact(
     model: nn.Module,
     mask: NetworkMask,
@@ -148,7 +160,9 @@ def compact(
     if needs_groups:
         check_channel_roots(mask, groups)
     if has_kernels:
-        mask = unread_channels(model, mask, groups)
+        trimmed = unread_channels(model, mask, groups)
+        if _keeps_a_kernel_everywhere(trimmed, groups) or not _keeps_a_kernel_everywhere(mask, groups):
+            mask = trimmed  # else removing unread maps would leave a layer without kernels: keep them
     out = copy.deepcopy(model)
     MaskApplier(out, groups).apply_(mask)  # pruned weights -> 0, so what stays equals the masked network
     reference = _outputs(out, sample)
