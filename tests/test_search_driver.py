@@ -288,3 +288,10 @@ def test_search_config_takes_one_kernel_form_and_saves_as_json():
         SearchConfig(kernel="blocks:2")
     with pytest.raises(StructpruneError, match="tuple of IntraPattern"):
         SearchConfig(intra_patterns=((1, 3),))
+
+
+def test_a_rise_of_exactly_the_tolerance_is_within_it(tiny_run, digits):
+    cfg = SearchConfig(method="pf", granularities=("channel",), tolerance=0.002, **FAST)
+    search = Search(load_run(tiny_run), digits, cfg, "unused-out")
+    assert 0.021 - 0.019 > 0.002  # what float subtraction gives
+    assert search.within_tolerance(0.021, 0.019) and not search.within_tolerance(0.022, 0.019)

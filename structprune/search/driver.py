@@ -640,13 +640,13 @@ class Search:
             record = {"step": self.state.step, "layer": layer, "granularity": g.value, "ratio": rung.ratio,
                       "score": score, "check_mcr": check, "retrained": False}
             fixed = self.cfg.ratio is not None
-            ok = fixed or check - base <= self.cfg.tolerance
+            ok = fixed or self.within_tolerance(check, base)
             if not ok and self.cfg.step_epochs > 0:
                 backup = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
                 self.retrain(trial, self.cfg.step_epochs, seed, self.cfg.step_images)
                 check = record["check_mcr_after_retrain"] = self.check_mcr(trial)
                 record["retrained"] = True
-                ok = check - base <= self.cfg.tolerance
+                ok = self.within_tolerance(check, base)
                 if not ok:
                     self.model.load_state_dict(backup)
             elif fixed and self.cfg.step_epochs > 0:
@@ -678,6 +678,11 @@ class Search:
             self.state.final_done = True
             self._save_driver()
         return self.mask, self.search_record()
+
+    def within_tolerance(self, check: float, base: float) -> bool:
+        """MCRs are counts over the check images: a rise of exactly the tolerance is within it (no float rounding
+        may turn 0.021 - 0.019 into more than 0.002)."""
+        return check - base <= self.cfg.tolerance + 1e-9
 
     def _next_step(self) -> None:
         self.state.step += 1
