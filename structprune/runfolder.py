@@ -22,6 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from structprune.arch import describe
+from structprune.data import Dataset, load_dataset
 from structprune.errors import StructpruneError
 from structprune.jsonio import read_json, usual_permissions, write_json_atomic
 from structprune.output import Output, claim_folder, fingerprint_files
@@ -98,6 +99,18 @@ def save_run(
         for name, source in (extra_files or {}).items():
             shutil.copyfile(source, tmp / name)
     return output.path
+
+
+def recorded_dataset(config: dict[str, Any], data_dir: str | Path | None = None,
+                     name: str | None = None) -> Dataset | None:
+    """The dataset and validation split a run's config.json records (`name` overrides its dataset, `data_dir` its
+    folder); None when it records none."""
+    name = name or config.get("dataset")
+    if not name:
+        return None
+    seed = int(config.get("train", {}).get("seed", config.get("seed", 0)))
+    return load_dataset(str(name), data_dir if data_dir is not None else config.get("data_dir"),
+                        val_size=config.get("val_size"), seed=seed)
 
 
 def load_state(path: str | Path) -> dict[str, torch.Tensor]:

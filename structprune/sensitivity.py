@@ -23,11 +23,12 @@ from typing import Any
 
 from torch import nn
 
-from structprune.data import Dataset, Split, load_dataset
+from structprune.data import Dataset, Split
 from structprune.errors import StructpruneError
 from structprune.jsonio import read_json, write_json_atomic
 from structprune.runcheck import check_data_fits, load_checked_run
 from structprune.runfiles import SENSITIVITY_FILE
+from structprune.runfolder import recorded_dataset
 from structprune.sparsity.granularity import Granularity
 from structprune.sparsity.masking import MaskApplier
 from structprune.sparsity.masks import NetworkMask
@@ -150,11 +151,10 @@ def dataset_of_run(path: Path, config: dict[str, Any], data_dir: str | Path | No
         seen.add(str(config["source"]))
         parent = Path(str(config["source"]))
         config = read_json(parent / "config.json") if (parent / "config.json").is_file() else {}
-    if "dataset" not in config:
+    data = recorded_dataset(config, data_dir)
+    if data is None:
         raise StructpruneError(f"{path}: config.json does not say which dataset the run used")
-    seed = int(config.get("train", {}).get("seed", config.get("seed", 0)))
-    return load_dataset(str(config["dataset"]), data_dir if data_dir is not None else config.get("data_dir"),
-                        val_size=config.get("val_size"), seed=seed)
+    return data
 
 
 def run_sensitivity(run_dir: str | Path, cfg: SensitivityConfig, data_dir: str | Path | None = None,

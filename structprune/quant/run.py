@@ -13,7 +13,6 @@ import torch
 
 from structprune.arch import describe
 from structprune.compact.compaction import compact
-from structprune.data import load_dataset
 from structprune.errors import StructpruneError
 from structprune.jsonio import read_json
 from structprune.metrics import count_macs, count_params
@@ -27,7 +26,7 @@ from structprune.quant.storage import storage_report
 from structprune.quant.targets import quantized_weights
 from structprune.runcheck import check_config, check_data_fits, load_checked_run
 from structprune.runfiles import PACKED_FILE, QUANT_FILE, SENSITIVITY_FILE, STORAGE_FILE
-from structprune.runfolder import as_output, write_run_files
+from structprune.runfolder import as_output, recorded_dataset, write_run_files
 from structprune.sparsity.masks import MASKS_FILE, NetworkMask
 from structprune.train import TrainConfig, evaluate
 
@@ -78,11 +77,10 @@ def quantize_run(src: str | Path, out: Output | str | Path, cfg: QuantizeConfig,
     output = as_output(out, VERB, inputs=(src,))
     source = load_checked_run(src)
     cfg_src = source.config
-    dataset = cfg.data or cfg_src.get("dataset")
-    if not dataset:
-        raise StructpruneError(f"{src}: config.json names no dataset; pass --data")
     data_dir = cfg.data_dir or cfg_src.get("data_dir")
-    data = load_dataset(dataset, data_dir, val_size=cfg_src.get("val_size"), seed=int(cfg_src.get("train", {}).get("seed", 0)))
+    data = recorded_dataset(cfg_src, data_dir, name=cfg.data)
+    if data is None:
+        raise StructpruneError(f"{src}: config.json names no dataset; pass --data")
     check_data_fits(source.model, data, str(src))
     masks_path = find_masks(cfg.masks, src, cfg_src)
     masks_json = read_json(masks_path) if masks_path is not None else None
@@ -119,7 +117,7 @@ def quantize_run(src: str | Path, out: Output | str | Path, cfg: QuantizeConfig,
                "compact_params": count_params(pack_net), "compact_macs": count_macs(pack_net),
                "dense_weight_bytes": storage.to_json()["dense_bytes"], "compression": storage.compression,
                "test_images": len(data.test), "history": history}
-    config = {**(extra_config or {}), "verb": VERB, "source": str(src), "dataset": dataset, "data_dir": data_dir,
+    config = {**(extra_config or {}), "verb": VERB, "source": str(src), "dataset": data.name, "data_dir": data_dir,
               "val_size": len(data.val), "bits": cfg.bits, "per_layer": cfg.per_layer, "tolerance": cfg.tolerance,
               "retrain": asdict(train_cfg), "train": cfg_src.get("train", {}), "torch": torch.__version__}
     extra = {QUANT_FILE: plan_to_json(plan, quantized_weights(net)), STORAGE_FILE: storage.to_json()}

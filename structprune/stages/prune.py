@@ -15,12 +15,12 @@ import torch
 from torch import nn
 
 from structprune.compact.compaction import compact
-from structprune.data import Dataset, load_dataset
+from structprune.data import Dataset
 from structprune.errors import StructpruneError
 from structprune.metrics import evaluation_metrics, size_metrics
 from structprune.output import Output
 from structprune.runcheck import check_data_fits, load_checked_run
-from structprune.runfolder import Run, as_output, save_run
+from structprune.runfolder import Run, as_output, recorded_dataset, save_run
 from structprune.sparsity.channel_groups import ChannelGroups
 from structprune.sparsity.masking import MaskApplier
 from structprune.sparsity.masks import MASKS_FILE, NetworkMask
@@ -36,13 +36,9 @@ MaskChooser = Callable[[nn.Module, ChannelGroups, Dataset | None, NetworkMask | 
 
 def run_dataset(run: Run, data_dir: str | Path | None = None) -> Dataset | None:
     """The dataset recorded in the run's config.json (None when it records none)."""
-    name = run.config.get("dataset")
-    if not name:
-        return None
-    seed = int(run.config.get("train", {}).get("seed", run.config.get("seed", 0)))
-    data = load_dataset(name, data_dir if data_dir is not None else run.config.get("data_dir"),
-                        val_size=run.config.get("val_size"), seed=seed)
-    check_data_fits(run.model, data, str(run.path))
+    data = recorded_dataset(run.config, data_dir)
+    if data is not None:
+        check_data_fits(run.model, data, str(run.path))
     return data
 
 
