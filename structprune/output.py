@@ -126,9 +126,6 @@ class Output:
     def work(self) -> Path:
         return self.staging / "work"
 
-    def exists(self) -> bool:
-        return self.path.exists()
-
     def open(self, identity: dict[str, Any] | None = None, restart: bool = False) -> Output:
         """Create (or reuse) the staging area. A leftover one from a killed run is reused when it was made by the
         same verb with the same `identity` (everything that changes the result); otherwise refused, or discarded
