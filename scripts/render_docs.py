@@ -458,12 +458,92 @@ def result_files() -> str:
             script = command.split()[0]
         elif rel.startswith("layers-"):
             script = "benchmarks/bench_layers.py"
+        elif rel.startswith(RECOVERY):
+            script = "scripts/recovery_cifar10.sh"
+        elif rel.startswith("int8-cifar10"):
+            script = "scripts/int8_cifar10.sh"
         elif rel.startswith("reproduce-mnist-quick"):
             script = "structprune reproduce mnist --quick"
         else:
             script = WRITERS.get(rel, "structprune bench --json" if isinstance(data, list) else "?")
         rows.append([f"`{rel}`", f"`{script}`"])
     return table(["file (in benchmarks/results/)", "written by"], rows)
+
+
+
+# ----------------------------------------------------------- scripts/recovery_cifar10.sh and int8_cifar10.sh
+
+RECOVERY = "recovery-cifar10"
+RECOVERY_CONFIGS = (("paper-3x", "paper-dense", "`paper-cifar10`, channel-20+kernel-50b2+intra-6of9+linear-50"),
+                    ("paper-5x", "paper-dense", "`paper-cifar10`, channel-25+kernel-50b2+intra-6of9+linear-50"),
+                    ("resnet20-2x", "resnet20-dense", "`resnet20`, channel-30"))
+
+
+def _metrics(run: str) -> dict | None:
+    path = RESULTS / RECOVERY / run / "metrics.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+def _mean_sd(values: list[float]) -> str:
+    """Percent mean ± sample standard deviation (n noted when under 3)."""
+    if not values:
+        return ""
+    mean = sum(values) / len(values)
+    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+    note = "" if len(values) >= 3 else f" (n={len(values)})"
+    return f"{100 * mean:.2f} ± {100 * sd:.2f}%{note}"
+
+
+def recovery() -> str:
+    """Retraining with and without distillation: val/test MCR, mean ± sd over seeds, per pruned network."""
+    rows = []
+    for config, dense_run, name in RECOVERY_CONFIGS:
+        dense, compact = _metrics(dense_run), _metrics(f"{config}-compact")
+        if dense is None or compact is None:
+            continue
+        rows.append([name, "dense", "", pct(dense["val_mcr"]), pct(dense["test_mcr"]), "1.00×"])
+        ratio = times(dense["macs"] / compact["macs"])
+        rows.append([name, "compacted, not retrained", "", pct(compact["val_mcr"]), pct(compact["test_mcr"]), ratio])
+        for arm, what in (("ce", "retrained, cross-entropy"), ("kd", "retrained, distilled from dense")):
+            runs = [m for m in (_metrics(f"{config}-{arm}-s{s}") for s in range(10)) if m is not None]
+            if runs:
+                rows.append([name, what, str(len(runs)), _mean_sd([m["val_mcr"] for m in runs]),
+                             _mean_sd([m["test_mcr"] for m in runs]), ratio])
+    return table(["network", "stage", "seeds", "val MCR (5,000 images)", "test MCR (1,000 images)", "fewer MACs"],
+                 rows)
+
+
+
+INT8 = "int8-cifar10"
+
+
+def int8_deployment() -> str:
+    """Float and int8 ONNX Runtime latency of each network beside the dense float one, and their MCRs."""
+    rows = []
+    for bench_file, dense_run in (("bench-paper-cifar10.json", "paper-dense"), ("bench-resnet20.json", "resnet20-dense")):
+        path = RESULTS / INT8 / bench_file
+        if not path.exists():
+            continue
+        records = json.loads(path.read_text(encoding="utf-8"))
+        by = {(Path(r["run"].split("#")[0]).name + ("#int8" if r["run"].endswith("#int8") else ""), r["batch"]): r
+              for r in records}
+        runs = list(dict.fromkeys(Path(r["run"].split("#")[0]).name for r in records))
+        for run in runs:
+            check_path = RESULTS / INT8 / f"{run}-int8.onnx.json"
+            splits = json.loads(check_path.read_text(encoding="utf-8"))["splits"] if check_path.exists() else {}
+            for kind in ("float32", "int8"):
+                key = run if kind == "float32" else f"{run}#int8"
+                cells = []
+                for batch in (64, 1):
+                    r, dense = by.get((key, batch)), by.get((dense_run, batch))
+                    cells += [ms(r and r["median_ms"]),
+                              times(dense["median_ms"] / r["median_ms"]) if r and dense else ""]
+                mcr = [pct(splits.get(split, {}).get(f"{'float' if kind == 'float32' else 'int8'}_mcr"))
+                       for split in ("val", "test")]
+                agree = pct(splits.get("test", {}).get("top1_agreement")) if kind == "int8" else ""
+                rows.append([f"`{run}`", kind, *mcr, agree, *cells])
+    return table(["run", "weights", "val MCR", "test MCR", "test agreement with float", "batch 64 ms",
+                  "× dense float32", "batch 1 ms", "× dense float32"], rows)
 
 
 WRITERS = {  # files that do not record their command
@@ -488,6 +568,8 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "reproduce-latency": reproduce_latency,
     "reproduce-storage": reproduce_storage,
     "throughput": throughput,
+    "recovery-cifar10": recovery,
+    "int8-cifar10": int8_deployment,
     "cuda-check": cuda_check,
     # docs/benchmarks.md
     "network-targets": network_targets,

@@ -76,6 +76,13 @@ def test_prune_and_compact_runs_compute_the_same_function(chain):
     assert _config(chain["pruned"])["verb"] == "prune" and _config(chain["compact"])["verb"] == "compact"
 
 
+def test_prune_run_records_the_dead_units_it_removes(chain):
+    dead = json.loads((chain["pruned"] / "metrics.json").read_text())["dead_units"]
+    assert dead["counted"] and dead["removed_maps"] > 0
+    assert 0 <= dead["removed_dead_maps"] <= min(dead["removed_maps"], dead["dead_maps"])
+    assert set(dead["layers"]) and all(row["removed"] <= row["units"] for row in dead["layers"].values())
+
+
 def test_search_run_prunes_with_the_particle_filter(chain):
     data = load_dataset("digits", val_size=200)
     cfg = SearchConfig(method="pf", granularities=("channel",), ratio=0.5, particles=2, generations=1,

@@ -57,7 +57,7 @@ class Section:
 def summary_table(records: list[RunRecord]) -> Table:
     """One row per run: metrics.json fields, then MACs removed and MCR change against its dense reference."""
     headers = ["run", "model", "stage", "granularity", "method"] + [FIELD_TITLES[f] for f in TABLE_FIELDS]
-    headers += ["MACs removed", "MAC ratio", "size ratio", "Δ test MCR"]
+    headers += ["MACs removed", "MAC ratio", "size ratio", "Δ test MCR", "removed maps never active"]
     rows = []
     for r in records:
         row = [r.name, r.model, r.stage, r.granularity, r.method]
@@ -70,9 +70,18 @@ def summary_table(records: list[RunRecord]) -> Table:
         if ref and ref is not r and r.number("test_mcr") is not None and ref.number("test_mcr") is not None:
             delta = r.number("test_mcr") - ref.number("test_mcr")
         row += [fmt_mcr(ratio), fmt_ratio(mac_x), fmt_ratio(size_x),
-                "" if delta is None else f"{100 * delta:+.2f} pt"]
+                "" if delta is None else f"{100 * delta:+.2f} pt", dead_maps_removed(r.metrics)]
         rows.append(row)
     return Table(headers, rows)
+
+
+def dead_maps_removed(metrics: dict) -> str:
+    """'k of n': how many of the maps a pruned run removed never fired on the validation data (see
+    structprune.sparsity.dead_units); empty where the run records no count."""
+    dead = metrics.get("dead_units") or {}
+    if not dead.get("counted"):
+        return ""
+    return f"{dead['removed_dead_maps']} of {dead['removed_maps']}"
 
 
 def _div(a: float | None, b: float | None) -> float | None:
@@ -113,7 +122,9 @@ def build_sections(records: list[RunRecord], plots: list[Plot] | None = None) ->
     by_key = {p.key: p for p in plots}
     sections = [Section("Runs", "MCR = misclassification rate. Ratios compare each run with the trained run it "
                         "came from (following its config's source_run/source). A masked run's MACs removed and MAC "
-                        "ratio count its compact network (compact_macs); its MACs column is the dense tensors'.",
+                        "ratio count its compact network (compact_macs); its MACs column is the dense tensors'. "
+                        "Removed maps never active: of the maps a pruned run removes (in layers feeding a ReLU), "
+                        "those that output zero on every validation image.",
                         table=summary_table(records))]
     if "mcr_vs_ratio" in by_key:
         sections.append(Section("Accuracy against pruning", plots=[by_key["mcr_vs_ratio"]]))

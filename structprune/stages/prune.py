@@ -22,6 +22,7 @@ from structprune.output import Output
 from structprune.runcheck import check_data_fits, load_checked_run
 from structprune.runfolder import Run, as_output, recorded_dataset, save_run
 from structprune.sparsity.channel_groups import ChannelGroups
+from structprune.sparsity.dead_units import dead_unit_summary, never_active
 from structprune.sparsity.masking import MaskApplier
 from structprune.sparsity.masks import MASKS_FILE, NetworkMask
 from structprune.sparsity.selection import channel_groups_of
@@ -76,13 +77,32 @@ def prune_run(
     base = load_masks(run)
     if base is not None:
         log.info("%s already carries masks; the new masks nest inside them", src)
+    dead = None if data is None else never_active(run.model, _batches(data.val.x, DEAD_UNIT_IMAGES))
     mask = choose(run.model, groups, data, base)
     mask.validate(run.model)
     MaskApplier(run.model, groups).apply_(mask)
     metrics = {**size_metrics(run.model), **mask_summary(run.model, mask, groups), **evaluation_metrics(run.model, data)}
     metrics["source_metrics"] = {k: run.metrics[k] for k in ("val_mcr", "test_mcr", "params", "macs") if k in run.metrics}
+    if data is not None:
+        metrics["dead_units"] = dead_unit_summary(run.model, dead, mask)
+        _log_dead_units(metrics["dead_units"])
     run_config = {**run.config, **config, "source_run": str(Path(src))}
     return save_run(output, run.model, run.arch, metrics, run_config, extra_json={MASKS_FILE: mask.to_json()}), metrics
+
+
+DEAD_UNIT_IMAGES = 5000  # validation images on which a unit must never fire to count as dead
+
+
+def _batches(images: torch.Tensor, limit: int, size: int = 500) -> list[torch.Tensor]:
+    images = images[:limit]
+    return [images[i : i + size] for i in range(0, len(images), size)]
+
+
+def _log_dead_units(summary: dict[str, Any]) -> None:
+    if summary.get("counted"):
+        log.info("dead units (never active on the validation images): %d of the %d removed maps, %d of the %d "
+                 "removed hidden units", summary["removed_dead_maps"], summary["removed_maps"],
+                 summary["removed_dead_hidden"], summary["removed_hidden"])
 
 
 def compact_run(src: str | Path, out: Output | str | Path, data_dir: str | Path | None = None,
