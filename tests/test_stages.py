@@ -127,3 +127,37 @@ def test_bench_and_report_runs(chain):
     assert names == [str(chain["dense"]), str(chain["compact"]), f"{chain['compact']}#unstructured"]
     count, written = report_runs([chain["dense"], chain["compact"]], [chain["root"] / "r.html"])
     assert count == 2 and written == [chain["root"] / "r.html"] and "<table" in written[0].read_text()
+
+
+@pytest.fixture(scope="module")
+def bn_dense(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("bn")
+    cfg = TrainRunConfig(model="tiny-paper", dataset="digits", model_kwargs={"bn": True},
+                         train=TrainConfig(epochs=1, lr=0.05, batch_size=32), val_size=200, channels_last="off")
+    return train_run(root / "dense", cfg)[0]
+
+
+def _half_the_maps(model, groups, data, base=None):
+    return select_masks(model, ["channel"], 0.5, groups=groups, base=base)
+
+
+def _running_means(run: Path) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in load_run(run).model.state_dict().items() if k.endswith("running_mean")}
+
+
+def test_one_shot_pruning_re_estimates_batch_norm_statistics_under_the_masks(bn_dense, tmp_path):
+    pruned, metrics = prune_run(bn_dense, tmp_path / "pruned", _half_the_maps, {}, bn_batches=2)
+    assert metrics["bn_reestimated_images"] == 128
+    dense_means, means = _running_means(bn_dense), _running_means(pruned)
+    assert dense_means and any(not torch.equal(dense_means[k], means[k]) for k in means)
+    kept, _ = prune_run(bn_dense, tmp_path / "kept", _half_the_maps, {}, bn_batches=0)
+    assert all(torch.equal(dense_means[k], v) for k, v in _running_means(kept).items())
+    assert "bn_reestimated_images" not in json.loads((kept / "metrics.json").read_text())
+    compact, _ = compact_run(pruned, tmp_path / "compact")
+    x = torch.randn(4, *load_run(pruned).arch["input_shape"])
+    with torch.no_grad():
+        assert torch.allclose(load_run(pruned).model(x), load_run(compact).model(x), atol=1e-4)
+
+
+def test_a_network_without_batch_norm_is_pruned_as_trained(chain):
+    assert "bn_reestimated_images" not in json.loads((chain["pruned"] / "metrics.json").read_text())

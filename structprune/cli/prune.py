@@ -13,7 +13,7 @@ from structprune.errors import StructpruneError
 from structprune.output import claim_folder
 from structprune.sparsity.granularity import KERNEL_STRUCTURES, Granularity, IntraPattern, KernelForm
 from structprune.sparsity.selection import METHODS, SCOPES, select_masks
-from structprune.stages.prune import MaskChooser, prune_run
+from structprune.stages.prune import DEFAULT_BN_BATCHES, MaskChooser, prune_run
 
 GRANULARITIES = from_library(Granularity.parse_list, "granularity list")
 SEARCH_METHODS = ("pf", "epf", "random-best", "tp-l2")  # the mask search (structprune.search; options in prune_search.py)
@@ -137,7 +137,9 @@ def run(args: argparse.Namespace) -> int:
                         "intra_shared": args.intra_shared, "linear_ratio": args.linear_ratio,
                         "intra_patterns": None if args.intra_patterns is None
                         else [[p.start, p.stride] for p in args.intra_patterns]}}
-    out, metrics = prune_run(args.run_dir, output, choose, config, data_dir=args.data_dir)
+    bn_batches = DEFAULT_BN_BATCHES if args.bn_recalibrate is None else args.bn_recalibrate
+    config["prune"]["bn_batches"] = bn_batches
+    out, metrics = prune_run(args.run_dir, output, choose, config, data_dir=args.data_dir, bn_batches=bn_batches)
     mcr = f", test MCR {metrics['test_mcr']:.4f}" if "test_mcr" in metrics else ""
     print(f"{out}: {metrics['nonzero_params']:,} of {metrics['params']:,} weights kept; compact network "
           f"{metrics['compact_params']:,} params, {metrics['compact_macs']:,} MACs (dense {metrics['macs']:,}){mcr}")

@@ -59,9 +59,10 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--check-images", type=positive_int, default=2000,
                    help="other validation images that check the tolerance (disjoint from the scoring ones)")
     g.add_argument("--layers", type=layer_list, default=None, help="comma list of convolutions to prune (default: all)")
-    g.add_argument("--bn-recalibrate", type=non_negative_int, default=0, metavar="BATCHES",
-                   help="re-estimate batch-norm statistics of every candidate on BATCHES training batches of 64 "
-                   "before scoring (layer-by-layer search; default 0 = off)")
+    g.add_argument("--bn-recalibrate", type=non_negative_int, default=None, metavar="BATCHES",
+                   help="re-estimate batch-norm statistics under the masks on BATCHES training batches of 64: after "
+                   "one-shot pruning (default 16) and for every candidate of the layer-by-layer search (default 0 "
+                   "= off); 0 keeps the trained statistics")
     g.add_argument("--latency-weight", type=non_negative_float, default=0.0, metavar="LAMBDA",
                    help="global search: add LAMBDA x predicted conv latency (ms per batch of 16) to the MCR")
     g.add_argument("--latency-table", type=existing_file, default=None,
@@ -127,7 +128,7 @@ def run_search(args: argparse.Namespace, granularities: list[Granularity], kerne
         check_images=args.check_images, step_epochs=args.retrain_epochs, step_images=args.retrain_images,
         final_epochs=args.final_epochs, final_images=args.final_images, lr=args.lr, backend=args.backend,
         workers=args.workers, seed=args.seed, scope=args.scope, latency_weight=args.latency_weight,
-        latency_table=None if args.latency_table is None else str(args.latency_table), bn_batches=args.bn_recalibrate,
+        latency_table=None if args.latency_table is None else str(args.latency_table), bn_batches=args.bn_recalibrate or 0,
         kernel=kernel, intra_shared=args.intra_shared, intra_patterns=args.intra_patterns, layers=args.layers)
     command = {"command": shlex.join(["structprune", *sys.argv[1:]]), "verb": "prune"}
     out, m = search_run(run, data, cfg, output, extra_config=command)

@@ -21,6 +21,7 @@ from structprune.metrics import evaluation_metrics, size_metrics
 from structprune.output import Output
 from structprune.runcheck import check_data_fits, load_checked_run
 from structprune.runfolder import Run, as_output, recorded_dataset, save_run
+from structprune.search.scoring import reestimate_norms
 from structprune.sparsity.channel_groups import ChannelGroups
 from structprune.sparsity.dead_units import dead_unit_summary, never_active
 from structprune.sparsity.masking import MaskApplier
@@ -28,6 +29,9 @@ from structprune.sparsity.masks import MASKS_FILE, NetworkMask
 from structprune.sparsity.selection import channel_groups_of
 
 log = logging.getLogger(__name__)
+
+DEFAULT_BN_BATCHES = 16  # batch-norm re-estimation after one-shot pruning: batches of BN_BATCH training images
+BN_BATCH = 64
 
 # A mask chooser for `prune_run`: (model, groups, dataset or None, base mask or None) -> NetworkMask.
 # `base` is the mask the run already carries (prune a pruned run further): the result must nest inside it.
@@ -67,9 +71,12 @@ def prune_run(
     choose: MaskChooser,
     config: dict[str, Any],
     data_dir: str | Path | None = None,
+    bn_batches: int = DEFAULT_BN_BATCHES,
 ) -> tuple[Path, dict[str, Any]]:
     """Masks from `choose`, applied to the run in `src`, saved as a pruned run folder `out` (a path is claimed as a
-    new folder; see structprune.output)."""
+    new folder; see structprune.output). A network with batch norm has its statistics re-estimated under the
+    masks on `bn_batches` training batches of 64 (0: kept as trained): the trained statistics describe maps the
+    masks removed, and one-shot pruning without re-estimation reads far worse than the network is."""
     output = as_output(out, "prune", inputs=(src,))
     run = load_checked_run(src)
     groups = channel_groups_of(run.model)
@@ -81,13 +88,34 @@ def prune_run(
     mask = choose(run.model, groups, data, base)
     mask.validate(run.model)
     MaskApplier(run.model, groups).apply_(mask)
+    reestimated = reestimate_batch_norms(run.model, data, bn_batches)
     metrics = {**size_metrics(run.model), **mask_summary(run.model, mask, groups), **evaluation_metrics(run.model, data)}
     metrics["source_metrics"] = {k: run.metrics[k] for k in ("val_mcr", "test_mcr", "params", "macs") if k in run.metrics}
+    if reestimated:
+        metrics["bn_reestimated_images"] = reestimated
     if data is not None:
         metrics["dead_units"] = dead_unit_summary(run.model, dead, mask)
         _log_dead_units(metrics["dead_units"])
     run_config = {**run.config, **config, "source_run": str(Path(src))}
     return save_run(output, run.model, run.arch, metrics, run_config, extra_json={MASKS_FILE: mask.to_json()}), metrics
+
+
+
+
+def reestimate_batch_norms(model: nn.Module, data: Dataset | None, batches: int) -> int:
+    """Re-estimate every batch norm's running statistics on the first `batches` × 64 training images (a fixed
+    choice, so the result is deterministic); the number of images used (0: nothing done)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if data is None or batches < 1 or not norms:
+        return 0
+    images = data.train.x[: batches * BN_BATCH]
+    was_training = model.training
+    model.eval()
+    reestimate_norms(norms, (lambda start=start: model(images[start : start + BN_BATCH])
+                             for start in range(0, len(images), BN_BATCH)))
+    model.train(was_training)
+    log.info("batch-norm statistics re-estimated under the masks on %d training images", len(images))
+    return len(images)
 
 
 DEAD_UNIT_IMAGES = 5000  # validation images on which a unit must never fire to count as dead
