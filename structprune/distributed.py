@@ -145,7 +145,6 @@ def on_main(group: Group | None, work: Callable[[], T]) -> T:
     raises is raised on every process (the others wait meanwhile)."""
     if group is None:
         return work()
-    outcome: dict[str, Any] | None = None
     if group.is_main:
         try:
             result = work()
