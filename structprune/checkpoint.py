@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
 from structprune.errors import StructpruneError
@@ -64,14 +65,34 @@ def has_checkpoint(folder: str | Path | None) -> bool:
     return folder is not None and (Path(folder) / CHECKPOINT_FILE).exists()
 
 
-def load_checkpoint(folder: str | Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:
-    """Restore model and optimizer from `folder`; return the record saved with them."""
+def checkpoint_bytes(folder: str | Path | None) -> bytes | None:
+    """The checkpoint file of `folder` as bytes (what the main process sends to the others); None without one."""
+    if not has_checkpoint(folder):
+        return None
+    path = Path(folder) / CHECKPOINT_FILE  # type: ignore[arg-type]
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise StructpruneError(f"{path}: cannot read the checkpoint ({exc.strerror or exc})") from None
+
+
+def _metadata(data: bytes) -> dict[str, str]:
+    """The metadata of a safetensors file: an 8-byte little-endian header length, then the JSON header."""
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + size])
+    return dict(header.get("__metadata__") or {})
+
+
+def load_checkpoint(folder: str | Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                    data: bytes | None = None) -> dict[str, Any]:
+    """Restore model and optimizer from `folder` (or from `data`, the bytes of its checkpoint file, read elsewhere);
+    return the record saved with them."""
     path = Path(folder) / CHECKPOINT_FILE
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            full = json.loads((handle.metadata() or {})[_META_KEY])
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-    except (SafetensorError, OSError, KeyError, ValueError, RuntimeError) as exc:
+        data = path.read_bytes() if data is None else data
+        full = json.loads(_metadata(data)[_META_KEY])
+        tensors = load_safetensors(data)
+    except (SafetensorError, OSError, KeyError, ValueError, RuntimeError, AttributeError) as exc:
         raise StructpruneError(f"{path}: corrupt checkpoint ({exc}); delete it to start over") from None
     model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     try:

@@ -21,9 +21,10 @@ from torch import nn
 from tqdm import tqdm
 
 from structprune.augment import crop_and_flip
-from structprune.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from structprune.checkpoint import checkpoint_bytes, has_checkpoint, load_checkpoint, save_checkpoint
 from structprune.data import Dataset, Split, batches
 from structprune.distill import Distillation
+from structprune.distributed import Group, local_batch_size
 from structprune.errors import StructpruneError
 
 log = logging.getLogger(__name__)
@@ -88,8 +89,8 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, batch_size: int = 500) -> EvalResult:
-    """MCR and mean cross-entropy of `model` on `split` (eval mode; the mode is restored after)."""
+def _error_sums(model: nn.Module, split: Split, batch_size: int) -> tuple[int, float]:
+    """Misclassified images and summed cross-entropy of `model` on `split` (eval mode; the mode is restored after)."""
     was_training = model.training
     model.eval()
     device = _model_device(model)
@@ -100,6 +101,17 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 500) -> EvalResul
         loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
         wrong += int((logits.argmax(1) != y).sum())
     model.train(was_training)
+    return wrong, loss_sum
+
+
+def evaluate(model: nn.Module, split: Split, batch_size: int = 500, group: Group | None = None) -> EvalResult:
+    """MCR and mean cross-entropy of `model` on `split`; with `group`, every process measures its share of the
+    images and the sums are all-reduced (all processes get the same result)."""
+    if group is None:
+        wrong, loss_sum = _error_sums(model, split, batch_size)
+    else:
+        share = Split(group.share(split.x), group.share(split.y))
+        wrong, loss_sum = group.all_sum(list(_error_sums(model, share, batch_size)))
     n = max(len(split), 1)
     return EvalResult(wrong / n, loss_sum / n)
 
@@ -130,6 +142,14 @@ def _diverged(what: str, checkpoint_dir: str | Path | None, epoch: int) -> Struc
     return StructpruneError(f"training diverged: {what}{kept}; try a lower learning rate (--lr) or weight decay")
 
 
+def _loss(logits: torch.Tensor, x: torch.Tensor, y: torch.Tensor, distill: Distillation | None) -> torch.Tensor:
+    """The mean loss of a batch; an empty share (a last global batch smaller than the process count) gives a zero
+    that still reaches every parameter, so that DistributedDataParallel's reduction runs on every process."""
+    if len(y) == 0:
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, y) if distill is None else distill.loss(logits, x, y)
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "adam":
@@ -150,6 +170,7 @@ def train(
     augment: bool | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     distill: Distillation | None = None,
+    group: Group | None = None,
 ) -> list[dict[str, float]]:
     """Train `model` in place on `data.train`; return one record per epoch (train loss, val MCR/loss).
 
@@ -162,6 +183,9 @@ def train(
     augment        crop+flip the training images; None follows `data.augment`
     distill        a teacher: the loss (and the recorded train loss) becomes structprune.distill's
                    (1 − A)·CE + A·T²·KL(teacher ‖ student); a checkpoint records the teacher, A and T
+    group          data-parallel over torchrun's processes (structprune.distributed): `cfg.batch_size` is the global
+                   batch, each process trains on its share in DistributedDataParallel; only the main process writes
+                   checkpoints and shows progress, and it sends the checkpoint it resumes from to the others
     """
     if device is not None:
         model.to(resolve_device(device) if isinstance(device, str) else device)
@@ -170,14 +194,20 @@ def train(
         model.to(memory_format=torch.channels_last)
     augment = data.augment if augment is None else augment
     opt = make_optimizer(model, cfg)
+    if group is not None:
+        local_batch_size(cfg.batch_size, group.world)
+        progress = progress and group.is_main
     steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
     config = asdict(cfg) if distill is None else {**asdict(cfg), "distill": distill.fingerprint()}
     if distill is not None:
         distill.teacher.to(dev)
     history: list[dict[str, float]] = []
     start = 0
-    if has_checkpoint(checkpoint_dir):
-        record = load_checkpoint(checkpoint_dir, model, opt)
+    saved_bytes = checkpoint_bytes(checkpoint_dir) if group is None or group.is_main else None
+    if group is not None:  # the main process's checkpoint (only its machine holds the staging folder) goes to all
+        saved_bytes = group.broadcast_bytes(saved_bytes) or None
+    if saved_bytes is not None and checkpoint_dir is not None:
+        record = load_checkpoint(checkpoint_dir, model, opt, saved_bytes)
         saved = {**asdict(TrainConfig()), **record.get("config", {})}  # fields added later keep their defaults
         if saved != config:
             raise StructpruneError(
@@ -186,6 +216,8 @@ def train(
             )
         start, history = int(record["epoch"]), list(record["history"])
         log.info("resuming from %s after epoch %d", checkpoint_dir, start)
+    net = model if group is None else group.wrap(model)  # wrapped after loading: every process starts alike
+    writes = checkpoint_dir is not None and (group is None or group.is_main)
     for epoch in range(start, cfg.epochs):
         seed = epoch_seed(cfg.seed, epoch)
         torch.manual_seed(seed)  # dropout and any other global-RNG use
@@ -196,34 +228,40 @@ def train(
                    disable=not progress, leave=False, unit="batch")
         for i, (x, y) in enumerate(batches(data.train, cfg.batch_size, shuffle=True, seed=seed)):
             if augment:
-                x = crop_and_flip(x, gen)
+                x = crop_and_flip(x, gen)  # the whole global batch: the generator draws what one process would
+            batch = len(y)
+            if group is not None:
+                x, y = group.share(x), group.share(y)
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            for group in opt.param_groups:
-                group["lr"] = lr_at(cfg, epoch * steps_per_epoch + i, steps_per_epoch)
+            for param_group in opt.param_groups:
+                param_group["lr"] = lr_at(cfg, epoch * steps_per_epoch + i, steps_per_epoch)
             opt.zero_grad(set_to_none=True)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y) if distill is None else distill.loss(logits, x, y)
+            logits = net(x)
+            loss = _loss(logits, x, y, distill)
             value = float(loss.detach())
+            if group is not None:  # DDP averages over processes: weight each share by its size in the global batch
+                value = group.all_sum([value * len(y)])[0] / batch
+                loss = loss * (len(y) * group.world / batch)
             if not math.isfinite(value):
                 raise _diverged(f"the loss became {value} at epoch {epoch + 1}, batch {i + 1}", checkpoint_dir, epoch)
             loss.backward()
             opt.step()
             if after_step is not None:
                 after_step()
-            total += value * len(y)
-            seen += len(y)
+            total += value * batch
+            seen += batch
             bar.update(1)
             if i % 20 == 0:
                 bar.set_postfix(mean_loss=f"{total / seen:.4f}")  # mean over the epoch so far
         bar.close()
         if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
             raise _diverged(f"a weight became NaN or infinite in epoch {epoch + 1}", checkpoint_dir, epoch)
-        val = evaluate(model, data.val)
+        val = evaluate(model, data.val, group=group)
         history.append({"epoch": epoch + 1, "train_loss": total / max(seen, 1), "val_mcr": val.mcr, "val_loss": val.loss})
         log.info("epoch %d/%d: train loss %.4f, val MCR %.4f", epoch + 1, cfg.epochs, history[-1]["train_loss"], val.mcr)
-        if checkpoint_dir is not None:
+        if writes:
             save_checkpoint(checkpoint_dir, model, opt, {"epoch": epoch + 1, "history": history, "config": config})
         if on_epoch is not None:
             on_epoch(history[-1])

@@ -13,6 +13,7 @@ import sys
 from typing import NoReturn
 
 from structprune import __version__
+from structprune.distributed import is_main_process
 from structprune.errors import StructpruneError
 
 # Verb modules, in the order `--help` lists them. Add a verb by adding its module name here.
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"structprune: error: {exc}", file=sys.stderr)
         return 2
-    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet or not is_main_process() else logging.INFO
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
     try:
         return int(args.func(args) or 0)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from structprune.cli.common import add_output_arguments, non_negative_float, positive_float, positive_int, seed
 from structprune.distill import DEFAULT_TEMPERATURE, DEFAULT_WEIGHT, SOURCE
+from structprune.distributed import is_main_process
 from structprune.errors import StructpruneError
 from structprune.output import claim_folder
 from structprune.runfiles import CONFIG_FILE
@@ -52,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
     out, m = retrain_run(args.run_dir, output, cfg, data_dir=args.data_dir, teacher=_teacher(args),
                          progress=not args.no_progress, restart=args.restart,
                          extra_config={"command": shlex.join(["structprune", *sys.argv[1:]])})
+    if not is_main_process():  # under torchrun the main process reports (and alone holds the output)
+        return 0
     distill = json.loads((out / CONFIG_FILE).read_text())["retrain"]["distill"]
     print(f"{out}: test MCR {m['test_mcr']:.4f} after {args.epochs} epochs "
           f"(before {m['before_retrain'].get('test_mcr', float('nan')):.4f})"

@@ -24,6 +24,7 @@ from structprune.cli.common import (
     seed,
 )
 from structprune.data import DATASETS, is_folder_dataset
+from structprune.distributed import is_main_process
 from structprune.models import available
 from structprune.output import claim_folder
 from structprune.stages.train import TrainRunConfig, train_run
@@ -103,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     out, m = train_run(output, cfg, progress=not args.no_progress, restart=args.restart,
                        extra_config={"command": shlex.join(["structprune", *sys.argv[1:]])})
+    if not is_main_process():  # under torchrun the main process reports (and alone holds the output)
+        return 0
     print(f"{out}: val MCR {m['val_mcr']:.4f}, test MCR {m['test_mcr']:.4f} ({m['test_images']} test images), "
           f"{m['params']:,} params, {m['macs']:,} MACs")
     return 0

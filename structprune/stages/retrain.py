@@ -8,8 +8,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from structprune.data import Dataset
 from structprune.distill import DEFAULT_TEMPERATURE, DEFAULT_WEIGHT, teacher_for
+from structprune.distributed import on_main, setup, staged
 from structprune.errors import StructpruneError
 from structprune.metrics import run_metrics
 from structprune.output import Output
@@ -37,8 +40,11 @@ def retrain_run(src: str | Path, out: Output | str | Path, cfg: TrainConfig, dat
                 data_dir: str | None = None, teacher: Teacher | None = None, progress: bool = False,
                 restart: bool = False, extra_config: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
     """Retrain the run in `src` on its dataset (or `data`) into `out`; with masks.json the pruned weights stay exactly
-    zero. Checkpoints every epoch in the staging folder: the same call resumes. Returns the run and its metrics."""
+    zero. Checkpoints every epoch in the staging folder: the same call resumes. Under torchrun the retraining is
+    data-parallel over its processes (structprune.distributed) and only the main process writes. Returns the run
+    and its metrics."""
     output = as_output(out, "retrain", inputs=(src,))
+    group, _ = setup(torch.device("cpu"), cfg.batch_size)
     run = load_checked_run(src)
     data = data if data is not None else run_dataset(run, data_dir)
     if data is None:
@@ -48,19 +54,25 @@ def retrain_run(src: str | Path, out: Output | str | Path, cfg: TrainConfig, dat
                                                          teacher.temperature)
     identity = {"source": run_fingerprint(Path(src)), "data": data.fingerprint(), "retrain": asdict(cfg),
                 "distill": None if distill is None else distill.fingerprint()}
-    options = {"checkpoint_dir": output.checkpoints, "progress": progress, "distill": distill}
+    options = {"checkpoint_dir": output.checkpoints, "progress": progress, "distill": distill, "group": group}
     groups = channel_groups_of(run.model) if mask is not None else None
-    with output.staged(identity, restart=restart):
+    with staged(group, output, identity, restart=restart):
         if mask is not None:
             history = retrain_masked(run.model, mask, data, cfg, groups=groups, **options)
         else:
             history = retrain_compact(run.model, data, cfg, **options)
     kept = mask_summary(run.model, mask, groups) if mask is not None else {}
     before = {k: run.metrics[k] for k in ("val_mcr", "test_mcr") if k in run.metrics}
-    metrics = run_metrics(run.model, data, **kept, before_retrain=before, history=history)
     distilled = None if distill is None else {**distill.fingerprint(), "teacher_arg": str(teacher.run)}  # type: ignore[union-attr]
     config = {**run.config, **(extra_config or {}), "verb": "retrain", "source_run": str(src),
               "retrain": {**asdict(cfg), "source_run": str(src), "masked": mask is not None,
-                          "train_images": len(data.train), "distill": distilled}}
+                          "train_images": len(data.train), "distill": distilled,
+                          **({} if group is None else {"processes": group.world})}}
     extra = {MASKS_FILE: mask.to_json()} if mask is not None else None
-    return save_run(output, run.model, run.arch, metrics, config, extra_json=extra), metrics
+
+    def publish() -> dict[str, Any]:
+        metrics = run_metrics(run.model, data, **kept, before_retrain=before, history=history)
+        save_run(output, run.model, run.arch, metrics, config, extra_json=extra)
+        return metrics
+
+    return output.path, on_main(group, publish)

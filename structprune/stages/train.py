@@ -13,6 +13,7 @@ import torch
 
 from structprune import __version__
 from structprune.data import Dataset, dataset_shape, is_folder_dataset, load_dataset
+from structprune.distributed import on_main, setup, staged
 from structprune.errors import StructpruneError
 from structprune.jsonio import read_json, write_json_atomic
 from structprune.metrics import run_metrics
@@ -77,26 +78,33 @@ def train_run(out: Output | str | Path, cfg: TrainRunConfig, data: Dataset | Non
               restart: bool = False, extra_config: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
     """Train `cfg.model` on `cfg.dataset` (or the already loaded `data`) into the run folder `out`, checkpointing every
     epoch in its staging folder: the same call resumes an interrupted run, other settings are refused (`restart`
-    discards them). Returns the run folder and its metrics."""
+    discards them). Under torchrun the training is data-parallel over its processes (structprune.distributed) and only
+    the main process writes. Returns the run folder and its metrics."""
     output = as_output(out, "train")
-    device = resolve_device(cfg.device)
+    group, device = setup(resolve_device(cfg.device), cfg.train.batch_size)
     model, data = build_model(cfg, data)
     channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type == "cpu")
     augment = bool(data.augment and cfg.augment is not False)
     identity = {"model": cfg.model, "model_kwargs": cfg.model_kwargs, "dataset": cfg.dataset, "data": data.fingerprint(),
                 "val_size": len(data.val), "augment": augment, "channels_last": channels_last, "train": asdict(cfg.train)}
     started = time.perf_counter()
-    with output.staged(identity, restart=restart):
+    with staged(group, output, identity, restart=restart):
         history = train(model, data, cfg.train, checkpoint_dir=output.checkpoints, progress=progress, device=device,
-                        channels_last=channels_last, augment=augment)
+                        channels_last=channels_last, augment=augment, group=group)
     seconds = time.perf_counter() - started
     model.cpu()
-    metrics = run_metrics(model, data, train_seconds_this_session=round(seconds, 1), history=history)
+    processes = {} if group is None else {"processes": group.world}
     config = {**(extra_config or {}), "verb": "train", "model": cfg.model, "model_kwargs": cfg.model_kwargs,
               "dataset": data.name, "data_dir": cfg.data_dir, "val_size": len(data.val), "augment": augment,
               "device": str(device), "channels_last": channels_last, "threads": torch.get_num_threads(),
-              "train": asdict(cfg.train), "structprune": __version__, "torch": torch.__version__}
-    return save_run(output, model, None, metrics, config), metrics
+              **processes, "train": asdict(cfg.train), "structprune": __version__, "torch": torch.__version__}
+
+    def publish() -> dict[str, Any]:
+        metrics = run_metrics(model, data, train_seconds_this_session=round(seconds, 1), history=history)
+        save_run(output, model, None, metrics, config)
+        return metrics
+
+    return output.path, on_main(group, publish)
 
 
 def check_adoptable(src: str | Path, cfg: TrainRunConfig) -> None:
