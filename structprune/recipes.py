@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from structprune.errors import StructpruneError
-from structprune.sparsity.granularity import KernelForm
+from structprune.sparsity.granularity import Granularity, KernelForm
+from structprune.sparsity.method import ONE_SHOT_METHODS, Method, require_method
 from structprune.train import TrainConfig
 
 
@@ -23,8 +24,8 @@ class Recipe:
     val_size: int = 5000
     sensitivity_images: int = 2000
     ladder_ratios: tuple[float, ...] = (0.25, 0.5, 0.75)
-    ladder_methods: tuple[str, ...] = ("l1", "random")
-    scales: tuple[str, ...] = ("channel", "kernel", "intra")
+    ladder_methods: tuple[Method, ...] = (Method.L1, Method.RANDOM)
+    scales: tuple[Granularity, ...] = (Granularity.CHANNEL, Granularity.KERNEL, Granularity.INTRA)
     search: dict[str, Any] = field(default_factory=dict)  # structprune.search.driver.SearchConfig fields
     retrain_epochs: int = 3
     retrain_lr: float = 0.01
@@ -35,10 +36,16 @@ class Recipe:
     bench_threads: int = 2
     bench_rounds: int = 7
 
+    def __post_init__(self) -> None:
+        for method in self.ladder_methods:
+            require_method(method, ONE_SHOT_METHODS, "ladder method")
+        if not self.scales or not all(isinstance(g, Granularity) for g in self.scales):
+            raise StructpruneError(f"recipe scales must be a tuple of Granularity, not {self.scales!r}")
+
 
 # kernel masks in two output-map groups sharing their kept inputs and one intra pattern per layer: the forms that
 # compact into few fast convolutions (docs/benchmarks.md); free per-kernel masks compact into many slow ones
-_MNIST_SEARCH = {"method": "pf", "tolerance": 0.002, "particles": 16, "generations": 6, "score_images": 2000,
+_MNIST_SEARCH = {"method": Method.PF, "tolerance": 0.002, "particles": 16, "generations": 6, "score_images": 2000,
                  "check_images": 2000, "step_epochs": 1, "final_epochs": 1, "kernel": KernelForm("structured", 2),
                  "intra_shared": True}
 # batch-norm statistics re-estimated for every candidate and for the accepted one: without it, one-shot pruning
@@ -60,15 +67,15 @@ RECIPES: dict[tuple[str, bool], Recipe] = {
     ("cifar10", True): Recipe(
         "cifar10", "paper-cifar10", TrainConfig(epochs=3, lr=0.02, batch_size=64, warmup_epochs=0.5), {"bn": True},
         sensitivity_images=1000,
-        ladder_ratios=(0.25, 0.5), ladder_methods=("l1",),
+        ladder_ratios=(0.25, 0.5), ladder_methods=(Method.L1,),
         search={**_CIFAR_SEARCH, "tolerance": 0.02, "particles": 6, "generations": 2, "score_images": 500,
                 "check_images": 1000, "ladder": (0.25, 0.5), "step_epochs": 0, "final_epochs": 0},
         retrain_epochs=1, bits=5, quant_epochs=0, bench_rounds=3),
     # the embedded 8×8 digits: a pipeline check in seconds, not a result
     ("digits", True): Recipe(
         "digits", "tiny-paper", TrainConfig(epochs=3, lr=0.05, batch_size=32), val_size=200, sensitivity_images=200,
-        ladder_ratios=(0.25, 0.5, 0.75), ladder_methods=("l1", "random"),
-        search={"method": "pf", "ratio": 0.5, "particles": 4, "generations": 2, "score_images": 100,
+        ladder_ratios=(0.25, 0.5, 0.75), ladder_methods=(Method.L1, Method.RANDOM),
+        search={"method": Method.PF, "ratio": 0.5, "particles": 4, "generations": 2, "score_images": 100,
                 "check_images": 100, "ladder": (0.5,), "step_epochs": 0, "final_epochs": 0},
         retrain_epochs=1, bits=8, quant_epochs=0, bench_batches=(1, 16), bench_rounds=2),
 }

@@ -31,7 +31,9 @@ from structprune.runcheck import load_checked_run
 from structprune.runfiles import BENCH_FILE, CONFIG_FILE, EXPORT_FILE, METRICS_FILE, SENSITIVITY_FILE, STATUS_FILE
 from structprune.runfolder import run_fingerprint
 from structprune.sensitivity import SensitivityConfig, sweep
-from structprune.sparsity.selection import select_masks
+from structprune.sparsity.granularity import Granularity
+from structprune.sparsity.method import Method
+from structprune.sparsity.selection import SelectionConfig
 from structprune.train import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -115,22 +117,18 @@ def sensitivity_stage(ctx: Context) -> None:
           out_file=run.path / SENSITIVITY_FILE)
 
 
-def ladder_stage(name: str, method: str, scale: str, ratio: float) -> Stage:
+def ladder_stage(name: str, method: Method, scale: Granularity, ratio: float) -> Stage:
     """One-shot masks (no retraining) at one scale, method and ratio: a point of the MCR-against-ratio curves."""
 
     def run(ctx: Context) -> None:
-        def choose(model, groups, data, base=None):
-            return select_masks(model, [scale], ratio, method=method, scope="layer", seed=0, groups=groups, base=base)
-
-        config = {"stage": "ladder", "granularity": scale, "method": method,
-                  "prune": {"granularity": [scale], "method": method, "ratio": [ratio], "scope": "layer", "seed": 0}}
-        stages.prune_run(ctx.path(TRAIN), ctx.output(name, "prune"), choose, config, data_dir=ctx.data_dir)
+        stages.select_run(ctx.path(TRAIN), ctx.output(name, "prune"), [scale], [ratio], SelectionConfig(method=method),
+                          {"stage": "ladder", "granularity": scale.value, "method": method.value}, data_dir=ctx.data_dir)
 
     return Stage(name, run, (TRAIN,))
 
 
 def search_stage(ctx: Context) -> None:
-    cfg = stages.SearchConfig(granularities=tuple(ctx.recipe.scales), **ctx.recipe.search)
+    cfg = stages.SearchConfig(granularities=ctx.recipe.scales, **ctx.recipe.search)
     stages.search_run(load_checked_run(ctx.path(TRAIN)), ctx.data, cfg, ctx.output(SEARCH, "prune"),
                extra_config={"stage": SEARCH, "granularity": ",".join(cfg.granularities), "method": cfg.method})
 

@@ -32,6 +32,7 @@ from structprune.runfolder import recorded_dataset
 from structprune.sparsity.granularity import Granularity
 from structprune.sparsity.masking import MaskApplier
 from structprune.sparsity.masks import NetworkMask
+from structprune.sparsity.method import ONE_SHOT_METHODS, Method, require_method
 from structprune.sparsity.selection import SelectionConfig, select
 from structprune.train import evaluate
 
@@ -39,21 +40,19 @@ log = logging.getLogger(__name__)
 
 SENSITIVITY_FORMAT = "structprune-sensitivity/1"
 DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-METHODS = ("l1", "random")
 
 
 @dataclass(frozen=True)
 class SensitivityConfig:
     granularity: Granularity = Granularity.CHANNEL
-    method: str = "l1"  # l1 | random
+    method: Method = Method.L1  # L1 or RANDOM
     ratios: tuple[float, ...] = DEFAULT_RATIOS
     split: str = "val"  # val | test
     images: int | None = 2000  # evaluate on the first N images of the split (None: all)
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise StructpruneError(f"unknown selection method {self.method!r}; choose from {', '.join(METHODS)}")
+        require_method(self.method, ONE_SHOT_METHODS, "selection method")
         if not self.ratios or any(not 0.0 < r < 1.0 for r in self.ratios):
             raise StructpruneError("sensitivity ratios must lie strictly between 0 and 1")
         if self.split not in ("val", "test"):

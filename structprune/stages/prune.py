@@ -1,6 +1,7 @@
 """The prune and compact stages: choose masks, write the masked run; compact a masked run into a smaller network.
 
   prune_run(src, out, ...)      src run + masks -> out run: same arch, pruned weights zero, masks.json
+  select_run(src, out, ...)     prune_run with one-shot selection (L1, random), recorded as config.json's "prune"
   compact_run(src, out)         masked run -> compact run: smaller layers, its own params/MACs/MCR
 """
 
@@ -22,9 +23,10 @@ from structprune.output import Output
 from structprune.runcheck import check_data_fits, load_checked_run
 from structprune.runfolder import Run, as_output, recorded_dataset, save_run
 from structprune.sparsity.channel_groups import ChannelGroups
+from structprune.sparsity.granularity import Granularity
 from structprune.sparsity.masking import MaskApplier
 from structprune.sparsity.masks import MASKS_FILE, NetworkMask
-from structprune.sparsity.selection import channel_groups_of
+from structprune.sparsity.selection import SelectionConfig, channel_groups_of, select
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +85,26 @@ def prune_run(
     metrics["source_metrics"] = {k: run.metrics[k] for k in ("val_mcr", "test_mcr", "params", "macs") if k in run.metrics}
     run_config = {**run.config, **config, "source_run": str(Path(src))}
     return save_run(output, run.model, run.arch, metrics, run_config, extra_json={MASKS_FILE: mask.to_json()}), metrics
+
+
+def selection_record(granularities: list[Granularity], ratios: list[float], cfg: SelectionConfig) -> dict[str, Any]:
+    """config.json's "prune" section for a one-shot selection (the spellings of the command line)."""
+    return {"granularity": [g.value for g in granularities], "method": cfg.method.value, "ratio": list(ratios),
+            "scope": cfg.scope, "seed": cfg.seed, "round_to": cfg.round_to, "kernel": str(cfg.kernel),
+            "intra_shared": cfg.intra_shared, "linear_ratio": cfg.linear_ratio,
+            "intra_patterns": None if cfg.intra_patterns is None else [[p.start, p.stride] for p in cfg.intra_patterns]}
+
+
+def select_run(src: str | Path, out: Output | str | Path, granularities: list[Granularity], ratios: list[float],
+               cfg: SelectionConfig, extra_config: dict[str, Any] | None = None,
+               data_dir: str | Path | None = None) -> tuple[Path, dict[str, Any]]:
+    """`prune_run` with masks chosen one-shot by `cfg` (L1 or random) at `ratios` (one, or one per granularity)."""
+
+    def choose(model: nn.Module, groups: ChannelGroups, data: Dataset | None, base: NetworkMask | None) -> NetworkMask:
+        return select(model, granularities, ratios, cfg, groups=groups, base=base)
+
+    config = {**(extra_config or {}), "prune": selection_record(granularities, ratios, cfg)}
+    return prune_run(src, out, choose, config, data_dir=data_dir)
 
 
 def compact_run(src: str | Path, out: Output | str | Path, data_dir: str | Path | None = None,
