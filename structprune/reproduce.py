@@ -28,7 +28,16 @@ from structprune.jsonio import read_json, write_json_atomic
 from structprune.output import Output, claim_folder
 from structprune.recipes import RECIPES, Recipe, recipe_for
 from structprune.runcheck import load_checked_run
-from structprune.runfiles import BENCH_FILE, CONFIG_FILE, EXPORT_FILE, METRICS_FILE, SENSITIVITY_FILE, STATUS_FILE
+from structprune.runfiles import (
+    BENCH_FILE,
+    CONFIG_FILE,
+    EXPORT_FILE,
+    METRICS_FILE,
+    REPORT_HTML,
+    REPORT_MD,
+    SENSITIVITY_FILE,
+    STATUS_FILE,
+)
 from structprune.runfolder import run_fingerprint
 from structprune.sensitivity import SensitivityConfig, sweep
 from structprune.sparsity.granularity import Granularity
@@ -151,7 +160,7 @@ def compact_stage(ctx: Context) -> None:
 
 
 def report_stage(ctx: Context) -> None:
-    stages.report_runs([ctx.out], [ctx.path("report.md"), ctx.path("report.html")],
+    stages.report_runs([ctx.out], [ctx.path(REPORT_MD), ctx.path(REPORT_HTML)],
                        f"structprune reproduce {ctx.recipe.dataset}")
 
 

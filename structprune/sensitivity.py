@@ -27,8 +27,8 @@ from structprune.data import Dataset, Split
 from structprune.errors import StructpruneError
 from structprune.jsonio import read_json, write_json_atomic
 from structprune.runcheck import check_data_fits, load_checked_run
-from structprune.runfiles import SENSITIVITY_FILE
-from structprune.runfolder import recorded_dataset
+from structprune.runfiles import CONFIG_FILE, SENSITIVITY_FILE
+from structprune.runfolder import recorded_dataset, source_chain
 from structprune.sparsity.granularity import Granularity
 from structprune.sparsity.masking import MaskApplier
 from structprune.sparsity.masks import NetworkMask
@@ -143,16 +143,13 @@ def sweep(
     return result
 
 
-def dataset_of_run(path: Path, config: dict[str, Any], data_dir: str | Path | None = None) -> Dataset:
-    """The dataset (and validation split) a run was trained on, following `source` back to the trained run."""
-    seen: set[str] = set()
-    while "dataset" not in config and config.get("source") and str(config["source"]) not in seen:
-        seen.add(str(config["source"]))
-        parent = Path(str(config["source"]))
-        config = read_json(parent / "config.json") if (parent / "config.json").is_file() else {}
+def dataset_of_run(path: Path, config: dict[str, Any] | None = None, data_dir: str | Path | None = None) -> Dataset:
+    """The dataset (and validation split) a run was trained on, following its sources back to the trained run
+    (`config`: the run's config.json, when already read)."""
+    config = next((found for _, found in source_chain(path, config, strict=False) if "dataset" in found), {})
     data = recorded_dataset(config, data_dir)
     if data is None:
-        raise StructpruneError(f"{path}: config.json does not say which dataset the run used")
+        raise StructpruneError(f"{path}: {CONFIG_FILE} does not say which dataset the run used")
     return data
 
 

@@ -13,6 +13,7 @@ from structprune.data import load_dataset
 from structprune.demo.context import DEMO_DATA, DEMO_MODEL, DEMO_VAL, DENSE_RUN, DemoContext, torch_threads
 from structprune.jsonio import write_bytes_atomic
 from structprune.runcheck import load_checked_run
+from structprune.runfiles import REPORT_HTML
 from structprune.stages.train import TrainRunConfig, train_run
 from structprune.train import TrainConfig
 
@@ -92,7 +93,7 @@ def stage_report(ctx: DemoContext) -> None:
     (ctx.work / FIGURES).mkdir(exist_ok=True)
     for plot in plots:
         write_bytes_atomic(ctx.work / FIGURES / f"{plot.key}.png", plot.png)
-    write_report(records, ctx.work / "report.html", "structprune demo report")
+    write_report(records, ctx.work / REPORT_HTML, "structprune demo report")
     lines = ["## Report: before and after", "",
              "Every run of this demo, with its size and MCR against the dense run it came from "
              "(`structprune report DIR --out report.html` redraws it; `report.html` here is the self-contained page).", "",

@@ -56,7 +56,7 @@ from structprune.jsonio import read_json, write_json_atomic
 from structprune.metrics import size_metrics
 from structprune.output import Output, fingerprint_files
 from structprune.retrain import retrain_masked
-from structprune.runfiles import LATENCY_FILE, SEARCH_FILE
+from structprune.runfiles import LATENCY_FILE, MODEL_FILE, PF_STATE_FILE, SEARCH_FILE, SEARCH_STATE_FILE, STATE_DIR
 from structprune.runfolder import Run, as_output, load_state, save_run
 from structprune.search.backends import make_backend
 from structprune.search.latency import LatencyTable, measure_latency_table
@@ -91,7 +91,6 @@ from structprune.train import TrainConfig, evaluate
 log = logging.getLogger(__name__)
 
 DEFAULT_LADDER = (0.25, 0.5, 0.625, 0.75, 0.8125, 0.875, 0.9375)
-STATE_DIR = "state"
 
 
 @dataclass(frozen=True)
@@ -454,26 +453,26 @@ class Search:
     def _save_driver(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().clone() for k, v in self.model.state_dict().items()}
-        tmp = self.state_dir / ".model.safetensors.tmp"
+        tmp = self.state_dir / f".{MODEL_FILE}.tmp"
         save_file(state, str(tmp))
-        tmp.replace(self.state_dir / "model.safetensors")
-        write_json_atomic(self.state_dir / "driver.json", {**self._fingerprint(), "state": asdict(self.state)})
+        tmp.replace(self.state_dir / MODEL_FILE)
+        write_json_atomic(self.state_dir / SEARCH_STATE_FILE, {**self._fingerprint(), "state": asdict(self.state)})
 
     def _save_pf(self, pf: ParticleFilter) -> None:
         """After a generation: the filter, and the driver's history (the weights do not change during a rung)."""
-        write_json_atomic(self.state_dir / "pf.json", {"step": self.state.step, "rung": self.state.rung,
+        write_json_atomic(self.state_dir / PF_STATE_FILE, {"step": self.state.step, "rung": self.state.rung,
                                                        "pf": pf.state_dict()})
-        write_json_atomic(self.state_dir / "driver.json", {**self._fingerprint(), "state": asdict(self.state)})
+        write_json_atomic(self.state_dir / SEARCH_STATE_FILE, {**self._fingerprint(), "state": asdict(self.state)})
 
     def _try_resume(self) -> bool:
-        path = self.state_dir / "driver.json"
+        path = self.state_dir / SEARCH_STATE_FILE
         if not path.exists():
             return False
         saved = read_json(path)
         if {k: saved.get(k) for k in ("config", "source")} != self._fingerprint():
             raise StructpruneError(f"{self.state_dir} holds a search with other settings; pass --restart to discard it")
         self.state = DriverState(**saved["state"])
-        self.model.load_state_dict(load_state(self.state_dir / "model.safetensors"))
+        self.model.load_state_dict(load_state(self.state_dir / MODEL_FILE))
         log.info("resuming %s at step %d, rung %d", self.out, self.state.step, self.state.rung)
         return True
 
@@ -586,7 +585,7 @@ class Search:
     def _particle_filter(self, rung: Rung, mask: NetworkMask, seed: int, score_fn) -> tuple[np.ndarray, float]:
         pf_cfg = PFConfig(particles=self.cfg.particles, generations=self.cfg.generations,
                           temperature=self.cfg.temperature, evolutionary=self.cfg.method is Method.EPF, seed=seed)
-        pf_path = self.state_dir / "pf.json"
+        pf_path = self.state_dir / PF_STATE_FILE
         pf = None
         if pf_path.exists():
             saved = read_json(pf_path)
@@ -675,7 +674,7 @@ class Search:
                 if norms_before is not None:
                     self.model.load_state_dict(norms_before, strict=False)
                 self._next_step()
-            (self.state_dir / "pf.json").unlink(missing_ok=True)
+            (self.state_dir / PF_STATE_FILE).unlink(missing_ok=True)
             self._save_driver()
             self._write_search_json()
         if not self.state.final_done:
