@@ -4,10 +4,13 @@ minutes on two cores; `digits` (embedded data) checks the pipeline in seconds.""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from structprune import stages
+from structprune.data import Dataset
 from structprune.errors import StructpruneError
+from structprune.sensitivity import SensitivityConfig
 from structprune.sparsity.granularity import Granularity, KernelForm
 from structprune.sparsity.method import ONE_SHOT_METHODS, Method, require_method
 from structprune.train import TrainConfig
@@ -41,6 +44,35 @@ class Recipe:
             require_method(method, ONE_SHOT_METHODS, "ladder method")
         if not self.scales or not all(isinstance(g, Granularity) for g in self.scales):
             raise StructpruneError(f"recipe scales must be a tuple of Granularity, not {self.scales!r}")
+
+    # the typed config of each stage of the reproduction
+    def train_config(self, data_dir: str | None) -> stages.TrainRunConfig:
+        return stages.TrainRunConfig(model=self.model, dataset=self.dataset, train=self.train,
+                                     model_kwargs=self.model_kwargs, data_dir=data_dir, val_size=self.val_size,
+                                     channels_last="off")
+
+    def sensitivity_config(self) -> SensitivityConfig:
+        return SensitivityConfig(images=self.sensitivity_images)
+
+    def search_config(self) -> stages.SearchConfig:
+        return stages.SearchConfig(granularities=self.scales, **self.search)
+
+    def retrain_config(self) -> TrainConfig:
+        return TrainConfig(epochs=self.retrain_epochs, lr=self.retrain_lr, batch_size=self.train.batch_size,
+                           seed=self.train.seed)
+
+    def retrain_data(self, data: Dataset) -> Dataset:
+        """The final retraining's data: the first `retrain_images` training images, or all."""
+        return data if self.retrain_images is None else replace(data, train=data.train.subset(self.retrain_images))
+
+    def quantize_config(self, data_dir: str | None) -> stages.QuantizeConfig:
+        return stages.QuantizeConfig(bits=self.bits, epochs=self.quant_epochs, data_dir=data_dir)
+
+    def bench_config(self) -> stages.BenchConfig:
+        """Dense against compact, with the compact network's references (structprune.bench.REFERENCES): the same
+        network masked but run with dense tensors, and the same nonzeros run as unstructured sparse (CSR)."""
+        return stages.BenchConfig(batches=self.bench_batches, threads=self.bench_threads, rounds=self.bench_rounds,
+                                  references=("masked-dense", "unstructured"))
 
 
 # kernel masks in two output-map groups sharing their kept inputs and one intra pattern per layer: the forms that

@@ -153,6 +153,12 @@ def dataset_of_run(path: Path, config: dict[str, Any] | None = None, data_dir: s
     return data
 
 
+def sweep_complete(run_dir: str | Path) -> bool:
+    """Whether the run folder holds a finished sweep (an interrupted one resumes)."""
+    path = Path(run_dir) / SENSITIVITY_FILE
+    return path.is_file() and bool(read_json(path).get("complete"))
+
+
 def run_sensitivity(run_dir: str | Path, cfg: SensitivityConfig, data_dir: str | Path | None = None,
                     progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Sweep a run folder's network and write (or resume) its sensitivity.json."""
