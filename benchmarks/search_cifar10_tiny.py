@@ -27,17 +27,19 @@ from structprune.metrics import size_metrics
 from structprune.models import create
 from structprune.runfolder import load_run, save_run
 from structprune.search.driver import SearchConfig, search_run
+from structprune.sparsity.granularity import Granularity
+from structprune.sparsity.method import SEARCH_METHODS, Method
 from structprune.train import TrainConfig, evaluate, train
 
 DATA = Path(__file__).resolve().parents[1] / "../shared/data"
-METHODS = ("pf", "epf", "l1", "random", "tp-l2")
+METHODS = SEARCH_METHODS
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/cifar10-tiny")
     ap.add_argument("--ratios", default="0.43")
-    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--methods", default=",".join(m.value for m in METHODS))
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = Path(args.out)
@@ -54,11 +56,11 @@ def main() -> int:
         save_run(dense_dir, model, None, metrics, {"dataset": "cifar10", "train_images": 10000, "epochs": 1,
                                                    "lr": 0.05, "augment": False})
     for ratio in (float(r) for r in args.ratios.split(",")):
-        for method in args.methods.split(","):
+        for method in (Method.parse(m, METHODS) for m in args.methods.split(",")):
             target = out / f"r{ratio:.2f}-{method}"
             if (target / "metrics.json").exists():
                 continue
-            cfg = SearchConfig(method=method, granularities=("channel",), ratio=ratio, particles=4, generations=2,
+            cfg = SearchConfig(method=method, granularities=(Granularity.CHANNEL,), ratio=ratio, particles=4, generations=2,
                                score_images=100, check_images=200, step_epochs=0, final_epochs=1, final_images=2000,
                                lr=0.01, seed=0)
             search_run(load_run(dense_dir), data, cfg, target, extra_config={"command": "benchmarks/search_cifar10_tiny.py"})

@@ -24,7 +24,7 @@ def row(folder: Path) -> str:
     accepted = [s for s in steps if s["accepted"]]
     before = f"{accepted[-1]['check_mcr'] * 100:.2f}%" if accepted else ""
     argv = json.loads((folder / "config.json").read_text()).get("command", "").split()
-    method = argv[argv.index("--method") + 1] if "--method" in argv[:-1] else cfg["method"]  # random-best, not random
+    method = argv[argv.index("--method") + 1] if "--method" in argv[:-1] else cfg["method"]
     return (f"| {method} | {m['conv_macs_removed'] * 100:.1f}% ({m['conv_macs_dense'] / max(m['conv_macs'], 1):.2f}×) | "
             f"{kept} | {ok}/{len(steps)} | {before} | {m['val_mcr'] * 100:.2f}% | {m['test_mcr'] * 100:.2f}% | {delta} | "
             f"{m.get('search_seconds', float('nan')):.0f} |")

@@ -1,7 +1,7 @@
 """structprune: structured pruning of convolutional networks (Anwar, Hwang & Sung, 2017).
 
 The Python API (see structprune.api): `structprune.prune`, `search`, `compact`, `apply_masks`, `save`, `load`,
-`load_masks`, `mcr_scorer`, and the value types `NetworkMask`, `KernelForm`, `IntraPattern`. It is imported on
+`load_masks`, `mcr_scorer`, and the value types `NetworkMask`, `KernelForm`, `IntraPattern`, `Method`. It is imported on
 first use, so `import structprune` stays light; `compact` and `search` are the subpackages of those names, which
 run the API call when called (structprune.callmodule).
 """
@@ -16,7 +16,8 @@ from structprune.errors import StructpruneError
 __version__ = "0.1.0"
 
 _PACKAGES = ("compact", "search")  # callable subpackages
-_API = ("prune", "apply_masks", "save", "load", "load_masks", "mcr_scorer", "NetworkMask", "KernelForm", "IntraPattern")
+_API = ("prune", "apply_masks", "save", "load", "load_masks", "mcr_scorer", "NetworkMask", "KernelForm", "IntraPattern",
+        "Method")
 __all__ = ["StructpruneError", "__version__", *_PACKAGES, *_API]
 
 

@@ -46,6 +46,7 @@ from structprune.sparsity.channel_groups import ChannelGroups, find_channel_grou
 from structprune.sparsity.granularity import Granularity, IntraPattern, KernelForm
 from structprune.sparsity.masking import MaskApplier
 from structprune.sparsity.masks import MASKS_FILE, LayerMask, NetworkMask
+from structprune.sparsity.method import ONE_SHOT_METHODS, Method
 from structprune.sparsity.selection import SelectionConfig, kernels_left, select
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ def _ratios(ratio: float | Iterable[float], count: int) -> list[float]:
     return [float(r) for r in values] * (count if len(values) == 1 else 1)
 
 
-def _selection_config(method: str, options: dict[str, Any]) -> SelectionConfig:
+def _selection_config(method: Method | str, options: dict[str, Any]) -> SelectionConfig:
     unknown = sorted(set(options) - set(SELECTION_OPTIONS))
     if unknown:
         raise StructpruneError(f"unknown option(s) {', '.join(unknown)}; options: {', '.join(SELECTION_OPTIONS)}")
@@ -127,7 +128,7 @@ def _selection_config(method: str, options: dict[str, Any]) -> SelectionConfig:
         options = {**options, "kernel": KernelForm.parse(options["kernel"])}
     if options.get("intra_patterns") is not None:
         options = {**options, "intra_patterns": _patterns(options["intra_patterns"])}
-    return SelectionConfig(method=method, **options)
+    return SelectionConfig(method=Method.parse(method, ONE_SHOT_METHODS, "selection method"), **options)
 
 
 def _patterns(value: Any) -> tuple[IntraPattern, ...]:
@@ -149,12 +150,13 @@ def prune(
     example_input: torch.Tensor | None,
     granularity: str | Iterable[str] = "channel",
     ratio: float | Iterable[float] = 0.5,
-    method: str = "l1",
+    method: Method | str = Method.L1,
     base: NetworkMask | None = None,
     **options: Any,
 ) -> NetworkMask:
     """Masks pruning `ratio` of each layer's units at each granularity ("channel", "kernel", "intra", or several:
-    "channel,intra"; one ratio, or one per granularity), chosen by L1 magnitude ("l1") or at random ("random").
+    "channel,intra"; one ratio, or one per granularity), chosen by L1 magnitude ("l1") or at random ("random"): a
+    Method or its text.
 
     The model is not changed. `base`: earlier masks to nest in. `options`: scope ("layer" | "global"), seed,
     kernel (a KernelForm, or its text: "unstructured", "structured:G", "blocks:G"), round_to, intra_shared,
@@ -389,7 +391,7 @@ def search(
     _check_model(model)
     if not callable(score_fn):
         raise StructpruneError(f"score_fn must be a function of the network returning a number, not {type(score_fn).__name__}")
-    cfg = _selection_config("l1", {**options, "seed": seed})
+    cfg = _selection_config(Method.L1, {**options, "seed": seed})
     if cfg.kernel != KernelForm():
         raise StructpruneError(f"search chooses free kernel masks (kernel 'unstructured', not {str(cfg.kernel)!r}); "
                                "structured and block kernel masks come from structprune.prune")
@@ -487,5 +489,5 @@ def load_masks(run_dir: str | Path) -> NetworkMask:
     return NetworkMask.from_json(read_json(target))
 
 
-__all__ = ["LayerMask", "NetworkMask", "apply_masks", "compact", "load", "load_masks", "mcr_scorer", "prune", "save",
+__all__ = ["LayerMask", "Method", "NetworkMask", "apply_masks", "compact", "load", "load_masks", "mcr_scorer", "prune", "save",
            "search"]

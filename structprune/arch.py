@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from structprune.errors import StructpruneError
+from structprune.runfiles import ARCH_FILE
 
 ARCH_FORMAT = "structprune-arch/1"
 FACTORY_ATTR = "structprune_factory"
@@ -205,7 +206,7 @@ def check_spec(spec: Any, where: str) -> None:
             raise StructpruneError(f"{where}: {key} must be a finite number >= 0 (got {value!r})")
 
 
-def check_arch(arch: Any, source: str = "arch.json", user_class: bool = False) -> None:
+def check_arch(arch: Any, source: str = ARCH_FILE, user_class: bool = False) -> None:
     """The shape of an arch.json: format, model name, kwargs, input shape, and a valid spec per layer."""
     if not isinstance(arch, dict) or arch.get("format") != ARCH_FORMAT:
         raise StructpruneError(f"{source}: not a structprune arch file (format {ARCH_FORMAT!r} expected)")

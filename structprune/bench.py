@@ -25,6 +25,7 @@ import sys
 import time
 import timeit
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from torch.utils.benchmark import Timer
 from tqdm import tqdm
 
 from structprune.errors import StructpruneError
+from structprune.runfiles import MASKS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -276,15 +278,11 @@ def unstructured_copy(model: nn.Module) -> nn.Module:
 
 
 def _source_path(run: Any) -> Path | None:
-    """The folder named by the run's config `source_run` if it holds masks.json: the path as written, else a
-    sibling of the run with that name (the path was relative to wherever the run was made)."""
-    src = run.config.get("source_run")
-    if not src:
-        return None
-    for path in (Path(src), run.path.parent / Path(src).name):
-        if (path / "masks.json").is_file():
-            return path
-    return None
+    """The nearest run `run` was made from (config source_run and the like) that holds masks.json."""
+    from structprune.runfolder import source_chain
+
+    chain = islice(source_chain(run.path, run.config, strict=False), 1, None)
+    return next((folder for folder, _ in chain if (folder / MASKS_FILE).is_file()), None)
 
 
 def masked_network(run: Any) -> nn.Module:
@@ -299,7 +297,7 @@ def masked_network(run: Any) -> nn.Module:
     if mask is None:
         path = _source_path(run)
         if path is None:
-            raise StructpruneError("no masks.json, and no source run with masks.json (config source_run)")
+            raise StructpruneError(f"no {MASKS_FILE}, and no source run with {MASKS_FILE} (config source_run)")
         source = load_run(path)
         mask = load_masks(source)
     model = copy.deepcopy(source.model).eval()

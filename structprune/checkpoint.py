@@ -21,9 +21,8 @@ from safetensors.torch import save_file
 
 from structprune.errors import StructpruneError
 from structprune.jsonio import usual_permissions, write_json_atomic
-from structprune.runfiles import CHECKPOINT_FILE
+from structprune.runfiles import CHECKPOINT_FILE, CHECKPOINT_JSON
 
-CHECKPOINT_JSON = "checkpoint.json"
 _META_KEY = "structprune_checkpoint"
 
 

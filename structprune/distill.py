@@ -20,8 +20,8 @@ from torch import nn
 
 from structprune.arch import input_shape_of
 from structprune.errors import StructpruneError
-from structprune.jsonio import read_json
-from structprune.runfolder import Run, load_run
+from structprune.runfiles import CONFIG_FILE
+from structprune.runfolder import Run, load_run, source_chain
 
 DEFAULT_WEIGHT = 0.5  # A: half hard labels, half the teacher
 DEFAULT_TEMPERATURE = 4.0  # T
@@ -102,42 +102,13 @@ def check_teacher(teacher: nn.Module, student: nn.Module, x: torch.Tensor, name:
                                f"{want.shape[-1]}: it cannot teach it")
 
 
-def _links(config: dict[str, Any]) -> list[str]:
-    """The runs a run was made from, as its stages recorded them: prune, compact, search write source_run,
-    quantize writes source, retrain writes retrain.source_run (and keeps its input's links)."""
-    nested = config.get("retrain") if isinstance(config.get("retrain"), dict) else {}
-    return [str(v) for v in (config.get("source_run"), config.get("source"), nested.get("source_run")) if v]
-
-
-def _locate(link: str, near: Path) -> Path | None:
-    """The folder a link names: the path as written, else a sibling of `near` with that name (a relative path
-    was relative to wherever the stage ran)."""
-    for folder in (Path(link), near.parent / Path(link).name):
-        if (folder / "config.json").is_file():
-            return folder
-    return None
-
-
 def trained_source(run_dir: str | Path, config: dict[str, Any] | None = None) -> Path:
     """The first run of the chain `run_dir` was made from (prune, search, retrain, compact, quantize each
     record their input run): the trained network at its start."""
-    start = Path(run_dir)
-    config = config if config is not None else read_json(start / "config.json")
-    current, seen = start, {start.resolve()}
-    while True:
-        links = _links(config)
-        found = [f for f in (_locate(link, current) for link in links) if f is not None and f.resolve() not in seen]
-        if not found:
-            missing = [link for link in links if _locate(link, current) is None]
-            if missing:
-                raise StructpruneError(f"{current}: the run it was made from ({missing[0]}) is not found")
-            break
-        current = found[0]
-        seen.add(current.resolve())
-        config = read_json(current / "config.json")
-    if current.resolve() == start.resolve():
-        raise StructpruneError(f"{start}: config.json records no run it was made from; name the teacher's run folder")
-    return current
+    chain = [folder for folder, _ in source_chain(run_dir, config)]
+    if len(chain) == 1:
+        raise StructpruneError(f"{run_dir}: {CONFIG_FILE} records no run it was made from; name the teacher's run folder")
+    return chain[-1]
 
 
 def teacher_for(spec: str | Path, student: Run, x: torch.Tensor, weight: float = DEFAULT_WEIGHT,

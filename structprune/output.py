@@ -32,12 +32,11 @@ from typing import Any
 
 from structprune.errors import StructpruneError
 from structprune.jsonio import write_json_atomic
-from structprune.runfiles import ALL_FILES, ALL_FOLDERS, CONFIG_FILE
+from structprune.runfiles import ALL_FILES, ALL_FOLDERS, CONFIG_FILE, STAGE_RECORD
 
 log = logging.getLogger(__name__)
 
 STAGE_SUFFIX = ".structprune"
-STAGE_RECORD = "stage.json"
 
 
 def _is_output_folder(path: Path) -> bool:

@@ -15,6 +15,7 @@ from structprune.compact import csr_conv, intra_conv, kernel_conv  # noqa: F401 
 from structprune.errors import StructpruneError
 from structprune.models import create
 from structprune.models.registry import check_size
+from structprune.runfiles import ARCH_FILE
 
 
 def _assemble(arch: dict[str, Any], source: str, stand_ins: bool = False,
@@ -44,7 +45,7 @@ def _assemble(arch: dict[str, Any], source: str, stand_ins: bool = False,
     return model
 
 
-def rebuild(arch: dict[str, Any], source: str = "arch.json", factory: Callable[[], nn.Module] | None = None) -> nn.Module:
+def rebuild(arch: dict[str, Any], source: str = ARCH_FILE, factory: Callable[[], nn.Module] | None = None) -> nn.Module:
     """Create the network described by `arch` (weights are not loaded). `factory`: a no-argument callable
     building the unpruned network, for networks of the user's own class (arch.json "model": null); by
     default the registered model named in arch.json is created.

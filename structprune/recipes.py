@@ -4,11 +4,15 @@ minutes on two cores; `digits` (embedded data) checks the pipeline in seconds.""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from structprune import stages
+from structprune.data import Dataset
 from structprune.errors import StructpruneError
-from structprune.sparsity.granularity import KernelForm
+from structprune.sensitivity import SensitivityConfig
+from structprune.sparsity.granularity import Granularity, KernelForm
+from structprune.sparsity.method import ONE_SHOT_METHODS, Method, require_method
 from structprune.train import TrainConfig
 
 
@@ -23,8 +27,8 @@ class Recipe:
     val_size: int = 5000
     sensitivity_images: int = 2000
     ladder_ratios: tuple[float, ...] = (0.25, 0.5, 0.75)
-    ladder_methods: tuple[str, ...] = ("l1", "random")
-    scales: tuple[str, ...] = ("channel", "kernel", "intra")
+    ladder_methods: tuple[Method, ...] = (Method.L1, Method.RANDOM)
+    scales: tuple[Granularity, ...] = (Granularity.CHANNEL, Granularity.KERNEL, Granularity.INTRA)
     search: dict[str, Any] = field(default_factory=dict)  # structprune.search.driver.SearchConfig fields
     retrain_epochs: int = 3
     retrain_lr: float = 0.01
@@ -35,10 +39,45 @@ class Recipe:
     bench_threads: int = 2
     bench_rounds: int = 7
 
+    def __post_init__(self) -> None:
+        for method in self.ladder_methods:
+            require_method(method, ONE_SHOT_METHODS, "ladder method")
+        if not self.scales or not all(isinstance(g, Granularity) for g in self.scales):
+            raise StructpruneError(f"recipe scales must be a tuple of Granularity, not {self.scales!r}")
+
+    # the typed config of each stage of the reproduction
+    def train_config(self, data_dir: str | None) -> stages.TrainRunConfig:
+        return stages.TrainRunConfig(model=self.model, dataset=self.dataset, train=self.train,
+                                     model_kwargs=self.model_kwargs, data_dir=data_dir, val_size=self.val_size,
+                                     channels_last="off")
+
+    def sensitivity_config(self) -> SensitivityConfig:
+        return SensitivityConfig(images=self.sensitivity_images)
+
+    def search_config(self) -> stages.SearchConfig:
+        return stages.SearchConfig(granularities=self.scales, **self.search)
+
+    def retrain_config(self) -> TrainConfig:
+        return TrainConfig(epochs=self.retrain_epochs, lr=self.retrain_lr, batch_size=self.train.batch_size,
+                           seed=self.train.seed)
+
+    def retrain_data(self, data: Dataset) -> Dataset:
+        """The final retraining's data: the first `retrain_images` training images, or all."""
+        return data if self.retrain_images is None else replace(data, train=data.train.subset(self.retrain_images))
+
+    def quantize_config(self, data_dir: str | None) -> stages.QuantizeConfig:
+        return stages.QuantizeConfig(bits=self.bits, epochs=self.quant_epochs, data_dir=data_dir)
+
+    def bench_config(self) -> stages.BenchConfig:
+        """Dense against compact, with the compact network's references (structprune.bench.REFERENCES): the same
+        network masked but run with dense tensors, and the same nonzeros run as unstructured sparse (CSR)."""
+        return stages.BenchConfig(batches=self.bench_batches, threads=self.bench_threads, rounds=self.bench_rounds,
+                                  references=("masked-dense", "unstructured"))
+
 
 # kernel masks in two output-map groups sharing their kept inputs and one intra pattern per layer: the forms that
 # compact into few fast convolutions (docs/benchmarks.md); free per-kernel masks compact into many slow ones
-_MNIST_SEARCH = {"method": "pf", "tolerance": 0.002, "particles": 16, "generations": 6, "score_images": 2000,
+_MNIST_SEARCH = {"method": Method.PF, "tolerance": 0.002, "particles": 16, "generations": 6, "score_images": 2000,
                  "check_images": 2000, "step_epochs": 1, "final_epochs": 1, "kernel": KernelForm("structured", 2),
                  "intra_shared": True}
 # batch-norm statistics re-estimated for every candidate and for the accepted one: without it, one-shot pruning
@@ -60,15 +99,15 @@ RECIPES: dict[tuple[str, bool], Recipe] = {
     ("cifar10", True): Recipe(
         "cifar10", "paper-cifar10", TrainConfig(epochs=3, lr=0.02, batch_size=64, warmup_epochs=0.5), {"bn": True},
         sensitivity_images=1000,
-        ladder_ratios=(0.25, 0.5), ladder_methods=("l1",),
+        ladder_ratios=(0.25, 0.5), ladder_methods=(Method.L1,),
         search={**_CIFAR_SEARCH, "tolerance": 0.02, "particles": 6, "generations": 2, "score_images": 500,
                 "check_images": 1000, "ladder": (0.25, 0.5), "step_epochs": 0, "final_epochs": 0},
         retrain_epochs=1, bits=5, quant_epochs=0, bench_rounds=3),
     # the embedded 8×8 digits: a pipeline check in seconds, not a result
     ("digits", True): Recipe(
         "digits", "tiny-paper", TrainConfig(epochs=3, lr=0.05, batch_size=32), val_size=200, sensitivity_images=200,
-        ladder_ratios=(0.25, 0.5, 0.75), ladder_methods=("l1", "random"),
-        search={"method": "pf", "ratio": 0.5, "particles": 4, "generations": 2, "score_images": 100,
+        ladder_ratios=(0.25, 0.5, 0.75), ladder_methods=(Method.L1, Method.RANDOM),
+        search={"method": Method.PF, "ratio": 0.5, "particles": 4, "generations": 2, "score_images": 100,
                 "check_images": 100, "ladder": (0.5,), "step_epochs": 0, "final_epochs": 0},
         retrain_epochs=1, bits=8, quant_epochs=0, bench_batches=(1, 16), bench_rounds=2),
 }

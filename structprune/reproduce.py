@@ -17,7 +17,8 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +29,12 @@ from structprune.jsonio import read_json, write_json_atomic
 from structprune.output import Output, claim_folder
 from structprune.recipes import RECIPES, Recipe, recipe_for
 from structprune.runcheck import load_checked_run
-from structprune.runfiles import BENCH_FILE, CONFIG_FILE, EXPORT_FILE, METRICS_FILE, SENSITIVITY_FILE, STATUS_FILE
+from structprune.runfiles import BENCH_FILE, CONFIG_FILE, EXPORT_FILE, METRICS_FILE, REPORT_HTML, REPORT_MD, STATUS_FILE
 from structprune.runfolder import run_fingerprint
-from structprune.sensitivity import SensitivityConfig, sweep
-from structprune.sparsity.selection import select_masks
-from structprune.train import TrainConfig
+from structprune.sensitivity import run_sensitivity, sweep_complete
+from structprune.sparsity.granularity import Granularity
+from structprune.sparsity.method import Method
+from structprune.sparsity.selection import SelectionConfig
 
 log = logging.getLogger(__name__)
 TRAIN, SEARCH, RETRAIN, QUANT, COMPACT, EXPORT = "train", "search", "retrain", "quantize", "compact", "export"
@@ -45,15 +47,11 @@ class Context:
     data_dir: str | None
     progress: bool = True
     trained: Path | None = None  # a dense run adopted as the train stage (--from-run)
-    _data: Dataset | None = None
 
-    @property
+    @cached_property
     def data(self) -> Dataset:
         """The dataset, loaded once (validation carved out of the training set with the training seed)."""
-        if self._data is None:
-            self._data = load_dataset(self.recipe.dataset, self.data_dir, val_size=self.recipe.val_size,
-                                      seed=self.recipe.train.seed)
-        return self._data
+        return load_dataset(self.recipe.dataset, self.data_dir, val_size=self.recipe.val_size, seed=self.recipe.train.seed)
 
     def path(self, name: str) -> Path:
         return self.out / name
@@ -78,11 +76,6 @@ def _has(name: str) -> Callable[[Context], bool]:
     return lambda ctx: ctx.path(name).is_file()
 
 
-def _sensitivity_done(ctx: Context) -> bool:
-    path = ctx.path(TRAIN) / SENSITIVITY_FILE
-    return path.is_file() and bool(read_json(path).get("complete"))
-
-
 def stage_digest(ctx: Context, stage: Stage) -> str:
     """A digest of everything the stage's result depends on."""
     inputs: dict[str, Any] = {"stage": stage.name, "recipe": asdict(ctx.recipe), "data_dir": ctx.data_dir,
@@ -94,77 +87,39 @@ def stage_digest(ctx: Context, stage: Stage) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ stages
-def train_config(ctx: Context) -> stages.TrainRunConfig:
-    r = ctx.recipe
-    return stages.TrainRunConfig(model=r.model, dataset=r.dataset, train=r.train, model_kwargs=r.model_kwargs,
-                                 data_dir=ctx.data_dir, val_size=r.val_size, channels_last="off")
-
-
 def train_stage(ctx: Context) -> None:
     """The recipe's dense run, or a copy of the --from-run one (reproduce.json names it)."""
+    cfg, out = ctx.recipe.train_config(ctx.data_dir), ctx.output(TRAIN, "train")
     if ctx.trained is not None:
-        stages.adopt_run(ctx.trained, ctx.output(TRAIN, "train"), train_config(ctx))
+        stages.adopt_run(ctx.trained, out, cfg)
     else:
-        stages.train_run(ctx.output(TRAIN, "train"), train_config(ctx), ctx.data, progress=ctx.progress,
-                         extra_config={"stage": TRAIN})
+        stages.train_run(out, cfg, ctx.data, progress=ctx.progress, extra_config={"stage": TRAIN})
 
 
-def sensitivity_stage(ctx: Context) -> None:
-    run = load_checked_run(ctx.path(TRAIN))
-    sweep(run.model, ctx.data, SensitivityConfig(images=ctx.recipe.sensitivity_images),
-          out_file=run.path / SENSITIVITY_FILE)
-
-
-def ladder_stage(name: str, method: str, scale: str, ratio: float) -> Stage:
+def ladder_stage(name: str, method: Method, scale: Granularity, ratio: float) -> Stage:
     """One-shot masks (no retraining) at one scale, method and ratio: a point of the MCR-against-ratio curves."""
 
     def run(ctx: Context) -> None:
-        def choose(model, groups, data, base=None):
-            return select_masks(model, [scale], ratio, method=method, scope="layer", seed=0, groups=groups, base=base)
-
-        config = {"stage": "ladder", "granularity": scale, "method": method,
-                  "prune": {"granularity": [scale], "method": method, "ratio": [ratio], "scope": "layer", "seed": 0}}
-        stages.prune_run(ctx.path(TRAIN), ctx.output(name, "prune"), choose, config, data_dir=ctx.data_dir)
+        stages.select_run(ctx.path(TRAIN), ctx.output(name, "prune"), [scale], [ratio], SelectionConfig(method=method),
+                          {"stage": "ladder", "granularity": scale.value, "method": method.value}, data_dir=ctx.data_dir)
 
     return Stage(name, run, (TRAIN,))
 
 
 def search_stage(ctx: Context) -> None:
-    cfg = stages.SearchConfig(granularities=tuple(ctx.recipe.scales), **ctx.recipe.search)
+    cfg = ctx.recipe.search_config()
     stages.search_run(load_checked_run(ctx.path(TRAIN)), ctx.data, cfg, ctx.output(SEARCH, "prune"),
-               extra_config={"stage": SEARCH, "granularity": ",".join(cfg.granularities), "method": cfg.method})
+                      extra_config={"stage": SEARCH, "granularity": ",".join(cfg.granularities), "method": cfg.method})
 
 
 def retrain_stage(ctx: Context) -> None:
-    r = ctx.recipe
-    cfg = TrainConfig(epochs=r.retrain_epochs, lr=r.retrain_lr, batch_size=r.train.batch_size, seed=r.train.seed)
-    data = ctx.data if r.retrain_images is None else replace(ctx.data, train=ctx.data.train.subset(r.retrain_images))
-    stages.retrain_run(ctx.path(SEARCH), ctx.output(RETRAIN, "retrain"), cfg, data, progress=ctx.progress,
-                extra_config={"stage": RETRAIN})
+    stages.retrain_run(ctx.path(SEARCH), ctx.output(RETRAIN, "retrain"), ctx.recipe.retrain_config(),
+                       ctx.recipe.retrain_data(ctx.data), progress=ctx.progress, extra_config={"stage": RETRAIN})
 
 
 def quantize_stage(ctx: Context) -> None:
-    cfg = stages.QuantizeConfig(bits=ctx.recipe.bits, epochs=ctx.recipe.quant_epochs, data_dir=ctx.data_dir)
-    stages.quantize_run(ctx.path(RETRAIN), ctx.output(QUANT, "quantize"), cfg, progress=ctx.progress)
-
-
-def compact_stage(ctx: Context) -> None:
-    stages.compact_run(ctx.path(QUANT), ctx.output(COMPACT, "compact"), data_dir=ctx.data_dir, config={"stage": COMPACT})
-
-
-def report_stage(ctx: Context) -> None:
-    stages.report_runs([ctx.out], [ctx.path("report.md"), ctx.path("report.html")],
-                       f"structprune reproduce {ctx.recipe.dataset}")
-
-
-def bench_stage(ctx: Context) -> None:
-    """Dense against compact, with the compact network's references (structprune.bench.REFERENCES): the same
-    network masked but run with dense tensors, and the same nonzeros run as unstructured sparse (CSR)."""
-    r = ctx.recipe
-    cfg = stages.BenchConfig(batches=r.bench_batches, threads=r.bench_threads, rounds=r.bench_rounds,
-                      references=("masked-dense", "unstructured"))
-    stages.bench_runs([ctx.path(TRAIN), ctx.path(COMPACT)], cfg, reference_runs=(1,), out_json=ctx.path(BENCH_FILE),
-               progress=ctx.progress)
+    stages.quantize_run(ctx.path(RETRAIN), ctx.output(QUANT, "quantize"), ctx.recipe.quantize_config(ctx.data_dir),
+                        progress=ctx.progress)
 
 
 def stages_for(recipe: Recipe) -> list[Stage]:
@@ -172,22 +127,32 @@ def stages_for(recipe: Recipe) -> list[Stage]:
               for m in recipe.ladder_methods for s in recipe.scales for q in recipe.ladder_ratios]
     return [
         Stage(TRAIN, train_stage),
-        Stage("sensitivity", sensitivity_stage, (TRAIN,), _sensitivity_done),
+        Stage("sensitivity", lambda ctx: run_sensitivity(ctx.path(TRAIN), ctx.recipe.sensitivity_config(), ctx.data_dir),
+              (TRAIN,), lambda ctx: sweep_complete(ctx.path(TRAIN))),
         *ladder,
         Stage(SEARCH, search_stage, (TRAIN,)),
         Stage(RETRAIN, retrain_stage, (SEARCH,)),
-        Stage(QUANT, quantize_stage, (RETRAIN,)),
-        Stage(COMPACT, compact_stage, (QUANT,)),
+        Stage(QUANT, lambda ctx: quantize_stage(ctx), (RETRAIN,)),  # looked up when run (tests interrupt it)
+        Stage(COMPACT, lambda ctx: stages.compact_run(ctx.path(QUANT), ctx.output(COMPACT, "compact"),
+                                                      data_dir=ctx.data_dir, config={"stage": COMPACT}), (QUANT,)),
         Stage(EXPORT, lambda ctx: stages.export_run(ctx.path(COMPACT), ctx.output(EXPORT, "export")), (COMPACT,),
               _has(f"{EXPORT}/{EXPORT_FILE}")),
-        Stage("bench", bench_stage, (TRAIN, COMPACT), _has(BENCH_FILE)),
-        Stage("report", report_stage, (), lambda ctx: False),  # always redrawn from what is there
+        Stage("bench", lambda ctx: stages.bench_runs([ctx.path(TRAIN), ctx.path(COMPACT)], ctx.recipe.bench_config(),
+                                                     reference_runs=(1,), out_json=ctx.path(BENCH_FILE),
+                                                     progress=ctx.progress), (TRAIN, COMPACT), _has(BENCH_FILE)),
+        Stage("report", lambda ctx: stages.report_runs([ctx.out], [ctx.path(REPORT_MD), ctx.path(REPORT_HTML)],
+                                                       f"structprune reproduce {ctx.recipe.dataset}"),
+              (), lambda ctx: False),  # always redrawn from what is there
     ]
 
 
 # ------------------------------------------------------------------------------------------------ driver
+def _read_status(ctx: Context) -> dict[str, Any]:
+    return read_json(ctx.path(STATUS_FILE)) if ctx.path(STATUS_FILE).is_file() else {}
+
+
 def _status(ctx: Context, seconds: dict[str, float], skipped: list[str], digests: dict[str, str]) -> None:
-    previous = read_json(ctx.path(STATUS_FILE)) if ctx.path(STATUS_FILE).is_file() else {}
+    previous = _read_status(ctx)
     write_json_atomic(ctx.path(STATUS_FILE), {
         "verb": "reproduce", "dataset": ctx.recipe.dataset, "recipe": asdict(ctx.recipe),
         "seconds": {**previous.get("seconds", {}), **{k: round(v, 1) for k, v in seconds.items()}},
@@ -202,15 +167,15 @@ def reproduce(dataset: str, out: str | Path | Output, quick: bool = False, data_
     """Run (or resume) a reproduction into `out` (a new folder, or an earlier reproduction to resume); returns the
     seconds each stage run this time took. `trained`: a dense run folder to start from instead of training.
     `on_stage(name, "skip" | "run")` is told about every stage as it comes."""
-    recipe = recipe or recipe_for(dataset, quick)
+    recipe, on_stage = recipe or recipe_for(dataset, quick), on_stage or (lambda name, what: None)
     output = out if isinstance(out, Output) else claim_folder(out, "reproduce", resume=True,
                                                               inputs=() if trained is None else (trained,))
     ctx = Context(out=output.path, recipe=recipe, data_dir=data_dir, progress=progress,
                   trained=Path(trained) if trained is not None else None)
     ctx.data  # noqa: B018  (a missing dataset fails here, before anything is written)
     if ctx.trained is not None:
-        stages.check_adoptable(ctx.trained, train_config(ctx))
-    status = read_json(ctx.path(STATUS_FILE)) if ctx.path(STATUS_FILE).is_file() else {}
+        stages.check_adoptable(ctx.trained, recipe.train_config(data_dir))
+    status = _read_status(ctx)
     if status and status.get("dataset") != recipe.dataset:
         raise StructpruneError(f"{output.path}: holds a reproduction of {status.get('dataset')!r}, not {recipe.dataset!r}")
     if ctx.trained is None and "train_from" in status:
@@ -229,11 +194,9 @@ def reproduce(dataset: str, out: str | Path | Output, quick: bool = False, data_
         digest = stage_digest(ctx, stage)
         if stage.done(ctx) and status.get("inputs", {}).get(stage.name) == digest:
             skipped.append(stage.name)
-            if on_stage is not None:
-                on_stage(stage.name, "skip")
+            on_stage(stage.name, "skip")
             continue
-        if on_stage is not None:
-            on_stage(stage.name, "run")
+        on_stage(stage.name, "run")
         log.info("reproduce: stage %s", stage.name)
         started = time.perf_counter()
         stage.run(ctx)

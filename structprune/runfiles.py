@@ -28,6 +28,9 @@ BENCH_FILE = "bench.json"  # bench records inside a folder of runs
 STATUS_FILE = "reproduce.json"  # reproduce: stage times and input digests
 REPORT_MD, REPORT_HTML = "report.md", "report.html"
 CHECKPOINT_FILE = "checkpoint.safetensors"  # inside the staging folder's checkpoints/
+CHECKPOINT_JSON = "checkpoint.json"  # beside it: epoch, optimizer state digest, settings
+STAGE_RECORD = "stage.json"  # inside a staging folder: the verb and inputs that claimed it
+SEARCH_STATE_FILE, PF_STATE_FILE = "driver.json", "pf.json"  # the search's state/ (with MODEL_FILE)
 
 ALL_FILES = frozenset({
     MODEL_FILE, ARCH_FILE, METRICS_FILE, CONFIG_FILE, MASKS_FILE, SEARCH_FILE, LATENCY_FILE, SENSITIVITY_FILE,

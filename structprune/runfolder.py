@@ -13,6 +13,7 @@ command may write, and what it never replaces, is structprune.output's policy.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,44 @@ def recorded_dataset(config: dict[str, Any], data_dir: str | Path | None = None,
     seed = int(config.get("train", {}).get("seed", config.get("seed", 0)))
     return load_dataset(str(name), data_dir if data_dir is not None else config.get("data_dir"),
                         val_size=config.get("val_size"), seed=seed)
+
+
+def source_links(config: dict[str, Any]) -> list[str]:
+    """The runs a run was made from, as its stages recorded them: prune, compact, search write source_run,
+    quantize writes source, retrain writes retrain.source_run (and keeps its input's links)."""
+    nested = config.get("retrain") if isinstance(config.get("retrain"), dict) else {}
+    return [str(v) for v in (config.get("source_run"), config.get("source"), nested.get("source_run")) if v]
+
+
+def _locate(link: str, near: Path) -> Path | None:
+    """The folder a link names: the path as written, else a sibling of `near` with that name (a relative path
+    was relative to wherever the stage ran)."""
+    return next((f for f in (Path(link), near.parent / Path(link).name) if f.is_dir()), None)
+
+
+def source_chain(run_dir: str | Path, config: dict[str, Any] | None = None,
+                 strict: bool = True) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """The run and the runs it was made from, nearest first, each with its config.json ({} where it has none):
+    retrained <- compact <- pruned <- trained. `config`: the run's own, when already read. Ends at a run that
+    records no source, or whose sources lead back into the chain; a source folder that is gone ends it too, or,
+    when `strict`, raises StructpruneError naming it."""
+    current = Path(run_dir)
+    if config is None:
+        config = read_json(current / CONFIG_FILE) if (current / CONFIG_FILE).is_file() else {}
+    seen = {current.resolve()}
+    while True:
+        yield current, config
+        links = source_links(config)
+        located = [_locate(link, current) for link in links]
+        found = [f for f in located if f is not None and f.resolve() not in seen]
+        if not found:
+            missing = [link for link, f in zip(links, located, strict=True) if f is None]
+            if missing and strict:
+                raise StructpruneError(f"{current}: the run it was made from ({missing[0]}) is not found")
+            return
+        current = found[0]
+        seen.add(current.resolve())
+        config = read_json(current / CONFIG_FILE) if (current / CONFIG_FILE).is_file() else {}
 
 
 def load_state(path: str | Path) -> dict[str, torch.Tensor]:

@@ -27,11 +27,12 @@ from structprune.data import Dataset, Split
 from structprune.errors import StructpruneError
 from structprune.jsonio import read_json, write_json_atomic
 from structprune.runcheck import check_data_fits, load_checked_run
-from structprune.runfiles import SENSITIVITY_FILE
-from structprune.runfolder import recorded_dataset
+from structprune.runfiles import CONFIG_FILE, SENSITIVITY_FILE
+from structprune.runfolder import recorded_dataset, source_chain
 from structprune.sparsity.granularity import Granularity
 from structprune.sparsity.masking import MaskApplier
 from structprune.sparsity.masks import NetworkMask
+from structprune.sparsity.method import ONE_SHOT_METHODS, Method, require_method
 from structprune.sparsity.selection import SelectionConfig, select
 from structprune.train import evaluate
 
@@ -39,21 +40,19 @@ log = logging.getLogger(__name__)
 
 SENSITIVITY_FORMAT = "structprune-sensitivity/1"
 DEFAULT_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-METHODS = ("l1", "random")
 
 
 @dataclass(frozen=True)
 class SensitivityConfig:
     granularity: Granularity = Granularity.CHANNEL
-    method: str = "l1"  # l1 | random
+    method: Method = Method.L1  # L1 or RANDOM
     ratios: tuple[float, ...] = DEFAULT_RATIOS
     split: str = "val"  # val | test
     images: int | None = 2000  # evaluate on the first N images of the split (None: all)
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise StructpruneError(f"unknown selection method {self.method!r}; choose from {', '.join(METHODS)}")
+        require_method(self.method, ONE_SHOT_METHODS, "selection method")
         if not self.ratios or any(not 0.0 < r < 1.0 for r in self.ratios):
             raise StructpruneError("sensitivity ratios must lie strictly between 0 and 1")
         if self.split not in ("val", "test"):
@@ -144,17 +143,20 @@ def sweep(
     return result
 
 
-def dataset_of_run(path: Path, config: dict[str, Any], data_dir: str | Path | None = None) -> Dataset:
-    """The dataset (and validation split) a run was trained on, following `source` back to the trained run."""
-    seen: set[str] = set()
-    while "dataset" not in config and config.get("source") and str(config["source"]) not in seen:
-        seen.add(str(config["source"]))
-        parent = Path(str(config["source"]))
-        config = read_json(parent / "config.json") if (parent / "config.json").is_file() else {}
+def dataset_of_run(path: Path, config: dict[str, Any] | None = None, data_dir: str | Path | None = None) -> Dataset:
+    """The dataset (and validation split) a run was trained on, following its sources back to the trained run
+    (`config`: the run's config.json, when already read)."""
+    config = next((found for _, found in source_chain(path, config, strict=False) if "dataset" in found), {})
     data = recorded_dataset(config, data_dir)
     if data is None:
-        raise StructpruneError(f"{path}: config.json does not say which dataset the run used")
+        raise StructpruneError(f"{path}: {CONFIG_FILE} does not say which dataset the run used")
     return data
+
+
+def sweep_complete(run_dir: str | Path) -> bool:
+    """Whether the run folder holds a finished sweep (an interrupted one resumes)."""
+    path = Path(run_dir) / SENSITIVITY_FILE
+    return path.is_file() and bool(read_json(path).get("complete"))
 
 
 def run_sensitivity(run_dir: str | Path, cfg: SensitivityConfig, data_dir: str | Path | None = None,

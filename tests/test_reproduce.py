@@ -12,14 +12,16 @@ from structprune.cli import main
 from structprune.errors import StructpruneError
 from structprune.report import collect
 from structprune.report.render import fmt_mcr
+from structprune.sparsity.granularity import Granularity
+from structprune.sparsity.method import Method
 
 STAGE_RUNS = ("train", "search", "retrain", "quantize", "compact")
 
 
 
 def tiny_recipe() -> rp.Recipe:
-    return replace(rp.recipe_for("digits", quick=True), ladder_methods=("l1",), ladder_ratios=(0.5,),
-                          scales=("channel", "intra"), bench_batches=(1,), bench_threads=1, bench_rounds=1)
+    return replace(rp.recipe_for("digits", quick=True), ladder_methods=(Method.L1,), ladder_ratios=(0.5,),
+                   scales=(Granularity.CHANNEL, Granularity.INTRA), bench_batches=(1,), bench_threads=1, bench_rounds=1)
 
 
 def test_interrupted_reproduction_resumes_and_ends_in_a_report(tmp_path, monkeypatch):
@@ -90,7 +92,7 @@ def test_a_trained_run_is_adopted_as_the_train_stage_and_a_mismatch_refused(tmp_
     trained = tmp_path / "dense"
     assert main(["train", "--model", "tiny-paper", "--data", "digits", "--epochs", "1", "--val-size", "200",
                  "--no-progress", "--out", str(trained)]) == 0
-    recipe = replace(tiny_recipe(), ladder_methods=(), scales=("channel",))
+    recipe = replace(tiny_recipe(), ladder_methods=(), scales=(Granularity.CHANNEL,))
     out = tmp_path / "repro"
     seen: list[tuple[str, str]] = []
     rp.reproduce("digits", out, recipe=recipe, progress=False, trained=trained,

@@ -14,8 +14,9 @@ from structprune.models import create
 from structprune.runfolder import load_run, save_run
 from structprune.search import driver as driver_mod
 from structprune.search.driver import Search, SearchConfig, conv_macs, search_run
-from structprune.sparsity.granularity import IntraPattern, KernelForm
+from structprune.sparsity.granularity import Granularity, IntraPattern, KernelForm
 from structprune.sparsity.masks import NetworkMask
+from structprune.sparsity.method import Method
 from structprune.train import TrainConfig, train
 
 FAST = {"particles": 4, "generations": 3, "score_images": 80, "check_images": 80, "step_epochs": 0, "final_epochs": 0}
@@ -37,7 +38,8 @@ def tiny_run(tmp_path_factory, digits):
 
 
 def test_interrupted_search_resumes_to_the_same_result(tiny_run, digits, tmp_path, monkeypatch):
-    cfg = SearchConfig(method="epf", granularities=("channel", "intra"), tolerance=0.05, layers=("features.0",), **FAST)
+    cfg = SearchConfig(method=Method.EPF, granularities=(Granularity.CHANNEL, Granularity.INTRA), tolerance=0.05,
+                       layers=("features.0",), **FAST)
     _, full = search_run(load_run(tiny_run), digits, cfg, tmp_path / "full")
 
     calls = {"n": 0}
@@ -70,9 +72,9 @@ def test_interrupted_search_resumes_to_the_same_result(tiny_run, digits, tmp_pat
 
 
 def test_tolerance_decides_how_far_the_ladder_goes(tiny_run, digits, tmp_path):
-    loose = SearchConfig(method="l1", tolerance=0.99, **FAST)
+    loose = SearchConfig(method=Method.L1, tolerance=0.99, **FAST)
     _, m_loose = search_run(load_run(tiny_run), digits, loose, tmp_path / "loose")
-    tight = SearchConfig(method="l1", tolerance=0.0, **FAST)
+    tight = SearchConfig(method=Method.L1, tolerance=0.0, **FAST)
     _, m_tight = search_run(load_run(tiny_run), digits, tight, tmp_path / "tight")
     assert m_loose["conv_macs_removed"] > 0.9  # every rung accepted
     assert m_tight["conv_macs_removed"] < m_loose["conv_macs_removed"]
@@ -84,13 +86,13 @@ def test_tolerance_decides_how_far_the_ladder_goes(tiny_run, digits, tmp_path):
 
 def test_fixed_ratio_gives_equal_structure_for_every_method(tiny_run, digits, tmp_path):
     kept = {}
-    for method in ("pf", "l1", "random", "tp-l2"):
-        cfg = SearchConfig(method=method, ratio=0.5, granularities=("channel",), **FAST)
+    for method in (Method.PF, Method.L1, Method.RANDOM_BEST, Method.TP_L2):
+        cfg = SearchConfig(method=method, ratio=0.5, granularities=(Granularity.CHANNEL,), **FAST)
         _, m = search_run(load_run(tiny_run), digits, cfg, tmp_path / method)
         kept[method] = m["kept_fraction"]
         mask = NetworkMask.from_json(json.loads((tmp_path / method / "masks.json").read_text()))
         assert all(int(lm.keep_out.sum()) == lm.shape[0] // 2 for _, lm in mask)
-    assert kept["pf"] == kept["l1"] == kept["random"] == kept["tp-l2"]
+    assert kept[Method.PF] == kept[Method.L1] == kept[Method.RANDOM_BEST] == kept[Method.TP_L2]
 
 
 def test_conv_macs_count_pruned_inputs(tiny_run):
@@ -149,7 +151,7 @@ def test_batch_norm_recalibration_runs_through_the_search(digits, tmp_path):
     save_run(tmp_path / "bn", model, None, {}, {"dataset": "digits"})
     runs = {}
     for batches in (0, 2):
-        cfg = SearchConfig(method="pf", ratio=0.5, bn_batches=batches, layers=("features.3",), **FAST)
+        cfg = SearchConfig(method=Method.PF, ratio=0.5, bn_batches=batches, layers=("features.3",), **FAST)
         search_run(load_run(tmp_path / "bn"), digits, cfg, tmp_path / f"b{batches}")
         runs[batches] = json.loads((tmp_path / f"b{batches}" / "search.json").read_text())["history"]
     # the candidates were scored with other batch-norm statistics, so the scores differ
@@ -174,12 +176,12 @@ def test_kernel_units_share_one_bit_per_group_and_input_map():
     assert masks[0, :, :, 1, 1].tolist() == [[1, 0, 0], [0, 0, 0], [1, 0, 0], [1, 0, 0]]
 
 
-@pytest.mark.parametrize("method", ["pf", "l1"])
+@pytest.mark.parametrize("method", [Method.PF, Method.L1])
 def test_structured_kernel_and_shared_pattern_searches_give_fast_masks(tiny_run, digits, tmp_path, method):
     from structprune.compact.compaction import compact
     from structprune.stages.prune import load_masks
 
-    cfg = SearchConfig(method=method, granularities=("kernel", "intra"), tolerance=0.99, ratio=0.5,
+    cfg = SearchConfig(method=method, granularities=(Granularity.KERNEL, Granularity.INTRA), tolerance=0.99, ratio=0.5,
                        kernel=KernelForm("structured", 1), intra_shared=True,
                        intra_patterns=(IntraPattern(1, 3), IntraPattern(0, 2)), **FAST)
     out, _ = search_run(load_run(tiny_run), digits, cfg, tmp_path / "fast")
@@ -197,7 +199,7 @@ def test_structured_kernel_and_shared_pattern_searches_give_fast_masks(tiny_run,
             assert len(module.branches) == 1
 
 
-@pytest.mark.parametrize("method", ["pf", "l1"])
+@pytest.mark.parametrize("method", [Method.PF, Method.L1])
 def test_kernel_block_search_gives_grouped_convolutions(tiny_run, digits, tmp_path, method):
     """The search assigns output maps to two blocks; its L1 candidate is the one-shot L1 selection."""
     from structprune.compact.compaction import compact
@@ -205,8 +207,8 @@ def test_kernel_block_search_gives_grouped_convolutions(tiny_run, digits, tmp_pa
     from structprune.sparsity.selection import select_masks
     from structprune.stages.prune import load_masks
 
-    cfg = SearchConfig(method=method, granularities=("kernel",), tolerance=0.99, ratio=0.5, kernel=KernelForm("blocks", 2),
-                       **FAST)
+    cfg = SearchConfig(method=method, granularities=(Granularity.KERNEL,), tolerance=0.99, ratio=0.5,
+                       kernel=KernelForm("blocks", 2), **FAST)
     out, _ = search_run(load_run(tiny_run), digits, cfg, tmp_path / "blocks")
     run = load_run(out)
     mask = load_masks(run)
@@ -243,12 +245,12 @@ def test_recalibrated_statistics_stay_with_an_accepted_rung_and_leave_with_an_un
     def statistics(out):
         return {k: v for k, v in load_run(out).model.state_dict().items() if "running_" in k}
 
-    kept = SearchConfig(method="l1", ratio=0.5, bn_batches=2, layers=("features.3",), **FAST)
+    kept = SearchConfig(method=Method.L1, ratio=0.5, bn_batches=2, layers=("features.3",), **FAST)
     search_run(load_run(tmp_path / "bn"), digits, kept, tmp_path / "kept")
     after = statistics(tmp_path / "kept")
     assert any(not torch.equal(before[k], after[k]) for k in before)  # re-estimated under the accepted mask
 
-    undone = SearchConfig(method="l1", tolerance=0.0, ladder=(0.9,), bn_batches=2, layers=("features.3",), **FAST)
+    undone = SearchConfig(method=Method.L1, tolerance=0.0, ladder=(0.9,), bn_batches=2, layers=("features.3",), **FAST)
     search_run(load_run(tmp_path / "bn"), digits, undone, tmp_path / "undone")
     steps = json.loads((tmp_path / "undone" / "search.json").read_text())["steps"]
     assert [s["accepted"] for s in steps] == [False]
@@ -276,11 +278,21 @@ def test_search_config_takes_one_kernel_form_and_saves_as_json():
     import json
     from dataclasses import asdict
 
-    cfg = SearchConfig(granularities=("kernel", "intra"), kernel=KernelForm("structured", 2),
+    cfg = SearchConfig(granularities=(Granularity.KERNEL, Granularity.INTRA), kernel=KernelForm("structured", 2),
                        intra_patterns=(IntraPattern(1, 3),))
     saved = json.loads(json.dumps(asdict(cfg)))
     assert saved["kernel"] == {"structure": "structured", "groups": 2}
     assert saved["intra_patterns"] == [{"start": 1, "stride": 3}]
+    assert saved["granularities"] == ["kernel", "intra"] and saved["method"] == "pf"
+    assert json.loads(json.dumps(asdict(SearchConfig(method=Method.RANDOM_BEST))))["method"] == "random-best"
+    assert Method.from_stored("random", search=True) is Method.RANDOM_BEST  # how earlier search configs spelt it
+    assert Method.from_stored("random") is Method.RANDOM
+    with pytest.raises(StructpruneError, match="search method must be a Method"):
+        SearchConfig(method="pf")
+    with pytest.raises(StructpruneError, match="search method 'random' does not apply"):
+        SearchConfig(method=Method.RANDOM)
+    with pytest.raises(StructpruneError, match="tuple of Granularity"):
+        SearchConfig(granularities=("channel",))
     assert saved == json.loads(json.dumps(asdict(SearchConfig(**{**vars(cfg)}))))  # deterministic
     with pytest.raises(StructpruneError, match="the search chooses 2 kernel blocks per layer, not 3"):
         SearchConfig(kernel=KernelForm("blocks", 3))
@@ -291,7 +303,7 @@ def test_search_config_takes_one_kernel_form_and_saves_as_json():
 
 
 def test_a_rise_of_exactly_the_tolerance_is_within_it(tiny_run, digits):
-    cfg = SearchConfig(method="pf", granularities=("channel",), tolerance=0.002, **FAST)
+    cfg = SearchConfig(method=Method.PF, granularities=(Granularity.CHANNEL,), tolerance=0.002, **FAST)
     search = Search(load_run(tiny_run), digits, cfg, "unused-out")
     assert 0.021 - 0.019 > 0.002  # what float subtraction gives
     assert search.within_tolerance(0.021, 0.019) and not search.within_tolerance(0.022, 0.019)

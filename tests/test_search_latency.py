@@ -12,6 +12,7 @@ from structprune.runfolder import load_run, save_run
 from structprune.search.driver import SearchConfig, search_run
 from structprune.search.latency import LatencyTable, measure_latency_table
 from structprune.sparsity.masks import NetworkMask
+from structprune.sparsity.method import Method
 from structprune.train import TrainConfig, train
 
 
@@ -53,7 +54,7 @@ def test_latency_weight_moves_pruning_to_the_slow_layer(tiny_run, tmp_path):
     (tmp_path / "table.json").write_text(json.dumps(table.to_json()))
     kept = {}
     for weight in (0.0, 0.05):
-        cfg = SearchConfig(method="pf", scope="global", ratio=0.5, particles=8, generations=6, score_images=80,
+        cfg = SearchConfig(method=Method.PF, scope="global", ratio=0.5, particles=8, generations=6, score_images=80,
                            check_images=80, step_epochs=0, final_epochs=0, latency_weight=weight,
                            latency_table=str(tmp_path / "table.json"))
         _, metrics = search_run(load_run(path), data, cfg, tmp_path / f"w{weight}")

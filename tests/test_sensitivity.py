@@ -21,6 +21,7 @@ from structprune.sensitivity import SensitivityConfig, sweep
 from structprune.sparsity.granularity import Granularity
 from structprune.sparsity.masking import MaskApplier, apply_mask_
 from structprune.sparsity.masks import NetworkMask
+from structprune.sparsity.method import Method
 from structprune.sparsity.selection import SelectionConfig, select
 from structprune.train import TrainConfig, evaluate, train
 
@@ -74,7 +75,7 @@ def test_resume_keeps_finished_layers(trained, tmp_path):
     assert resumed["layers"][names[0]] == [0.123]  # not recomputed
     assert resumed["layers"][names[1]] == full["layers"][names[1]]
     assert json.loads(out.read_text())["complete"] is True
-    other = sweep(model, data, SensitivityConfig(ratios=(0.5,), images=100, method="random"), out_file=out)
+    other = sweep(model, data, SensitivityConfig(ratios=(0.5,), images=100, method=Method.RANDOM), out_file=out)
     assert other["layers"][names[0]] != [0.123]  # a different sweep does not resume from it
 
 
@@ -90,8 +91,10 @@ def test_never_overwrites_another_sweep(trained, tmp_path):
 def test_bad_config_is_one_line_error():
     with pytest.raises(StructpruneError, match="between 0 and 1"):
         SensitivityConfig(ratios=(0.5, 1.0))
-    with pytest.raises(StructpruneError, match="unknown selection method"):
-        SensitivityConfig(method="pf")
+    with pytest.raises(StructpruneError, match="selection method 'pf' does not apply"):
+        SensitivityConfig(method=Method.PF)
+    with pytest.raises(StructpruneError, match="must be a Method"):
+        SensitivityConfig(method="l1")
 
 
 def test_cli_writes_sensitivity_and_report_plots_it(trained, tmp_path, capsys):

@@ -11,6 +11,8 @@ import torch
 from structprune.data import load_dataset
 from structprune.errors import StructpruneError
 from structprune.runfolder import load_run
+from structprune.sparsity.granularity import Granularity
+from structprune.sparsity.method import Method
 from structprune.sparsity.selection import select_masks
 from structprune.stages import (
     BenchConfig,
@@ -85,7 +87,7 @@ def test_prune_run_records_the_dead_units_it_removes(chain):
 
 def test_search_run_prunes_with_the_particle_filter(chain):
     data = load_dataset("digits", val_size=200)
-    cfg = SearchConfig(method="pf", granularities=("channel",), ratio=0.5, particles=2, generations=1,
+    cfg = SearchConfig(method=Method.PF, granularities=(Granularity.CHANNEL,), ratio=0.5, particles=2, generations=1,
                        score_images=50, check_images=50, step_epochs=0, final_epochs=0, layers=("features.0",))
     out, metrics = search_run(load_run(chain["dense"]), data, cfg, chain["root"] / "searched")
     assert (out / "search.json").is_file() and (out / "masks.json").is_file()

@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable, Sequence
+from enum import StrEnum
 from pathlib import Path
 
 from structprune.errors import StructpruneError
+from structprune.sparsity.method import Method
 
 MAX_THREADS = 1024  # --threads
 SEED_MAX = 2**32 - 1  # numpy's and torch's generators both take seeds in 0..2**32-1 without surprises
@@ -165,6 +167,37 @@ def from_library(parse: Callable[[str], object], what: str) -> Callable[[str], o
 
     wrapped.__name__ = what
     return wrapped
+
+
+def enum_choice(enum: type[StrEnum], what: str) -> Callable[[str], StrEnum]:
+    """An argparse type: one of the values of a StrEnum (e.g. Granularity, KernelStructure), as that member."""
+
+    def parse(text: str) -> StrEnum:
+        try:
+            return enum(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"unknown {what} {text!r}; choose from "
+                                             f"{', '.join(m.value for m in enum)}") from None
+
+    parse.__name__ = what
+    return parse
+
+
+def method_choice(allowed: Sequence[Method], what: str = "method") -> Callable[[str], Method]:
+    """An argparse type: one of the `allowed` pruning methods, spelt as in JSON (e.g. 'random-best')."""
+
+    def parse(text: str) -> Method:
+        try:
+            return Method.parse(text, allowed, what)
+        except StructpruneError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = what
+    return parse
+
+
+def method_metavar(allowed: Sequence[Method]) -> str:
+    return "{" + ",".join(m.value for m in allowed) + "}"
 
 
 def existing_file(text: str) -> Path:

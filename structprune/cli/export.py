@@ -12,7 +12,7 @@ from structprune.cli.common import positive_float
 from structprune.errors import StructpruneError
 from structprune.export_int8 import DEFAULT_CALIBRATION_IMAGES, export_int8
 from structprune.export_onnx import DEFAULT_TOLERANCE, EXPORTERS, export_onnx
-from structprune.jsonio import read_json, write_json_atomic
+from structprune.jsonio import write_json_atomic
 from structprune.output import claim_file
 from structprune.quant.run import PACKED_FILE
 from structprune.sensitivity import dataset_of_run
@@ -66,8 +66,7 @@ def _int8(args: argparse.Namespace, model: nn.Module) -> int:
         raise StructpruneError(f"--calibration-images must be at least 1 (got {count})")
     report_path = claim_file(args.onnx.with_name(args.onnx.name + ".json"), inputs=(args.run_dir,),
                              overwrite=args.overwrite)
-    config_file = args.run_dir / "config.json"
-    data = dataset_of_run(args.run_dir, read_json(config_file) if config_file.is_file() else {}, args.data_dir)
+    data = dataset_of_run(args.run_dir, data_dir=args.data_dir)
     report = export_int8(model, args.onnx, data.train, {"val": data.val, "test": data.test}, calibration_count=count,
                          tolerance=args.tolerance, exporter=args.exporter)
     report = {"source_run": str(args.run_dir), "dataset": data.name, **report}

@@ -7,16 +7,25 @@ import shlex
 import sys
 from pathlib import Path
 
-from structprune.cli.common import add_output_arguments, from_library, positive_int, seed
+from structprune.cli.common import (
+    add_output_arguments,
+    enum_choice,
+    from_library,
+    method_choice,
+    method_metavar,
+    positive_int,
+    seed,
+)
 from structprune.cli.prune_search import add_search_arguments, run_search
 from structprune.errors import StructpruneError
 from structprune.output import claim_folder
-from structprune.sparsity.granularity import KERNEL_STRUCTURES, Granularity, IntraPattern, KernelForm
-from structprune.sparsity.selection import METHODS, SCOPES, select_masks
-from structprune.stages.prune import DEFAULT_BN_BATCHES, MaskChooser, prune_run
+from structprune.sparsity.granularity import KERNEL_STRUCTURES, Granularity, IntraPattern, KernelForm, KernelStructure
+from structprune.sparsity.method import Method
+from structprune.sparsity.selection import SCOPES, SelectionConfig
+from structprune.stages.prune import DEFAULT_BN_BATCHES, select_run
 
 GRANULARITIES = from_library(Granularity.parse_list, "granularity list")
-SEARCH_METHODS = ("pf", "epf", "random-best", "tp-l2")  # the mask search (structprune.search; options in prune_search.py)
+PATTERNS = from_library(IntraPattern.parse_list, "pattern list")
 
 
 def ratio_list(text: str) -> list[float]:
@@ -38,26 +47,9 @@ def single_ratio(text: str) -> float:
     return values[0]
 
 
-def pattern_list(text: str) -> tuple[IntraPattern, ...]:
-    """'1:3,0:2' -> (IntraPattern(1, 3), IntraPattern(0, 2))"""
-    try:
-        pairs = [part.split(":") for part in text.split(",") if part.strip()]
-        numbers = [(int(a), int(b)) for a, b in pairs]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of START:STRIDE") from None
-    if not numbers:
-        raise argparse.ArgumentTypeError("no pattern given")
-    for start, stride in numbers:
-        if start < 0 or stride < 1:
-            raise argparse.ArgumentTypeError(f"{start}:{stride}: START must be >= 0 and STRIDE >= 1")
-    if len(set(numbers)) != len(numbers):
-        raise argparse.ArgumentTypeError(f"{text!r} lists a pattern twice")
-    return tuple(IntraPattern(a, b) for a, b in numbers)
-
-
-def kernel_form(structure: str, groups: int | None) -> KernelForm:
+def kernel_form(structure: KernelStructure, groups: int | None) -> KernelForm:
     """--kernel-structure and --kernel-groups as one KernelForm (structured and blocks: 4 groups unless given)."""
-    if structure == "unstructured":
+    if structure is KernelStructure.UNSTRUCTURED:
         if groups is not None:
             raise StructpruneError("--kernel-groups applies to --kernel-structure structured or blocks")
         return KernelForm()
@@ -76,8 +68,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_output_arguments(p, "pruned run folder", resumable=True)
     p.add_argument("--granularity", type=GRANULARITIES, default=[Granularity.CHANNEL],
                    help="channel, kernel, intra or a comma list (default channel)")
-    p.add_argument("--method", choices=METHODS + SEARCH_METHODS, default="l1",
-                   help="l1 magnitude, random, or the particle-filter search (pf, epf)")
+    p.add_argument("--method", type=method_choice(tuple(Method)), default=Method.L1, metavar=method_metavar(tuple(Method)),
+                   help="l1 magnitude, random, the particle-filter search (pf, epf), or the search schedule's baselines "
+                   "(random-best, tp-l2)")
     p.add_argument("--ratio", type=ratio_list, default=None,
                    help="fraction pruned, one for all granularities or one per granularity (e.g. 0.5,0.5,0.66)")
     p.add_argument("--scope", choices=SCOPES, default="layer", help="rank units per layer or across the network")
@@ -87,7 +80,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    "scale, and at the kernel scale with --kernel-structure structured, each group's kept input maps "
                    "(one-shot l1 and random; the search schedule ignores it); with --kernel-structure blocks, each "
                    "block's kept maps, so the G blocks stay equal")
-    p.add_argument("--kernel-structure", choices=KERNEL_STRUCTURES, default="unstructured",
+    p.add_argument("--kernel-structure", type=enum_choice(KernelStructure, "kernel structure"),
+                   default=KernelStructure.UNSTRUCTURED, metavar="{" + ",".join(KERNEL_STRUCTURES) + "}",
                    help="kernel scale: free masks, output-map groups sharing their kept input maps, or blocks: each "
                    "layer's maps fall into G blocks that follow the producing layer's, each output map reads only "
                    "its own block's input maps, and the layer compacts into one grouped convolution (l1 and random: "
@@ -96,7 +90,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--kernel-groups", type=positive_int, default=None, metavar="G",
                    help="structured kernels: output-map groups per layer; blocks: the number of blocks G (default 4)")
     p.add_argument("--intra-shared", action="store_true", help="intra scale: one pattern for the whole layer")
-    p.add_argument("--intra-patterns", type=pattern_list, default=None, metavar="S:T,...",
+    p.add_argument("--intra-patterns", type=PATTERNS, default=None, metavar="S:T,...",
                    help="intra scale: choose only among these (start:stride) patterns, e.g. 1:3 (the centre column, "
                    "one pad-free 3×1 convolution)")
     p.add_argument("--linear-ratio", type=single_ratio, default=0.0, metavar="R",
@@ -107,39 +101,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def baseline_chooser(args: argparse.Namespace, granularities: list[Granularity], kernel: KernelForm) -> MaskChooser:
-    def choose(model, groups, data, base):
-        return select_masks(model, granularities, args.ratio, method=args.method, scope=args.scope, seed=args.seed,
-                            groups=groups, base=base, round_to=args.round_to, kernel=kernel,
-                            intra_shared=args.intra_shared, intra_patterns=args.intra_patterns,
-                            linear_ratio=args.linear_ratio)
-
-    return choose
-
-
 def run(args: argparse.Namespace) -> int:
     granularities = args.granularity
     kernel = kernel_form(args.kernel_structure, args.kernel_groups)
     output = claim_folder(args.out, "prune", inputs=(args.run_dir,), overwrite=args.overwrite)
     if args.restart:
         output.discard()
-    if args.method in SEARCH_METHODS or args.max or args.schedule:
+    if args.method.needs_search or args.max or args.schedule:
         return run_search(args, granularities, kernel, output)
     if args.ratio is None:
         raise StructpruneError(f"--method {args.method} needs --ratio (or --max for the search schedule)")
     if len(args.ratio) not in (1, len(granularities)):
         raise StructpruneError(f"--ratio lists {len(args.ratio)} values for {len(granularities)} granularities")
-    choose = baseline_chooser(args, granularities, kernel)
-    config = {"command": shlex.join(["structprune", *sys.argv[1:]]), "verb": "prune",
-              "prune": {"granularity": [g.value for g in granularities], "method": args.method, "ratio": args.ratio,
-                        "scope": args.scope, "seed": args.seed, "round_to": args.round_to,
-                        "kernel": str(kernel),
-                        "intra_shared": args.intra_shared, "linear_ratio": args.linear_ratio,
-                        "intra_patterns": None if args.intra_patterns is None
-                        else [[p.start, p.stride] for p in args.intra_patterns]}}
+    cfg = SelectionConfig(method=args.method, scope=args.scope, seed=args.seed, round_to=args.round_to, kernel=kernel,
+                          intra_shared=args.intra_shared, intra_patterns=args.intra_patterns,
+                          linear_ratio=args.linear_ratio)
+    command = {"command": shlex.join(["structprune", *sys.argv[1:]]), "verb": "prune"}
     bn_batches = DEFAULT_BN_BATCHES if args.bn_recalibrate is None else args.bn_recalibrate
-    config["prune"]["bn_batches"] = bn_batches
-    out, metrics = prune_run(args.run_dir, output, choose, config, data_dir=args.data_dir, bn_batches=bn_batches)
+    out, metrics = select_run(args.run_dir, output, granularities, args.ratio, cfg, command, data_dir=args.data_dir,
+                              bn_batches=bn_batches)
     mcr = f", test MCR {metrics['test_mcr']:.4f}" if "test_mcr" in metrics else ""
     print(f"{out}: {metrics['nonzero_params']:,} of {metrics['params']:,} weights kept; compact network "
           f"{metrics['compact_params']:,} params, {metrics['compact_macs']:,} MACs (dense {metrics['macs']:,}){mcr}")

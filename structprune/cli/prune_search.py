@@ -29,9 +29,8 @@ from structprune.cli.common import (
 )
 from structprune.errors import StructpruneError
 from structprune.output import Output
-from structprune.sparsity.granularity import Granularity, IntraPattern, KernelForm
-
-DRIVER_METHOD = {"pf": "pf", "epf": "epf", "l1": "l1", "random-best": "random", "tp-l2": "tp-l2"}
+from structprune.sparsity.granularity import Granularity, IntraPattern, KernelForm, KernelStructure
+from structprune.sparsity.method import SEARCH_METHODS
 
 
 def add_search_arguments(p: argparse.ArgumentParser) -> None:
@@ -102,8 +101,9 @@ def run_search(args: argparse.Namespace, granularities: list[Granularity], kerne
     from structprune.search.driver import SearchConfig, search_run
     from structprune.stages.prune import run_dataset
 
-    if args.method not in DRIVER_METHOD:
-        raise StructpruneError(f"--method {args.method} cannot run the search schedule; use pf, epf, l1, random-best or tp-l2")
+    if args.method not in SEARCH_METHODS:
+        raise StructpruneError(f"--method {args.method} cannot run the search schedule; use "
+                               f"{', '.join(m.value for m in SEARCH_METHODS)}")
     if args.max == (args.ratio is not None):
         raise StructpruneError("give either --ratio R or --max")
     if args.ratio is not None and len(set(args.ratio)) != 1:
@@ -111,7 +111,7 @@ def run_search(args: argparse.Namespace, granularities: list[Granularity], kerne
     if args.linear_ratio:
         raise StructpruneError("--linear-ratio is for one-shot selection (--method l1 or random without --max or "
                                "--schedule); the search prunes convolutions only")
-    if kernel.structure == "blocks" and kernel.groups != 2:
+    if kernel.structure is KernelStructure.BLOCKS and kernel.groups != 2:
         raise StructpruneError(f"the search chooses 2 kernel blocks per layer: give --kernel-groups 2, not {kernel.groups}")
     run = load_checked_run(args.run_dir)
     if args.latency_table is not None:
@@ -122,7 +122,7 @@ def run_search(args: argparse.Namespace, granularities: list[Granularity], kerne
     if data is None:
         raise StructpruneError(f"{args.run_dir}: its config.json records no dataset to score candidates on")
     cfg = SearchConfig(
-        method=DRIVER_METHOD[args.method], granularities=tuple(g.value for g in granularities),
+        method=args.method, granularities=tuple(granularities),
         tolerance=args.tolerance / 100, ratio=None if args.max else args.ratio[0], particles=args.particles,
         generations=args.generations, temperature=args.temperature / 100, score_images=args.score_images,
         check_images=args.check_images, step_epochs=args.retrain_epochs, step_images=args.retrain_images,

@@ -6,9 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from structprune.cli.common import positive_int, seed
+from structprune.cli.common import enum_choice, method_choice, method_metavar, positive_int, seed
 from structprune.errors import StructpruneError
 from structprune.sparsity.granularity import Granularity
+from structprune.sparsity.method import ONE_SHOT_METHODS, Method
 
 
 def ratio_list(text: str) -> tuple[float, ...]:
@@ -30,8 +31,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "validation MCR in DIR/sensitivity.json. An interrupted sweep resumes at the next layer.",
     )
     p.add_argument("dir", type=Path, metavar="DIR", help="a run folder with a trained model")
-    p.add_argument("--granularity", choices=[g.value for g in Granularity], default="channel")
-    p.add_argument("--method", choices=("l1", "random"), default="l1")
+    p.add_argument("--granularity", type=enum_choice(Granularity, "granularity"), default=Granularity.CHANNEL,
+                   metavar="{channel,kernel,intra}")
+    p.add_argument("--method", type=method_choice(ONE_SHOT_METHODS, "selection method"), default=Method.L1,
+                   metavar=method_metavar(ONE_SHOT_METHODS), help="l1 magnitude or random (default l1)")
     p.add_argument("--ratios", type=ratio_list, default=None, help="default 0.1,0.2,...,0.9")
     p.add_argument("--images", type=positive_int, default=2000, help="images of the split to score on (default 2000)")
     p.add_argument("--split", choices=("val", "test"), default="val")
@@ -47,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.dir.is_dir():
         raise StructpruneError(f"{args.dir}: no such run folder")
-    cfg = SensitivityConfig(granularity=Granularity(args.granularity), method=args.method,
+    cfg = SensitivityConfig(granularity=args.granularity, method=args.method,
                             ratios=args.ratios or DEFAULT_RATIOS, split=args.split, images=args.images, seed=args.seed)
     bars: list[tqdm] = []  # opened at the first finished layer: bad input is refused before any bar is drawn
 

@@ -20,6 +20,7 @@ from structprune.demo.method_stages import stage_bench, stage_export, stage_quan
 from structprune.demo.stages import stage_data, stage_pruned, stage_report, stage_train_dense
 from structprune.jsonio import write_bytes_atomic, write_json_atomic
 from structprune.output import Output
+from structprune.runfiles import CONFIG_FILE, REPORT_MD
 from structprune.runfolder import as_output
 
 __all__ = ["DENSE_RUN", "STAGES", "DemoContext", "Stage", "add_stage", "run_demo", "torch_threads"]
@@ -58,8 +59,8 @@ def run_demo(out: str | Path | Output, epochs: int = 30, seed: int = 0, progress
             log.info("demo stage %s", name)
             stage(ctx)
             ctx.seconds[name] = time.perf_counter() - started
-        write_bytes_atomic(work / "report.md", _report_text(ctx).encode())
-        write_json_atomic(work / "config.json", {"verb": "demo", "epochs": epochs, "seed": seed})
+        write_bytes_atomic(work / REPORT_MD, _report_text(ctx).encode())
+        write_json_atomic(work / CONFIG_FILE, {"verb": "demo", "epochs": epochs, "seed": seed})
     ctx.work = output.path
     return ctx
 

@@ -12,10 +12,12 @@ from structprune.demo.context import DENSE_RUN, DemoContext, torch_threads
 from structprune.demo.stages import PRUNED_RUNS
 from structprune.runfiles import BENCH_FILE
 from structprune.runfolder import load_run
+from structprune.sparsity.granularity import Granularity
+from structprune.sparsity.method import Method
 
 SEARCH_RUN, SEARCH_COMPACT, QUANT_RUN, EXPORT_DIR = "search", "search-compact", "quantized", "export"
-SEARCH = {"method": "pf", "granularities": ("channel", "intra"), "ratio": 0.5, "particles": 4, "generations": 2,
-          "score_images": 300, "check_images": 300, "ladder": (0.5,), "step_epochs": 2, "final_epochs": 10,
+SEARCH = {"method": Method.PF, "granularities": (Granularity.CHANNEL, Granularity.INTRA), "ratio": 0.5, "particles": 4,
+          "generations": 2, "score_images": 300, "check_images": 300, "ladder": (0.5,), "step_epochs": 2, "final_epochs": 10,
           "intra_shared": True}
 QUANT_BITS, QUANT_EPOCHS = 4, 1
 BENCH_BATCHES, BENCH_ROUNDS = (1, 64), 3

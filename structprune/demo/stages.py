@@ -13,6 +13,7 @@ from structprune.data import load_dataset
 from structprune.demo.context import DEMO_DATA, DEMO_MODEL, DEMO_VAL, DENSE_RUN, DemoContext, torch_threads
 from structprune.jsonio import write_bytes_atomic
 from structprune.runcheck import load_checked_run
+from structprune.runfiles import REPORT_HTML
 from structprune.stages.train import TrainRunConfig, train_run
 from structprune.train import TrainConfig
 
@@ -54,20 +55,17 @@ def stage_train_dense(ctx: DemoContext) -> None:
 
 def stage_pruned(ctx: DemoContext) -> None:
     """Demo stage: L1 channel pruning at PRUNE_RATIO, retraining with the masks held, compaction."""
-    from structprune.sparsity.selection import select_masks
+    from structprune.sparsity.granularity import Granularity
+    from structprune.sparsity.selection import SelectionConfig
     from structprune.stages import retrain_run
-    from structprune.stages.prune import compact_run, prune_run
+    from structprune.stages.prune import compact_run, select_run
 
     pruned, retrained, compact = (ctx.work / name for name in PRUNED_RUNS)
-
-    def choose(model, groups, data, base=None):
-        return select_masks(model, ["channel"], PRUNE_RATIO, method="l1", groups=groups, base=base)
-
-    config = {"stage": "prune", "granularity": "channel", "method": "l1",
-              "prune": {"granularity": ["channel"], "method": "l1", "ratio": [PRUNE_RATIO]}}
+    config = {"stage": "prune", "granularity": "channel", "method": "l1"}
     cfg = TrainConfig(epochs=RETRAIN_EPOCHS, lr=0.01, batch_size=64, seed=ctx.seed)
     with torch_threads(1):
-        _, one_shot = prune_run(ctx.work / DENSE_RUN, pruned, choose, config)
+        _, one_shot = select_run(ctx.work / DENSE_RUN, pruned, [Granularity.CHANNEL], [PRUNE_RATIO], SelectionConfig(),
+                                 config)
         _, after = retrain_run(pruned, retrained, cfg, ctx.data, progress=ctx.progress)
         _, small = compact_run(retrained, compact, config={"stage": "compact"})
     ctx.results["pruned"] = {"one_shot_test_mcr": one_shot["test_mcr"], "retrained_test_mcr": after["test_mcr"],
@@ -95,7 +93,7 @@ def stage_report(ctx: DemoContext) -> None:
     (ctx.work / FIGURES).mkdir(exist_ok=True)
     for plot in plots:
         write_bytes_atomic(ctx.work / FIGURES / f"{plot.key}.png", plot.png)
-    write_report(records, ctx.work / "report.html", "structprune demo report")
+    write_report(records, ctx.work / REPORT_HTML, "structprune demo report")
     lines = ["## Report: before and after", "",
              "Every run of this demo, with its size and MCR against the dense run it came from "
              "(`structprune report DIR --out report.html` redraws it; `report.html` here is the self-contained page).", "",

@@ -16,6 +16,7 @@ from torch import nn
 from structprune.errors import StructpruneError
 from structprune.quant.fixed_point import FixedPoint, check_bits, optimal_format
 from structprune.quant.targets import quantized_weights
+from structprune.runfiles import QUANT_FILE
 
 QuantPlan = dict[str, FixedPoint]
 
@@ -58,7 +59,7 @@ def plan_to_json(plan: QuantPlan, layers: Mapping[str, str]) -> dict[str, Any]:
     return {"weights": {n: {"layer": layers.get(n, ""), "bits": f.bits, "step": f.step} for n, f in plan.items()}}
 
 
-def plan_from_json(data: Any, source: str = "quant.json") -> QuantPlan:
+def plan_from_json(data: Any, source: str = QUANT_FILE) -> QuantPlan:
     try:
         return {n: FixedPoint(int(d["bits"]), float(d["step"])) for n, d in data["weights"].items()}
     except (KeyError, TypeError, ValueError, AttributeError) as exc:

@@ -26,7 +26,7 @@ from structprune.quant.storage import storage_report
 from structprune.quant.targets import quantized_weights
 from structprune.runcheck import check_config, check_data_fits, load_checked_run
 from structprune.runfiles import PACKED_FILE, QUANT_FILE, SENSITIVITY_FILE, STORAGE_FILE
-from structprune.runfolder import as_output, recorded_dataset, write_run_files
+from structprune.runfolder import as_output, recorded_dataset, source_chain, write_run_files
 from structprune.sparsity.masks import MASKS_FILE, NetworkMask
 from structprune.train import TrainConfig, evaluate
 
@@ -146,22 +146,12 @@ def find_masks(explicit: Path | None, run_dir: Path, config: dict) -> Path | Non
         if not explicit.is_file():
             raise StructpruneError(f"{explicit}: file not found")
         return explicit
-    if (run_dir / MASKS_FILE).is_file():
-        return run_dir / MASKS_FILE
-    seen: set[Path] = set()
-    for _ in range(8):  # follow source_run links: retrained <- compact <- pruned (which has masks.json)
-        source = config.get("source_run")
-        if not source:
-            return None
-        folder = next((b / source for b in (Path.cwd(), run_dir.parent) if (b / source).is_dir()), None)
-        if folder is None or folder.resolve() in seen:
-            return None
-        seen.add(folder.resolve())
+    for folder, found in source_chain(run_dir, config, strict=False):  # retrained <- compact <- pruned (masks)
+        check_config(found, folder)
         if (folder / MASKS_FILE).is_file():
-            log.info("index cost from %s (a source of %s)", folder / MASKS_FILE, run_dir)
+            if folder != run_dir:
+                log.info("index cost from %s (a source of %s)", folder / MASKS_FILE, run_dir)
             return folder / MASKS_FILE
-        config = read_json(folder / "config.json") if (folder / "config.json").is_file() else {}
-        check_config(config, folder)
     return None
 
 

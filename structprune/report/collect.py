@@ -25,6 +25,7 @@ from structprune.runfiles import (
     SENSITIVITY_FILE,
     STORAGE_FILE,
 )
+from structprune.sparsity.method import Method
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,14 @@ class RunRecord:
 
     @property
     def method(self) -> str:
-        return str(self.config.get("method") or self._pruning_config().get("method") or "")
+        """As spelt on the command line (a search config written before random-best had one spelling says random)."""
+        text = self.config.get("method") or self._pruning_config().get("method")
+        if not text:
+            return ""
+        try:
+            return Method.from_stored(text, search=not isinstance(self.config.get("prune"), dict)).value
+        except StructpruneError:
+            return str(text)  # another tool's method: shown as written
 
     @property
     def is_pruned(self) -> bool:

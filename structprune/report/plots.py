@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatterSciNotation, ScalarFormatter
 
 from structprune.report.collect import BenchRecord, RunRecord, pruning_ratio
+from structprune.sparsity.method import Method
 
 
 @dataclass
@@ -36,7 +37,7 @@ def _figure(width: float = 6.4, height: float = 4.0) -> tuple[Figure, object]:
 
 
 _SCALE_COLORS = {"channel": "tab:blue", "kernel": "tab:orange", "intra": "tab:green"}
-_METHOD_STYLES = {"l1": "-", "random": "--"}
+_METHOD_STYLES = {Method.L1: "-", Method.RANDOM: "--"}
 _STAGE_MARKERS = {"search": "*", "retrain": "P", "quantize": "X", "compact": "D"}
 
 

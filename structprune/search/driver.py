@@ -8,11 +8,11 @@ previous rung kept. Intra rungs replace the layer's pattern; taps pruned before 
 
 One rung:
   1. a candidate mask for the layer is chosen by `method` on the *score* subset of the validation split:
-       pf / epf   particle filter / evolutionary PF (seeded with the L1 candidate unless `seed_with_l1=False`)
-       l1         largest L1 magnitude (maps, kernels; per input map the pattern keeping the most |w|)
-       random     best of N random candidates, N = particles × generations (the PF's scoring budget)
-       tp-l2      Torch-Pruning's GroupMagnitudeImportance (L2 over the whole coupled group: the map's filter,
-                  its batch norm and the next layer's input weights); channel scale only
+       pf / epf     particle filter / evolutionary PF (seeded with the L1 candidate unless `seed_with_l1=False`)
+       l1           largest L1 magnitude (maps, kernels; per input map the pattern keeping the most |w|)
+       random-best  best of N random candidates, N = particles × generations (the PF's scoring budget)
+       tp-l2        Torch-Pruning's GroupMagnitudeImportance (L2 over the whole coupled group: the map's filter,
+                    its batch norm and the next layer's input weights); channel scale only
   2. its MCR is checked on the *check* subset, disjoint from the score subset (the best of many candidates
      looks better than it is on the images that chose it);
   3. with `--max`: accepted when check MCR − unpruned check MCR ≤ tolerance; if not, the model is retrained
@@ -56,7 +56,7 @@ from structprune.jsonio import read_json, write_json_atomic
 from structprune.metrics import size_metrics
 from structprune.output import Output, fingerprint_files
 from structprune.retrain import retrain_masked
-from structprune.runfiles import LATENCY_FILE, SEARCH_FILE
+from structprune.runfiles import LATENCY_FILE, MODEL_FILE, PF_STATE_FILE, SEARCH_FILE, SEARCH_STATE_FILE, STATE_DIR
 from structprune.runfolder import Run, as_output, load_state, save_run
 from structprune.search.backends import make_backend
 from structprune.search.latency import LatencyTable, measure_latency_table
@@ -74,25 +74,31 @@ from structprune.search.scoring import (
     kernel_units,
     reestimate_norms,
 )
-from structprune.sparsity.granularity import Granularity, IntraPattern, KernelForm, require_kernel_form, require_patterns
+from structprune.sparsity.granularity import (
+    Granularity,
+    IntraPattern,
+    KernelForm,
+    KernelStructure,
+    require_kernel_form,
+    require_patterns,
+)
 from structprune.sparsity.kernel_blocks import assign_output_blocks, block_masks, input_blocks, output_blocks
 from structprune.sparsity.masking import MaskApplier
 from structprune.sparsity.masks import MASKS_FILE, LayerMask, NetworkMask
+from structprune.sparsity.method import SEARCH_METHODS, Method, require_method
 from structprune.train import TrainConfig, evaluate
 
 log = logging.getLogger(__name__)
 
-METHODS = ("pf", "epf", "l1", "random", "tp-l2")
 DEFAULT_LADDER = (0.25, 0.5, 0.625, 0.75, 0.8125, 0.875, 0.9375)
-STATE_DIR = "state"
 
 
 @dataclass(frozen=True)
 class SearchConfig:
     """A network search. `tolerance` is an MCR fraction (0.002 = 0.2 points); `ratio=None` means --max."""
 
-    method: str = "pf"
-    granularities: tuple[str, ...] = ("channel",)
+    method: Method = Method.PF  # one of SEARCH_METHODS
+    granularities: tuple[Granularity, ...] = (Granularity.CHANNEL,)  # searched in this order
     tolerance: float = 0.002
     ratio: float | None = None
     ladder: tuple[float, ...] = DEFAULT_LADDER
@@ -121,10 +127,10 @@ class SearchConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise StructpruneError(f"unknown search method {self.method!r}; choose from {', '.join(METHODS)}")
-        for g in self.granularities:
-            Granularity.parse_list(g)
+        require_method(self.method, SEARCH_METHODS, "search method")
+        if not self.granularities or not all(isinstance(g, Granularity) for g in self.granularities):
+            raise StructpruneError(f"granularities must be a non-empty tuple of Granularity (e.g. "
+                                   f"tuple(Granularity.parse_list('channel,intra'))), not {self.granularities!r}")
         if not 0.0 <= self.tolerance < 1.0:
             raise StructpruneError(f"tolerance {self.tolerance * 100:g} points is out of range (0 to 100 points)")
         if self.ratio is not None and not 0.0 < self.ratio < 1.0:
@@ -138,7 +144,7 @@ class SearchConfig:
         PFConfig(particles=self.particles, generations=self.generations, temperature=self.temperature)
         if self.scope not in ("layer", "global"):
             raise StructpruneError(f"unknown scope {self.scope!r}; choose layer or global")
-        if self.scope == "global" and (self.ratio is None or tuple(self.granularities) != ("channel",)):
+        if self.scope == "global" and (self.ratio is None or tuple(self.granularities) != (Granularity.CHANNEL,)):
             raise StructpruneError("the global search takes --granularity channel and a --ratio")
         if self.bn_batches < 0:
             raise StructpruneError("batch-norm recalibration batches must be >= 0")
@@ -146,7 +152,7 @@ class SearchConfig:
             raise StructpruneError(f"latency weight {self.latency_weight} must be >= 0")
         require_kernel_form(self.kernel)
         require_patterns(self.intra_patterns)
-        if self.kernel.structure == "blocks" and self.kernel.groups != 2:
+        if self.kernel.structure is KernelStructure.BLOCKS and self.kernel.groups != 2:
             raise StructpruneError(f"the search chooses 2 kernel blocks per layer, not {self.kernel.groups}")
 
     @property
@@ -286,12 +292,12 @@ def rungs_for(model: nn.Module, mask: NetworkMask, g: Granularity, layer: str, c
             keep = max(1, round((1 - r) * shape[0]))
             if keep < int(alive.sum()) and (not out or keep < out[-1].space.keep):
                 out.append(Rung(g, layer, r, BitSpace(int(alive.sum()), keep), alive=alive))
-    elif g is Granularity.KERNEL and cfg.kernel.structure == "blocks":
+    elif g is Granularity.KERNEL and cfg.kernel.structure is KernelStructure.BLOCKS:
         block_rung = kernel_block_rung(model, mask, layer, cfg.kernel.groups)
         out = [block_rung] if block_rung is not None else []
     elif g is Granularity.KERNEL:
         alive = alive_kernels(model, mask, layer)
-        kernel_groups = cfg.kernel.groups if cfg.kernel.structure == "structured" else 0  # 0: free kernels
+        kernel_groups = cfg.kernel.groups if cfg.kernel.structure is KernelStructure.STRUCTURED else 0  # 0: free kernels
         units = kernel_units(alive, kernel_groups)
         count = int(units.max()) + 1
         # units of the unpruned layer: O·I kernels, or (groups in use) × I input maps
@@ -426,7 +432,7 @@ class Search:
             raise StructpruneError(f"the validation split has {len(data.val)} image(s): need disjoint score and check subsets")
         self.score_set = ScoreSet(data.val.x[:n_score], data.val.y[:n_score])
         self.check_split = Split(data.val.x[n_score:n_score + n_check], data.val.y[n_score:n_score + n_check])
-        self.grans = [g for text in cfg.granularities for g in Granularity.parse_list(text)]
+        self.grans = list(cfg.granularities)
         convs = conv_layers(self.model)
         if cfg.layers is not None:
             unknown = [name for name in cfg.layers if name not in convs]
@@ -447,26 +453,26 @@ class Search:
     def _save_driver(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().clone() for k, v in self.model.state_dict().items()}
-        tmp = self.state_dir / ".model.safetensors.tmp"
+        tmp = self.state_dir / f".{MODEL_FILE}.tmp"
         save_file(state, str(tmp))
-        tmp.replace(self.state_dir / "model.safetensors")
-        write_json_atomic(self.state_dir / "driver.json", {**self._fingerprint(), "state": asdict(self.state)})
+        tmp.replace(self.state_dir / MODEL_FILE)
+        write_json_atomic(self.state_dir / SEARCH_STATE_FILE, {**self._fingerprint(), "state": asdict(self.state)})
 
     def _save_pf(self, pf: ParticleFilter) -> None:
         """After a generation: the filter, and the driver's history (the weights do not change during a rung)."""
-        write_json_atomic(self.state_dir / "pf.json", {"step": self.state.step, "rung": self.state.rung,
+        write_json_atomic(self.state_dir / PF_STATE_FILE, {"step": self.state.step, "rung": self.state.rung,
                                                        "pf": pf.state_dict()})
-        write_json_atomic(self.state_dir / "driver.json", {**self._fingerprint(), "state": asdict(self.state)})
+        write_json_atomic(self.state_dir / SEARCH_STATE_FILE, {**self._fingerprint(), "state": asdict(self.state)})
 
     def _try_resume(self) -> bool:
-        path = self.state_dir / "driver.json"
+        path = self.state_dir / SEARCH_STATE_FILE
         if not path.exists():
             return False
         saved = read_json(path)
         if {k: saved.get(k) for k in ("config", "source")} != self._fingerprint():
             raise StructpruneError(f"{self.state_dir} holds a search with other settings; pass --restart to discard it")
         self.state = DriverState(**saved["state"])
-        self.model.load_state_dict(load_state(self.state_dir / "model.safetensors"))
+        self.model.load_state_dict(load_state(self.state_dir / MODEL_FILE))
         log.info("resuming %s at step %d, rung %d", self.out, self.state.step, self.state.rung)
         return True
 
@@ -562,10 +568,10 @@ class Search:
                                  recalibrate=recal)
             score_fn = make_backend(self.cfg.backend, scorer, lambda p: rung.decode(p, shape), self.cfg.workers)
         try:
-            if self.cfg.method in ("l1", "tp-l2"):
-                best = l1_particle(self.model, rung) if self.cfg.method == "l1" else tp_particle(self.model, rung)
+            if self.cfg.method in (Method.L1, Method.TP_L2):
+                best = l1_particle(self.model, rung) if self.cfg.method is Method.L1 else tp_particle(self.model, rung)
                 return best, float(score_fn(best[None])[0])
-            if self.cfg.method == "random":
+            if self.cfg.method is Method.RANDOM_BEST:
                 rng = np.random.default_rng(seed)
                 candidates = rung.space.sample(rng, self.cfg.budget)
                 scores = np.concatenate([score_fn(chunk) for chunk in np.array_split(candidates, self.cfg.generations)])
@@ -578,8 +584,8 @@ class Search:
 
     def _particle_filter(self, rung: Rung, mask: NetworkMask, seed: int, score_fn) -> tuple[np.ndarray, float]:
         pf_cfg = PFConfig(particles=self.cfg.particles, generations=self.cfg.generations,
-                          temperature=self.cfg.temperature, evolutionary=self.cfg.method == "epf", seed=seed)
-        pf_path = self.state_dir / "pf.json"
+                          temperature=self.cfg.temperature, evolutionary=self.cfg.method is Method.EPF, seed=seed)
+        pf_path = self.state_dir / PF_STATE_FILE
         pf = None
         if pf_path.exists():
             saved = read_json(pf_path)
@@ -668,7 +674,7 @@ class Search:
                 if norms_before is not None:
                     self.model.load_state_dict(norms_before, strict=False)
                 self._next_step()
-            (self.state_dir / "pf.json").unlink(missing_ok=True)
+            (self.state_dir / PF_STATE_FILE).unlink(missing_ok=True)
             self._save_driver()
             self._write_search_json()
         if not self.state.final_done:
@@ -722,4 +728,4 @@ def search_run(run: Run, data: Dataset, cfg: SearchConfig, out: Output | str | P
     return save_run(search.output, model, run.arch, metrics, config, extra_json=extra), metrics
 
 
-__all__ = ["METHODS", "Search", "SearchConfig", "as_chain", "conv_macs", "search_run"]
+__all__ = ["Search", "SearchConfig", "as_chain", "conv_macs", "search_run"]

@@ -53,6 +53,20 @@ class IntraPattern:
             raise StructpruneError(f"intra-kernel pattern (start={self.start}, stride={self.stride}): start must be "
                                    ">= 0 and stride >= 1")
 
+    @classmethod
+    def parse_list(cls, text: str) -> tuple[IntraPattern, ...]:
+        """'1:3,0:2' (START:STRIDE, the command line's spelling) -> (IntraPattern(1, 3), IntraPattern(0, 2))"""
+        try:
+            pairs = [part.split(":") for part in text.split(",") if part.strip()]
+            numbers = [(int(a), int(b)) for a, b in pairs]
+        except ValueError:
+            raise StructpruneError(f"{text!r} is not a comma-separated list of START:STRIDE") from None
+        if not numbers:
+            raise StructpruneError("no pattern given")
+        if len(set(numbers)) != len(numbers):
+            raise StructpruneError(f"{text!r} lists a pattern twice")
+        return tuple(cls(a, b) for a, b in numbers)
+
     def taps(self, kernel_positions: int) -> tuple[int, ...]:
         return tuple(range(self.start, kernel_positions, self.stride))
 
@@ -79,7 +93,13 @@ class IntraPattern:
         return [p for p in IntraPattern.all_patterns(kernel_positions) if len(p.taps(kernel_positions)) == count]
 
 
-KERNEL_STRUCTURES = ("unstructured", "structured", "blocks")
+class KernelStructure(StrEnum):
+    UNSTRUCTURED = "unstructured"
+    STRUCTURED = "structured"
+    BLOCKS = "blocks"
+
+
+KERNEL_STRUCTURES = tuple(KernelStructure)
 
 
 @dataclass(frozen=True)
@@ -94,38 +114,41 @@ class KernelForm:
 
     As text: "unstructured", "structured:G" or "blocks:G".
 
-    >>> KernelForm.parse("blocks:2")
-    KernelForm(structure='blocks', groups=2)
+    >>> KernelForm.parse("blocks:2") == KernelForm(KernelStructure.BLOCKS, 2)
+    True
     >>> str(KernelForm("structured", 4))
     'structured:4'
     """
 
-    structure: str = "unstructured"
+    structure: KernelStructure = KernelStructure.UNSTRUCTURED  # its text ("blocks") is taken too
     groups: int = 1
 
     def __post_init__(self) -> None:
-        if self.structure not in KERNEL_STRUCTURES:
-            raise StructpruneError(f"unknown kernel structure {self.structure!r}; choose from {', '.join(KERNEL_STRUCTURES)}")
+        try:
+            object.__setattr__(self, "structure", KernelStructure(self.structure))
+        except ValueError:
+            raise StructpruneError(f"unknown kernel structure {self.structure!r}; choose from "
+                                   f"{', '.join(KERNEL_STRUCTURES)}") from None
         if isinstance(self.groups, bool) or not isinstance(self.groups, int) or self.groups < 1:
             raise StructpruneError(f"kernel groups {self.groups!r} must be a whole number >= 1")
-        if self.structure == "unstructured" and self.groups != 1:
+        if self.structure is KernelStructure.UNSTRUCTURED and self.groups != 1:
             raise StructpruneError(f"unstructured kernels take no groups (got {self.groups}); use structured:{self.groups} "
                                    f"or blocks:{self.groups}")
-        if self.structure == "blocks" and self.groups < 2:
+        if self.structure is KernelStructure.BLOCKS and self.groups < 2:
             raise StructpruneError("kernel blocks need at least 2 blocks per layer (one block prunes nothing)")
 
     @classmethod
     def parse(cls, text: str) -> KernelForm:
         """'unstructured', 'structured:G' or 'blocks:G' -> KernelForm."""
         name, sep, count = text.strip().partition(":")
-        if name == "unstructured" and not sep:
+        if name == KernelStructure.UNSTRUCTURED and not sep:
             return cls()
-        if name in KERNEL_STRUCTURES and name != "unstructured" and count.strip().isdigit():
-            return cls(name, int(count))
+        if name in KERNEL_STRUCTURES and name != KernelStructure.UNSTRUCTURED and count.strip().isdigit():
+            return cls(KernelStructure(name), int(count))
         raise StructpruneError(f"kernel form {text!r}: write unstructured, structured:G or blocks:G (G a whole number)")
 
     def __str__(self) -> str:
-        return self.structure if self.structure == "unstructured" else f"{self.structure}:{self.groups}"
+        return self.structure.value if self.structure is KernelStructure.UNSTRUCTURED else f"{self.structure.value}:{self.groups}"
 
 
 def require_kernel_form(kernel: object) -> None:

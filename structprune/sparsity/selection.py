@@ -27,17 +27,24 @@ from torch import nn
 from structprune.arch import example_input
 from structprune.errors import StructpruneError
 from structprune.sparsity.channel_groups import ChannelGroups, find_channel_groups
-from structprune.sparsity.granularity import Granularity, IntraPattern, KernelForm, require_kernel_form, require_patterns
+from structprune.sparsity.granularity import (
+    Granularity,
+    IntraPattern,
+    KernelForm,
+    KernelStructure,
+    require_kernel_form,
+    require_patterns,
+)
 from structprune.sparsity.kernel_blocks import select_kernel_blocks
 from structprune.sparsity.masks import NetworkMask
+from structprune.sparsity.method import ONE_SHOT_METHODS, Method, require_method
 
-METHODS = ("l1", "random")
 SCOPES = ("layer", "global")
 
 
 @dataclass(frozen=True)
 class SelectionConfig:
-    method: str = "l1"  # "l1" | "random"
+    method: Method = Method.L1  # L1 or RANDOM
     scope: str = "layer"  # "layer" | "global"
     seed: int = 0
     kernel: KernelForm = field(default_factory=KernelForm)  # kernel scale: unstructured, structured:G or blocks:G
@@ -48,8 +55,7 @@ class SelectionConfig:
     linear_ratio: float = 0.0  # fraction of the hidden units of fully connected layers pruned (channel scale)
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise StructpruneError(f"unknown selection method {self.method!r}; choose from {', '.join(METHODS)}")
+        require_method(self.method, ONE_SHOT_METHODS, "selection method")
         if self.scope not in SCOPES:
             raise StructpruneError(f"unknown scope {self.scope!r}; choose from {', '.join(SCOPES)}")
         require_kernel_form(self.kernel)
@@ -110,7 +116,7 @@ def _global_keep(scores: dict[str, torch.Tensor], alive: dict[str, torch.Tensor]
 
 def _scores(weights: torch.Tensor, cfg: SelectionConfig, gen: torch.Generator) -> torch.Tensor:
     """L1 magnitude (summed over the trailing dims already reduced by the caller) or uniform noise."""
-    return weights if cfg.method == "l1" else torch.rand(weights.shape, generator=gen)
+    return weights if cfg.method is Method.L1 else torch.rand(weights.shape, generator=gen)
 
 
 # ---------------------------------------------------------------------------------------------- channels
@@ -190,7 +196,7 @@ def select_kernels(model: nn.Module, groups: ChannelGroups | None, ratio: float,
         region[name] = _kernel_region(name, conv, mask, groups)
         alive[name] = _alive_kernels(name, conv, mask, groups)
         scores[name] = _scores(conv.weight.detach().cpu().abs().sum((2, 3)), cfg, gen)  # [O, I]
-    if cfg.kernel.structure == "blocks":
+    if cfg.kernel.structure is KernelStructure.BLOCKS:
         if abs(ratio - (1 - 1 / cfg.kernel.groups)) > 1e-3:
             raise StructpruneError(f"kernel blocks: {cfg.kernel.groups} blocks remove {1 - 1 / cfg.kernel.groups:.4g} of "
                                    f"each layer's kernels; give that kernel ratio, not {ratio:g}")
@@ -201,7 +207,7 @@ def select_kernels(model: nn.Module, groups: ChannelGroups | None, ratio: float,
     else:
         keeps = {n: _keep_top(scores[n], alive[n], keep_count(int(region[n].sum()), ratio)) for n in convs}
     for name, keep in keeps.items():
-        if cfg.kernel.structure == "structured":
+        if cfg.kernel.structure is KernelStructure.STRUCTURED:
             fraction = int(keep.sum()) / max(int(alive[name].sum()), 1)
             keep = _structured(convs[name], alive[name], scores[name], fraction, cfg.kernel.groups, cfg.round_to)
         mask.layer(name, convs[name]).keep_kernel = keep
@@ -245,14 +251,14 @@ def select_intra(model: nn.Module, groups: ChannelGroups | None, ratio: float, c
     """Set one intra-kernel pattern per input map (or per layer) of every conv larger than 1×1 (in place)."""
     convs = {n: c for n, c in conv_layers(model).items() if c.weight.shape[2] * c.weight.shape[3] > 1}
     taps = {n: tap_count(c.weight.shape[2] * c.weight.shape[3], ratio) for n, c in convs.items()}
-    if cfg.scope == "global" and cfg.method == "l1":
+    if cfg.scope == "global" and cfg.method is Method.L1:
         taps = _global_tap_counts(convs, mask, groups, ratio)
     for name, conv in convs.items():
         positions = conv.weight.shape[2] * conv.weight.shape[3]
         patterns = _candidates(name, positions, taps[name], cfg)
         alive = _alive_kernels(name, conv, mask, groups)  # [O, I]
         l1 = (conv.weight.detach().cpu().abs().flatten(2) * alive.unsqueeze(-1)).sum(0)  # [I, k²]
-        if cfg.method == "l1":
+        if cfg.method is Method.L1:
             table = _pattern_scores(l1, patterns, positions)  # [I, P]
         else:
             table = torch.rand(l1.shape[0], len(patterns), generator=gen)
@@ -314,7 +320,7 @@ def _global_tap_counts(convs: dict[str, nn.Conv2d], mask: NetworkMask, groups: C
 # ---------------------------------------------------------------------------------------------- entry
 def selects_kernel_blocks(granularities: list[Granularity], cfg: SelectionConfig) -> bool:
     """Whether the kernel scale is selected as kernel blocks (which need the model's channel groups)."""
-    return Granularity.KERNEL in granularities and cfg.kernel.structure == "blocks"
+    return Granularity.KERNEL in granularities and cfg.kernel.structure is KernelStructure.BLOCKS
 
 
 def _channel_multiple(granularities: list[Granularity], cfg: SelectionConfig) -> int:
@@ -368,14 +374,14 @@ def select_masks(
     model: nn.Module,
     granularities: list[Granularity] | str,
     ratio: float | list[float],
-    method: str = "l1",
+    method: Method | str = Method.L1,
     scope: str = "layer",
     seed: int = 0,
     groups: ChannelGroups | None = None,
     base: NetworkMask | None = None,
     **options: Any,
 ) -> NetworkMask:
-    """Masks at `ratio` (one, or one per granularity) by L1 magnitude or at random.
+    """Masks at `ratio` (one, or one per granularity) by L1 magnitude or at random (`method`: a Method or its text).
 
     `options` are further SelectionConfig fields (kernel: a KernelForm, round_to, intra_shared, intra_patterns,
     linear_ratio).
@@ -383,7 +389,7 @@ def select_masks(
     """
     grans = Granularity.parse_list(granularities) if isinstance(granularities, str) else list(granularities)
     ratios = list(ratio) if isinstance(ratio, list | tuple) else [float(ratio)]
-    cfg = SelectionConfig(method=method, scope=scope, seed=seed, **options)
+    cfg = SelectionConfig(method=Method.parse(method, ONE_SHOT_METHODS, "selection method"), scope=scope, seed=seed, **options)
     if groups is None and (Granularity.CHANNEL in grans or base is not None or cfg.linear_ratio > 0
                            or selects_kernel_blocks(grans, cfg)):
         groups = channel_groups_of(model)

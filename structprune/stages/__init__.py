@@ -2,7 +2,8 @@
 under the output policy (structprune.output: a new folder, staged, resumable) and returns it with its metrics.
 
   train_run      a registered model trained on a dataset (adopt_run: an already trained one)  (stages.train)
-  prune_run      masks chosen one-shot (L1, random) and applied          (structprune.stages.prune)
+  prune_run      masks chosen by a MaskChooser and applied               (structprune.stages.prune)
+  select_run     prune_run with one-shot selection (L1, random)          (structprune.stages.prune)
   search_run     masks chosen by the particle filter, layer by layer     (structprune.search.driver)
   retrain_run    retraining with the masks held, optionally distilled    (structprune.stages.retrain)
   compact_run    the masked network as smaller dense layers              (structprune.stages.prune)
@@ -18,7 +19,7 @@ from structprune.quant.run import QuantizeConfig, quantize_run
 from structprune.search.driver import SearchConfig, search_run
 from structprune.stages.export import export_run
 from structprune.stages.measure import BenchConfig, bench_runs, report_runs
-from structprune.stages.prune import compact_run, prune_run
+from structprune.stages.prune import compact_run, prune_run, select_run
 from structprune.stages.retrain import Teacher, retrain_run
 from structprune.stages.train import TrainRunConfig, adopt_run, check_adoptable, train_run
 
@@ -38,5 +39,6 @@ __all__ = [
            "report_runs",
            "retrain_run",
            "search_run",
+           "select_run",
            "train_run",
 ]

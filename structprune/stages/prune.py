@@ -1,6 +1,7 @@
 """The prune and compact stages: choose masks, write the masked run; compact a masked run into a smaller network.
 
   prune_run(src, out, ...)      src run + masks -> out run: same arch, pruned weights zero, masks.json
+  select_run(src, out, ...)     prune_run with one-shot selection (L1, random), recorded as config.json's "prune"
   compact_run(src, out)         masked run -> compact run: smaller layers, its own params/MACs/MCR
 """
 
@@ -24,9 +25,10 @@ from structprune.runfolder import Run, as_output, recorded_dataset, save_run
 from structprune.search.scoring import reestimate_norms
 from structprune.sparsity.channel_groups import ChannelGroups
 from structprune.sparsity.dead_units import dead_unit_summary, never_active
+from structprune.sparsity.granularity import Granularity
 from structprune.sparsity.masking import MaskApplier
 from structprune.sparsity.masks import MASKS_FILE, NetworkMask
-from structprune.sparsity.selection import channel_groups_of
+from structprune.sparsity.selection import SelectionConfig, channel_groups_of, select
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +133,25 @@ def _log_dead_units(summary: dict[str, Any]) -> None:
         log.info("dead units (never active on the validation images): %d of the %d removed maps, %d of the %d "
                  "removed hidden units", summary["removed_dead_maps"], summary["removed_maps"],
                  summary["removed_dead_hidden"], summary["removed_hidden"])
+def selection_record(granularities: list[Granularity], ratios: list[float], cfg: SelectionConfig) -> dict[str, Any]:
+    """config.json's "prune" section for a one-shot selection (the spellings of the command line)."""
+    return {"granularity": [g.value for g in granularities], "method": cfg.method.value, "ratio": list(ratios),
+            "scope": cfg.scope, "seed": cfg.seed, "round_to": cfg.round_to, "kernel": str(cfg.kernel),
+            "intra_shared": cfg.intra_shared, "linear_ratio": cfg.linear_ratio,
+            "intra_patterns": None if cfg.intra_patterns is None else [[p.start, p.stride] for p in cfg.intra_patterns]}
+
+
+def select_run(src: str | Path, out: Output | str | Path, granularities: list[Granularity], ratios: list[float],
+               cfg: SelectionConfig, extra_config: dict[str, Any] | None = None,
+               data_dir: str | Path | None = None,
+               bn_batches: int = DEFAULT_BN_BATCHES) -> tuple[Path, dict[str, Any]]:
+    """`prune_run` with masks chosen one-shot by `cfg` (L1 or random) at `ratios` (one, or one per granularity)."""
+
+    def choose(model: nn.Module, groups: ChannelGroups, data: Dataset | None, base: NetworkMask | None) -> NetworkMask:
+        return select(model, granularities, ratios, cfg, groups=groups, base=base)
+
+    config = {**(extra_config or {}), "prune": {**selection_record(granularities, ratios, cfg), "bn_batches": bn_batches}}
+    return prune_run(src, out, choose, config, data_dir=data_dir, bn_batches=bn_batches)
 
 
 def compact_run(src: str | Path, out: Output | str | Path, data_dir: str | Path | None = None,

@@ -1,11 +1,10 @@
-"""`structprune quantize` and `structprune export` end to end on a tiny digits run (real commands)."""
+"""The quantize stage (quantize_run) on a tiny digits run: storage, the packed artifact, per-layer word lengths,
+masked runs, and the masks found along the source chain; its ONNX export."""
 
 from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +12,14 @@ import pytest
 import torch
 
 from structprune.arch import example_input
-from structprune.cli import main
 from structprune.compact.compaction import compact
 from structprune.data import load_dataset
+from structprune.errors import StructpruneError
+from structprune.export_onnx import export_onnx
 from structprune.metrics import size_metrics
 from structprune.models import create
 from structprune.quant.packing import load_packed
+from structprune.quant.run import QuantizeConfig, find_masks, quantize_run
 from structprune.runfolder import load_run, save_run
 from structprune.sparsity.channel_groups import find_channel_groups
 from structprune.sparsity.granularity import Granularity
@@ -26,13 +27,6 @@ from structprune.sparsity.masking import MaskApplier
 from structprune.sparsity.masks import MASKS_FILE
 from structprune.sparsity.selection import SelectionConfig, select
 from structprune.train import TrainConfig, evaluate, train
-
-ROOT = Path(__file__).parents[1]
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "structprune", *args], capture_output=True, text=True, cwd=ROOT,
-                          timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +53,8 @@ def runs(tmp_path_factory) -> dict[str, Path]:
 
 
 def test_quantize_with_retraining_writes_a_consistent_run(runs):
-    out = runs["base"] / "q4"
-    done = _cli("quantize", str(runs["pruned"]), "--bits", "4", "--epochs", "1", "--out", str(out), "--no-progress")
-    assert done.returncode == 0, done.stderr
-    metrics = json.loads((out / "metrics.json").read_text())
+    out, metrics = quantize_run(runs["pruned"], runs["base"] / "q4", QuantizeConfig(bits=4, epochs=1))
+    assert metrics == json.loads((out / "metrics.json").read_text())
     storage = json.loads((out / "storage.json").read_text())
     quant = json.loads((out / "quant.json").read_text())
     assert {w["bits"] for w in quant["weights"].values()} == {4}
@@ -83,8 +75,7 @@ def test_quantize_with_retraining_writes_a_consistent_run(runs):
     assert evaluate(run.model, data.test).mcr == pytest.approx(metrics["test_mcr"])
 
     onnx_file = runs["base"] / "q4.onnx"
-    done = _cli("export", str(out), "--onnx", str(onnx_file), "--exporter", "torchscript")
-    assert done.returncode == 0, done.stderr
+    export_onnx(run.model, onnx_file, exporter="torchscript")
     import onnxruntime as ort
 
     got = ort.InferenceSession(str(onnx_file)).run(None, {"input": x.numpy()})[0]
@@ -92,10 +83,8 @@ def test_quantize_with_retraining_writes_a_consistent_run(runs):
         assert float(np.abs(got - run.model(x).numpy()).max()) <= 1e-4
 
 
-def test_per_layer_auto_records_the_sweep(runs, capsys):
-    out = runs["base"] / "auto"
-    assert main(["quantize", str(runs["dense"]), "--bits", "6", "--per-layer", "auto", "--out", str(out),
-                 "--no-progress"]) == 0
+def test_per_layer_auto_records_the_sweep(runs):
+    out, _ = quantize_run(runs["dense"], runs["base"] / "auto", QuantizeConfig(bits=6, per_layer="auto"))
     sweep = json.loads((out / "sensitivity.json").read_text())
     quant = json.loads((out / "quant.json").read_text())
     assert set(sweep["layers"]) == {w["layer"] for w in quant["weights"].values()}
@@ -104,10 +93,9 @@ def test_per_layer_auto_records_the_sweep(runs, capsys):
         assert w["bits"] == sweep["chosen_bits"][w["layer"]] and 2 <= w["bits"] <= 6
 
 
-def test_a_masked_run_is_packed_and_counted_in_compact_form(runs, capsys):
-    out_masked, out_compact = runs["base"] / "qm", runs["base"] / "qc"
-    assert main(["quantize", str(runs["masked"]), "--bits", "5", "--out", str(out_masked), "--no-progress"]) == 0
-    assert main(["quantize", str(runs["pruned"]), "--bits", "5", "--out", str(out_compact), "--no-progress"]) == 0
+def test_a_masked_run_is_packed_and_counted_in_compact_form(runs):
+    out_masked, _ = quantize_run(runs["masked"], runs["base"] / "qm", QuantizeConfig(bits=5))
+    out_compact, _ = quantize_run(runs["pruned"], runs["base"] / "qc", QuantizeConfig(bits=5))
     packed, _ = load_packed(out_masked / "model.packed.safetensors")
     assert any(type(m).__name__ == "IntraKernelConv2d" for m in packed.modules())
     masked_metrics = json.loads((out_masked / "metrics.json").read_text())
@@ -120,32 +108,15 @@ def test_a_masked_run_is_packed_and_counted_in_compact_form(runs, capsys):
         assert float((packed(x) - masked_run.model(x)).abs().max()) < 1e-4
 
 
-@pytest.mark.parametrize("bits", ["1", "17", "0"])
-def test_word_length_outside_2_to_16_is_one_line_and_writes_nothing(runs, capsys, bits):
+@pytest.mark.parametrize("bits", [1, 17, 0])
+def test_word_length_outside_2_to_16_is_one_line_and_writes_nothing(runs, bits):
     out = runs["base"] / f"bad{bits}"
-    assert main(["quantize", str(runs["dense"]), "--bits", bits, "--out", str(out)]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "2–16" in err[0]
-    assert not out.exists()
-
-
-def test_bad_inputs_are_one_line(runs, capsys, tmp_path):
-    assert main(["quantize", str(tmp_path / "nope"), "--bits", "4", "--out", str(tmp_path / "o")]) == 2
-    assert main(["export", str(tmp_path / "nope"), "--onnx", str(tmp_path / "x.onnx")]) == 2
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    good = (runs["base"] / "auto" / "model.packed.safetensors").read_bytes()
-    (broken / "model.packed.safetensors").write_bytes(good[: len(good) // 2])
-    assert main(["export", str(broken), "--onnx", str(tmp_path / "y.onnx")]) == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 3 and all(line.startswith("structprune: error:") for line in lines)
-    assert "truncated" in lines[2]
-    assert not (tmp_path / "x.onnx").exists() and not (tmp_path / "y.onnx").exists()
+    with pytest.raises(StructpruneError, match="2–16") as err:
+        quantize_run(runs["dense"], out, QuantizeConfig(bits=bits))
+    assert len(str(err.value).splitlines()) == 1 and not out.exists()
 
 
 def test_masks_are_found_along_the_source_run_chain(tmp_path):
-    from structprune.quant.run import find_masks
-
     pruned, compacted_run, retrained = tmp_path / "p", tmp_path / "c", tmp_path / "r"
     for folder in (pruned, compacted_run, retrained):
         folder.mkdir()
