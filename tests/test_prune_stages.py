@@ -55,7 +55,7 @@ def test_select_run_records_its_selection_and_masks(pruned):
     prune = json.loads((pruned / "config.json").read_text())["prune"]
     assert prune == {"granularity": ["channel", "intra"], "method": "l1", "ratio": [0.5, 0.55], "scope": "layer",
                      "seed": 0, "round_to": 1, "kernel": "unstructured", "intra_shared": False, "linear_ratio": 0.0,
-                     "intra_patterns": None}
+                     "intra_patterns": None, "bn_batches": 16}
 
 
 def test_compact_metrics_follow_the_masked_run(pruned):
