@@ -163,3 +163,9 @@ def test_one_shot_pruning_re_estimates_batch_norm_statistics_under_the_masks(bn_
 
 def test_a_network_without_batch_norm_is_pruned_as_trained(chain):
     assert "bn_reestimated_images" not in json.loads((chain["pruned"] / "metrics.json").read_text())
+
+
+def test_retrain_run_on_a_subset_of_the_training_images(chain, tmp_path):
+    cfg = TrainConfig(epochs=1, lr=0.01, batch_size=32, seed=3)
+    out, _ = retrain_run(chain["pruned"], tmp_path / "subset", cfg, train_images=100)
+    assert _config(out)["retrain"]["train_images"] == 100

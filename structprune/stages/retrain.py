@@ -4,13 +4,13 @@ optionally distilled from a teacher run."""
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from structprune.data import Dataset
+from structprune.data import Dataset, Split
 from structprune.distill import DEFAULT_TEMPERATURE, DEFAULT_WEIGHT, teacher_for
 from structprune.distributed import on_main, setup, staged
 from structprune.errors import StructpruneError
@@ -37,18 +37,22 @@ class Teacher:
 
 
 def retrain_run(src: str | Path, out: Output | str | Path, cfg: TrainConfig, data: Dataset | None = None, *,
-                data_dir: str | None = None, teacher: Teacher | None = None, progress: bool = False,
+                data_dir: str | None = None, teacher: Teacher | None = None, train_images: int | None = None,
+                progress: bool = False,
                 restart: bool = False, extra_config: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
     """Retrain the run in `src` on its dataset (or `data`) into `out`; with masks.json the pruned weights stay exactly
     zero. Checkpoints every epoch in the staging folder: the same call resumes. Under torchrun the retraining is
     data-parallel over its processes (structprune.distributed) and only the main process writes. Returns the run
-    and its metrics."""
+    and its metrics. `train_images` retrains on a random subset of that many training images (seeded by cfg.seed)."""
     output = as_output(out, "retrain", inputs=(src,))
     group, _ = setup(torch.device("cpu"), cfg.batch_size)
     run = load_checked_run(src)
     data = data if data is not None else run_dataset(run, data_dir)
     if data is None:
         raise StructpruneError(f"{src}: config.json records no dataset to retrain on")
+    if train_images is not None and train_images < len(data.train):
+        order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(cfg.seed))[:train_images]
+        data = replace(data, train=Split(data.train.x[order], data.train.y[order]))
     mask = load_masks(run)
     distill = None if teacher is None else teacher_for(teacher.run, run, data.train.x[:8], teacher.weight,
                                                          teacher.temperature)
