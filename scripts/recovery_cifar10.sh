@@ -11,6 +11,7 @@ DATA=(--data-dir "${DATA_DIR:-../shared/data}")
 DENSE_EPOCHS=${DENSE_EPOCHS:-2}
 RESNET_EPOCHS=${RESNET_EPOCHS:-3}
 RETRAIN_EPOCHS=${RETRAIN_EPOCHS:-1}
+RETRAIN_IMAGES=${RETRAIN_IMAGES:-10000}
 SEEDS=${SEEDS:-"0 1 2"}
 mkdir -p "$R"
 step() { local out=$1; shift; [ -d "$out" ] || "$SP" "$@" --out "$out" --no-progress; }
@@ -30,7 +31,7 @@ for c in paper-3x paper-5x resnet20-2x; do step "$R/$c-compact" compact "$R/$c-p
 
 for s in $SEEDS; do
   for c in paper-3x paper-5x resnet20-2x; do
-    step "$R/$c-ce-s$s" retrain "$R/$c-compact" --epochs "$RETRAIN_EPOCHS" --seed "$s"
-    step "$R/$c-kd-s$s" retrain "$R/$c-compact" --epochs "$RETRAIN_EPOCHS" --seed "$s" --teacher source
+    step "$R/$c-ce-s$s" retrain "$R/$c-compact" --epochs "$RETRAIN_EPOCHS" --train-images "$RETRAIN_IMAGES" --seed "$s"
+    step "$R/$c-kd-s$s" retrain "$R/$c-compact" --epochs "$RETRAIN_EPOCHS" --train-images "$RETRAIN_IMAGES" --seed "$s" --teacher source
   done
 done
