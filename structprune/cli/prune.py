@@ -7,7 +7,9 @@ import shlex
 import sys
 from pathlib import Path
 
-from structprune.cli.common import add_output_arguments, from_library, positive_int, seed
+import torch
+
+from structprune.cli.common import MAX_THREADS, add_output_arguments, from_library, int_in, positive_int, seed
 from structprune.cli.prune_search import add_search_arguments, run_search
 from structprune.errors import StructpruneError
 from structprune.output import claim_folder
@@ -85,8 +87,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--round-to", type=positive_int, default=1, metavar="N",
                    help="round kept maps up to a multiple of N (8 suits CPU kernels, 16 AVX-512 ones): at the channel "
                    "scale, and at the kernel scale with --kernel-structure structured, each group's kept input maps "
-                   "(one-shot l1 and random; the search schedule ignores it); with --kernel-structure blocks, each "
-                   "block's kept maps, so the G blocks stay equal")
+                   "(one-shot l1 and random; the search rounds the kept maps of its channel rungs and logs where it "
+                   "cannot round); with --kernel-structure blocks, each block's kept maps, so the G blocks stay equal")
     p.add_argument("--kernel-structure", choices=KERNEL_STRUCTURES, default="unstructured",
                    help="kernel scale: free masks, output-map groups sharing their kept input maps, or blocks: each "
                    "layer's maps fall into G blocks that follow the producing layer's, each output map reads only "
@@ -103,6 +105,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="channel scale on fully connected layers: also prune this fraction of the hidden units of "
                    "every linear layer but the classifier, by L1 of their weights (l1 and random; default 0: kept)")
     p.add_argument("--data-dir", default=None, help="dataset folder (default: the one the run was trained with)")
+    p.add_argument("--threads", type=int_in(1, MAX_THREADS), default=None,
+                   help="CPU threads for PyTorch (default: its own choice; 1 is fastest for tiny models)")
     add_search_arguments(p)
     p.set_defaults(func=run)
 
@@ -118,6 +122,8 @@ def baseline_chooser(args: argparse.Namespace, granularities: list[Granularity],
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
     granularities = args.granularity
     kernel = kernel_form(args.kernel_structure, args.kernel_groups)
     output = claim_folder(args.out, "prune", inputs=(args.run_dir,), overwrite=args.overwrite)
