@@ -146,3 +146,18 @@ def test_global_search_on_a_residual_network(tmp_path, data):
     kept = sum(int(lm.keep_out.sum()) for _, lm in mask if lm.keep_out is not None)
     total = sum(lm.keep_out.numel() for _, lm in mask if lm.keep_out is not None)
     assert kept == round(0.5 * total)
+
+
+def test_batch_norm_recalibration_in_full_forward_scoring(tmp_path, data):
+    run = saved(tmp_path, "tiny-resnet")
+    best = {}
+    for batches in (0, 1):
+        cfg = SearchConfig(method="pf", ratio=0.5, bn_batches=batches, layers=("layer2.0.conv1",),
+                           **{**FAST, "generations": 2})
+        _, record, _ = searched_and_compacted(run, data, cfg, tmp_path / f"b{batches}")
+        assert record["steps"][0]["scoring"] == SCORING_FULL
+        best[batches] = [h["best"] for h in record["history"]]
+    assert best[0] != best[1]  # the candidates were scored under other batch-norm statistics
+    after = load_run(tmp_path / "b0").model.state_dict()
+    before = load_run(run).model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if "running_" in k)  # scoring left them alone
