@@ -7,10 +7,14 @@ import shlex
 import sys
 from pathlib import Path
 
+import torch
+
 from structprune.cli.common import (
+    MAX_THREADS,
     add_output_arguments,
     enum_choice,
     from_library,
+    int_in,
     method_choice,
     method_metavar,
     positive_int,
@@ -78,8 +82,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--round-to", type=positive_int, default=1, metavar="N",
                    help="round kept maps up to a multiple of N (8 suits CPU kernels, 16 AVX-512 ones): at the channel "
                    "scale, and at the kernel scale with --kernel-structure structured, each group's kept input maps "
-                   "(one-shot l1 and random; the search schedule ignores it); with --kernel-structure blocks, each "
-                   "block's kept maps, so the G blocks stay equal")
+                   "(one-shot l1 and random; the search rounds the kept maps of its channel rungs and logs where it "
+                   "cannot round); with --kernel-structure blocks, each block's kept maps, so the G blocks stay equal")
     p.add_argument("--kernel-structure", type=enum_choice(KernelStructure, "kernel structure"),
                    default=KernelStructure.UNSTRUCTURED, metavar="{" + ",".join(KERNEL_STRUCTURES) + "}",
                    help="kernel scale: free masks, output-map groups sharing their kept input maps, or blocks: each "
@@ -97,11 +101,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="channel scale on fully connected layers: also prune this fraction of the hidden units of "
                    "every linear layer but the classifier, by L1 of their weights (l1 and random; default 0: kept)")
     p.add_argument("--data-dir", default=None, help="dataset folder (default: the one the run was trained with)")
+    p.add_argument("--threads", type=int_in(1, MAX_THREADS), default=None,
+                   help="CPU threads for PyTorch (default: its own choice; 1 is fastest for tiny models)")
     add_search_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
     granularities = args.granularity
     kernel = kernel_form(args.kernel_structure, args.kernel_groups)
     output = claim_folder(args.out, "prune", inputs=(args.run_dir,), overwrite=args.overwrite)

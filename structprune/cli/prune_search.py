@@ -129,7 +129,8 @@ def run_search(args: argparse.Namespace, granularities: list[Granularity], kerne
         final_epochs=args.final_epochs, final_images=args.final_images, lr=args.lr, backend=args.backend,
         workers=args.workers, seed=args.seed, scope=args.scope, latency_weight=args.latency_weight,
         latency_table=None if args.latency_table is None else str(args.latency_table), bn_batches=args.bn_recalibrate or 0,
-        kernel=kernel, intra_shared=args.intra_shared, intra_patterns=args.intra_patterns, layers=args.layers)
+        kernel=kernel, intra_shared=args.intra_shared, intra_patterns=args.intra_patterns, layers=args.layers,
+        round_to=args.round_to)
     command = {"command": shlex.join(["structprune", *sys.argv[1:]]), "verb": "prune"}
     out, m = search_run(run, data, cfg, output, extra_config=command)
     kept = ", ".join(f"{k} {v:.3f}" for k, v in m["kept_fraction"].items())

@@ -26,7 +26,7 @@ from torch import nn
 
 from structprune.arch import example_input
 from structprune.errors import StructpruneError
-from structprune.sparsity.channel_groups import ChannelGroups, find_channel_groups
+from structprune.sparsity.channel_groups import ChannelGroup, ChannelGroups, find_channel_groups
 from structprune.sparsity.granularity import (
     Granularity,
     IntraPattern,
@@ -128,12 +128,7 @@ def select_channels(model: nn.Module, groups: ChannelGroups, ratio: float, cfg: 
     for group in groups:
         if group.linear != linear:
             continue
-        l1 = torch.zeros(group.size)
-        for member in group.members:
-            module = model.get_submodule(member.name)
-            if member.role == "out" and isinstance(module, nn.Conv2d | nn.Linear):
-                per_map = module.weight.detach().cpu().abs().flatten(1).sum(1)  # [O_member]
-                l1.index_add_(0, member.root, per_map[member.index])
+        l1 = channel_l1(model, group)
         base = mask.layers.get(group.root)
         alive[group.root] = base.keep_out.clone() if base is not None and base.keep_out is not None else torch.ones(
             group.size, dtype=torch.bool)
@@ -145,6 +140,22 @@ def select_channels(model: nn.Module, groups: ChannelGroups, ratio: float, cfg: 
     for root, keep in keeps.items():
         keep = _round_up(keep, scores[root], alive[root], multiple or cfg.round_to)
         mask.layer(root, model.get_submodule(root)).keep_out = keep
+
+
+def channel_l1(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
+    """float [group size]: per root channel, the L1 of the filters of every conv / linear layer producing it."""
+    l1 = torch.zeros(group.size)
+    for member in group.members:
+        module = model.get_submodule(member.name)
+        if member.role == "out" and isinstance(module, nn.Conv2d | nn.Linear):
+            per_map = module.weight.detach().cpu().abs().flatten(1).sum(1)  # [O_member]
+            l1.index_add_(0, member.root, per_map[member.index])
+    return l1
+
+
+def kernel_l1(conv: nn.Conv2d) -> torch.Tensor:
+    """float [O, I]: the L1 of each k×k kernel."""
+    return conv.weight.detach().cpu().abs().sum((2, 3))
 
 
 def _round_up(keep: torch.Tensor, scores: torch.Tensor, alive: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -195,7 +206,7 @@ def select_kernels(model: nn.Module, groups: ChannelGroups | None, ratio: float,
     for name, conv in convs.items():
         region[name] = _kernel_region(name, conv, mask, groups)
         alive[name] = _alive_kernels(name, conv, mask, groups)
-        scores[name] = _scores(conv.weight.detach().cpu().abs().sum((2, 3)), cfg, gen)  # [O, I]
+        scores[name] = _scores(kernel_l1(conv), cfg, gen)  # [O, I]
     if cfg.kernel.structure is KernelStructure.BLOCKS:
         if abs(ratio - (1 - 1 / cfg.kernel.groups)) > 1e-3:
             raise StructpruneError(f"kernel blocks: {cfg.kernel.groups} blocks remove {1 - 1 / cfg.kernel.groups:.4g} of "
@@ -238,6 +249,17 @@ def tap_count(kernel_positions: int, ratio: float) -> int:
     return keep_count(kernel_positions, ratio)
 
 
+def tap_l1(conv: nn.Conv2d, alive: torch.Tensor) -> torch.Tensor:
+    """float [I, k²]: per input map and kernel position, the L1 of the alive kernels (bool [O, I])."""
+    return (conv.weight.detach().cpu().abs().flatten(2) * alive.unsqueeze(-1)).sum(0)
+
+
+def pattern_l1(conv: nn.Conv2d, alive: torch.Tensor, patterns: list[IntraPattern]) -> torch.Tensor:
+    """float [I, patterns]: the L1 each pattern keeps of the alive kernels reading each input map."""
+    positions = conv.weight.shape[2] * conv.weight.shape[3]
+    return _pattern_scores(tap_l1(conv, alive), patterns, positions)
+
+
 def _pattern_scores(weight_l1: torch.Tensor, patterns: list[IntraPattern], positions: int) -> torch.Tensor:
     """[I, P]: L1 each pattern keeps, per input map. weight_l1: [I, k²] summed over alive kernels."""
     onehot = torch.zeros(len(patterns), positions)
@@ -257,7 +279,7 @@ def select_intra(model: nn.Module, groups: ChannelGroups | None, ratio: float, c
         positions = conv.weight.shape[2] * conv.weight.shape[3]
         patterns = _candidates(name, positions, taps[name], cfg)
         alive = _alive_kernels(name, conv, mask, groups)  # [O, I]
-        l1 = (conv.weight.detach().cpu().abs().flatten(2) * alive.unsqueeze(-1)).sum(0)  # [I, k²]
+        l1 = tap_l1(conv, alive)  # [I, k²]
         if cfg.method is Method.L1:
             table = _pattern_scores(l1, patterns, positions)  # [I, P]
         else:
@@ -291,7 +313,7 @@ def _global_tap_counts(convs: dict[str, nn.Conv2d], mask: NetworkMask, groups: C
     for name, conv in convs.items():
         positions = conv.weight.shape[2] * conv.weight.shape[3]
         alive = _alive_kernels(name, conv, mask, groups)
-        l1 = (conv.weight.detach().cpu().abs().flatten(2) * alive.unsqueeze(-1)).sum(0)  # [I, k²]
+        l1 = tap_l1(conv, alive)  # [I, k²]
         total = float(l1.sum()) or 1.0
         best_kept[name] = [0.0] + [
             float(_pattern_scores(l1, IntraPattern.with_taps(positions, t), positions).max(1).values.sum()) / total
