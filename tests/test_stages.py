@@ -93,6 +93,8 @@ def test_search_run_prunes_with_the_particle_filter(chain):
     assert (out / "search.json").is_file() and (out / "masks.json").is_file()
     assert metrics["kept_fraction"]["features.0"] == pytest.approx(0.5, abs=0.2)
     assert {"params", "macs", "weight_bytes"} <= set(metrics)
+    dead = metrics["dead_units"]
+    assert dead["counted"] and dead["layers"]["features.0"]["removed"] > 0
 
 
 def test_retrain_run_keeps_pruned_weights_zero_and_can_distil(chain):

@@ -58,6 +58,7 @@ from structprune.search.scoring_full import SCORING_CACHED, SCORING_FULL, FullFo
 from structprune.search.state import DriverState, StateFolder
 from structprune.search.steps import Rung, make_steps
 from structprune.search.steps.kernel import kernel_block_rung
+from structprune.sparsity.dead_units import dead_unit_summary, log_dead_units, never_active_on
 from structprune.sparsity.masking import MaskApplier
 from structprune.sparsity.masks import MASKS_FILE, NetworkMask
 from structprune.sparsity.method import Method
@@ -331,6 +332,7 @@ class Search:
 def search_run(run: Run, data: Dataset, cfg: SearchConfig, out: Output | str | Path,
                extra_config: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
     """Search, retrain, and save the pruned run (masks.json, search.json, metrics with conv MACs) in `out`."""
+    dead = never_active_on(run.model, data.val.x)  # before the search changes the weights
     search = Search(run, data, cfg, out)
     started = time.perf_counter()
     with search.output.staged(search.identity):
@@ -344,6 +346,8 @@ def search_run(run: Run, data: Dataset, cfg: SearchConfig, out: Output | str | P
                "conv_macs_removed": 1 - masked / dense if dense else 0.0,
                "kept_fraction": search.kept_fractions(mask), "search_seconds": round(seconds, 1),
                "source_metrics": {k: run.metrics[k] for k in ("val_mcr", "test_mcr", "macs") if k in run.metrics}}
+    metrics["dead_units"] = dead_unit_summary(run.model, dead, mask)
+    log_dead_units(metrics["dead_units"])
     extra = {MASKS_FILE: mask.to_json(), SEARCH_FILE: record}
     if cfg.latency_weight > 0:
         table = search.latency_table()

@@ -94,6 +94,23 @@ def never_active(model: nn.Module, batches: Iterable[torch.Tensor]) -> dict[str,
     return {layer: ~fired for layer, fired in recorder.active.items()}
 
 
+DEAD_UNIT_IMAGES = 5000  # validation images on which a unit must never fire to count as dead
+
+
+def never_active_on(model: nn.Module, images: torch.Tensor, limit: int = DEAD_UNIT_IMAGES,
+                    batch: int = 500) -> dict[str, torch.Tensor] | None:
+    """`never_active` on the first `limit` of `images`, in batches."""
+    images = images[:limit]
+    return never_active(model, (images[i : i + batch] for i in range(0, len(images), batch)))
+
+
+def log_dead_units(summary: dict[str, Any]) -> None:
+    if summary.get("counted"):
+        log.info("dead units (never active on the validation images): %d of the %d removed maps, %d of the %d "
+                 "removed hidden units", summary["removed_dead_maps"], summary["removed_maps"],
+                 summary["removed_dead_hidden"], summary["removed_hidden"])
+
+
 def dead_unit_summary(model: nn.Module, dead: dict[str, torch.Tensor] | None, mask: NetworkMask) -> dict[str, Any]:
     """How many units were never active before pruning, how many the mask removes, and how many of those were
     dead: in total (conv maps and hidden units apart) and per layer. Only judged layers are counted."""

@@ -24,7 +24,7 @@ from structprune.runcheck import check_data_fits, load_checked_run
 from structprune.runfolder import Run, as_output, recorded_dataset, save_run
 from structprune.search.scoring import reestimate_norms
 from structprune.sparsity.channel_groups import ChannelGroups
-from structprune.sparsity.dead_units import dead_unit_summary, never_active
+from structprune.sparsity.dead_units import dead_unit_summary, log_dead_units, never_active_on
 from structprune.sparsity.granularity import Granularity
 from structprune.sparsity.masking import MaskApplier
 from structprune.sparsity.masks import MASKS_FILE, NetworkMask
@@ -86,7 +86,7 @@ def prune_run(
     base = load_masks(run)
     if base is not None:
         log.info("%s already carries masks; the new masks nest inside them", src)
-    dead = None if data is None else never_active(run.model, _batches(data.val.x, DEAD_UNIT_IMAGES))
+    dead = None if data is None else never_active_on(run.model, data.val.x)
     mask = choose(run.model, groups, data, base)
     mask.validate(run.model)
     MaskApplier(run.model, groups).apply_(mask)
@@ -97,7 +97,7 @@ def prune_run(
         metrics["bn_reestimated_images"] = reestimated
     if data is not None:
         metrics["dead_units"] = dead_unit_summary(run.model, dead, mask)
-        _log_dead_units(metrics["dead_units"])
+        log_dead_units(metrics["dead_units"])
     run_config = {**run.config, **config, "source_run": str(Path(src))}
     return save_run(output, run.model, run.arch, metrics, run_config, extra_json={MASKS_FILE: mask.to_json()}), metrics
 
@@ -120,19 +120,6 @@ def reestimate_batch_norms(model: nn.Module, data: Dataset | None, batches: int)
     return len(images)
 
 
-DEAD_UNIT_IMAGES = 5000  # validation images on which a unit must never fire to count as dead
-
-
-def _batches(images: torch.Tensor, limit: int, size: int = 500) -> list[torch.Tensor]:
-    images = images[:limit]
-    return [images[i : i + size] for i in range(0, len(images), size)]
-
-
-def _log_dead_units(summary: dict[str, Any]) -> None:
-    if summary.get("counted"):
-        log.info("dead units (never active on the validation images): %d of the %d removed maps, %d of the %d "
-                 "removed hidden units", summary["removed_dead_maps"], summary["removed_maps"],
-                 summary["removed_dead_hidden"], summary["removed_hidden"])
 def selection_record(granularities: list[Granularity], ratios: list[float], cfg: SelectionConfig) -> dict[str, Any]:
     """config.json's "prune" section for a one-shot selection (the spellings of the command line)."""
     return {"granularity": [g.value for g in granularities], "method": cfg.method.value, "ratio": list(ratios),
