@@ -19,6 +19,9 @@ One rung:
   3. with `--max`: accepted when check MCR − unpruned check MCR ≤ tolerance; if not, the model is retrained
      `step_epochs` with the candidate held and checked again; a rung that still fails is undone and ends
      the step. With a fixed `ratio` there is one rung per step, accepted, retrained `step_epochs`.
+     The check is paired (paired.py): the unpruned network's errors on the check images are kept, and each
+     check records the difference, its paired standard error and the images that flipped each way (`paired`).
+     A tolerance the check set cannot resolve is warned about once (how many check images it would need).
 After the last step the network is retrained `final_epochs` with every mask held.
 
 `bn_batches` re-estimates the batch-norm statistics for every candidate on that many training batches, and
@@ -51,6 +54,7 @@ from structprune.search.backends import make_backend
 from structprune.search.config import DEFAULT_LADDER, SearchConfig
 from structprune.search.latency import LatencyTable, measure_latency_table
 from structprune.search.network import SearchNet, conv_macs, conv_names
+from structprune.search.paired import PairedCheck, paired_check, per_image_wrong, resolution_warning, wrong_at
 from structprune.search.particle_filter import ParticleFilter, PFConfig
 from structprune.search.progress import Progress
 from structprune.search.scoring import ScoreSet, as_chain, reestimate_norms
@@ -124,7 +128,8 @@ class Search:
     def search_record(self) -> dict[str, Any]:
         return {"format": "structprune-search/1", "config": asdict(self.cfg),
                 "order": [[step.granularity.value, unit] for step, unit in self.plan],
-                "base_check_mcr": self.state.base_check_mcr, "steps": self.state.steps, "history": self.state.history}
+                "base_check_mcr": self.state.base_check_mcr, "check_images": len(self.check_split),
+                "steps": self.state.steps, "history": self.state.history}
 
     # -- pieces
     @property
@@ -134,9 +139,21 @@ class Search:
     def kept_fractions(self, mask: NetworkMask) -> dict[str, float]:
         return {name: round(self.net.kept_weight_fraction(mask, name), 5) for name in conv_names(self.model)}
 
-    def check_mcr(self, mask: NetworkMask) -> float:
+    def check(self, mask: NetworkMask) -> tuple[float, PairedCheck | None]:
+        """The check MCR under `mask`, and its paired comparison with the unpruned network on the same images
+        (None for a search resumed from a state saved before the unpruned errors were kept)."""
         with self.applier.applied(mask):
-            return evaluate(self.model, self.check_split).mcr
+            wrong = per_image_wrong(self.model, self.check_split)
+        base = self.state.base_check_wrong
+        return int(wrong.sum()) / len(wrong), None if base is None else paired_check(wrong_at(base, len(wrong)), wrong)
+
+    def warn_resolution(self) -> None:
+        """One warning when the tolerance is finer than the check set resolves (a fixed ratio decides nothing)."""
+        if self.cfg.ratio is not None or self.state.base_check_mcr is None:
+            return
+        line = resolution_warning(self.cfg.tolerance, self.state.base_check_mcr, len(self.check_split))
+        if line is not None:
+            log.warning(line)
 
     def recalibrate_norms(self, mask: NetworkMask) -> dict[str, torch.Tensor] | None:
         """With bn_batches > 0: re-estimate every batch norm's statistics under `mask` on that many training
@@ -257,10 +274,13 @@ class Search:
         resumed = self._try_resume()
         if not resumed:  # with bn_batches, under the same re-estimation as the candidates: its own cost is no pruning's
             norms = self.recalibrate_norms(NetworkMask())
-            self.state.base_check_mcr = evaluate(self.model, self.check_split).mcr
+            wrong = per_image_wrong(self.model, self.check_split)
+            self.state.base_check_mcr = int(wrong.sum()) / len(wrong)
+            self.state.base_check_wrong = np.flatnonzero(wrong).tolist()
             if norms is not None:
                 self.model.load_state_dict(norms, strict=False)
             self._save_driver()
+        self.warn_resolution()
         while self.state.step < len(self.plan):
             ladder = self.ladder()
             if not ladder:
@@ -283,28 +303,30 @@ class Search:
         particle, score, scoring = self.choose(rung, mask, seed)
         trial = rung.to_mask(particle, mask)
         norms_before = self.recalibrate_norms(trial)
-        check = self.check_mcr(trial)
         record = {"step": self.state.step, "layer": rung.layer, "granularity": rung.granularity.value,
-                  "ratio": rung.ratio, "score": score, "check_mcr": check, "retrained": False, "scoring": scoring}
+                  "ratio": rung.ratio, "score": score, "retrained": False, "scoring": scoring}
+        check, paired = self._check_into(record, trial, "")
         fixed = self.cfg.ratio is not None
-        ok = fixed or self.within_tolerance(check, base)
+        ok = fixed or self.accepts(check, base, paired)
         if not ok and self.cfg.step_epochs > 0:
             backup = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
             self.retrain(trial, self.cfg.step_epochs, seed, self.cfg.step_images)
-            check = record["check_mcr_after_retrain"] = self.check_mcr(trial)
+            check, paired = self._check_into(record, trial, "_after_retrain")
             record["retrained"] = True
-            ok = self.within_tolerance(check, base)
+            ok = self.accepts(check, base, paired)
             if not ok:
                 self.model.load_state_dict(backup)
         elif fixed and self.cfg.step_epochs > 0:
             self.retrain(trial, self.cfg.step_epochs, seed, self.cfg.step_images)
             record["retrained"] = True
-            record["check_mcr_after_retrain"] = self.check_mcr(trial)
+            check, paired = self._check_into(record, trial, "_after_retrain")
         record["accepted"] = ok
         record["kept_fraction"] = self.kept_fractions(trial if ok else mask)
         self.state.steps.append(record)
-        log.info("%s %s ratio %.3f: score %.4f, check MCR %.4f (base %.4f) -> %s", rung.layer, rung.granularity.value,
-                 rung.ratio, score, check, base, "kept" if ok else "undone")
+        flips = "" if paired is None else (f", paired difference {paired.diff * 100:+.2f} ± {paired.se * 100:.2f} points"
+                                           f" ({paired.to_wrong} images to wrong, {paired.to_right} to right)")
+        log.info("%s %s ratio %.3f: score %.4f, check MCR %.4f (base %.4f)%s -> %s", rung.layer,
+                 rung.granularity.value, rung.ratio, score, check, base, flips, "kept" if ok else "undone")
         if ok:
             self.applier.apply_(trial)
             self.state.mask = trial.to_json()
@@ -319,10 +341,25 @@ class Search:
         self._save_driver()
         self._write_search_json()
 
+    def _check_into(self, record: dict[str, Any], trial: NetworkMask, suffix: str) -> tuple[float, PairedCheck | None]:
+        """Check `trial`, recording check_mcr{suffix} and paired{suffix} in the step record."""
+        check, paired = self.check(trial)
+        record[f"check_mcr{suffix}"] = check
+        record[f"paired{suffix}"] = None if paired is None else paired.to_json()
+        return check, paired
+
+    def accepts(self, check: float, base: float, paired: PairedCheck | None) -> bool:
+        """Within the tolerance on the paired difference (the same number as check - base: both are means over
+        the same images), or on the MCRs where a resumed old state has no paired errors."""
+        return self.rise_within_tolerance(check - base if paired is None else paired.diff)
+
     def within_tolerance(self, check: float, base: float) -> bool:
         """MCRs are counts over the check images: a rise of exactly the tolerance is within it (no float rounding
         may turn 0.021 - 0.019 into more than 0.002)."""
-        return check - base <= self.cfg.tolerance + 1e-9
+        return self.rise_within_tolerance(check - base)
+
+    def rise_within_tolerance(self, rise: float) -> bool:
+        return rise <= self.cfg.tolerance + 1e-9
 
     def _next_step(self) -> None:
         self.state.step += 1

@@ -31,6 +31,7 @@ class DriverState:
     steps: list[dict[str, Any]] = field(default_factory=list)  # one record per rung tried
     history: list[dict[str, Any]] = field(default_factory=list)  # one record per PF generation
     base_check_mcr: float | None = None
+    base_check_wrong: list[int] | None = None  # the check images the unpruned network gets wrong (paired check)
     final_done: bool = False
 
 
