@@ -9,9 +9,9 @@ R=${1:?usage: recovery_cifar10.sh RUNS_DIR}
 SP="${STRUCTPRUNE:-.venv/bin/structprune}"
 DATA=(--data-dir "${DATA_DIR:-../shared/data}")
 DENSE_EPOCHS=${DENSE_EPOCHS:-2}
-RESNET_EPOCHS=${RESNET_EPOCHS:-3}
+RESNET_EPOCHS=${RESNET_EPOCHS:-2}
 RETRAIN_EPOCHS=${RETRAIN_EPOCHS:-1}
-RETRAIN_IMAGES=${RETRAIN_IMAGES:-10000}
+RETRAIN_IMAGES=${RETRAIN_IMAGES:-5000}
 SEEDS=${SEEDS:-"0 1 2"}
 mkdir -p "$R"
 step() { local out=$1; shift; [ -d "$out" ] || "$SP" "$@" --out "$out" --no-progress; }
