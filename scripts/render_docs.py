@@ -462,6 +462,8 @@ def result_files() -> str:
             script = "scripts/recovery_cifar10.sh"
         elif rel.startswith("int8-cifar10"):
             script = "scripts/int8_cifar10.sh"
+        elif rel.startswith(PLAIN):
+            script = "scripts/plain_flags_cifar10.sh"
         elif rel.startswith("reproduce-mnist-quick"):
             script = "structprune reproduce mnist --quick"
         else:
@@ -546,6 +548,32 @@ def int8_deployment() -> str:
                   "× dense float32", "batch 1 ms", "× dense float32"], rows)
 
 
+
+PLAIN = "plain-flags-cifar10"
+
+
+def plain_flags() -> str:
+    """The plain-flag prune of paper-cifar10, compacted, against dense: speed-up and the share of the MAC
+    reduction it keeps, per runtime and batch."""
+    rows = []
+    for runtime in ("eager", "onnxruntime"):
+        path = RESULTS / PLAIN / f"bench-{runtime}.json"
+        if not path.exists():
+            continue
+        records = json.loads(path.read_text(encoding="utf-8"))
+        for batch in (64, 1):
+            at = [r for r in records if r["batch"] == batch and "#" not in r["run"]]
+            dense = next(r for r in at if r["run"].endswith("paper-dense"))
+            for r in at:
+                if r is dense:
+                    continue
+                speed, macs = dense["median_ms"] / r["median_ms"], dense["macs"] / r["macs"]
+                rows.append([runtime, batch, ms(dense["median_ms"]), ms(r["median_ms"]), times(macs), times(speed),
+                             f2(speed / macs)])
+    return table(["runtime", "batch", "dense ms", "compact ms", "fewer MACs", "faster", "share of the MAC reduction"],
+                 rows)
+
+
 WRITERS = {  # files that do not record their command
     "cuda-check-h200.json": "scripts/check_cuda.py",
     "throughput-2threads.json": "benchmarks/bench_throughput.py",
@@ -570,6 +598,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "throughput": throughput,
     "recovery-cifar10": recovery,
     "int8-cifar10": int8_deployment,
+    "plain-flags-cifar10": plain_flags,
     "cuda-check": cuda_check,
     # docs/benchmarks.md
     "network-targets": network_targets,
