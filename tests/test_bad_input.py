@@ -572,7 +572,8 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     run, pruned, small = base / "run", base / "pruned", base / "compact"
     assert main(["train", "--model", "tiny-paper", "--data", "digits", "--epochs", "1", "--threads", "1",
                  "--no-progress", "--out", str(run)]) == 0
-    assert main(["prune", str(run), "--granularity", "channel,intra", "--ratio", "0.5", "--out", str(pruned)]) == 0
+    assert main(["prune", str(run), "--granularity", "channel,intra", "--ratio", "0.5", "--intra-free", "--round-to", "1",
+                 "--out", str(pruned)]) == 0
     assert main(["compact", str(pruned), "--out", str(small)]) == 0
     return {"run": run, "pruned": pruned, "compact": small, "base": base}
 
