@@ -435,7 +435,7 @@ CASES = [
     case("prune-round-to-zero", *PRUNE, "--round-to", "0"),
     case("prune-kernel-groups-zero", *PRUNE, "--kernel-groups", "0"),
     case("prune-kernel-structure", *PRUNE, "--kernel-structure", "lattice"),
-    case("prune-groups-of-free-kernels", *PRUNE, "--kernel-groups", "2"),
+    case("prune-groups-of-free-kernels", *PRUNE, "--kernel-structure", "unstructured", "--kernel-groups", "2"),
     case("prune-one-kernel-block", *PRUNE[:5], "kernel", "--ratio", "0.5", "--kernel-structure", "blocks",
          "--kernel-groups", "1"),
     case("prune-linear-ratio", *PRUNE, "--linear-ratio", "1.5"),

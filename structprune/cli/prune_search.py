@@ -130,7 +130,6 @@ def run_search(args: argparse.Namespace, granularities: list[Granularity], kerne
                                "--schedule); the search prunes convolutions only")
     if args.intra_free and args.intra_patterns is not None:
         raise StructpruneError("--intra-free chooses among every pattern; drop it or --intra-patterns")
-    _log_search_defaults(args, granularities)
     if kernel.structure is KernelStructure.BLOCKS and kernel.groups != 2:
         raise StructpruneError(f"the search chooses 2 kernel blocks per layer: give --kernel-groups 2, not {kernel.groups}")
     run = load_checked_run(args.run_dir)
@@ -151,6 +150,7 @@ def run_search(args: argparse.Namespace, granularities: list[Granularity], kerne
         latency_table=None if args.latency_table is None else str(args.latency_table), bn_batches=args.bn_recalibrate or 0,
         kernel=kernel, intra_shared=args.intra_shared, intra_patterns=args.intra_patterns, layers=args.layers,
         round_to=args.round_to or 1)
+    _log_search_defaults(args, granularities)  # after every check: bad input gets its one line alone
     command = {"command": shlex.join(["structprune", *sys.argv[1:]]), "verb": "prune"}
     out, m = search_run(run, data, cfg, output, extra_config=command)
     kept = ", ".join(f"{k} {v:.3f}" for k, v in m["kept_fraction"].items())
