@@ -27,7 +27,7 @@ cifar10_source_ready() { wait_for "${CIFAR10_DENSE:-runs/cifar10-dense}"; }
 
 mnist() {
   local d=${MNIST_DENSE:-runs/mnist-dense} p=runs/q5-mnist
-  step $p-pruned "${SP[@]}" prune $d --granularity channel --ratio 0.625 --method l1 --out $p-pruned "${DATA[@]}"
+  step $p-pruned "${SP[@]}" prune $d --granularity channel --ratio 0.625 --method l1 --round-to 1 --out $p-pruned "${DATA[@]}"
   step $p-compact "${SP[@]}" compact $p-pruned --out $p-compact "${DATA[@]}"
   step $p-retrained "${SP[@]}" retrain $p-compact --epochs 3 --out $p-retrained --no-progress "${DATA[@]}"
   step $p-q4 "${SP[@]}" quantize $p-retrained --bits 4 --epochs 1 --out $p-q4 --no-progress "${DATA[@]}"
@@ -45,7 +45,7 @@ mnist_pf() {  # the particle-filter search result of benchmarks/search_mnist.sh 
 
 cifar10() {
   local d=${CIFAR10_DENSE:-runs/cifar10-dense} p=runs/q5-cifar10
-  step $p-pruned "${SP[@]}" prune $d --granularity channel --ratio 0.5 --method l1 --out $p-pruned "${DATA[@]}"
+  step $p-pruned "${SP[@]}" prune $d --granularity channel --ratio 0.5 --method l1 --round-to 1 --out $p-pruned "${DATA[@]}"
   step $p-compact "${SP[@]}" compact $p-pruned --out $p-compact "${DATA[@]}"
   step $p-retrained "${SP[@]}" retrain $p-compact --epochs 2 --out $p-retrained --no-progress "${DATA[@]}"
   step $p-q5 "${SP[@]}" quantize $p-retrained --bits 5 --epochs 1 --out $p-q5 --no-progress "${DATA[@]}"

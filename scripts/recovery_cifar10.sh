@@ -26,7 +26,7 @@ FAST=(--granularity channel,kernel,intra --method l1 --round-to 16 --kernel-stru
       --intra-patterns 3:1 --linear-ratio 0.5)
 step "$R/paper-3x-pruned" prune "$R/paper-dense" "${FAST[@]}" --ratio 0.2,0.5,0.3333
 step "$R/paper-5x-pruned" prune "$R/paper-dense" "${FAST[@]}" --ratio 0.25,0.5,0.3333
-step "$R/resnet20-2x-pruned" prune "$R/resnet20-dense" --granularity channel --method l1 --ratio 0.3
+step "$R/resnet20-2x-pruned" prune "$R/resnet20-dense" --granularity channel --method l1 --ratio 0.3 --round-to 1
 for c in paper-3x paper-5x resnet20-2x; do step "$R/$c-compact" compact "$R/$c-pruned"; done
 
 for s in $SEEDS; do

@@ -43,7 +43,8 @@ from structprune.rebuild import rebuild
 from structprune.runfolder import ARCH_FILE, MODEL_FILE, load_run, load_state, save_run
 from structprune.search.particle_filter import BitSpace, ChoiceSpace, ParticleFilter, PFConfig
 from structprune.sparsity.channel_groups import ChannelGroups, find_channel_groups
-from structprune.sparsity.granularity import Granularity, IntraPattern, KernelForm
+from structprune.sparsity.fast_forms import EdgeOptions, resolve
+from structprune.sparsity.granularity import Granularity, IntraPattern, KernelForm, KernelStructure
 from structprune.sparsity.masking import MaskApplier
 from structprune.sparsity.masks import MASKS_FILE, LayerMask, NetworkMask
 from structprune.sparsity.method import ONE_SHOT_METHODS, Method
@@ -53,6 +54,7 @@ log = logging.getLogger(__name__)
 
 ScoreFn = Callable[[nn.Module], float]  # the network (masked in place while called) -> score, lower is better
 SELECTION_OPTIONS = ("scope", "seed", "kernel", "round_to", "intra_shared", "intra_patterns", "linear_ratio")
+PRUNE_OPTIONS = (*SELECTION_OPTIONS, "intra_free")
 
 
 # ----------------------------------------------------------------------------------------------- checks
@@ -131,6 +133,26 @@ def _selection_config(method: Method | str, options: dict[str, Any]) -> Selectio
     return SelectionConfig(method=Method.parse(method, ONE_SHOT_METHODS, "selection method"), **options)
 
 
+def _edge_config(method: Method | str, grans: list[Granularity], ratios: list[float],
+                 options: dict[str, Any]) -> tuple[list[float], SelectionConfig]:
+    """`prune`'s options resolved to the fast forms where not given (structprune.sparsity.fast_forms)."""
+    unknown = sorted(set(options) - set(PRUNE_OPTIONS))
+    if unknown:
+        raise StructpruneError(f"unknown option(s) {', '.join(unknown)}; options: {', '.join(PRUNE_OPTIONS)}")
+    kernel, structure = options.get("kernel"), None
+    if kernel == KernelStructure.BLOCKS:  # "blocks" without G: G from the kernel ratio
+        kernel, structure = None, KernelStructure.BLOCKS
+    elif isinstance(kernel, str):
+        kernel = KernelForm.parse(kernel)
+    patterns = options.get("intra_patterns")
+    edge = EdgeOptions(kernel=kernel, kernel_structure=structure, round_to=options.get("round_to"),
+                       intra_shared=bool(options.get("intra_shared", False)),
+                       intra_patterns=None if patterns is None else _patterns(patterns),
+                       intra_free=bool(options.get("intra_free", False)))
+    fields = {k: options[k] for k in ("scope", "seed", "linear_ratio") if k in options}
+    return resolve(grans, ratios, Method.parse(method, ONE_SHOT_METHODS, "selection method"), edge, **fields)
+
+
 def _patterns(value: Any) -> tuple[IntraPattern, ...]:
     """IntraPatterns, or (start, stride) pairs, as a tuple of IntraPattern."""
     try:
@@ -159,15 +181,21 @@ def prune(
     Method or its text.
 
     The model is not changed. `base`: earlier masks to nest in. `options`: scope ("layer" | "global"), seed,
-    kernel (a KernelForm, or its text: "unstructured", "structured:G", "blocks:G"), round_to, intra_shared,
-    intra_patterns (IntraPatterns or (start, stride) pairs), linear_ratio (hidden units of fully connected layers).
+    kernel (a KernelForm, or its text: "unstructured", "structured:G", "blocks:G", "blocks"), round_to,
+    intra_shared, intra_patterns (IntraPatterns or (start, stride) pairs), intra_free, linear_ratio (hidden units
+    of fully connected layers).
+
+    Unless told otherwise, the masks take the forms that run fast once compacted: kernel blocks with G of 2, 4 or 8,
+    the nearest the kernel ratio (the kernel ratio becomes 1 - 1/G, logged); one shared intra pattern per layer
+    among those that compact into one smaller convolution, at the tap count nearest the ratio's, none on layers
+    reading 3 or fewer maps; kept maps rounded up to a multiple of 8. `kernel="unstructured"`, `intra_free=True`
+    (any pattern, per input map) or `intra_patterns`, and `round_to=1` restore free masks and exact counts.
     """
     _check_model(model)
     sample = _sample(model, example_input, base)
     _runs_on(model, sample)
     grans = _granularities(granularity)
-    ratios = _ratios(ratio, len(grans))
-    cfg = _selection_config(method, options)
+    ratios, cfg = _edge_config(method, grans, _ratios(ratio, len(grans)), options)
     if base is not None:
         _check_masks(base)
     masks = select(model, grans, ratios, cfg, groups=_groups(model, sample), base=base)
@@ -379,10 +407,11 @@ def search(
     to `model` in place (the weights are restored after every call).
 
     Per granularity (channel, then kernel, then intra): start from the L1 masks at that scale, given the masks
-    searched so far (`prune(..., method="l1")` with the same options; they fix each layer's count of kept
-    units). Then, per layer (channel group, or convolution), a particle filter seeded with the layer's current
-    choice searches which units it keeps, every other layer held; the best particle replaces the choice. The
-    current choice is among the scored candidates, so with a deterministic score_fn no layer's search makes the
+    searched so far (the library's L1 selection with the same options: free kernels, every intra pattern and
+    exact counts unless they say otherwise; they fix each layer's count of kept units). Then, per layer (channel
+    group, or convolution), a particle filter seeded with the layer's current choice searches which units it
+    keeps, every other layer held; the best particle replaces the choice. The current choice is among the scored
+    candidates, so with a deterministic score_fn no layer's search makes the
     score worse: with one granularity, the result never scores worse than the L1 masks. Cost: at most
     particles × generations calls of `score_fn` per layer. `temperature` is in score units (0.002 suits an
     MCR; scale it for a loss); `evolutionary` adds crossover and elitism (EPF). Kernel masks are searched

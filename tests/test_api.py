@@ -23,6 +23,7 @@ def resnet() -> nn.Module:
 
 
 X = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+EXACT = {"kernel": "unstructured", "intra_free": True, "round_to": 1}  # the library's own forms (not the fast defaults)
 
 
 def masked_copy(model: nn.Module, masks: NetworkMask) -> nn.Module:
@@ -42,7 +43,7 @@ def loader(images: int = 48, seed: int = 2) -> DataLoader:
 def test_prune_then_compact_computes_the_masked_residual_network(granularity):
     model = resnet()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    masks = structprune.prune(model, X, granularity=granularity, ratio=0.5)
+    masks = structprune.prune(model, X, granularity=granularity, ratio=0.5, **EXACT)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # prune leaves the model alone
     assert masks.input_shape == (3, 8, 8)
     small = structprune.compact(model, masks)  # no input needed: the masks remember its shape
@@ -60,8 +61,8 @@ def test_prune_then_compact_computes_the_masked_residual_network(granularity):
 
 def test_prune_takes_one_ratio_per_granularity_and_nests_in_a_base():
     model = resnet()
-    first = structprune.prune(model, X, granularity="channel", ratio=0.25)
-    both = structprune.prune(model, X, granularity=["channel", "intra"], ratio=[0.5, 0.6], base=first)
+    first = structprune.prune(model, X, granularity="channel", ratio=0.25, **EXACT)
+    both = structprune.prune(model, X, granularity=["channel", "intra"], ratio=[0.5, 0.6], base=first, **EXACT)
     for name, lm in first:
         assert not bool((~lm.keep_out & both.layers[name].keep_out).any())  # pruned before stays pruned
     taps = {len(p.taps(9)) for _, lm in both if lm.intra for p in lm.intra if p is not None}
@@ -70,9 +71,9 @@ def test_prune_takes_one_ratio_per_granularity_and_nests_in_a_base():
 
 def test_random_method_is_seeded():
     model = resnet()
-    a = structprune.prune(model, X, ratio=0.5, method="random", seed=3)
-    b = structprune.prune(model, X, ratio=0.5, method="random", seed=3)
-    c = structprune.prune(model, X, ratio=0.5, method="random", seed=4)
+    a = structprune.prune(model, X, ratio=0.5, method="random", seed=3, **EXACT)
+    b = structprune.prune(model, X, ratio=0.5, method="random", seed=3, **EXACT)
+    c = structprune.prune(model, X, ratio=0.5, method="random", seed=4, **EXACT)
     assert a.to_json() == b.to_json() and a.to_json() != c.to_json()
 
 
@@ -86,7 +87,7 @@ def test_search_finds_the_maps_the_score_asks_for_where_l1_does_not():
     def even_maps_lost(net: nn.Module) -> float:
         return float((net.stem[0].weight[0::2].flatten(1).abs().sum(1) == 0).sum())
 
-    l1 = structprune.prune(model, X, granularity="channel", ratio=0.5)
+    l1 = structprune.prune(model, X, granularity="channel", ratio=0.5, **EXACT)
     assert even_maps_lost(masked_copy(model, l1)) == 4
     found = structprune.search(model, X, even_maps_lost, granularity="channel", ratio=0.5, particles=12,
                                generations=6, temperature=0.5)
@@ -101,7 +102,7 @@ def test_search_finds_the_maps_the_score_asks_for_where_l1_does_not():
 def test_search_scores_no_worse_than_l1_and_keeps_its_counts(granularity):
     model = resnet()
     score = structprune.mcr_scorer(loader())
-    l1 = structprune.prune(model, X, granularity=granularity, ratio=0.5)
+    l1 = structprune.prune(model, X, granularity=granularity, ratio=0.5, **EXACT)
     found = structprune.search(model, X, score, granularity=granularity, ratio=0.5, particles=4, generations=2)
     assert score(masked_copy(model, found)) <= score(masked_copy(model, l1))
     field = {"channel": "keep_out", "kernel": "keep_kernel"}.get(granularity)
@@ -161,7 +162,7 @@ def test_save_and_load_a_network_of_the_users_own_class(tmp_path):
 
 def test_a_registered_network_saved_through_the_api_is_read_by_the_cli(tmp_path, capsys):
     model = randomize_bn(create("tiny-resnet", num_classes=4, in_channels=3, input_size=8)).eval()
-    masks = structprune.prune(model, None, granularity="channel", ratio=0.5)  # the registry knows the input
+    masks = structprune.prune(model, None, granularity="channel", ratio=0.5, **EXACT)  # the registry knows the input
     structprune.save(tmp_path / "masked", masked_copy(model, masks), masks=masks, metrics={"note": 1})
     assert main(["compact", str(tmp_path / "masked"), "--out", str(tmp_path / "small")]) == 0
     small = structprune.load(tmp_path / "small")
@@ -205,7 +206,7 @@ class Unrunnable(nn.Module):
 def test_bad_arguments_give_one_clear_line(call, message, tmp_path):
     if message is None:  # save of masks with the compact network they do not fit
         model = resnet()
-        masks = structprune.prune(model, X)
+        masks = structprune.prune(model, X, **EXACT)
         with pytest.raises(StructpruneError, match="masks do not fit this network") as info:
             structprune.save(tmp_path / "run", structprune.compact(model, masks), masks=masks)
     else:

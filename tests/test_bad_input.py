@@ -435,7 +435,7 @@ CASES = [
     case("prune-round-to-zero", *PRUNE, "--round-to", "0"),
     case("prune-kernel-groups-zero", *PRUNE, "--kernel-groups", "0"),
     case("prune-kernel-structure", *PRUNE, "--kernel-structure", "lattice"),
-    case("prune-groups-of-free-kernels", *PRUNE, "--kernel-groups", "2"),
+    case("prune-groups-of-free-kernels", *PRUNE, "--kernel-structure", "unstructured", "--kernel-groups", "2"),
     case("prune-one-kernel-block", *PRUNE[:5], "kernel", "--ratio", "0.5", "--kernel-structure", "blocks",
          "--kernel-groups", "1"),
     case("prune-linear-ratio", *PRUNE, "--linear-ratio", "1.5"),
@@ -572,7 +572,8 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     run, pruned, small = base / "run", base / "pruned", base / "compact"
     assert main(["train", "--model", "tiny-paper", "--data", "digits", "--epochs", "1", "--threads", "1",
                  "--no-progress", "--out", str(run)]) == 0
-    assert main(["prune", str(run), "--granularity", "channel,intra", "--ratio", "0.5", "--out", str(pruned)]) == 0
+    assert main(["prune", str(run), "--granularity", "channel,intra", "--ratio", "0.5", "--intra-free", "--round-to", "1",
+                 "--out", str(pruned)]) == 0
     assert main(["compact", str(pruned), "--out", str(small)]) == 0
     return {"run": run, "pruned": pruned, "compact": small, "base": base}
 

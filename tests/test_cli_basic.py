@@ -49,7 +49,8 @@ def test_prune_arguments_parse_into_typed_values():
     assert args.intra_patterns == (IntraPattern(1, 3), IntraPattern(0, 2)) and args.max
     defaults = build_parser().parse_args(["prune", "run", "--out", "o"])
     assert defaults.method is Method.L1 and defaults.granularity == [Granularity.CHANNEL]
-    assert defaults.kernel_structure is KernelStructure.UNSTRUCTURED and defaults.intra_patterns is None
+    assert defaults.kernel_structure is None and defaults.intra_patterns is None  # resolved to the fast forms in run()
+    assert defaults.round_to is None and not defaults.intra_free
     sens = build_parser().parse_args(["sensitivity", "run", "--granularity", "kernel", "--method", "random"])
     assert sens.granularity is Granularity.KERNEL and sens.method is Method.RANDOM
 
@@ -127,7 +128,7 @@ def pipeline(tmp_path_factory) -> dict[str, Path]:
             ["train", "--model", "tiny-paper", "--data", "digits", "--epochs", "2", "--out", str(runs["dense"]),
              "--threads", "1", "--no-progress"],
             ["prune", str(runs["dense"]), "--granularity", "channel,intra", "--ratio", "0.5,0.55", "--method", "l1",
-             "--out", str(runs["pruned"])],
+             "--intra-free", "--round-to", "1", "--out", str(runs["pruned"])],
             ["compact", str(runs["pruned"]), "--out", str(runs["compact"])],
             ["retrain", str(runs["pruned"]), "--epochs", "1", "--out", str(runs["retrained"]), "--no-progress"],
             ["export", str(runs["compact"]), "--onnx", str(files["onnx"]), "--exporter", "torchscript"],

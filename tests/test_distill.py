@@ -93,7 +93,7 @@ def chain(tmp_path_factory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("distill")
     dense = _run(base / "dense", {"dataset": "digits", "train": {"seed": 0}})
     assert main(["-q", "prune", str(dense), "--granularity", "channel,intra", "--ratio", "0.5,0.5", "--method", "l1",
-                 "--out", str(base / "pruned")]) == 0
+                 "--intra-free", "--round-to", "1", "--out", str(base / "pruned")]) == 0
     assert main(["-q", "compact", str(base / "pruned"), "--out", str(base / "compact")]) == 0
     return {"dense": dense, "pruned": base / "pruned", "compact": base / "compact"}
 

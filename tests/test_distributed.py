@@ -61,7 +61,7 @@ def runs(tmp_path_factory) -> Path:
     save_run(folder / "base", model, None, size_metrics(model),
              {"dataset": "digits", "val_size": VAL_SIZE, "train": {"seed": 0}})
     assert main(["prune", str(folder / "base"), "--granularity", "channel,intra", "--ratio", "0.5,0.55",
-                 "--method", "l1", "--out", str(folder / "pruned")]) == 0
+                 "--method", "l1", "--intra-free", "--round-to", "1", "--out", str(folder / "pruned")]) == 0
     assert main(["retrain", str(folder / "pruned"), *RETRAIN, "--out", str(folder / "single")]) == 0
     return folder
 

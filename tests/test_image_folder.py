@@ -86,7 +86,8 @@ def test_train_prune_compact_eval_through_the_cli(folder, tmp_path, capsys):
     config = json.loads((dense / "config.json").read_text())
     assert config["dataset"] == f"folder:{folder.resolve()}@8"
     assert json.loads((dense / "arch.json").read_text())["input_shape"] == [3, 8, 8]
-    assert main(["prune", str(dense), "--granularity", "channel,intra", "--ratio", "0.5", "--out", str(pruned)]) == 0
+    assert main(["prune", str(dense), "--granularity", "channel,intra", "--ratio", "0.5", "--intra-free", "--round-to", "1",
+                 "--out", str(pruned)]) == 0
     assert main(["compact", str(pruned), "--out", str(small)]) == 0
     for run in (dense, pruned, small):
         assert (run / "model.safetensors").is_file() and (run / "metrics.json").is_file()

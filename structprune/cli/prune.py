@@ -23,9 +23,10 @@ from structprune.cli.common import (
 from structprune.cli.prune_search import add_search_arguments, run_search
 from structprune.errors import StructpruneError
 from structprune.output import claim_folder
+from structprune.sparsity.fast_forms import EdgeOptions, describe, resolve
 from structprune.sparsity.granularity import KERNEL_STRUCTURES, Granularity, IntraPattern, KernelForm, KernelStructure
 from structprune.sparsity.method import Method
-from structprune.sparsity.selection import SCOPES, SelectionConfig
+from structprune.sparsity.selection import SCOPES
 from structprune.stages.prune import DEFAULT_BN_BATCHES, select_run
 
 GRANULARITIES = from_library(Granularity.parse_list, "granularity list")
@@ -51,9 +52,10 @@ def single_ratio(text: str) -> float:
     return values[0]
 
 
-def kernel_form(structure: KernelStructure, groups: int | None) -> KernelForm:
-    """--kernel-structure and --kernel-groups as one KernelForm (structured and blocks: 4 groups unless given)."""
-    if structure is KernelStructure.UNSTRUCTURED:
+def kernel_form(structure: KernelStructure | None, groups: int | None) -> KernelForm:
+    """The search's --kernel-structure and --kernel-groups as one KernelForm: free masks unless given (structured and
+    blocks: 4 groups unless given; the search takes 2 blocks)."""
+    if structure is None or structure is KernelStructure.UNSTRUCTURED:
         if groups is not None:
             raise StructpruneError("--kernel-groups applies to --kernel-structure structured or blocks")
         return KernelForm()
@@ -79,24 +81,31 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="fraction pruned, one for all granularities or one per granularity (e.g. 0.5,0.5,0.66)")
     p.add_argument("--scope", choices=SCOPES, default="layer", help="rank units per layer or across the network")
     p.add_argument("--seed", type=seed, default=0)
-    p.add_argument("--round-to", type=positive_int, default=1, metavar="N",
-                   help="round kept maps up to a multiple of N (8 suits CPU kernels, 16 AVX-512 ones): at the channel "
-                   "scale, and at the kernel scale with --kernel-structure structured, each group's kept input maps "
-                   "(one-shot l1 and random; the search rounds the kept maps of its channel rungs and logs where it "
-                   "cannot round); with --kernel-structure blocks, each block's kept maps, so the G blocks stay equal")
+    p.add_argument("--round-to", type=positive_int, default=None, metavar="N",
+                   help="round kept maps up to a multiple of N (default 8, which suits CPU kernels; 16 AVX-512 ones; "
+                   "1: exact counts): at the channel scale, and at the kernel scale with --kernel-structure "
+                   "structured, each group's kept input maps; with kernel blocks, each block's kept maps, so the G "
+                   "blocks stay equal (the search: default 1; it rounds the kept maps of its channel rungs)")
     p.add_argument("--kernel-structure", type=enum_choice(KernelStructure, "kernel structure"),
-                   default=KernelStructure.UNSTRUCTURED, metavar="{" + ",".join(KERNEL_STRUCTURES) + "}",
-                   help="kernel scale: free masks, output-map groups sharing their kept input maps, or blocks: each "
-                   "layer's maps fall into G blocks that follow the producing layer's, each output map reads only "
-                   "its own block's input maps, and the layer compacts into one grouped convolution (l1 and random: "
-                   "give the kernel ratio 1 - 1/G; the search: G = 2, it chooses which output maps go to which "
+                   default=None, metavar="{" + ",".join(KERNEL_STRUCTURES) + "}",
+                   help="kernel scale: blocks (the default): each layer's maps fall into G blocks that follow the "
+                   "producing layer's, each output map reads only its own block's input maps, and the layer "
+                   "compacts into one grouped convolution; structured: output-map groups sharing their kept input "
+                   "maps; unstructured: free masks (slow: one small convolution per output map). The search "
+                   "defaults to unstructured and takes blocks with G = 2 (it chooses which output maps go to which "
                    "block, and prunes half the kernels whatever --ratio says)")
     p.add_argument("--kernel-groups", type=positive_int, default=None, metavar="G",
-                   help="structured kernels: output-map groups per layer; blocks: the number of blocks G (default 4)")
-    p.add_argument("--intra-shared", action="store_true", help="intra scale: one pattern for the whole layer")
+                   help="blocks: the number of blocks G, removing 1 - 1/G of the kernels (default: 2, 4 or 8, the "
+                   "nearest the kernel ratio); structured kernels: output-map groups per layer (default 4)")
+    p.add_argument("--intra-shared", action="store_true",
+                   help="intra scale: one pattern for the whole layer (the default unless --intra-free)")
     p.add_argument("--intra-patterns", type=PATTERNS, default=None, metavar="S:T,...",
                    help="intra scale: choose only among these (start:stride) patterns, e.g. 1:3 (the centre column, "
-                   "one pad-free 3×1 convolution)")
+                   "one pad-free 3×1 convolution); one per input map unless --intra-shared")
+    p.add_argument("--intra-free", action="store_true",
+                   help="intra scale: any pattern, one per input map (unless --intra-shared), the first layer "
+                   "included; by default one shared pattern per layer among those that compact into one smaller "
+                   "convolution (a column, a row, a block of rows), with the tap count nearest the ratio's")
     p.add_argument("--linear-ratio", type=single_ratio, default=0.0, metavar="R",
                    help="channel scale on fully connected layers: also prune this fraction of the hidden units of "
                    "every linear layer but the classifier, by L1 of their weights (l1 and random; default 0: kept)")
@@ -111,22 +120,28 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     granularities = args.granularity
-    kernel = kernel_form(args.kernel_structure, args.kernel_groups)
+    search = args.method.needs_search or args.max or args.schedule
+    if search:
+        kernel = kernel_form(args.kernel_structure, args.kernel_groups)
+    else:
+        if args.ratio is None:
+            raise StructpruneError(f"--method {args.method} needs --ratio (or --max for the search schedule)")
+        if len(args.ratio) not in (1, len(granularities)):
+            raise StructpruneError(f"--ratio lists {len(args.ratio)} values for {len(granularities)} granularities")
+        options = EdgeOptions(kernel_structure=args.kernel_structure, kernel_groups=args.kernel_groups,
+                              round_to=args.round_to, intra_shared=args.intra_shared,
+                              intra_patterns=args.intra_patterns, intra_free=args.intra_free)
+        ratios, cfg = resolve(granularities, args.ratio, args.method, options, scope=args.scope, seed=args.seed,
+                              linear_ratio=args.linear_ratio)
     output = claim_folder(args.out, "prune", inputs=(args.run_dir,), overwrite=args.overwrite)
     if args.restart:
         output.discard()
-    if args.method.needs_search or args.max or args.schedule:
+    if search:
         return run_search(args, granularities, kernel, output)
-    if args.ratio is None:
-        raise StructpruneError(f"--method {args.method} needs --ratio (or --max for the search schedule)")
-    if len(args.ratio) not in (1, len(granularities)):
-        raise StructpruneError(f"--ratio lists {len(args.ratio)} values for {len(granularities)} granularities")
-    cfg = SelectionConfig(method=args.method, scope=args.scope, seed=args.seed, round_to=args.round_to, kernel=kernel,
-                          intra_shared=args.intra_shared, intra_patterns=args.intra_patterns,
-                          linear_ratio=args.linear_ratio)
+    print(f"prune: {describe(granularities, cfg)}")
     command = {"command": shlex.join(["structprune", *sys.argv[1:]]), "verb": "prune"}
     bn_batches = DEFAULT_BN_BATCHES if args.bn_recalibrate is None else args.bn_recalibrate
-    out, metrics = select_run(args.run_dir, output, granularities, args.ratio, cfg, command, data_dir=args.data_dir,
+    out, metrics = select_run(args.run_dir, output, granularities, ratios, cfg, command, data_dir=args.data_dir,
                               bn_batches=bn_batches)
     mcr = f", test MCR {metrics['test_mcr']:.4f}" if "test_mcr" in metrics else ""
     print(f"{out}: {metrics['nonzero_params']:,} of {metrics['params']:,} weights kept; compact network "

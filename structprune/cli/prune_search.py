@@ -12,6 +12,7 @@ candidates per rung and keeps the best).
 from __future__ import annotations
 
 import argparse
+import logging
 import shlex
 import sys
 from pathlib import Path
@@ -31,6 +32,8 @@ from structprune.errors import StructpruneError
 from structprune.output import Output
 from structprune.sparsity.granularity import Granularity, IntraPattern, KernelForm, KernelStructure
 from structprune.sparsity.method import SEARCH_METHODS
+
+log = logging.getLogger(__name__)
 
 
 def add_search_arguments(p: argparse.ArgumentParser) -> None:
@@ -96,6 +99,20 @@ def check_intra_patterns(model: torch.nn.Module, patterns: tuple[IntraPattern, .
             raise StructpruneError(f"--intra-patterns: none prunes the {positions}-position kernels of {name}")
 
 
+def _log_search_defaults(args: argparse.Namespace, granularities: list[Granularity]) -> None:
+    """The search keeps its own defaults (free kernels, per-input-map patterns, exact counts): say so, once."""
+    unset = []
+    if Granularity.KERNEL in granularities and args.kernel_structure is None and args.kernel_groups is None:
+        unset.append("free kernel masks (--kernel-structure blocks --kernel-groups 2 for one grouped convolution "
+                     "per layer)")
+    if Granularity.INTRA in granularities and not (args.intra_shared or args.intra_patterns or args.intra_free):
+        unset.append("a pattern per input map (--intra-shared --intra-patterns 3:1 for one smaller convolution)")
+    if args.round_to is None:
+        unset.append("exact map counts (--round-to 8 for CPU kernels)")
+    if unset:
+        log.info("the search keeps its own defaults, unlike one-shot prune: %s", "; ".join(unset))
+
+
 def run_search(args: argparse.Namespace, granularities: list[Granularity], kernel: KernelForm, output: Output) -> int:
     from structprune.runcheck import load_checked_run
     from structprune.search.driver import SearchConfig, search_run
@@ -111,6 +128,8 @@ def run_search(args: argparse.Namespace, granularities: list[Granularity], kerne
     if args.linear_ratio:
         raise StructpruneError("--linear-ratio is for one-shot selection (--method l1 or random without --max or "
                                "--schedule); the search prunes convolutions only")
+    if args.intra_free and args.intra_patterns is not None:
+        raise StructpruneError("--intra-free chooses among every pattern; drop it or --intra-patterns")
     if kernel.structure is KernelStructure.BLOCKS and kernel.groups != 2:
         raise StructpruneError(f"the search chooses 2 kernel blocks per layer: give --kernel-groups 2, not {kernel.groups}")
     run = load_checked_run(args.run_dir)
@@ -130,7 +149,8 @@ def run_search(args: argparse.Namespace, granularities: list[Granularity], kerne
         workers=args.workers, seed=args.seed, scope=args.scope, latency_weight=args.latency_weight,
         latency_table=None if args.latency_table is None else str(args.latency_table), bn_batches=args.bn_recalibrate or 0,
         kernel=kernel, intra_shared=args.intra_shared, intra_patterns=args.intra_patterns, layers=args.layers,
-        round_to=args.round_to)
+        round_to=args.round_to or 1)
+    _log_search_defaults(args, granularities)  # after every check: bad input gets its one line alone
     command = {"command": shlex.join(["structprune", *sys.argv[1:]]), "verb": "prune"}
     out, m = search_run(run, data, cfg, output, extra_config=command)
     kept = ", ".join(f"{k} {v:.3f}" for k, v in m["kept_fraction"].items())

@@ -93,6 +93,30 @@ class IntraPattern:
         return [p for p in IntraPattern.all_patterns(kernel_positions) if len(p.taps(kernel_positions)) == count]
 
 
+# ---- the fast intra patterns: one rectangle of taps compacts into one smaller dense convolution
+def is_one_block(pattern: IntraPattern, kernel_size: tuple[int, int]) -> bool:
+    """Whether the pattern's kept taps fill one rectangle of the kernel (unit steps): one smaller dense convolution."""
+    kh, kw = kernel_size
+    taps = pattern.taps(kh * kw)
+    if not taps:
+        return False
+    rows, cols = {t // kw for t in taps}, {t % kw for t in taps}
+    contiguous = max(rows) - min(rows) + 1 == len(rows) and max(cols) - min(cols) + 1 == len(cols)
+    return contiguous and len(taps) == len(rows) * len(cols)
+
+
+def fast_patterns(kernel_size: tuple[int, int]) -> list[IntraPattern]:
+    """Every pattern of a kh×kw kernel that compacts into one smaller dense convolution (the full kernel included)."""
+    return [p for p in IntraPattern.all_patterns(kernel_size[0] * kernel_size[1]) if is_one_block(p, kernel_size)]
+
+
+def fast_tap_count(kernel_size: tuple[int, int], ratio: float) -> int:
+    """The tap count of a fast pattern nearest to (1 - ratio)·kh·kw (ties: the larger count)."""
+    want = (1.0 - ratio) * kernel_size[0] * kernel_size[1]
+    counts = {len(p.taps(kernel_size[0] * kernel_size[1])) for p in fast_patterns(kernel_size)}
+    return min(counts, key=lambda c: (abs(c - want), -c))
+
+
 class KernelStructure(StrEnum):
     UNSTRUCTURED = "unstructured"
     STRUCTURED = "structured"

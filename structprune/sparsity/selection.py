@@ -17,6 +17,7 @@ uniform scores. Every layer keeps at least one unit.
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,8 @@ from structprune.sparsity.granularity import (
     IntraPattern,
     KernelForm,
     KernelStructure,
+    fast_patterns,
+    fast_tap_count,
     require_kernel_form,
     require_patterns,
 )
@@ -40,6 +43,9 @@ from structprune.sparsity.masks import NetworkMask
 from structprune.sparsity.method import ONE_SHOT_METHODS, Method, require_method
 
 SCOPES = ("layer", "global")
+FEW_INPUT_MAPS = 3  # with intra_fast, a convolution reading this many maps or fewer (the first one) keeps its kernels
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,8 @@ class SelectionConfig:
     # (structured kernels) rounded up to a multiple: 8 suits CPU kernels, 16 ONNX Runtime's with AVX-512
     intra_shared: bool = False  # one intra pattern for the whole layer
     intra_patterns: tuple[IntraPattern, ...] | None = None  # restrict intra patterns (e.g. pad-free ones)
+    intra_fast: bool = False  # intra: only patterns that compact into one smaller convolution (granularity.fast_patterns),
+    # at the tap count of those nearest the ratio's; convolutions reading <= 3 maps keep their kernels
     linear_ratio: float = 0.0  # fraction of the hidden units of fully connected layers pruned (channel scale)
 
     def __post_init__(self) -> None:
@@ -64,6 +72,8 @@ class SelectionConfig:
             raise StructpruneError("round_to must be at least 1")
         if not 0.0 <= self.linear_ratio < 1.0:
             raise StructpruneError(f"linear ratio {self.linear_ratio} must be in [0, 1)")
+        if self.intra_fast and self.intra_patterns is not None:
+            raise StructpruneError("intra_fast chooses among the fast patterns: give it or intra_patterns, not both")
 
 
 def _check_ratio(ratio: float) -> None:
@@ -272,12 +282,21 @@ def select_intra(model: nn.Module, groups: ChannelGroups | None, ratio: float, c
                  mask: NetworkMask, gen: torch.Generator) -> None:
     """Set one intra-kernel pattern per input map (or per layer) of every conv larger than 1×1 (in place)."""
     convs = {n: c for n, c in conv_layers(model).items() if c.weight.shape[2] * c.weight.shape[3] > 1}
+    if cfg.intra_fast:
+        few = [n for n, c in convs.items() if c.in_channels <= FEW_INPUT_MAPS]
+        if few:
+            log.info("intra scale: %s read %d or fewer maps and keep their kernels (patterns there run slower than "
+                     "dense)", ", ".join(few), FEW_INPUT_MAPS)
+        convs = {n: c for n, c in convs.items() if n not in few}
     taps = {n: tap_count(c.weight.shape[2] * c.weight.shape[3], ratio) for n, c in convs.items()}
     if cfg.scope == "global" and cfg.method is Method.L1:
         taps = _global_tap_counts(convs, mask, groups, ratio)
     for name, conv in convs.items():
         positions = conv.weight.shape[2] * conv.weight.shape[3]
-        patterns = _candidates(name, positions, taps[name], cfg)
+        if cfg.intra_fast:
+            size = (conv.weight.shape[2], conv.weight.shape[3])
+            taps[name] = fast_tap_count(size, 1.0 - taps[name] / positions if cfg.scope == "global" else ratio)
+        patterns = _candidates(name, (conv.weight.shape[2], conv.weight.shape[3]), taps[name], cfg)
         alive = _alive_kernels(name, conv, mask, groups)  # [O, I]
         l1 = tap_l1(conv, alive)  # [I, k²]
         if cfg.method is Method.L1:
@@ -293,9 +312,12 @@ def select_intra(model: nn.Module, groups: ChannelGroups | None, ratio: float, c
         mask.layer(name, conv).intra = None if full else chosen
 
 
-def _candidates(name: str, positions: int, taps: int, cfg: SelectionConfig) -> list[IntraPattern]:
-    """The patterns with `taps` kept positions, limited to cfg.intra_patterns when given."""
+def _candidates(name: str, kernel_size: tuple[int, int], taps: int, cfg: SelectionConfig) -> list[IntraPattern]:
+    """The patterns with `taps` kept positions, limited to the fast ones or to cfg.intra_patterns when given."""
+    positions = kernel_size[0] * kernel_size[1]
     patterns = IntraPattern.with_taps(positions, taps)
+    if cfg.intra_fast:
+        return [p for p in patterns if p in fast_patterns(kernel_size)]
     if cfg.intra_patterns is not None:
         allowed = {p.taps(positions) for p in cfg.intra_patterns}
         patterns = [p for p in patterns if p.taps(positions) in allowed]

@@ -122,10 +122,23 @@ def reestimate_batch_norms(model: nn.Module, data: Dataset | None, batches: int)
 
 def selection_record(granularities: list[Granularity], ratios: list[float], cfg: SelectionConfig) -> dict[str, Any]:
     """config.json's "prune" section for a one-shot selection (the spellings of the command line)."""
-    return {"granularity": [g.value for g in granularities], "method": cfg.method.value, "ratio": list(ratios),
-            "scope": cfg.scope, "seed": cfg.seed, "round_to": cfg.round_to, "kernel": str(cfg.kernel),
-            "intra_shared": cfg.intra_shared, "linear_ratio": cfg.linear_ratio,
-            "intra_patterns": None if cfg.intra_patterns is None else [[p.start, p.stride] for p in cfg.intra_patterns]}
+    record = {"granularity": [g.value for g in granularities], "method": cfg.method.value, "ratio": list(ratios),
+              "scope": cfg.scope, "seed": cfg.seed, "round_to": cfg.round_to, "kernel": str(cfg.kernel),
+              "intra_shared": cfg.intra_shared, "linear_ratio": cfg.linear_ratio,
+              "intra_patterns": None if cfg.intra_patterns is None else [[p.start, p.stride] for p in cfg.intra_patterns]}
+    if cfg.intra_fast:
+        record["intra_fast"] = True
+    return record
+
+
+def shared_patterns(mask: NetworkMask) -> dict[str, str | None]:
+    """Per layer with intra patterns, its one shared pattern as START:STRIDE (None where input maps differ)."""
+    out: dict[str, str | None] = {}
+    for name, lm in mask:
+        kinds = {p for p in lm.intra or () if p is not None}
+        if kinds:
+            out[name] = f"{next(iter(kinds)).start}:{next(iter(kinds)).stride}" if len(kinds) == 1 else None
+    return out
 
 
 def select_run(src: str | Path, out: Output | str | Path, granularities: list[Granularity], ratios: list[float],
@@ -134,10 +147,15 @@ def select_run(src: str | Path, out: Output | str | Path, granularities: list[Gr
                bn_batches: int = DEFAULT_BN_BATCHES) -> tuple[Path, dict[str, Any]]:
     """`prune_run` with masks chosen one-shot by `cfg` (L1 or random) at `ratios` (one, or one per granularity)."""
 
-    def choose(model: nn.Module, groups: ChannelGroups, data: Dataset | None, base: NetworkMask | None) -> NetworkMask:
-        return select(model, granularities, ratios, cfg, groups=groups, base=base)
+    record = {**selection_record(granularities, ratios, cfg), "bn_batches": bn_batches}
 
-    config = {**(extra_config or {}), "prune": {**selection_record(granularities, ratios, cfg), "bn_batches": bn_batches}}
+    def choose(model: nn.Module, groups: ChannelGroups, data: Dataset | None, base: NetworkMask | None) -> NetworkMask:
+        mask = select(model, granularities, ratios, cfg, groups=groups, base=base)
+        if cfg.intra_shared and Granularity.INTRA in granularities:
+            record["intra_chosen"] = shared_patterns(mask)  # the resolved choice, read by prune_run after `choose`
+        return mask
+
+    config = {**(extra_config or {}), "prune": record}
     return prune_run(src, out, choose, config, data_dir=data_dir, bn_batches=bn_batches)
 
 
