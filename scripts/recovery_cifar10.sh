@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Distillation and int8 on CIFAR-10: dense paper-cifar10 and resnet20, pruned to about 3x/5x and 2x fewer MACs,
 # compacted, then retrained for the same epochs with and without the dense run as teacher, 3 seeds each.
+# resnet20 (2x fewer MACs) runs too when WITH_RESNET20=1 is set.
 # Usage: scripts/recovery_cifar10.sh RUNS_DIR   (each step is skipped when its folder exists; an interrupted
 # step resumes from its staging folder when the script is run again). Results are collected by
 # scripts/collect_recovery.py into benchmarks/results/recovery-cifar10/.
@@ -18,7 +19,7 @@ step() { local out=$1; shift; [ -d "$out" ] || "$SP" "$@" --out "$out" --no-prog
 
 step "$R/paper-dense" train --model paper-cifar10 --model-arg bn=true --data cifar10 "${DATA[@]}" \
   --epochs "$DENSE_EPOCHS" --lr 0.02 --warmup-epochs 0.5 --threads 2
-step "$R/resnet20-dense" train --model resnet20 --data cifar10 "${DATA[@]}" \
+[ -n "${WITH_RESNET20:-}" ] && step "$R/resnet20-dense" train --model resnet20 --data cifar10 "${DATA[@]}" \
   --epochs "$RESNET_EPOCHS" --lr 0.05 --warmup-epochs 0.5 --threads 2
 
 # the fast-form recipe (docs/results.md): 3.1x and 5.2x fewer MACs
@@ -26,11 +27,12 @@ FAST=(--granularity channel,kernel,intra --method l1 --round-to 16 --kernel-stru
       --intra-patterns 3:1 --linear-ratio 0.5)
 step "$R/paper-3x-pruned" prune "$R/paper-dense" "${FAST[@]}" --ratio 0.2,0.5,0.3333
 step "$R/paper-5x-pruned" prune "$R/paper-dense" "${FAST[@]}" --ratio 0.25,0.5,0.3333
-step "$R/resnet20-2x-pruned" prune "$R/resnet20-dense" --granularity channel --method l1 --ratio 0.3 --round-to 1
-for c in paper-3x paper-5x resnet20-2x; do step "$R/$c-compact" compact "$R/$c-pruned"; done
+[ -n "${WITH_RESNET20:-}" ] && step "$R/resnet20-2x-pruned" prune "$R/resnet20-dense" --granularity channel --method l1 --ratio 0.3 --round-to 1
+CONFIGS="paper-3x paper-5x${WITH_RESNET20:+ resnet20-2x}"
+for c in $CONFIGS; do step "$R/$c-compact" compact "$R/$c-pruned"; done
 
 for s in $SEEDS; do
-  for c in paper-3x paper-5x resnet20-2x; do
+  for c in $CONFIGS; do
     step "$R/$c-ce-s$s" retrain "$R/$c-compact" --epochs "$RETRAIN_EPOCHS" --train-images "$RETRAIN_IMAGES" --seed "$s"
     step "$R/$c-kd-s$s" retrain "$R/$c-compact" --epochs "$RETRAIN_EPOCHS" --train-images "$RETRAIN_IMAGES" --seed "$s" --teacher source
   done
