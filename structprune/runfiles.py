@@ -30,7 +30,7 @@ REPORT_MD, REPORT_HTML = "report.md", "report.html"
 CHECKPOINT_FILE = "checkpoint.safetensors"  # inside the staging folder's checkpoints/
 CHECKPOINT_JSON = "checkpoint.json"  # beside it: epoch, optimizer state digest, settings
 STAGE_RECORD = "stage.json"  # inside a staging folder: the verb and inputs that claimed it
-SEARCH_STATE_FILE, PF_STATE_FILE = "driver.json", "pf.json"  # the search's state/ (with MODEL_FILE)
+SEARCH_STATE_FILE = "driver.json"  # the search's state/ (with MODEL_FILE), the particle filter inside
 
 ALL_FILES = frozenset({
     MODEL_FILE, ARCH_FILE, METRICS_FILE, CONFIG_FILE, MASKS_FILE, SEARCH_FILE, LATENCY_FILE, SENSITIVITY_FILE,

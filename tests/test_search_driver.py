@@ -54,7 +54,8 @@ def test_interrupted_search_resumes_to_the_same_result(tiny_run, digits, tmp_pat
     monkeypatch.setattr(Search, "_save_pf", interrupt_after_four)
     with pytest.raises(KeyboardInterrupt):
         search_run(load_run(tiny_run), digits, cfg, tmp_path / "resumed")
-    assert (tmp_path / ".resumed.structprune" / "checkpoints" / "state" / "pf.json").exists()
+    saved = json.loads((tmp_path / ".resumed.structprune" / "checkpoints" / "state" / "driver.json").read_text())
+    assert saved["pf"]["pf"] and len(saved["state"]["history"]) == 4  # the filter and its history, in one file
     assert not (tmp_path / "resumed").exists()  # never looks finished
     monkeypatch.setattr(Search, "_save_pf", original)
     _, resumed = search_run(load_run(tiny_run), digits, cfg, tmp_path / "resumed")

@@ -1,7 +1,9 @@
 """Where a search stands, saved in its output folder's staging area so the same command resumes it.
 
-state/model.safetensors and state/driver.json (saved at the start of every rung), state/pf.json (after every
-generation). search.json (every generation and rung so far) is rewritten atomically beside them.
+state/model.safetensors (saved at the start of every rung) and state/driver.json: where the search stands and,
+after every generation, the particle filter of the current rung, written together in one atomic write so that
+a kill can never leave a filter ahead of the history that records it. search.json (every generation and rung
+so far) is rewritten atomically beside them.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from torch import nn
 
 from structprune.errors import StructpruneError
 from structprune.jsonio import read_json, write_json_atomic
-from structprune.runfiles import PF_STATE_FILE, SEARCH_STATE_FILE
+from structprune.runfiles import MODEL_FILE, SEARCH_STATE_FILE
 from structprune.runfolder import load_state
 from structprune.sparsity.masks import NetworkMask
 
@@ -40,33 +42,34 @@ class StateFolder:
 
     def __init__(self, path: Path, fingerprint: dict[str, Any]):
         self.path, self.fingerprint = path, json.loads(json.dumps(fingerprint))  # as saved
+        self.pf: dict[str, Any] | None = None  # {"step", "rung", "pf"}: the current rung's filter after a generation
 
     def save(self, model: nn.Module, state: DriverState) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         weights = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-        tmp = self.path / ".model.safetensors.tmp"
+        tmp = self.path / f".{MODEL_FILE}.tmp"
         save_file(weights, str(tmp))
-        tmp.replace(self.path / "model.safetensors")
+        tmp.replace(self.path / MODEL_FILE)
         self.save_driver(state)
 
     def save_driver(self, state: DriverState) -> None:
-        write_json_atomic(self.path / SEARCH_STATE_FILE, {**self.fingerprint, "state": asdict(state)})
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.path / SEARCH_STATE_FILE, {**self.fingerprint, "state": asdict(state), "pf": self.pf})
 
     def save_pf(self, state: DriverState, pf_state: dict[str, Any]) -> None:
-        """After a generation: the filter, and the driver's history (the weights do not change during a rung)."""
-        write_json_atomic(self.path / PF_STATE_FILE, {"step": state.step, "rung": state.rung, "pf": pf_state})
+        """After a generation: the filter with the driver's history, in one write (the weights do not change
+        during a rung)."""
+        self.pf = {"step": state.step, "rung": state.rung, "pf": pf_state}
         self.save_driver(state)
 
     def load_pf(self, state: DriverState) -> dict[str, Any] | None:
         """The saved filter of the current rung, if any."""
-        path = self.path / PF_STATE_FILE
-        if not path.exists():
-            return None
-        saved = read_json(path)
-        return saved["pf"] if saved.get("step") == state.step and saved.get("rung") == state.rung else None
+        saved = self.pf
+        return saved["pf"] if saved and saved.get("step") == state.step and saved.get("rung") == state.rung else None
 
     def drop_pf(self) -> None:
-        (self.path / PF_STATE_FILE).unlink(missing_ok=True)
+        """The rung is over: its filter is not saved again (the next driver write clears it)."""
+        self.pf = None
 
     def load(self, model: nn.Module) -> DriverState | None:
         """The saved state (and weights into `model`), or None when there is none."""
@@ -76,5 +79,6 @@ class StateFolder:
         saved = read_json(path)
         if {k: saved.get(k) for k in self.fingerprint} != self.fingerprint:
             raise StructpruneError(f"{self.path} holds a search with other settings; pass --restart to discard it")
-        model.load_state_dict(load_state(self.path / "model.safetensors"))
+        model.load_state_dict(load_state(self.path / MODEL_FILE))
+        self.pf = saved.get("pf")
         return DriverState(**saved["state"])
