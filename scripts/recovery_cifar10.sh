@@ -15,12 +15,12 @@ RETRAIN_EPOCHS=${RETRAIN_EPOCHS:-1}
 RETRAIN_IMAGES=${RETRAIN_IMAGES:-5000}
 SEEDS=${SEEDS:-"0 1 2"}
 mkdir -p "$R"
-step() { local out=$1; shift; [ -d "$out" ] || "$SP" "$@" --out "$out" --no-progress; }
+step() { local out=$1; shift; [ -d "$out" ] || "$SP" "$@" --out "$out"; }
 
 step "$R/paper-dense" train --model paper-cifar10 --model-arg bn=true --data cifar10 "${DATA[@]}" \
-  --epochs "$DENSE_EPOCHS" --lr 0.02 --warmup-epochs 0.5 --threads 2
+  --epochs "$DENSE_EPOCHS" --lr 0.02 --warmup-epochs 0.5 --threads 2 --no-progress
 [ -n "${WITH_RESNET20:-}" ] && step "$R/resnet20-dense" train --model resnet20 --data cifar10 "${DATA[@]}" \
-  --epochs "$RESNET_EPOCHS" --lr 0.05 --warmup-epochs 0.5 --threads 2
+  --epochs "$RESNET_EPOCHS" --lr 0.05 --warmup-epochs 0.5 --threads 2 --no-progress
 
 # the fast-form recipe (docs/results.md): 3.1x and 5.2x fewer MACs
 FAST=(--granularity channel,kernel,intra --method l1 --round-to 16 --kernel-structure blocks --kernel-groups 2
@@ -33,7 +33,7 @@ for c in $CONFIGS; do step "$R/$c-compact" compact "$R/$c-pruned"; done
 
 for s in $SEEDS; do
   for c in $CONFIGS; do
-    step "$R/$c-ce-s$s" retrain "$R/$c-compact" --epochs "$RETRAIN_EPOCHS" --train-images "$RETRAIN_IMAGES" --seed "$s"
-    step "$R/$c-kd-s$s" retrain "$R/$c-compact" --epochs "$RETRAIN_EPOCHS" --train-images "$RETRAIN_IMAGES" --seed "$s" --teacher source
+    step "$R/$c-ce-s$s" retrain "$R/$c-compact" --epochs "$RETRAIN_EPOCHS" --train-images "$RETRAIN_IMAGES" --seed "$s" --no-progress
+    step "$R/$c-kd-s$s" retrain "$R/$c-compact" --epochs "$RETRAIN_EPOCHS" --train-images "$RETRAIN_IMAGES" --seed "$s" --teacher source --no-progress
   done
 done
