@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from search_helpers import tiny_digits_run
 
 from structprune.cli import main
 from structprune.data import load_dataset
@@ -28,13 +29,8 @@ def digits():
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, digits):
-    torch.manual_seed(0)
-    model = create("tiny-paper", in_channels=1, input_size=8)
-    train(model, digits, TrainConfig(epochs=2, lr=0.05))
-    path = tmp_path_factory.mktemp("runs") / "tiny"
-    save_run(path, model, None, {}, {"dataset": "digits"})
-    return path
+def tiny_run(tmp_path_factory):
+    return tiny_digits_run(tmp_path_factory.mktemp("runs"), epochs=2)
 
 
 def test_interrupted_search_resumes_to_the_same_result(tiny_run, digits, tmp_path, monkeypatch):

@@ -6,12 +6,11 @@ import math
 
 import numpy as np
 import pytest
-import torch
+from search_helpers import tiny_digits_run
 
 from structprune.data import load_dataset
 from structprune.errors import StructpruneError
-from structprune.models import create
-from structprune.runfolder import load_run, save_run
+from structprune.runfolder import load_run
 from structprune.search.driver import Search, SearchConfig, search_run
 from structprune.search.paired import (
     check_images_needed,
@@ -23,7 +22,6 @@ from structprune.search.paired import (
 from structprune.sparsity.granularity import Granularity
 from structprune.sparsity.masks import NetworkMask
 from structprune.sparsity.method import Method
-from structprune.train import TrainConfig, train
 
 FAST = {"particles": 4, "generations": 2, "score_images": 80, "check_images": 80, "final_epochs": 0}
 
@@ -34,13 +32,8 @@ def digits():
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, digits):
-    torch.manual_seed(0)
-    model = create("tiny-paper", in_channels=1, input_size=8)
-    train(model, digits, TrainConfig(epochs=1, lr=0.05))
-    path = tmp_path_factory.mktemp("runs") / "tiny"
-    save_run(path, model, None, {}, {"dataset": "digits"})
-    return path
+def tiny_run(tmp_path_factory):
+    return tiny_digits_run(tmp_path_factory.mktemp("runs"), epochs=1)
 
 
 def test_paired_se_is_the_sd_of_the_per_image_difference_over_root_n():

@@ -6,11 +6,11 @@ import logging
 import numpy as np
 import pytest
 import torch
+from search_helpers import tiny_digits_run
 
 from structprune.cli import main
 from structprune.data import load_dataset
-from structprune.models import create
-from structprune.runfolder import load_run, save_run
+from structprune.runfolder import load_run
 from structprune.search.config import SearchConfig
 from structprune.search.network import SearchNet
 from structprune.search.steps import STEPS, make_steps, step_names
@@ -18,18 +18,11 @@ from structprune.sparsity.granularity import Granularity, KernelForm
 from structprune.sparsity.masks import NetworkMask
 from structprune.sparsity.method import Method
 from structprune.sparsity.selection import select_masks
-from structprune.train import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    digits = load_dataset("digits")
-    torch.manual_seed(0)
-    model = create("tiny-paper", in_channels=1, input_size=8)
-    train(model, digits, TrainConfig(epochs=1, lr=0.05))
-    path = tmp_path_factory.mktemp("runs") / "tiny"
-    save_run(path, model, None, {}, {"dataset": "digits"})
-    return path
+    return tiny_digits_run(tmp_path_factory.mktemp("runs"), epochs=1)
 
 
 def test_every_scale_is_a_registered_step():
