@@ -58,6 +58,13 @@ class Split:
     def subset(self, n: int) -> Split:
         return Split(self.x[:n], self.y[:n])
 
+    def sample(self, n: int | None, seed: int) -> Split:
+        """A seeded random `n` of the images (the split itself when n is None or not smaller)."""
+        if n is None or n >= len(self):
+            return self
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
+        return Split(self.x[order], self.y[order])
+
 
 @dataclass
 class Dataset:

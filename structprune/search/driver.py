@@ -173,10 +173,7 @@ class Search:
     def retrain(self, mask: NetworkMask, epochs: int, seed: int, images: int | None) -> None:
         if epochs < 1:
             return
-        data = self.data
-        if images is not None and images < len(data.train):
-            order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(seed))[:images]
-            data = replace(data, train=Split(data.train.x[order], data.train.y[order]))
+        data = replace(self.data, train=self.data.train.sample(images, seed))
         cfg = TrainConfig(epochs=epochs, lr=self.cfg.lr, seed=seed)
         retrain_masked(self.model, mask, data, cfg, groups=self.applier.groups)
         self.model.eval()

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from structprune.data import Dataset, Split
+from structprune.data import Dataset
 from structprune.distill import DEFAULT_TEMPERATURE, DEFAULT_WEIGHT, teacher_for
 from structprune.distributed import on_main, setup, staged
 from structprune.errors import StructpruneError
@@ -50,9 +50,7 @@ def retrain_run(src: str | Path, out: Output | str | Path, cfg: TrainConfig, dat
     data = data if data is not None else run_dataset(run, data_dir)
     if data is None:
         raise StructpruneError(f"{src}: config.json records no dataset to retrain on")
-    if train_images is not None and train_images < len(data.train):
-        order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(cfg.seed))[:train_images]
-        data = replace(data, train=Split(data.train.x[order], data.train.y[order]))
+    data = replace(data, train=data.train.sample(train_images, cfg.seed))
     mask = load_masks(run)
     distill = None if teacher is None else teacher_for(teacher.run, run, data.train.x[:8], teacher.weight,
                                                          teacher.temperature)
