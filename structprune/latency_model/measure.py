@@ -19,6 +19,7 @@ part is what its time leaves after the dense convolutions' (model module doc).
 
 from __future__ import annotations
 
+import copy
 import io
 import logging
 import math
@@ -216,8 +217,9 @@ def network_time(model: nn.Module, input_shape: tuple[int, ...], runtime: str, b
 
 def network_times(models: dict[str, nn.Module], input_shape: tuple[int, ...], runtime: str, batch: int, threads: int,
                   rounds: int = 5, sample_seconds: float = 0.1) -> dict[str, float]:
-    """Median milliseconds per batch of each network, timed together (interleaved rounds) by structprune.bench."""
-    candidates = [runtime_candidate(Candidate(name, m.eval(), tuple(input_shape), {}), runtime, threads)
+    """Median milliseconds per batch of each network, timed together (interleaved rounds) by structprune.bench, on
+    copies (bench changes the layout of what it times, under inference mode)."""
+    candidates = [runtime_candidate(Candidate(name, copy.deepcopy(m).eval(), tuple(input_shape), {}), runtime, threads)
                   for name, m in models.items()]
     records = bench(candidates, [batch], threads=threads, rounds=rounds, sample_seconds=sample_seconds, progress=False)
     return {r["run"]: float(r["median_ms"]) for r in records}
