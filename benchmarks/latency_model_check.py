@@ -32,7 +32,7 @@ from structprune.compact.compaction import compact
 from structprune.errors import StructpruneError
 from structprune.jsonio import write_json_atomic
 from structprune.latency_model import LatencyModel, measure_latency_model, network_forms
-from structprune.latency_model.measure import network_times
+from structprune.latency_model.network import network_times
 from structprune.models import create
 from structprune.output import claim_file
 from structprune.sparsity.channel_groups import ChannelGroups, find_channel_groups
@@ -116,13 +116,14 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
         forms = network_forms(net, names)
         predicted = latency.network_ms(forms)
         rows.append({"name": name, "predicted_ms": predicted, "measured_ms": measured[name],
-                     "error": predicted / measured[name] - 1, **info})
+                     "error": predicted / measured[name] - 1, "fixed_part_ms": latency.fixed_part(forms),
+                     "activation_fraction": latency.volume_fraction(forms), **info})
     errors = [abs(r["error"]) for r in rows]
     return {
         "format": "structprune-latency-check/1", "source": args.source, "runtime": args.runtime, "batch": args.batch,
         "threads": args.threads, "round_to": args.round_to, "seed": args.seed,
         "dense": {"predicted_ms": latency.dense_ms(), "measured_ms": measured["dense"],
-                  "fixed_ms": latency.fixed_ms},
+                  "fixed_ms": latency.fixed_ms, "fixed_share": latency.fixed_share},
         "candidates": rows, "median_abs_error": statistics.median(errors), "max_abs_error": max(errors),
         "within_10_percent": sum(e <= 0.10 for e in errors), "latency_model": latency.to_json(),
     }

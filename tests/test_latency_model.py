@@ -20,13 +20,13 @@ from structprune.sparsity.selection import SelectionConfig, select
 
 def synthetic() -> LatencyModel:
     """Two convolutions with made-up, monotone grids; conv 'b' also has G = 2 and a 3×1 tap grid."""
-    a = LayerTimes(3, 16, (3, 3), grids={"g1": Grid([3], [8, 16], [[1.0, 2.0]])})
-    b = LayerTimes(16, 32, (3, 3), grids={
+    a = LayerTimes(3, 16, (3, 3), (8, 8), grids={"g1": Grid([3], [8, 16], [[1.0, 2.0]])})
+    b = LayerTimes(16, 32, (3, 3), (4, 4), grids={
         "g1": Grid([8, 16], [8, 16, 32], [[1.0, 2.0, 4.0], [2.0, 4.0, 8.0]]),
         "g2": Grid([8, 16], [8, 32], [[0.6, 2.4], [1.2, 4.8]]),
         "g1:3x1": Grid([8, 16], [8, 32], [[0.5, 2.0], [1.0, 4.0]]),
     })
-    dw = LayerTimes(32, 32, (3, 3), depthwise=True, grids={"g1": Grid([1], [8, 32], [[0.2, 0.8]])})
+    dw = LayerTimes(32, 32, (3, 3), (4, 4), depthwise=True, grids={"g1": Grid([1], [8, 32], [[0.2, 0.8]])})
     return LatencyModel("onnxruntime", 1, 2, (3, 8, 8), {"a": a, "b": b, "dw": dw}, network_dense_ms=20.0)
 
 
@@ -36,6 +36,18 @@ def test_absent_forms_are_dense_and_the_fixed_part_closes_the_sum():
     assert model.fixed_ms == pytest.approx(20.0 - 2.0 - 8.0 - 0.8)
     assert model.network_ms({"b": LayerForm(16, 32)}) == pytest.approx(20.0)
     assert model.network_ms({"b": LayerForm(8, 16)}) == pytest.approx(20.0 - 8.0 + 2.0)
+
+
+def test_a_share_of_the_fixed_part_shrinks_with_the_activations():
+    model = synthetic()
+    model.fixed_share = 0.5
+    fixed = model.fixed_ms
+    assert model.dense_ms() == pytest.approx(20.0)  # the dense network is still what was measured
+    forms = {"a": LayerForm(3, 8), "b": LayerForm(8, 16), "dw": LayerForm(16, 16)}
+    volume = (8 * 64 + 16 * 16 + 16 * 16) / (16 * 64 + 32 * 16 + 32 * 16)
+    assert model.volume_fraction(forms) == pytest.approx(volume)
+    convs = sum(model.layer_ms(n, f) for n, f in forms.items())
+    assert model.network_ms(forms) == pytest.approx(convs + fixed * (0.5 + 0.5 * volume))
 
 
 def test_interpolation_between_grid_points_and_clamping():
@@ -97,6 +109,8 @@ def _broken(change) -> dict:
     lambda d: d.update(threads=True),
     lambda d: d.pop("network_dense_ms"),
     lambda d: d.update(network_dense_ms=float("nan")),
+    lambda d: d.update(fixed_share=1.5),
+    lambda d: d["layers"]["b"].update(output_size=[4, 0]),
     lambda d: d.update(layers={}),
     lambda d: d["layers"]["b"]["grids"].pop("g1"),
     lambda d: d["layers"]["b"]["grids"].update(g0={"in": [8], "out": [8], "ms": [[1.0]]}),
@@ -142,6 +156,8 @@ def test_measured_model_has_every_conv_and_form():
     assert last.grids["g1"].ins == [8] and last.grids["g1"].outs == [8, 16]
     assert all(ms > 0 for t in latency.layers.values() for g in t.grids.values() for row in g.ms for ms in row)
     assert latency.network_dense_ms > 0 and latency.dense_ms() == pytest.approx(latency.network_dense_ms)
+    assert 0 <= latency.fixed_share <= 1  # measured on a uniformly pruned copy
+    assert last.output_size == (4, 4)
     assert LatencyModel.from_json(json.loads(json.dumps(latency.to_json()))).dense_ms() == latency.dense_ms()
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the model is left alone
     model.zero_grad()
@@ -150,11 +166,12 @@ def test_measured_model_has_every_conv_and_form():
 
 def test_onnxruntime_model_times_one_node_sessions(monkeypatch):
     # the whole network's ONNX export and timing is structprune.bench's (tested there); here the layers' sessions
-    monkeypatch.setattr("structprune.latency_model.measure.network_time", lambda *args: 5.0)
+    monkeypatch.setattr("structprune.latency_model.network.network_times", lambda *args: {"dense": 5.0})
     model = create("tiny-paper")
     latency = measure_latency_model(model, (1, 8, 8), "onnxruntime", batch=1, threads=1, groups=(1,), taps=(),
-                                    points=2, min_run_time=1e-4, network_rounds=1, network_seconds=0.005)
-    assert latency.runtime == "onnxruntime"
+                                    points=2, min_run_time=1e-4, network_rounds=1, network_seconds=0.005,
+                                    fixed_share=False)
+    assert latency.runtime == "onnxruntime" and latency.fixed_share == 0
     assert {k for t in latency.layers.values() for k in t.grids} == {"g1"}
     assert latency.dense_ms() == pytest.approx(5.0) and latency.fixed_ms < 5.0
     with pytest.raises(StructpruneError, match="runtime"):

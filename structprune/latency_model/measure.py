@@ -13,13 +13,12 @@ The runtimes:
   onnxruntime  the same module exported (torch.onnx, TorchScript exporter, into memory) as a one-node model, run by
                an ONNX Runtime session set up as structprune.bench sets it up (intra_op_num_threads = threads)
 Timing is torch.utils.benchmark's blocked_autorange (median of blocks, `min_run_time` per shape). The dense
-network is timed whole with structprune.bench (interleaved rounds, median; eager: the faster layout), and the fixed
-part is what its time leaves after the dense convolutions' (model module doc).
+network is timed whole (structprune.latency_model.network), and the fixed part is what its time leaves after the
+dense convolutions' (model module doc).
 """
 
 from __future__ import annotations
 
-import copy
 import io
 import logging
 import math
@@ -34,9 +33,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.benchmark import Timer
 
-from structprune.bench import Candidate, bench, runtime_candidate
 from structprune.errors import StructpruneError
 from structprune.latency_model.model import MODEL_RUNTIMES, Grid, LatencyModel, LayerTimes, variant_key
+from structprune.latency_model.network import measure_fixed_part
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +49,7 @@ class ConvCall:
     name: str
     conv: nn.Conv2d
     input_shape: tuple[int, int, int]  # (C, H, W) of one sample
+    output_size: tuple[int, int]  # (H, W) of its output maps
     first: bool  # reads the image: keeps its input maps
 
 
@@ -60,10 +60,11 @@ def conv_calls(model: nn.Module, input_shape: tuple[int, ...]) -> list[ConvCall]
     image = torch.zeros(1, *input_shape)
 
     def hook(name: str) -> Callable:
-        def record(module: nn.Module, args: tuple, _out: object) -> None:
+        def record(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
             if name not in found and args and isinstance(args[0], torch.Tensor):
                 first = not found or args[0] is image
-                found[name] = ConvCall(name, module, tuple(args[0].shape[1:]), first)  # type: ignore[arg-type]
+                found[name] = ConvCall(name, module, tuple(args[0].shape[1:]), tuple(out.shape[2:]),  # type: ignore[arg-type]
+                                       first)
         return record
 
     hooks = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
@@ -189,7 +190,8 @@ def measure_layer(call: ConvCall, runtime: str, batch: int, threads: int, round_
     """The grids of one convolution (module doc)."""
     conv, (_, h, w) = call.conv, call.input_shape
     depthwise = _depthwise(conv)
-    times = LayerTimes(conv.in_channels, conv.out_channels, (conv.kernel_size[0], conv.kernel_size[1]), depthwise)
+    times = LayerTimes(conv.in_channels, conv.out_channels, (conv.kernel_size[0], conv.kernel_size[1]),
+                       call.output_size, depthwise)
     for blocks, shape in _variants(call, groups, taps, combine):
         base = blocks == 1 and shape is None
         axes = _axes(call, blocks, round_to, points if base else variant_points)
@@ -207,22 +209,6 @@ def measure_layer(call: ConvCall, runtime: str, batch: int, threads: int, round_
             grid.append(row)
         times.grids[variant_key(blocks, shape)] = Grid(ins, outs, grid)
     return times
-
-
-def network_time(model: nn.Module, input_shape: tuple[int, ...], runtime: str, batch: int, threads: int,
-                 rounds: int = 5, sample_seconds: float = 0.1) -> float:
-    """Median milliseconds per batch of the whole network with structprune.bench (eager: its faster layout)."""
-    return network_times({"network": model}, input_shape, runtime, batch, threads, rounds, sample_seconds)["network"]
-
-
-def network_times(models: dict[str, nn.Module], input_shape: tuple[int, ...], runtime: str, batch: int, threads: int,
-                  rounds: int = 5, sample_seconds: float = 0.1) -> dict[str, float]:
-    """Median milliseconds per batch of each network, timed together (interleaved rounds) by structprune.bench, on
-    copies (bench changes the layout of what it times, under inference mode)."""
-    candidates = [runtime_candidate(Candidate(name, copy.deepcopy(m).eval(), tuple(input_shape), {}), runtime, threads)
-                  for name, m in models.items()]
-    records = bench(candidates, [batch], threads=threads, rounds=rounds, sample_seconds=sample_seconds, progress=False)
-    return {r["run"]: float(r["median_ms"]) for r in records}
 
 
 def _check_args(runtime: str, batch: int, threads: int, round_to: int, groups: tuple[int, ...],
@@ -244,11 +230,12 @@ def measure_latency_model(model: nn.Module, input_shape: tuple[int, ...], runtim
                           round_to: int = 8, groups: tuple[int, ...] = (1, 2, 4),
                           taps: tuple[tuple[int, int], ...] = DEFAULT_TAPS, points: int = 5, variant_points: int = 3,
                           combine: bool = False, min_run_time: float = 0.02, network_rounds: int = 5,
-                          network_seconds: float = 0.1) -> LatencyModel:
+                          network_seconds: float = 0.1, fixed_share: bool = True) -> LatencyModel:
     """Measure `model`'s LatencyModel on this machine (module doc). `points` / `variant_points`: counts per grid
     axis of the plain convolution / of the other variants; `combine`: also time G > 1 with taps (else predicted
     from the two); `min_run_time`: seconds per timed shape; `network_rounds`, `network_seconds`: structprune.bench's
-    rounds and sample_seconds for the dense network."""
+    rounds and sample_seconds for whole networks; `fixed_share`: measure which share of the fixed part shrinks with
+    the activations on a uniformly pruned copy (structprune.latency_model.network), else it stays constant."""
     _check_args(runtime, batch, threads, round_to, tuple(groups), tuple(taps), points, variant_points)
     calls = conv_calls(model, input_shape)
     if not calls:
@@ -268,7 +255,5 @@ def measure_latency_model(model: nn.Module, input_shape: tuple[int, ...], runtim
                      sum(len(g.ins) * len(g.outs) for g in grids.values()), time.perf_counter() - start)
     finally:
         torch.set_num_threads(prev_threads)
-    result.network_dense_ms = network_time(model, input_shape, runtime, batch, threads, network_rounds, network_seconds)
-    log.info("latency model: dense network %.3f ms, of which %.3f ms outside the convolutions (fixed part)",
-             result.network_dense_ms, result.fixed_ms)
+    measure_fixed_part(result, model, round_to, network_rounds, network_seconds, fixed_share)
     return result

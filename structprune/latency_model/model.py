@@ -6,16 +6,21 @@ groups), "gG:KHxKW" (a rectangular intra pattern of KH×KW taps kept of the kern
 in a form is the bilinear interpolation of its variant's grid (clamped to the grid's ends). A form with both G > 1
 and taps whose variant was not measured is predicted as t(gG) · t(g1:taps) / t(g1) at the same counts.
 
-A network's time is the sum of its convolutions' times plus the fixed part:
+A network's time is the sum of its convolutions' times plus the fixed part. For the dense network,
     fixed_ms = network_dense_ms (the dense network as measured whole) − Σ dense convolution times
 i.e. everything that is not a convolution (pooling, batch norm, activations, linear layers, copies, the framework's
 per-call overhead), and what running the layers inside the network does to them (warm caches, fused activations
-in ONNX Runtime; it can be negative). It is held constant: the non-convolution work of a pruned network shrinks
-with its channels, so heavily pruned networks whose fixed part is large are predicted somewhat slow.
+in ONNX Runtime; each standalone layer also pays one call's overhead, so it can be negative). In a pruned form,
+a share of it (`fixed_share`, measured on a second, uniformly pruned network; 0 when not measured) shrinks with
+the activation volume Σ kept_out·H_out·W_out of the convolutions, the rest stays:
+    fixed part(forms) = fixed_ms · (1 − fixed_share + fixed_share · volume(forms) / volume(dense))
+Limits: the split is one straight line through two measured networks; work the model does not see (a linear
+layer's input shrinking, different fusions in a pruned export, cache effects between layers) is in the error.
 
 JSON ("structprune-latency-model/1"):
-  {"format", "runtime", "batch", "threads", "input_shape": [C, H, W], "network_dense_ms", "fixed_ms" (derived,
-   informative), "layers": {name: {"in_channels", "out_channels", "kernel": [kh, kw], "depthwise": bool,
+  {"format", "runtime", "batch", "threads", "input_shape": [C, H, W], "network_dense_ms", "fixed_share",
+   "fixed_ms" (derived, informative), "layers": {name: {"in_channels", "out_channels", "kernel": [kh, kw],
+   "output_size": [H_out, W_out], "depthwise": bool,
    "grids": {variant: {"in": [counts], "out": [counts], "ms": [[ms per out] per in]}}}}}
 A depthwise layer keeps its depthwise form (kept_in == kept_out); its grids have "in": [1] (one map per group).
 """
@@ -100,6 +105,7 @@ class LayerTimes:
     in_channels: int
     out_channels: int
     kernel: tuple[int, int]
+    output_size: tuple[int, int] = (1, 1)  # (H, W) of its output maps in the network
     depthwise: bool = False
     grids: dict[str, Grid] = field(default_factory=dict)
 
@@ -108,17 +114,20 @@ class LayerTimes:
 
     def to_json(self) -> dict[str, Any]:
         return {"in_channels": self.in_channels, "out_channels": self.out_channels, "kernel": list(self.kernel),
-                "depthwise": self.depthwise, "grids": {k: g.to_json() for k, g in self.grids.items()}}
+                "output_size": list(self.output_size), "depthwise": self.depthwise,
+                "grids": {k: g.to_json() for k, g in self.grids.items()}}
 
     @classmethod
     def from_json(cls, data: Any, name: str) -> LayerTimes:
         if not isinstance(data, dict):
             raise ValueError(f"{name}: a layer must be an object")
         cin, cout, kernel, depthwise = data["in_channels"], data["out_channels"], data["kernel"], data["depthwise"]
+        size = data["output_size"]
         if not (_is_int(cin, 1) and _is_int(cout, 1)):
             raise ValueError(f"{name}: in_channels and out_channels must be positive integers")
-        if not (isinstance(kernel, list) and len(kernel) == 2 and all(_is_int(k, 1) for k in kernel)):
-            raise ValueError(f"{name}: kernel must be [kh, kw]")
+        for what, pair in (("kernel", kernel), ("output_size", size)):
+            if not (isinstance(pair, list) and len(pair) == 2 and all(_is_int(k, 1) for k in pair)):
+                raise ValueError(f"{name}: {what} must be a pair of positive integers")
         if not isinstance(depthwise, bool):
             raise ValueError(f"{name}: depthwise must be true or false")
         grids = data["grids"]
@@ -126,7 +135,7 @@ class LayerTimes:
             raise ValueError(f"{name}: grids must be an object holding at least 'g1'")
         for key in grids:
             parse_variant(key)
-        return cls(cin, cout, (kernel[0], kernel[1]), depthwise,
+        return cls(cin, cout, (kernel[0], kernel[1]), (size[0], size[1]), depthwise,
                    {k: Grid.from_json(g, f"{name} {k}") for k, g in grids.items()})
 
 
@@ -136,7 +145,7 @@ def _is_int(value: Any, low: int) -> bool:
 
 def _finite(value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{where}: times must be finite numbers")
+        raise ValueError(f"{where}: {value!r} is not a finite number")
     return float(value)
 
 
@@ -150,11 +159,23 @@ class LatencyModel:
     input_shape: tuple[int, ...] = ()
     layers: dict[str, LayerTimes] = field(default_factory=dict)
     network_dense_ms: float = 0.0  # the dense network, measured whole
+    fixed_share: float = 0.0  # the share of the fixed part that shrinks with the activation volume (module doc)
 
     @property
     def fixed_ms(self) -> float:
-        """The measured dense network minus the sum of its dense convolutions' times (module doc)."""
+        """The dense network's fixed part: its measured time minus its dense convolutions' (module doc)."""
         return self.network_dense_ms - sum(self.layer_ms(n, t.dense_form()) for n, t in self.layers.items())
+
+    def volume_fraction(self, forms: dict[str, LayerForm]) -> float:
+        """Σ kept_out·H·W over the convolutions in `forms` (the others dense) / the same of the dense network."""
+        dense = sum(t.out_channels * t.output_size[0] * t.output_size[1] for t in self.layers.values())
+        kept = sum((forms[n].kept_out if n in forms else t.out_channels) * t.output_size[0] * t.output_size[1]
+                   for n, t in self.layers.items())
+        return kept / dense if dense else 1.0
+
+    def fixed_part(self, forms: dict[str, LayerForm]) -> float:
+        """The fixed part of the network in `forms`: fixed_ms, its `fixed_share` scaled by the activation volume."""
+        return self.fixed_ms * (1 - self.fixed_share + self.fixed_share * self.volume_fraction(forms))
 
     def _layer(self, layer: str) -> LayerTimes:
         if layer not in self.layers:
@@ -202,7 +223,7 @@ class LatencyModel:
         if unknown:
             raise StructpruneError(f"the latency model has no convolution {unknown[0]!r}")
         total = sum(self.layer_ms(n, forms.get(n, t.dense_form())) for n, t in self.layers.items())
-        return total + self.fixed_ms
+        return total + self.fixed_part(forms)
 
     def dense_ms(self) -> float:
         """Predicted dense network (equal to the measured one by construction of the fixed part)."""
@@ -211,7 +232,8 @@ class LatencyModel:
     def to_json(self) -> dict[str, Any]:
         return {"format": MODEL_FORMAT, "runtime": self.runtime, "batch": self.batch, "threads": self.threads,
                 "input_shape": list(self.input_shape), "network_dense_ms": self.network_dense_ms,
-                "fixed_ms": self.fixed_ms, "layers": {n: t.to_json() for n, t in self.layers.items()}}
+                "fixed_share": self.fixed_share, "fixed_ms": self.fixed_ms,
+                "layers": {n: t.to_json() for n, t in self.layers.items()}}
 
     @classmethod
     def from_json(cls, data: Any) -> LatencyModel:
@@ -227,6 +249,9 @@ class LatencyModel:
             if not isinstance(shape, list) or not all(_is_int(v, 1) for v in shape):
                 raise ValueError("input_shape must be a list of positive integers")
             dense = _finite(data["network_dense_ms"], "network_dense_ms")
+            share = _finite(data["fixed_share"], "fixed_share")
+            if not 0.0 <= share <= 1.0:
+                raise ValueError("fixed_share must lie in [0, 1]")
             layers = data["layers"]
             if not isinstance(layers, dict) or not layers:
                 raise ValueError("layers must be a non-empty object")
@@ -235,4 +260,4 @@ class LatencyModel:
             raise StructpruneError(f"malformed latency model (missing {exc})") from None
         except (TypeError, ValueError) as exc:
             raise StructpruneError(f"malformed latency model ({exc})") from None
-        return cls(runtime, batch, threads, tuple(shape), parsed, dense)
+        return cls(runtime, batch, threads, tuple(shape), parsed, dense, share)
