@@ -4,12 +4,13 @@ Networks are timed with structprune.bench (interleaved rounds, medians; eager: t
 channels_last; onnxruntime: exported and run as `structprune bench --runtime onnxruntime` runs them), on copies.
 
 The fixed part (model module doc) is measured on the dense network. When asked, a second network is timed beside
-it: a uniform copy, every channel group keeping half its maps (rounded up to `round_to`), compacted. Its fixed part
+it: a uniform copy, every channel group keeping a quarter of its maps (rounded up to `round_to`), compacted. Its fixed part
 (its measured time minus its convolutions' predicted times) against the dense one gives the share of the fixed part
 that shrinks with the activation volume:
     share = (fixed_dense − fixed_uniform) / (fixed_dense · (1 − volume_uniform / volume_dense)), clipped to [0, 1]
 Where the copy cannot be built (a network the channel groups or compaction refuse) or the dense fixed part is not
-positive, the share is 0: the fixed part stays constant.
+positive, or the copy keeps more than MAX_VOLUME of the activations (a network of few maps), the share is 0: the
+fixed part stays constant.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from structprune.latency_model.model import LatencyModel
 
 log = logging.getLogger(__name__)
 
-UNIFORM_KEEP = 0.5  # the uniform copy keeps this fraction of each channel group's maps
+UNIFORM_KEEP = 0.25  # the uniform copy keeps this fraction of each channel group's maps
+MAX_VOLUME = 0.8  # a copy keeping more of the activations than this says too little about the share: it stays 0
 
 
 def network_times(models: dict[str, nn.Module], input_shape: tuple[int, ...], runtime: str, batch: int, threads: int,
@@ -91,7 +93,7 @@ def measure_fixed_part(latency: LatencyModel, model: nn.Module, round_to: int, r
         return
     volume = latency.volume_fraction(forms)
     fixed_uniform = times["uniform"] - (latency.network_ms(forms) - fixed)  # its time minus its convolutions'
-    if fixed > 0 and volume < 1:
+    if fixed > 0 and volume <= MAX_VOLUME:
         latency.fixed_share = min(1.0, max(0.0, (fixed - fixed_uniform) / (fixed * (1 - volume))))
     log.info("latency model: uniform copy (%.0f%% of the activations) %.3f ms, fixed part %.3f ms: %.0f%% of the "
              "fixed part shrinks with the activations", 100 * volume, times["uniform"], fixed_uniform,
