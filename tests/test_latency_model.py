@@ -135,10 +135,10 @@ def test_grid_counts_keep_ends_and_multiples():
 
 @pytest.mark.parametrize("size,stride,taps", [(8, 1, (2, 3)), (8, 2, (3, 1)), (7, 2, (1, 3)), (7, 2, (2, 2))])
 def test_tap_convolutions_keep_the_output_size(size, stride, taps):
-    dense = torch.nn.Conv2d(4, 4, 3, stride, 1)
-    form = FormConv(dense, (size, size), 4, 8, 2, taps)
     x = torch.randn(1, 4, size, size)
-    assert form(x).shape[2:] == dense(x).shape[2:]
+    for dense in (torch.nn.Conv2d(4, 4, 3, stride, 1), torch.nn.Conv2d(4, 4, 3, 1, "same")):
+        form = FormConv(dense, (size, size), 4, 8, 2, taps)
+        assert form(x).shape[2:] == dense(x).shape[2:]
 
 
 def test_measured_model_has_every_conv_and_form():

@@ -114,8 +114,10 @@ class FormConv(nn.Module):
                  kernel: tuple[int, int]):
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, kernel, conv.stride, 0, conv.dilation, groups, conv.bias is not None)
-        plans = [_axis_plan(size[a], conv.kernel_size[a], conv.stride[a], conv.padding[a], conv.dilation[a],
-                            kernel[a]) for a in (0, 1)]
+        padding = conv.padding if not isinstance(conv.padding, str) else tuple(  # 'valid' or 'same' (odd kernels)
+            0 if conv.padding == "valid" else d * (k - 1) // 2 for k, d in zip(conv.kernel_size, conv.dilation, strict=True))
+        plans = [_axis_plan(size[a], conv.kernel_size[a], conv.stride[a], padding[a], conv.dilation[a], kernel[a])
+                 for a in (0, 1)]
         self.conv.padding = (plans[0][0], plans[1][0])
         self.pad = (plans[1][1], plans[1][2], plans[0][1], plans[0][2])  # F.pad order: left, right, top, bottom
         self.crop = (plans[0][3], plans[1][3])

@@ -73,11 +73,16 @@ class Grid:
     outs: list[int]
     ms: list[list[float]]
 
+    def __post_init__(self) -> None:
+        self._arrays = (np.asarray(self.ins, float), np.asarray(self.outs, float), np.asarray(self.ms, float))
+
     def at(self, kept_in: float, kept_out: float) -> float:
         """Bilinear interpolation, clamped to the grid's ends."""
-        outs = np.asarray(self.outs, float)
-        by_in = [float(np.interp(kept_out, outs, row)) for row in self.ms]
-        return float(np.interp(kept_in, np.asarray(self.ins, float), by_in))
+        ins, outs, ms = self._arrays
+        i = int(np.clip(np.searchsorted(ins, kept_in) - 1, 0, max(len(ins) - 2, 0)))
+        rows = ms[i:i + 2]
+        by_in = [float(np.interp(kept_out, outs, row)) for row in rows]
+        return float(np.interp(kept_in, ins[i:i + 2], by_in))
 
     def to_json(self) -> dict[str, Any]:
         return {"in": list(self.ins), "out": list(self.outs), "ms": [list(r) for r in self.ms]}
