@@ -4,7 +4,10 @@ The float export (export_onnx, checked against PyTorch) goes through ONNX Runtim
 inference, graph optimization) and `quantize_static`: QDQ format (QuantizeLinear/DequantizeLinear pairs
 around each quantized operator, which ONNX Runtime fuses into integer kernels), int8 weights with one scale
 per output channel, uint8 activations (the U8S8 kernels of x86 CPUs) whose ranges are calibrated (min/max)
-on `calibration` images, normally training images of the run's dataset.
+on `calibration` images, normally training images of the run's dataset. Weights use 7 of their 8 bits
+(`reduce_range`): x86 CPUs without VNNI multiply u8×s8 pairs into saturating 16-bit sums, and full-range
+weights overflow them (measured on the 3× compact paper-cifar10: top-1 agreement with float 0.887 with full
+range, 0.980 with 7-bit weights; test MCR +2.2 and +0.2 points; benchmarks/results/int8-cifar10/).
 
 The int8 model is then checked against the float network: top-1 agreement (the fraction of images on which
 both pick the same class) and the MCR of each, per split (`compare_int8`).
@@ -46,6 +49,7 @@ class QuantSettings:
     weight_type: str = "int8"
     activation_type: str = "uint8"
     calibration_method: str = "minmax"
+    reduce_range: bool = True  # 7-bit weights: no u8×s8 saturation on CPUs without VNNI
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,7 @@ def quantize_onnx(float_path: str | Path, int8_path: str | Path, images: np.ndar
                             quant_format=QuantFormat[settings.format], per_channel=settings.per_channel,
                             weight_type=types[settings.weight_type], activation_type=types[settings.activation_type],
                             calibrate_method=methods[settings.calibration_method],
+                            reduce_range=settings.reduce_range,
                             calibration_providers=["CPUExecutionProvider"])
         except StructpruneError:
             raise
