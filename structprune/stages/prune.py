@@ -182,8 +182,8 @@ def compact_run(src: str | Path, out: Output | str | Path, data_dir: str | Path 
         metrics["masked_test_mcr"] = run.metrics["test_mcr"]
     metrics["source_metrics"] = {k: run.metrics[k] for k in ("params", "macs", "weight_bytes") if k in run.metrics}
     prediction = predict_speedup(run.model, model)
-    log.info("predicted speed-up over the dense network: %.2fx (MACs / form efficiency, no timing)",
-             prediction.speedup)
+    log.debug("predicted speed-up over the dense network: %.2fx (MACs / form efficiency, no timing)",
+              prediction.speedup)
     for layer in prediction.slower:
         log.warning("%s", layer.warning())
     metrics.update(prediction.to_json())
