@@ -580,6 +580,33 @@ WRITERS = {  # files that do not record their command
     "per-layer-repro-mnist-quick-s3.json": "structprune bench --per-layer --json",
 }
 
+# ----------------------------------------------------------------------- benchmarks/search_resnet20_cifar10.sh
+
+SEARCH_RESNET20 = "search-resnet20-cifar10"
+SEARCH_METHOD_NAMES = (("pf", "particle filter"), ("epf", "evolutionary particle filter"),
+                       ("l1", "L1, same schedule"), ("random-best", "random, best of the same budget"),
+                       ("tp-l2", "Torch-Pruning group L2"))
+
+
+def search_resnet20() -> str:
+    """Each search method on resnet20 at about 2x fewer conv MACs: val/test MCR mean ± sd over seeds."""
+    root = RESULTS / SEARCH_RESNET20
+    rows = []
+    for method, name in SEARCH_METHOD_NAMES:
+        runs = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(root.glob(f"search-r20-{method}-s*/metrics.json"))]
+        if not runs:
+            continue
+        ratio = sum(m["conv_macs_dense"] / max(m["conv_macs"], 1) for m in runs) / len(runs)
+        dead = sum(m.get("dead_units", {}).get("removed_dead_maps", 0) for m in runs) / len(runs)
+        removed = sum(m.get("dead_units", {}).get("removed_maps", 0) for m in runs) / len(runs)
+        rows.append([f"`{method}` ({name})", str(len(runs)), times(ratio), _mean_sd([m["val_mcr"] for m in runs]),
+                     _mean_sd([m["test_mcr"] for m in runs]),
+                     f"{sum(m.get('search_seconds', 0.0) for m in runs) / len(runs) / 60:.1f}",
+                     f"{dead:.1f} of {removed:.1f}"])
+    return table(["method", "seeds", "fewer conv MACs", "val MCR (5,000 images)", "test MCR (1,000 images)",
+                  "search minutes (mean)", "removed maps never active (mean)"], rows)
+
+
 RENDERERS: dict[str, Callable[[], str]] = {
     # README
     "readme-summary": readme_summary,
@@ -597,6 +624,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "reproduce-storage": reproduce_storage,
     "throughput": throughput,
     "recovery-cifar10": recovery,
+    "search-resnet20-cifar10": search_resnet20,
     "int8-cifar10": int8_deployment,
     "plain-flags-cifar10": plain_flags,
     "cuda-check": cuda_check,

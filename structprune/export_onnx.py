@@ -76,11 +76,12 @@ def _export_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> 
     )
 
 
-def onnx_session(path: str | Path, threads: int | None = None, stop_spinning: bool = False,
+def onnx_session(path: str | Path | bytes, threads: int | None = None, stop_spinning: bool = False,
                  profile_prefix: str | None = None):
-    """An ONNX Runtime CPU session for `path`. stop_spinning: its threads stop busy-waiting when a run ends
-    (by default they spin a while, as ONNX Runtime does). profile_prefix: ONNX Runtime's profiler records
-    every node's kernel time, written to a JSON file starting with this prefix by `session.end_profiling()`."""
+    """An ONNX Runtime CPU session for `path` (or a serialized model, bytes). stop_spinning: its threads stop
+    busy-waiting when a run ends (by default they spin a while, as ONNX Runtime does). profile_prefix: ONNX
+    Runtime's profiler records every node's kernel time, written to a JSON file starting with this prefix by
+    `session.end_profiling()`."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -92,7 +93,8 @@ def onnx_session(path: str | Path, threads: int | None = None, stop_spinning: bo
     if profile_prefix is not None:
         opts.enable_profiling = True
         opts.profile_file_prefix = profile_prefix
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    model = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 @torch.no_grad()

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from datafiles_helpers import random_set, write_idx_set
 
 from structprune.cli import main
@@ -505,6 +506,7 @@ CASES = [
     case("retrain-no-dataset", "retrain", "{bad}", *RETRAIN[2:], setup=config_without_dataset("pruned")),
     case("retrain-data-does-not-fit", "retrain", "{bad}", *RETRAIN[2:], setup=mnist_elsewhere("pruned")),
     case("retrain-missing-run", "retrain", "{tmp}/nope", *RETRAIN[2:]),
+    *([] if torch.cuda.is_available() else [case("retrain-device-cuda-absent", *RETRAIN, "--device", "cuda")]),
     # ---- bench
     case("bench-batch-zero", *BENCH[:4], "--batch", "0", "--no-progress"),
     case("bench-batch-text", *BENCH[:4], "--batch", "1,x", "--no-progress"),

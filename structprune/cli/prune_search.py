@@ -30,10 +30,13 @@ from structprune.cli.common import (
 )
 from structprune.errors import StructpruneError
 from structprune.output import Output
+from structprune.search.config import SearchConfig
 from structprune.sparsity.granularity import Granularity, IntraPattern, KernelForm, KernelStructure
 from structprune.sparsity.method import SEARCH_METHODS
 
 log = logging.getLogger(__name__)
+
+DEFAULTS = SearchConfig()  # the library's search defaults are the command line's
 
 
 def add_search_arguments(p: argparse.ArgumentParser) -> None:
@@ -45,21 +48,25 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
                    "the end, search.json), for comparisons at equal retraining; the other search methods always do")
     g.add_argument("--tolerance", type=float_below(100), default=0.2, metavar="POINTS",
                    help="allowed rise of validation MCR over the unpruned network, in percentage points (default 0.2)")
-    g.add_argument("--particles", type=positive_int, default=16, help="particles per generation (default 16)")
-    g.add_argument("--generations", type=positive_int, default=6, help="generations per ladder rung (default 6)")
+    g.add_argument("--particles", type=positive_int, default=DEFAULTS.particles,
+                   help=f"particles per generation (default {DEFAULTS.particles})")
+    g.add_argument("--generations", type=positive_int, default=DEFAULTS.generations,
+                   help=f"generations per ladder rung (default {DEFAULTS.generations})")
     g.add_argument("--temperature", type=positive_float, default=0.2, metavar="POINTS",
                    help="importance-weight temperature in MCR points (default 0.2)")
     g.add_argument("--retrain-epochs", type=non_negative_int, default=1,
                    help="retraining epochs between steps (with --max: when a step exceeds the tolerance)")
-    g.add_argument("--retrain-images", type=positive_int, default=None,
-                   help="training images per retraining between steps (default: all)")
+    g.add_argument("--retrain-images", type=positive_int, default=DEFAULTS.step_images,
+                   help=f"training images per retraining between steps (default {DEFAULTS.step_images})")
     g.add_argument("--final-epochs", type=non_negative_int, default=1, help="retraining epochs at the end (default 1)")
     g.add_argument("--final-images", type=positive_int, default=None,
                    help="training images for the final retraining (default: all)")
     g.add_argument("--lr", type=positive_float, default=0.01, help="retraining learning rate (default 0.01)")
-    g.add_argument("--score-images", type=positive_int, default=2000, help="validation images that score candidates")
-    g.add_argument("--check-images", type=positive_int, default=2000,
-                   help="other validation images that check the tolerance (disjoint from the scoring ones)")
+    g.add_argument("--score-images", type=positive_int, default=DEFAULTS.score_images,
+                   help=f"validation images that score candidates (default {DEFAULTS.score_images})")
+    g.add_argument("--check-images", type=positive_int, default=DEFAULTS.check_images,
+                   help=f"other validation images that check the tolerance, disjoint from the scoring ones (default "
+                   f"{DEFAULTS.check_images})")
     g.add_argument("--layers", type=layer_list, default=None, help="comma list of convolutions to prune (default: all)")
     g.add_argument("--bn-recalibrate", type=non_negative_int, default=None, metavar="BATCHES",
                    help="re-estimate batch-norm statistics under the masks on BATCHES training batches of 64: after "
@@ -115,7 +122,7 @@ def _log_search_defaults(args: argparse.Namespace, granularities: list[Granulari
 
 def run_search(args: argparse.Namespace, granularities: list[Granularity], kernel: KernelForm, output: Output) -> int:
     from structprune.runcheck import load_checked_run
-    from structprune.search.driver import SearchConfig, search_run
+    from structprune.search.driver import search_run
     from structprune.stages.prune import run_dataset
 
     if args.method not in SEARCH_METHODS:

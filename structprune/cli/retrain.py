@@ -44,6 +44,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--train-images", type=positive_int, default=None, metavar="N",
                    help="retrain on a random N of the training images (chosen with --seed; default: all of them)")
     p.add_argument("--data-dir", default=None, help="dataset folder (default: the one the run was trained with)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="where to retrain (default auto: a CUDA GPU when PyTorch sees one)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, weight_decay=args.weight_decay,
                       seed=args.seed)
     out, m = retrain_run(args.run_dir, output, cfg, data_dir=args.data_dir, teacher=_teacher(args),
-                         train_images=args.train_images, progress=not args.no_progress, restart=args.restart,
+                         train_images=args.train_images, progress=not args.no_progress, device=args.device, restart=args.restart,
                          extra_config={"command": shlex.join(["structprune", *sys.argv[1:]])})
     if not is_main_process():  # under torchrun the main process reports (and alone holds the output)
         return 0

@@ -8,8 +8,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from structprune.data import Dataset
 from structprune.distill import DEFAULT_TEMPERATURE, DEFAULT_WEIGHT, teacher_for
 from structprune.distributed import on_main, setup, staged
@@ -22,7 +20,7 @@ from structprune.runfiles import MASKS_FILE
 from structprune.runfolder import as_output, run_fingerprint, save_run
 from structprune.sparsity.selection import channel_groups_of
 from structprune.stages.prune import load_masks, mask_summary, run_dataset
-from structprune.train import TrainConfig
+from structprune.train import TrainConfig, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +36,16 @@ class Teacher:
 
 def retrain_run(src: str | Path, out: Output | str | Path, cfg: TrainConfig, data: Dataset | None = None, *,
                 data_dir: str | None = None, teacher: Teacher | None = None, train_images: int | None = None,
-                progress: bool = False,
+                progress: bool = False, device: str = "auto",
                 restart: bool = False, extra_config: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
     """Retrain the run in `src` on its dataset (or `data`) into `out`; with masks.json the pruned weights stay exactly
     zero. Checkpoints every epoch in the staging folder: the same call resumes. Under torchrun the retraining is
     data-parallel over its processes (structprune.distributed) and only the main process writes. Returns the run
-    and its metrics. `train_images` retrains on a random subset of that many training images (seeded by cfg.seed)."""
+    and its metrics. `train_images` retrains on a random subset of that many training images (seeded by cfg.seed).
+    `device`: 'auto' (a CUDA GPU when PyTorch sees one), 'cpu' or 'cuda'; under torchrun each process takes the GPU
+    of its LOCAL_RANK."""
     output = as_output(out, "retrain", inputs=(src,))
-    group, _ = setup(torch.device("cpu"), cfg.batch_size)
+    group, dev = setup(resolve_device(device), cfg.batch_size)
     run = load_checked_run(src)
     data = data if data is not None else run_dataset(run, data_dir)
     if data is None:
@@ -57,7 +57,8 @@ def retrain_run(src: str | Path, out: Output | str | Path, cfg: TrainConfig, dat
     identity = {"source": run_fingerprint(Path(src)), "data": data.fingerprint(), "retrain": asdict(cfg),
                 "distill": None if distill is None else distill.fingerprint()}
     options = {"checkpoint_dir": output.checkpoints, "progress": progress, "distill": distill, "group": group}
-    groups = channel_groups_of(run.model) if mask is not None else None
+    groups = channel_groups_of(run.model) if mask is not None else None  # traced on the CPU, before the move
+    run.model.to(dev)
     with staged(group, output, identity, restart=restart):
         if mask is not None:
             history = retrain_masked(run.model, mask, data, cfg, groups=groups, **options)
@@ -68,12 +69,13 @@ def retrain_run(src: str | Path, out: Output | str | Path, cfg: TrainConfig, dat
     distilled = None if distill is None else {**distill.fingerprint(), "teacher_arg": str(teacher.run)}  # type: ignore[union-attr]
     config = {**run.config, **(extra_config or {}), "verb": "retrain", "source_run": str(src),
               "retrain": {**asdict(cfg), "source_run": str(src), "masked": mask is not None,
-                          "train_images": len(data.train), "distill": distilled,
+                          "train_images": len(data.train), "distill": distilled, "device": str(dev),
                           **({} if group is None else {"processes": group.world})}}
     extra = {MASKS_FILE: mask.to_json()} if mask is not None else None
 
     def publish() -> dict[str, Any]:
         metrics = run_metrics(run.model, data, **kept, before_retrain=before, history=history)
+        run.model.cpu()
         save_run(output, run.model, run.arch, metrics, config, extra_json=extra)
         return metrics
 

@@ -1,0 +1,8 @@
+"""A measured per-layer latency model over pruned forms (ONNX Runtime or eager PyTorch): `measure_latency_model`
+times each convolution in its forms, `LatencyModel.network_ms` predicts a pruned network's time."""
+
+from structprune.latency_model.forms import layer_form, network_forms
+from structprune.latency_model.measure import measure_latency_model
+from structprune.latency_model.model import LatencyModel, LayerForm
+
+__all__ = ["LatencyModel", "LayerForm", "layer_form", "measure_latency_model", "network_forms"]

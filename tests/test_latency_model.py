@@ -1,0 +1,200 @@
+"""The measured latency model over pruned forms: predictions, JSON, measurement structure, forms of compact layers."""
+
+import copy
+import json
+
+import pytest
+import torch
+
+from structprune.arch import example_input
+from structprune.compact.compaction import compact
+from structprune.errors import StructpruneError
+from structprune.latency_model import LatencyModel, LayerForm, layer_form, measure_latency_model, network_forms
+from structprune.latency_model.measure import FormConv, grid_counts
+from structprune.latency_model.model import Grid, LayerTimes
+from structprune.models import create
+from structprune.sparsity.channel_groups import find_channel_groups
+from structprune.sparsity.granularity import Granularity, KernelForm, KernelStructure
+from structprune.sparsity.selection import SelectionConfig, select
+
+
+def synthetic() -> LatencyModel:
+    """Two convolutions with made-up, monotone grids; conv 'b' also has G = 2 and a 3×1 tap grid."""
+    a = LayerTimes(3, 16, (3, 3), (8, 8), grids={"g1": Grid([3], [8, 16], [[1.0, 2.0]])})
+    b = LayerTimes(16, 32, (3, 3), (4, 4), grids={
+        "g1": Grid([8, 16], [8, 16, 32], [[1.0, 2.0, 4.0], [2.0, 4.0, 8.0]]),
+        "g2": Grid([8, 16], [8, 32], [[0.6, 2.4], [1.2, 4.8]]),
+        "g1:3x1": Grid([8, 16], [8, 32], [[0.5, 2.0], [1.0, 4.0]]),
+    })
+    dw = LayerTimes(32, 32, (3, 3), (4, 4), depthwise=True, grids={"g1": Grid([1], [8, 32], [[0.2, 0.8]])})
+    return LatencyModel("onnxruntime", 1, 2, (3, 8, 8), {"a": a, "b": b, "dw": dw}, network_dense_ms=20.0)
+
+
+def test_absent_forms_are_dense_and_the_fixed_part_closes_the_sum():
+    model = synthetic()
+    assert model.dense_ms() == pytest.approx(20.0)
+    assert model.fixed_ms == pytest.approx(20.0 - 2.0 - 8.0 - 0.8)
+    assert model.network_ms({"b": LayerForm(16, 32)}) == pytest.approx(20.0)
+    assert model.network_ms({"b": LayerForm(8, 16)}) == pytest.approx(20.0 - 8.0 + 2.0)
+
+
+def test_a_share_of_the_fixed_part_shrinks_with_the_activations():
+    model = synthetic()
+    model.fixed_share = 0.5
+    fixed = model.fixed_ms
+    assert model.dense_ms() == pytest.approx(20.0)  # the dense network is still what was measured
+    forms = {"a": LayerForm(3, 8), "b": LayerForm(8, 16), "dw": LayerForm(16, 16)}
+    volume = (8 * 64 + 16 * 16 + 16 * 16) / (16 * 64 + 32 * 16 + 32 * 16)
+    assert model.volume_fraction(forms) == pytest.approx(volume)
+    convs = sum(model.layer_ms(n, f) for n, f in forms.items())
+    assert model.network_ms(forms) == pytest.approx(convs + fixed * (0.5 + 0.5 * volume))
+
+
+def test_interpolation_between_grid_points_and_clamping():
+    model = synthetic()
+    assert model.layer_ms("b", LayerForm(12, 16)) == pytest.approx(3.0)  # halfway between 2 and 4
+    assert model.layer_ms("b", LayerForm(12, 24)) == pytest.approx((3.0 + 6.0) / 2)  # bilinear
+    assert model.layer_ms("b", LayerForm(4, 4)) == pytest.approx(1.0)  # below the grid: its first point
+    assert model.layer_ms("a", LayerForm(3, 12)) == pytest.approx(1.5)
+
+
+def test_monotone_grids_give_monotone_predictions():
+    model = synthetic()
+    previous = -1.0
+    for kept in range(8, 33, 4):
+        now = model.network_ms({"b": LayerForm(16, kept)})
+        assert now >= previous
+        previous = now
+    assert model.network_ms({"b": LayerForm(8, 32)}) < model.network_ms({"b": LayerForm(16, 32)})
+
+
+def test_groups_taps_and_their_combination():
+    model = synthetic()
+    assert model.layer_ms("b", LayerForm(16, 32, groups=2)) == pytest.approx(4.8)
+    assert model.layer_ms("b", LayerForm(16, 32, taps=(3, 1))) == pytest.approx(4.0)
+    assert model.layer_ms("b", LayerForm(16, 32, taps=(3, 3))) == pytest.approx(8.0)  # the full kernel
+    # G = 2 with 3×1 taps, not measured together: t(g2) · t(g1:3x1) / t(g1)
+    assert model.layer_ms("b", LayerForm(16, 32, groups=2, taps=(3, 1))) == pytest.approx(4.8 * 4.0 / 8.0)
+    assert model.layer_ms("dw", LayerForm(16, 16)) == pytest.approx(0.2 + 0.6 * 8 / 24)
+    for layer, form in [("b", LayerForm(16, 32, groups=4)), ("b", LayerForm(16, 32, taps=(1, 3))),
+                        ("b", LayerForm(16, 64)), ("b", LayerForm(0, 8)), ("dw", LayerForm(8, 16)),
+                        ("b", LayerForm(16, 32, taps=(5, 1))), ("nope", LayerForm(1, 1))]:
+        with pytest.raises(StructpruneError):
+            model.layer_ms(layer, form)
+    with pytest.raises(StructpruneError, match="nope"):
+        model.network_ms({"nope": LayerForm(1, 1)})
+
+
+def test_json_round_trip():
+    model = synthetic()
+    data = json.loads(json.dumps(model.to_json()))
+    assert data["format"] == "structprune-latency-model/1"
+    again = LatencyModel.from_json(data)
+    assert (again.runtime, again.batch, again.threads, again.input_shape) == ("onnxruntime", 1, 2, (3, 8, 8))
+    for form in (LayerForm(12, 24), LayerForm(16, 32, 2, (3, 1)), LayerForm(8, 8, 2)):
+        assert again.layer_ms("b", form) == model.layer_ms("b", form)
+    assert again.dense_ms() == model.dense_ms()
+
+
+def _broken(change) -> dict:
+    data = copy.deepcopy(synthetic().to_json())
+    change(data)
+    return data
+
+
+@pytest.mark.parametrize("change", [
+    lambda d: d.update(format="structprune-latency/1"),
+    lambda d: d.update(runtime="tensorrt"),
+    lambda d: d.update(batch=0),
+    lambda d: d.update(threads=True),
+    lambda d: d.pop("network_dense_ms"),
+    lambda d: d.update(network_dense_ms=float("nan")),
+    lambda d: d.update(fixed_share=1.5),
+    lambda d: d["layers"]["b"].update(output_size=[4, 0]),
+    lambda d: d.update(layers={}),
+    lambda d: d["layers"]["b"]["grids"].pop("g1"),
+    lambda d: d["layers"]["b"]["grids"].update(g0={"in": [8], "out": [8], "ms": [[1.0]]}),
+    lambda d: d["layers"]["b"]["grids"].update({"g2:3": {"in": [8], "out": [8], "ms": [[1.0]]}}),
+    lambda d: d["layers"]["b"]["grids"]["g1"].update({"in": [16, 8]}),
+    lambda d: d["layers"]["b"]["grids"]["g1"].update({"ms": [[1.0, 2.0]]}),
+    lambda d: d["layers"]["b"]["grids"]["g1"]["ms"][0].__setitem__(0, "fast"),
+    lambda d: d["layers"]["b"].update(kernel=[3]),
+    lambda d: d["layers"]["b"].update(depthwise="no"),
+    lambda d: d["layers"]["a"].pop("out_channels"),
+])
+def test_validation_refuses_malformed_models(change):
+    with pytest.raises(StructpruneError, match="latency model"):
+        LatencyModel.from_json(_broken(change))
+
+
+def test_grid_counts_keep_ends_and_multiples():
+    assert grid_counts(64, 8, 5) == [8, 24, 40, 48, 64]
+    assert grid_counts(12, 8, 5) == [8, 12]
+    assert grid_counts(3, 8, 5) == [3]
+
+
+@pytest.mark.parametrize("size,stride,taps", [(8, 1, (2, 3)), (8, 2, (3, 1)), (7, 2, (1, 3)), (7, 2, (2, 2))])
+def test_tap_convolutions_keep_the_output_size(size, stride, taps):
+    x = torch.randn(1, 4, size, size)
+    for dense in (torch.nn.Conv2d(4, 4, 3, stride, 1), torch.nn.Conv2d(4, 4, 3, 1, "same")):
+        form = FormConv(dense, (size, size), 4, 8, 2, taps)
+        assert form(x).shape[2:] == dense(x).shape[2:]
+
+
+def test_measured_model_has_every_conv_and_form():
+    model = create("tiny-paper")
+    before = copy.deepcopy(model.state_dict())
+    latency = measure_latency_model(model, (1, 8, 8), "eager", batch=1, threads=1, groups=(1, 2),
+                                    taps=((3, 1), (2, 3)), points=3, variant_points=2, min_run_time=1e-4,
+                                    network_rounds=1, network_seconds=0.005)
+    assert set(latency.layers) == {"features.0", "features.2", "features.5"}
+    first = latency.layers["features.0"]
+    assert set(first.grids) == {"g1", "g1:3x1", "g1:2x3"}  # the image's one map: no G = 2
+    assert first.grids["g1"].ins == [1]
+    last = latency.layers["features.5"]
+    assert set(last.grids) == {"g1", "g2", "g1:3x1", "g1:2x3"}
+    assert last.grids["g1"].ins == [8] and last.grids["g1"].outs == [8, 16]
+    assert all(ms > 0 for t in latency.layers.values() for g in t.grids.values() for row in g.ms for ms in row)
+    assert latency.network_dense_ms > 0 and latency.dense_ms() == pytest.approx(latency.network_dense_ms)
+    assert 0 <= latency.fixed_share <= 1  # measured on a uniformly pruned copy
+    assert last.output_size == (4, 4)
+    assert LatencyModel.from_json(json.loads(json.dumps(latency.to_json()))).dense_ms() == latency.dense_ms()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the model is left alone
+    model.zero_grad()
+    model(torch.randn(2, 1, 8, 8)).sum().backward()  # still trainable (no inference tensors left behind)
+
+
+def test_onnxruntime_model_times_one_node_sessions(monkeypatch):
+    # the whole network's ONNX export and timing is structprune.bench's (tested there); here the layers' sessions
+    monkeypatch.setattr("structprune.latency_model.network.network_times", lambda *args: {"dense": 5.0})
+    model = create("tiny-paper")
+    latency = measure_latency_model(model, (1, 8, 8), "onnxruntime", batch=1, threads=1, groups=(1,), taps=(),
+                                    points=2, min_run_time=1e-4, network_rounds=1, network_seconds=0.005,
+                                    fixed_share=False)
+    assert latency.runtime == "onnxruntime" and latency.fixed_share == 0
+    assert {k for t in latency.layers.values() for k in t.grids} == {"g1"}
+    assert latency.dense_ms() == pytest.approx(5.0) and latency.fixed_ms < 5.0
+    with pytest.raises(StructpruneError, match="runtime"):
+        measure_latency_model(model, (1, 8, 8), "compile", batch=1, threads=1)
+
+
+def test_forms_of_a_compact_network():
+    torch.manual_seed(0)
+    model = create("tiny-vgg").eval()
+    x = example_input(model, 2)
+    groups = find_channel_groups(model, x)
+    cfg = SelectionConfig(kernel=KernelForm(KernelStructure.BLOCKS, 2), round_to=4)
+    mask = select(model, [Granularity.CHANNEL, Granularity.KERNEL], [0.5, 0.5], cfg, groups=groups)
+    mask = select(model, [Granularity.INTRA], [2 / 3], SelectionConfig(intra_fast=True, intra_shared=True),
+                  groups=groups, base=mask)
+    net = compact(model, mask, x, groups)
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    forms = network_forms(net, names)
+    assert set(forms) == set(names)
+    first, later = forms[names[0]], [forms[n] for n in names[1:]]
+    assert first.kept_in == model.get_submodule(names[0]).in_channels and first.taps is None
+    assert all(f.groups == 2 and f.taps in ((3, 1), (1, 3)) for f in later)
+    assert all(forms[n].kept_out < model.get_submodule(n).out_channels for n in names[1:])
+    assert layer_form(torch.nn.Conv2d(8, 8, 3, groups=8)) == LayerForm(8, 8)  # depthwise: its own form
+    with pytest.raises(StructpruneError, match="no layer"):
+        network_forms(net, ["nope"])
