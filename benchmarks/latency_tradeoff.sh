@@ -21,5 +21,5 @@ for lam in $LAMBDAS; do
   .venv/bin/python -m structprune compact "$out" --out "$out-compact"
   RUNS+=("$out-compact")
 done
-.venv/bin/python -m structprune bench "$DENSE" "${RUNS[@]}" --batch 1,16,64 --threads 2 --rounds 7 \
+.venv/bin/python -m structprune bench "$DENSE" "${RUNS[@]}" --runtime eager --batch 1,16,64 --threads 2 --rounds 7 \
   --json runs/latency-mnist/bench.json

@@ -65,6 +65,9 @@ class Candidate:
 
 
 RUNTIMES = ("eager", "compile", "onnxruntime")
+# `structprune bench` and `compact --measure` time in the runtime the README recommends for deployment
+# (structprune export); the library's BenchConfig, reproduce and the demo keep eager PyTorch
+DEFAULT_RUNTIME = "onnxruntime"
 
 
 class CompiledNetwork(nn.Module):

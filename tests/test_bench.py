@@ -14,6 +14,7 @@ import torch
 
 from structprune import models
 from structprune.bench import Candidate, add_ratios, bench, reference_candidates, runtime_candidate
+from structprune.cli import main
 from structprune.compact.csr_conv import CsrConv2d
 from structprune.metrics import size_metrics
 from structprune.runfolder import load_run, save_run
@@ -121,8 +122,8 @@ def test_reference_rows_are_skipped_with_one_line_when_no_masks_are_found(runs, 
 def test_cli_bench_writes_labelled_reference_rows_with_ratios(runs, tmp_path):
     out = tmp_path / "bench.json"
     done = _cli("bench", str(runs["dense"]), str(runs["compact"]), "--reference", "masked-dense,unstructured",
-                "--batch", "2", "--threads", "1", "--rounds", "2", "--sample-seconds", "0.003", "--no-progress",
-                "--json", str(out))
+                "--runtime", "eager", "--batch", "2", "--threads", "1", "--rounds", "2", "--sample-seconds", "0.003",
+                "--no-progress", "--json", str(out))
     assert done.returncode == 0, done.stderr
     records = json.loads(out.read_text())
     names = [r["run"] for r in records]
@@ -154,6 +155,23 @@ def test_cli_bench_runtimes_time_networks_that_compute_the_same(runs, tmp_path, 
     assert records[0]["memory_format"] == ("channels_last" if runtime == "compile" else "nchw")
     assert records[0].get("onnx_stop_spinning") is (True if runtime == "onnxruntime" else None)
     assert all(r["settle_s"] > 0 for r in records)
+
+
+@pytest.mark.parametrize("args, runtime", [([], "onnxruntime"), (["--runtime", "eager"], "eager")])
+def test_cli_bench_times_in_onnx_runtime_unless_told(runs, monkeypatch, capsys, args, runtime):
+    import structprune.cli.bench as cli_bench
+
+    seen = []
+
+    def fake_bench_runs(paths, cfg, **kwargs):
+        seen.append(cfg)
+        return [{"run": str(paths[0]), "batch": 1, "median_ms": 1.0, "iqr_ms": 0.0, "min_ms": 1.0, "max_ms": 1.0,
+                 "speedup_vs_first": 1.0, "mac_ratio_vs_first": 1.0, "efficiency_vs_first": 1.0,
+                 "memory_format": "nchw", "macs": 1}]
+
+    monkeypatch.setattr(cli_bench, "bench_runs", fake_bench_runs)
+    assert main(["bench", str(runs["dense"]), *args, "--batch", "1", "--no-progress"]) == 0
+    assert [cfg.runtime for cfg in seen] == [runtime]
 
 
 @pytest.mark.parametrize("stop_spinning", [False, True])

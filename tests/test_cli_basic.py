@@ -132,8 +132,8 @@ def pipeline(tmp_path_factory) -> dict[str, Path]:
             ["compact", str(runs["pruned"]), "--out", str(runs["compact"])],
             ["retrain", str(runs["pruned"]), "--epochs", "1", "--out", str(runs["retrained"]), "--no-progress"],
             ["export", str(runs["compact"]), "--onnx", str(files["onnx"]), "--exporter", "torchscript"],
-            ["bench", str(runs["dense"]), str(runs["compact"]), "--batch", "1,3", "--threads", "1", "--rounds", "1",
-             "--json", str(files["bench"]), "--no-progress"],
+            ["bench", str(runs["dense"]), str(runs["compact"]), "--runtime", "eager", "--batch", "1,3", "--threads", "1",
+             "--rounds", "1", "--json", str(files["bench"]), "--no-progress"],
             ["report", str(root), "--bench", str(files["bench"]), "--out", str(files["report"])],
         ]
         for argv in commands:
@@ -165,8 +165,8 @@ def test_pipeline_writes_every_stage(pipeline):
 
 def test_bench_keeps_an_existing_json_unless_told(pipeline, capsys):
     target = pipeline["bench"]
-    argv = ["bench", str(pipeline["dense"]), "--batch", "1", "--threads", "1", "--rounds", "1", "--json", str(target),
-            "--no-progress"]
+    argv = ["bench", str(pipeline["dense"]), "--runtime", "eager", "--batch", "1", "--threads", "1", "--rounds", "1",
+            "--json", str(target), "--no-progress"]
     assert main(argv) == 2 and "--overwrite" in _one_line_error(capsys) and len(json.loads(target.read_text())) == 4
     assert main([*argv, "--overwrite"]) == 0 and len(json.loads(target.read_text())) == 1
 

@@ -155,7 +155,7 @@ def test_bench_int8_candidate_is_the_int8_model_of_the_same_network(trained):
 
 
 @pytest.mark.parametrize("args, words", [
-    (["--int8"], "add --runtime onnxruntime"),
+    (["--int8", "--runtime", "eager"], "drop --runtime eager"),
     (["--int8", "--runtime", "onnxruntime", "--calibration-images", "0"], "must be at least 1"),
     (["--calibration-images", "5"], "apply to --int8 only"),
 ])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from structprune.bench import REFERENCES, RUNTIMES
+from structprune.bench import DEFAULT_RUNTIME, REFERENCES, RUNTIMES
 from structprune.cli.common import MAX_THREADS, int_in, int_list, name_list, positive_float, positive_int
 from structprune.errors import StructpruneError
 from structprune.export_int8 import DEFAULT_CALIBRATION_IMAGES
@@ -20,11 +20,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "bench",
         help="time the networks of run folders side by side",
-        description="Time each run's network after warm-up, all in one process, interleaved over rounds; report the "
-        "median of the faster memory layout (NCHW or channels_last), its spread over rounds, and ratios against "
-        "the first run. Random inputs; weights as saved. glibc's default allocator may page-fault large "
-        "activations (always those above 32 MB) afresh on every call; run with MALLOC_MMAP_MAX_=0 "
-        "MALLOC_TRIM_THRESHOLD_=68719476736 in the environment for steadier timings (docs/benchmarks.md).",
+        description="Time each run's network (exported to ONNX Runtime unless --runtime says otherwise) after "
+        "warm-up, all in one process, interleaved over rounds; report the median of the faster memory layout (NCHW "
+        "or channels_last in PyTorch), its spread over rounds, and ratios against the first run. Random inputs; "
+        "weights as saved. glibc's default allocator may page-fault large activations (always those above 32 MB) "
+        "afresh on every call; run with MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736 in the environment for "
+        "steadier timings (docs/benchmarks.md).",
     )
     p.add_argument("runs", type=Path, nargs="+", metavar="DIR", help="run folders; the first is the baseline of the ratios")
     p.add_argument("--batch", type=int_list, default=[1, 64], help="batch sizes, e.g. 1,64 (default)")
@@ -36,10 +37,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    "(masked-dense: the masked network with dense tensors; unstructured: its nonzeros as CSR convs)")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="wall: elapsed time; cpu: this process's CPU time (robust on a busy machine with --threads 1)")
-    p.add_argument("--runtime", choices=RUNTIMES, default="eager",
-                   help="run each network in eager PyTorch (default), through torch.compile (Inductor, frozen "
-                   "weights, channels_last; needs a C++ compiler) or exported to ONNX Runtime; unstructured reference "
-                   "rows stay eager")
+    p.add_argument("--runtime", choices=RUNTIMES, default=None,
+                   help=f"run each network exported to ONNX Runtime (default: {DEFAULT_RUNTIME}, the runtime to deploy "
+                   "with, see structprune export), in eager PyTorch, or through torch.compile (Inductor, frozen "
+                   "weights, channels_last; needs a C++ compiler); unstructured reference rows and --per-layer stay "
+                   "eager")
     p.add_argument("--onnx-stop-spinning", action="store_true",
                    help="with --runtime onnxruntime: the sessions' threads stop busy-waiting at the end of every run, "
                    "so each run pays for waking them (an occasional request); default: ONNX Runtime's own spinning, "
@@ -75,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     if args.per_layer:
         return _per_layer(args, references)
     cfg = BenchConfig(batches=tuple(args.batch), threads=args.threads, rounds=args.rounds,
-                      sample_seconds=args.sample_seconds, clock=args.clock, runtime=args.runtime,
+                      sample_seconds=args.sample_seconds, clock=args.clock, runtime=args.runtime or DEFAULT_RUNTIME,
                       references=tuple(references), int8_images=_int8_options(args), data_dir=args.data_dir,
                       onnx_stop_spinning=args.onnx_stop_spinning)
     records = bench_runs(args.runs, cfg, out_json=args.json, progress=not args.no_progress)
@@ -99,8 +101,8 @@ def _int8_options(args: argparse.Namespace) -> int | None:
         if args.calibration_images is not None or args.data_dir is not None:
             raise StructpruneError("--calibration-images and --data-dir apply to --int8 only")
         return None
-    if args.runtime != "onnxruntime":
-        raise StructpruneError("--int8 times ONNX Runtime's int8 models: add --runtime onnxruntime")
+    if (args.runtime or DEFAULT_RUNTIME) != "onnxruntime":
+        raise StructpruneError(f"--int8 times ONNX Runtime's int8 models: drop --runtime {args.runtime}")
     count = DEFAULT_CALIBRATION_IMAGES if args.calibration_images is None else args.calibration_images
     if count < 1:
         raise StructpruneError(f"--calibration-images must be at least 1 (got {count})")
@@ -111,7 +113,7 @@ def _per_layer(args: argparse.Namespace, references: list[str]) -> int:
     if len(args.runs) != 2:
         raise StructpruneError(f"--per-layer compares two runs (a reference, then its pruned or compact form), "
                                f"not {len(args.runs)}")
-    if references or args.runtime != "eager" or args.int8:
+    if references or args.runtime not in (None, "eager") or args.int8:
         raise StructpruneError("--per-layer times eager PyTorch layers; it takes no --reference, --runtime or --int8")
     first, second = (load_checked_run(path) for path in args.runs)
     records = compare_layers(first.model, second.model, args.batch, threads=args.threads, rounds=args.rounds,

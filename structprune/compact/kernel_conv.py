@@ -215,6 +215,12 @@ class KernelSparseConv2d(nn.Module):
     def kept_kernels(self) -> int:
         return int(self.keep_kernel.sum())
 
+    @property
+    def moves_maps(self) -> bool:
+        """True when the layer gathers a subset of its input maps for some branch or permutes its outputs
+        (data movement beside the convolutions; a kernel-block layer after block ordering does neither)."""
+        return any(self._gather) or self._permute
+
     def to_spec(self) -> dict[str, Any]:
         return {
             "in_channels": self.in_channels, "out_channels": self.out_channels,

@@ -1,11 +1,15 @@
-"""The measuring stages: bench_runs times run folders against the first one; report_runs draws the report."""
+"""The measuring stages: bench_runs times run folders against the first one; measure_speedup times a network
+against its compact form (`compact --measure`); report_runs draws the report."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from torch import nn
 
 from structprune.arch import input_shape_of
 from structprune.bench import Candidate, bench, int8_candidate, reference_candidates, runtime_candidate
@@ -65,6 +69,22 @@ def bench_runs(paths: Sequence[str | Path], cfg: BenchConfig, *, names: Sequence
     if out_json is not None:
         write_json_atomic(out_json, records)
     return records
+
+
+def measure_speedup(dense: nn.Module, compact: nn.Module, cfg: BenchConfig,
+                    progress: bool = False) -> list[dict[str, Any]]:
+    """Time `dense` and `compact` (copies) as `cfg` says (its runtime, threads, rounds; no reference or int8
+    rows); one record per batch: the runtime, threads, both medians and the measured speed-up."""
+    shape = input_shape_of(dense)
+    rows = [runtime_candidate(Candidate(name, copy.deepcopy(model).eval(), shape, {}), cfg.runtime, cfg.threads,
+                              cfg.onnx_stop_spinning)
+            for name, model in (("dense", dense), ("compact", compact))]
+    records = bench(rows, list(cfg.batches), threads=cfg.threads, rounds=cfg.rounds, progress=progress,
+                    clock=cfg.clock, sample_seconds=cfg.sample_seconds)
+    ms = {(r["run"], r["batch"]): r["median_ms"] for r in records}
+    return [{"batch": b, "runtime": cfg.runtime, "threads": cfg.threads, "dense_ms": ms[("dense", b)],
+             "compact_ms": ms[("compact", b)], "speedup": ms[("dense", b)] / ms[("compact", b)]}
+            for b in cfg.batches]
 
 
 def report_runs(dirs: Sequence[str | Path], outs: Sequence[str | Path], title: str = "structprune report",

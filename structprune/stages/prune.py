@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from structprune.compact.compaction import compact
+from structprune.compact.speedup import predict_speedup
 from structprune.data import Dataset
 from structprune.errors import StructpruneError
 from structprune.metrics import evaluation_metrics, size_metrics
@@ -29,6 +30,9 @@ from structprune.sparsity.granularity import Granularity
 from structprune.sparsity.masking import MaskApplier
 from structprune.sparsity.masks import MASKS_FILE, NetworkMask
 from structprune.sparsity.selection import SelectionConfig, channel_groups_of, select
+
+if TYPE_CHECKING:
+    from structprune.stages.measure import BenchConfig
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +164,12 @@ def select_run(src: str | Path, out: Output | str | Path, granularities: list[Gr
 
 
 def compact_run(src: str | Path, out: Output | str | Path, data_dir: str | Path | None = None,
-                config: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
-    """The masked run in `src` compacted into a smaller network, saved (arch.json with compact layers) in `out`."""
+                config: dict[str, Any] | None = None, measure: BenchConfig | None = None) -> tuple[Path, dict[str, Any]]:
+    """The masked run in `src` compacted into a smaller network, saved (arch.json with compact layers) in `out`.
+
+    metrics.json records the predicted speed-up over the masked (dense) network and each layer's prediction
+    (structprune.compact.speedup; a warning per layer predicted slower than its dense original). With `measure`,
+    both networks are also timed as it says (structprune.bench) and `measured_speedup` records each batch."""
     output = as_output(out, "compact", inputs=(src,))
     run = load_checked_run(src)
     mask = load_masks(run)
@@ -173,6 +181,16 @@ def compact_run(src: str | Path, out: Output | str | Path, data_dir: str | Path 
     if data is not None and "test_mcr" in run.metrics:
         metrics["masked_test_mcr"] = run.metrics["test_mcr"]
     metrics["source_metrics"] = {k: run.metrics[k] for k in ("params", "macs", "weight_bytes") if k in run.metrics}
+    prediction = predict_speedup(run.model, model)
+    log.debug("predicted speed-up over the dense network: %.2fx (MACs / form efficiency, no timing)",
+              prediction.speedup)
+    for layer in prediction.slower:
+        log.warning("%s", layer.warning())
+    metrics.update(prediction.to_json())
+    if measure is not None:
+        from structprune.stages.measure import measure_speedup
+
+        metrics["measured_speedup"] = measure_speedup(run.model, model, measure)
     run_config = {**run.config, **(config or {}), "source_run": str(Path(src)), "compacted": True}
     return save_run(output, model, None, metrics, run_config), metrics
 
