@@ -22,6 +22,8 @@ from structprune.search.config import SearchConfig
 from structprune.search.network import SearchNet
 from structprune.search.particle_filter import Space
 from structprune.search.scoring import LayerScorer, ScoreSet
+from structprune.search.scoring_full import SCORING_CACHED, SCORING_FULL, SCORING_FX, FullForwardScorer
+from structprune.search.scoring_fx import FxCachedScorer
 from structprune.sparsity.granularity import Granularity, KernelStructure
 from structprune.sparsity.masks import NetworkMask
 
@@ -85,6 +87,37 @@ class Rung(ABC):
 
     def cached_scorer(self, data: ScoreSet, tie: float, recalibrate: torch.Tensor | None) -> Any:
         return LayerScorer(self.net.model, self.layer, self.granularity, data, tie=tie, recalibrate=recalibrate)
+
+    def touched_modules(self) -> set[str]:
+        """The modules whose parameters this rung's candidates change (default: the layer)."""
+        return {self.layer}
+
+    def scorer(self, data: ScoreSet, tie: float, recalibrate: torch.Tensor | None) -> tuple[Any, Callable, str]:
+        """(scorer, decode, how it scores): the chain's cached activations where the rung allows them
+        (`cached_scorer`, particles batched), else cached activations of the traced graph (scoring_fx), else
+        one full forward pass per candidate, with one log line saying why."""
+        reason = self.cache_blocker()
+        if reason is None:
+            try:
+                return self.cached_scorer(data, tie, recalibrate), self.decode, SCORING_CACHED
+            except StructpruneError as exc:  # e.g. a module between the conv and the next layer the cache cannot pass
+                reason = str(exc)
+        net = self.net
+        try:
+            traced = net.traced()
+        except StructpruneError as exc:  # a network torch.fx cannot trace: said once
+            if str(exc) not in net.said:
+                net.said.add(str(exc))
+                log.info("%s; every candidate is scored by a full forward pass", exc)
+        else:
+            try:
+                scorer = FxCachedScorer(net.model, net.applier, traced, self.touched_modules(), self.base, data,
+                                        tie=tie, recalibrate=recalibrate)
+                return scorer, self.network_masks, SCORING_FX
+            except StructpruneError as exc:
+                log.info("%s: %s; scoring by a full forward pass per candidate", self.layer, exc)
+        scorer = FullForwardScorer(net.model, net.applier, data, tie=tie, recalibrate=recalibrate)
+        return scorer, self.network_masks, SCORING_FULL
 
     def objective(self, score_fn: ScoreFn, latency: Callable[[], Any], weight: float) -> ScoreFn:
         """The function the method minimises (default: the score itself)."""
