@@ -158,7 +158,7 @@ def test_in_place_operations_are_rewritten_and_hazards_refused(data):
     assert "relu_" not in ops and "<built-in function iadd>" not in ops
     for rung in rungs(net, (Granularity.CHANNEL, Granularity.KERNEL), NetworkMask()):
         same_scores(net, rung, data, None)
-    with pytest.raises(StructpruneError, match="in-place operation at relu_.* changes conv2"):
+    with pytest.raises(StructpruneError, match=r"in-place operation at relu_.* changes conv2"):
         trace(create("test-fx-inplace", hazard=True))
 
 
