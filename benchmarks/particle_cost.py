@@ -8,6 +8,7 @@ interleaved round by round, with torch.utils.benchmark:
   cached     one particle scored by FxCachedScorer: its mask written into the tail's weights, only the tail run
              on the kept frontier values (scoring_fx.py)
   build      building the cache once per rung (tracing split, head pass over the images); not per particle
+  decode     turning one particle into its whole-network mask (both scorings pay it)
 Reports the medians over rounds and full / cached, the speed-up of cached scoring per particle.
 
   python benchmarks/particle_cost.py --images 100 --threads 1 --rounds 5 \
@@ -62,11 +63,13 @@ def cases(name: str, grans: list[Granularity], data: ScoreSet, seed: int) -> lis
         units = step.units(conv_names(model))
         for position, unit in zip(POSITIONS, (units[0], units[len(units) // 2], units[-1]), strict=True):
             rung = step.rungs(NetworkMask(), unit)[0]
-            mask = rung.network_masks(rung.space.sample(np.random.default_rng(seed), 1))
+            particle = rung.space.sample(np.random.default_rng(seed), 1)
+            mask = rung.network_masks(particle)
             traced = net.traced()
 
             def build(rung=rung, traced=traced):
-                return FxCachedScorer(model, net.applier, traced, rung.touched_modules(), rung.base, data)
+                return FxCachedScorer(model, net.applier, traced, rung.touched_modules(), rung.base, data,
+                                      varying=rung.varying_layers())
 
             cached = build()
             full = FullForwardScorer(model, net.applier, data)
@@ -77,7 +80,8 @@ def cases(name: str, grans: list[Granularity], data: ScoreSet, seed: int) -> lis
                         "fns": {"forward": lambda model=model: model(data.x),
                                 "full": lambda full=full, mask=mask: full.mcr_and_ce(mask),
                                 "cached": lambda cached=cached, mask=mask: cached.mcr_and_ce(mask),
-                                "build": build}})
+                                "build": build,
+                                "decode": lambda rung=rung, particle=particle: rung.network_masks(particle)}})
             same = cached.mcr_and_ce(mask), full.mcr_and_ce(mask)
             if not np.array_equal(same[0][0], same[1][0]):
                 raise StructpruneError(f"{name} {unit}: cached and full scores differ")

@@ -19,7 +19,7 @@ FullForwardScorer's.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -53,12 +53,13 @@ def _as_tuple(values: Any) -> tuple[Any, ...]:
 
 
 class FxCachedScorer:
-    """Scores whole-network masks (one NetworkMask per candidate) of `model` in eval mode; the candidates may
-    differ from `base` only in the masks of the modules `touched`."""
+    """Scores whole-network masks (one NetworkMask per candidate) of `model` in eval mode. The candidates may
+    differ from `base` only in the masks of the layers `varying` (None: any layer), and those masks may change
+    only the parameters of the modules `touched`."""
 
     def __init__(self, model: nn.Module, applier: MaskApplier, traced: fx.GraphModule, touched: set[str],
                  base: NetworkMask, data: ScoreSet, tie: float = 1e-3, batch: int = 1024,
-                 recalibrate: torch.Tensor | None = None, recal_batch: int = 64):
+                 recalibrate: torch.Tensor | None = None, recal_batch: int = 64, varying: set[str] | None = None):
         if model.training:
             raise StructpruneError("the model is in training mode; cached scoring needs eval mode")
         self.model, self.applier, self.tie, self.y = model, applier, tie, data.y
@@ -74,6 +75,9 @@ class FxCachedScorer:
         self.tail_params = {n for n in params if n.rsplit(".", 1)[0] in self.split.tail_modules
                             or ("." not in n and "" in self.split.tail_modules)}
         self._relevant: dict[tuple[str, bool], bool] = {}
+        self.varying = varying
+        # the factors of the layers no candidate changes, on the tail's parameters: computed once
+        self.fixed = {} if varying is None else self._factors(base, lambda name: name not in varying)
         head = self.split.head
         self.recal_cache: list[tuple[Any, ...]] = []
         with torch.no_grad(), applier.applied(base):
@@ -98,11 +102,18 @@ class FxCachedScorer:
             self._relevant[key] = any(m in self.split.tail_modules for m in modules)
         return self._relevant[key]
 
+    def _factors(self, mask: NetworkMask, chosen: Callable[[str], bool]) -> dict[str, torch.Tensor]:
+        """Mask factors of the `chosen` layers of `mask` that fall on parameters the tail reads."""
+        sub = NetworkMask({n: lm for n, lm in mask if chosen(n) and self._relevant_layer(n, lm.keep_out is not None)})
+        return {k: f for k, f in self.applier.factors(sub).items() if k in self.tail_params} if sub.layers else {}
+
     @contextmanager
     def _written(self, mask: NetworkMask) -> Iterator[None]:
         """The tail's parameters masked by `mask` (the head's do not change: its values are kept)."""
-        sub = NetworkMask({n: lm for n, lm in mask if self._relevant_layer(n, lm.keep_out is not None)})
-        factors = {k: f for k, f in self.applier.factors(sub).items() if k in self.tail_params}
+        varying = self.varying
+        factors = self._factors(mask, lambda name: varying is None or name in varying)
+        for key, fixed in self.fixed.items():  # a product of 0/1 factors per layer, as mask_factors forms it
+            factors[key] = fixed * factors[key] if key in factors else fixed
         with self.applier.multiplied(factors):
             yield
 

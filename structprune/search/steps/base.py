@@ -92,6 +92,10 @@ class Rung(ABC):
         """The modules whose parameters this rung's candidates change (default: the layer)."""
         return {self.layer}
 
+    def varying_layers(self) -> set[str]:
+        """The layers whose masks differ between this rung's candidates (default: the layer)."""
+        return {self.layer}
+
     def scorer(self, data: ScoreSet, tie: float, recalibrate: torch.Tensor | None) -> tuple[Any, Callable, str]:
         """(scorer, decode, how it scores): the chain's cached activations where the rung allows them
         (`cached_scorer`, particles batched), else cached activations of the traced graph (scoring_fx), else
@@ -112,7 +116,7 @@ class Rung(ABC):
         else:
             try:
                 scorer = FxCachedScorer(net.model, net.applier, traced, self.touched_modules(), self.base, data,
-                                        tie=tie, recalibrate=recalibrate)
+                                        tie=tie, recalibrate=recalibrate, varying=self.varying_layers())
                 return scorer, self.network_masks, SCORING_FX
             except StructpruneError as exc:
                 log.info("%s: %s; scoring by a full forward pass per candidate", self.layer, exc)

@@ -55,6 +55,9 @@ class GlobalChannelRung(Rung):
     def touched_modules(self) -> set[str]:
         return {name for layer in self.layers for name in self.net.groups[layer].member_names()}
 
+    def varying_layers(self) -> set[str]:
+        return set(self.layers)
+
     def cache_blocker(self) -> str | None:
         if self.net.chain is None:
             return f"{type(self.net.model).__name__} is not a chain of modules (features + classifier)"
