@@ -186,8 +186,8 @@ class Search:
         return LatencyTable.from_json(read_json(path))
 
     def score_function(self, rung: Rung):
-        """The rung's objective over particles, and how it scores: cached activations where the rung allows
-        them, else a full forward per candidate."""
+        """The rung's objective over particles, and how it scores (Rung.scorer: the chain's cached activations,
+        the traced graph's, or a full forward pass per candidate)."""
         recal = self.data.train.x[: self.cfg.bn_batches * 64] if self.cfg.bn_batches > 0 else None
         scorer, decode, scoring = rung.scorer(self.score_set, self.cfg.tie, recal)
         backend = make_backend(self.cfg.backend, scorer, decode, self.cfg.workers)

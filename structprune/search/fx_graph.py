@@ -63,7 +63,7 @@ def _functionalize(gm: fx.GraphModule) -> None:
                 in_place, replacement = True, node.target
         elif node.op == "call_method" and node.target.endswith("_") and not node.target.endswith("__"):
             in_place = True
-            replacement = node.target[:-1] if hasattr(torch.Tensor, node.target[:-1]) else None
+            replacement = node.target[:-1] if callable(getattr(torch.Tensor, node.target[:-1], None)) else None
         if not in_place:
             continue
         changed = node.args[0] if node.args else None
