@@ -79,11 +79,9 @@ def _functionalize(gm: fx.GraphModule) -> None:
             gm.add_submodule(name, replacement)
             gm._originals[name] = node.target
             node.target = name
-        elif node.op == "call_method":
-            node.target = replacement
         else:
             node.target = replacement
-            if "inplace" in node.kwargs:
+            if node.kwargs.get("inplace") is True:
                 node.kwargs = {**node.kwargs, "inplace": False}
     gm.recompile()
 
@@ -182,7 +180,7 @@ def split_graph(gm: fx.GraphModule, model: nn.Module, touched: set[str]) -> Grap
     def changes(node: fx.Node) -> bool:
         if node.op == "call_module":
             target = _original_of(gm, node.target)
-            return any(_inside(t, target) for t in touched)
+            return any(_inside(t, target) or _inside(target, t) for t in touched)
         if node.op == "get_attr":
             return any(_inside(node.target, t) for t in touched)
         return False

@@ -3,7 +3,8 @@
 A `Step` (one per kind: channel groups, kernels, kernel blocks, intra patterns, the global channel search) lists
 its units (the layers or channel groups it visits, input side first) and, for a unit and the current mask,
 the ladder of `Rung`s to try. A `Rung` is one particle space: its length, the decoding of particles into
-the masks the cached scorer takes, into a NetworkMask, and its L1 candidate (from selection's L1 scores).
+the masks the cached scorer takes, into a NetworkMask, its L1 candidate (from selection's L1 scores), and
+how its candidates are scored (`Rung.scorer`: the chain's cache, the traced graph's, or a full forward pass).
 Steps register by name (`register_step`); `step_names(cfg)` picks them for a SearchConfig.
 """
 
@@ -100,19 +101,18 @@ class Rung(ABC):
         """(scorer, decode, how it scores): the chain's cached activations where the rung allows them
         (`cached_scorer`, particles batched), else cached activations of the traced graph (scoring_fx), else
         one full forward pass per candidate, with one log line saying why."""
-        reason = self.cache_blocker()
-        if reason is None:
+        if self.cache_blocker() is None:
             try:
                 return self.cached_scorer(data, tie, recalibrate), self.decode, SCORING_CACHED
-            except StructpruneError as exc:  # e.g. a module between the conv and the next layer the cache cannot pass
-                reason = str(exc)
+            except StructpruneError:  # e.g. a module between the conv and the next layer the cache cannot pass
+                pass
         net = self.net
         try:
             traced = net.traced()
         except StructpruneError as exc:  # a network torch.fx cannot trace: said once
             if str(exc) not in net.said:
                 net.said.add(str(exc))
-                log.info("%s; every candidate is scored by a full forward pass", exc)
+                log.info("%s; scoring by a full forward pass per candidate where the chain's cache does not apply", exc)
         else:
             try:
                 scorer = FxCachedScorer(net.model, net.applier, traced, self.touched_modules(), self.base, data,
