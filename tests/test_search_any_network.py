@@ -11,11 +11,12 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.nn.functional as F
+from search_helpers import UserResNet  # noqa: F401  (registers test-search-user-resnet)
 from torch import nn
 
 from structprune.compact.compaction import compact
 from structprune.data import Split, load_dataset
-from structprune.models import create, register
+from structprune.models import create
 from structprune.runfolder import load_run, save_run
 from structprune.search.driver import SearchConfig, search_run
 from structprune.search.scoring_full import SCORING_CACHED, SCORING_FX
@@ -25,32 +26,6 @@ from structprune.sparsity.method import Method
 from structprune.stages.prune import load_masks
 
 FAST = {"particles": 3, "generations": 1, "score_images": 50, "check_images": 50, "step_epochs": 0, "final_epochs": 0}
-
-
-class UserResNet(nn.Module):
-    """A user's residual network: stem, two identity blocks, a 1×1-shortcut downsampling block."""
-
-    def __init__(self, num_classes: int = 10, in_channels: int = 3, width: int = 6):
-        super().__init__()
-        w = width
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU())
-        self.blocks = nn.ModuleList(nn.Sequential(nn.Conv2d(w, w, 3, padding=1), nn.ReLU(), nn.Conv2d(w, w, 3, padding=1))
-                                    for _ in range(2))
-        self.down = nn.Sequential(nn.Conv2d(w, 2 * w, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(2 * w, 2 * w, 3, padding=1))
-        self.short = nn.Conv2d(w, 2 * w, 1, stride=2)
-        self.head = nn.Linear(2 * w, num_classes)
-
-    def forward(self, x):
-        x = self.stem(x)
-        for block in self.blocks:
-            x = torch.relu(x + block(x))
-        x = torch.relu(self.down(x) + self.short(x))
-        return self.head(x.mean((2, 3)))
-
-
-@register("test-search-user-resnet")
-def user_resnet(num_classes: int = 10, in_channels: int = 3, input_size: int = 16, width: int = 6) -> UserResNet:
-    return UserResNet(num_classes, in_channels, width)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import logging
 import numpy as np
 import pytest
 import torch
+from search_helpers import UserResNet  # noqa: F401  (registers test-search-user-resnet)
 from torch import nn
 
 from structprune.errors import StructpruneError
@@ -22,7 +23,6 @@ from structprune.search.scoring_fx import FxCachedScorer
 from structprune.search.steps import make_steps
 from structprune.sparsity.granularity import Granularity
 from structprune.sparsity.masks import NetworkMask
-from tests.test_search_any_network import user_resnet  # noqa: F401  (registers test-search-user-resnet)
 
 NETWORKS = ["tiny-resnet", "tiny-mobilenet", "tiny-densenet", "test-search-user-resnet"]
 
