@@ -12,8 +12,9 @@ One rung:
        l1         the rung's L1-magnitude candidate (selection's L1 scores)
        random     best of N random candidates, N = particles × generations (the PF's scoring budget)
        tp-l2      Torch-Pruning's GroupMagnitudeImportance (L2 over the whole coupled group); channel scale only
-     Candidates are scored with cached activations where the network is a chain (scoring.py), else by one full
-     forward pass per candidate (scoring_full.py); search.json records which (`scoring`);
+     Candidates are scored with cached activations where the network is a chain (scoring.py), else with the
+     cached activations of its torch.fx graph that the candidate cannot change (scoring_fx.py), else by one
+     full forward pass per candidate (scoring_full.py); search.json records which (`scoring`);
   2. its MCR is checked on the *check* subset, disjoint from the score subset (the best of many candidates
      looks better than it is on the images that chose it);
   3. with `--max`: accepted when check MCR − unpruned check MCR ≤ tolerance; if not, the model is retrained
@@ -58,7 +59,6 @@ from structprune.search.paired import PairedCheck, paired_check, per_image_wrong
 from structprune.search.particle_filter import ParticleFilter, PFConfig
 from structprune.search.progress import Progress
 from structprune.search.scoring import ScoreSet, as_chain, reestimate_norms
-from structprune.search.scoring_full import SCORING_CACHED, SCORING_FULL, FullForwardScorer
 from structprune.search.state import DriverState, StateFolder
 from structprune.search.steps import Rung, make_steps
 from structprune.search.steps.kernel import kernel_block_rung
@@ -97,9 +97,6 @@ class Search:
         self.applier = MaskApplier(self.model)
         self.net = SearchNet(self.model, self.applier)
         self.plan = [(step, unit) for step in make_steps(self.net, cfg) for unit in step.units(convs)]
-        if self.net.chain is None:
-            log.info("%s is not a chain of modules: every candidate is scored by a full forward pass",
-                     type(self.model).__name__)
         self.input_shape = tuple(run.arch["input_shape"])
         self.state = DriverState()
         self.folder = StateFolder(self.state_dir, {"config": asdict(cfg), "source": str(run.path)})
@@ -189,22 +186,11 @@ class Search:
         return LatencyTable.from_json(read_json(path))
 
     def score_function(self, rung: Rung):
-        """The rung's objective over particles, and how it scores: cached activations where the rung allows
-        them, else a full forward per candidate."""
+        """The rung's objective over particles, and how it scores (Rung.scorer: the chain's cached activations,
+        the traced graph's, or a full forward pass per candidate)."""
         recal = self.data.train.x[: self.cfg.bn_batches * 64] if self.cfg.bn_batches > 0 else None
-        reason = rung.cache_blocker()
-        if reason is None:
-            try:
-                scorer, decode = rung.cached_scorer(self.score_set, self.cfg.tie, recal), rung.decode
-            except StructpruneError as exc:  # e.g. a module between the conv and the next layer the cache cannot pass
-                reason = str(exc)
-        if reason is not None:
-            if self.net.chain is not None:  # on a chain, say why this rung leaves the fast path
-                log.info("%s: %s; scoring by a full forward pass per candidate", rung.layer, reason)
-            scorer = FullForwardScorer(self.model, self.applier, self.score_set, tie=self.cfg.tie, recalibrate=recal)
-            decode = rung.network_masks
+        scorer, decode, scoring = rung.scorer(self.score_set, self.cfg.tie, recal)
         backend = make_backend(self.cfg.backend, scorer, decode, self.cfg.workers)
-        scoring = SCORING_CACHED if reason is None else SCORING_FULL
         return rung.objective(backend, self.latency_table, self.cfg.latency_weight), scoring
 
     def choose(self, rung: Rung, mask: NetworkMask, seed: int) -> tuple[np.ndarray, float, str]:

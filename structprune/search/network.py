@@ -13,9 +13,10 @@ from dataclasses import replace
 from typing import Any
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 from structprune.errors import StructpruneError
+from structprune.search.fx_graph import trace
 from structprune.search.scoring import as_chain
 from structprune.sparsity.channel_groups import ChannelGroups
 from structprune.sparsity.masking import MaskApplier
@@ -28,7 +29,8 @@ def conv_names(model: nn.Module) -> list[str]:
 
 
 class SearchNet:
-    """A model, its mask applier (whose channel groups are found on first use) and whether it is a chain."""
+    """A model, its mask applier (whose channel groups are found on first use), whether it is a chain, and its
+    traced graph (on first use)."""
 
     def __init__(self, model: nn.Module, applier: MaskApplier | None = None):
         self.model = model
@@ -37,6 +39,19 @@ class SearchNet:
             self.chain: list[tuple[str, nn.Module]] | None = as_chain(model)
         except StructpruneError:
             self.chain = None
+        self._traced: fx.GraphModule | str | None = None  # the graph, or why tracing failed
+        self.said: set[str] = set()  # fallback reasons already logged
+
+    def traced(self) -> fx.GraphModule:
+        """The model's torch.fx graph (fx_graph.trace), traced once; StructpruneError saying why it cannot be."""
+        if self._traced is None:
+            try:
+                self._traced = trace(self.model)
+            except StructpruneError as exc:
+                self._traced = str(exc)
+        if isinstance(self._traced, str):
+            raise StructpruneError(self._traced)
+        return self._traced
 
     @property
     def groups(self) -> ChannelGroups:

@@ -1,11 +1,11 @@
 """Scoring candidate masks of any network: one full forward pass per candidate, the mask applied in place.
 
-The fallback when cached scoring (scoring.py) cannot run: a network that is not a chain (residual adds,
-concatenation), or a step the cache cannot represent (a depthwise conv, a channel group that spans more than
-one conv). Each candidate is a whole NetworkMask; MaskApplier writes its masked weights into the model, the
-score images run through it, and the weights are restored. With `recalibrate` images, every batch norm
-re-estimates its statistics under the candidate first (and gets them back afterwards). Score as in
-scoring.py: MCR + tie · mean cross-entropy.
+The fallback when neither cached scoring runs: not the chain's (scoring.py: a network that is not a chain, a
+depthwise conv, a channel group that spans more than one conv), nor the traced graph's (scoring_fx.py: a
+network torch.fx cannot trace, or a graph that defeats the cache). Each candidate is a whole NetworkMask;
+MaskApplier writes its masked weights into the model, the score images run through it, and the weights are
+restored. With `recalibrate` images, every batch norm re-estimates its statistics under the candidate first
+(and gets them back afterwards). Score as in scoring.py: MCR + tie · mean cross-entropy.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from structprune.sparsity.masks import NetworkMask
 
 SCORING_CACHED = "cached activations"
 SCORING_FULL = "full forward per candidate"
+SCORING_FX = "cached-fx"  # scoring_fx.FxCachedScorer: cached activations of the traced graph
 
 
 class FullForwardScorer:

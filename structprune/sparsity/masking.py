@@ -125,7 +125,12 @@ class MaskApplier:
     @contextmanager
     def applied(self, mask: NetworkMask) -> Iterator[nn.Module]:
         """Inside the block the model computes the masked network; the weights are restored on exit."""
-        factors = self.factors(mask)
+        with self.multiplied(self.factors(mask)):
+            yield self.model
+
+    @contextmanager
+    def multiplied(self, factors: dict[str, torch.Tensor]) -> Iterator[nn.Module]:
+        """Inside the block the parameters are multiplied by `factors` (see `factors`); restored on exit."""
         with torch.no_grad():
             saved = {name: self._params[name].detach().clone() for name in factors}
             multiply_(self._params, factors)

@@ -3,7 +3,8 @@
 A `Step` (one per kind: channel groups, kernels, kernel blocks, intra patterns, the global channel search) lists
 its units (the layers or channel groups it visits, input side first) and, for a unit and the current mask,
 the ladder of `Rung`s to try. A `Rung` is one particle space: its length, the decoding of particles into
-the masks the cached scorer takes, into a NetworkMask, and its L1 candidate (from selection's L1 scores).
+the masks the cached scorer takes, into a NetworkMask, its L1 candidate (from selection's L1 scores), and
+how its candidates are scored (`Rung.scorer`: the chain's cache, the traced graph's, or a full forward pass).
 Steps register by name (`register_step`); `step_names(cfg)` picks them for a SearchConfig.
 """
 
@@ -22,6 +23,8 @@ from structprune.search.config import SearchConfig
 from structprune.search.network import SearchNet
 from structprune.search.particle_filter import Space
 from structprune.search.scoring import LayerScorer, ScoreSet
+from structprune.search.scoring_full import SCORING_CACHED, SCORING_FULL, SCORING_FX, FullForwardScorer
+from structprune.search.scoring_fx import FxCachedScorer
 from structprune.sparsity.granularity import Granularity, KernelStructure
 from structprune.sparsity.masks import NetworkMask
 
@@ -85,6 +88,40 @@ class Rung(ABC):
 
     def cached_scorer(self, data: ScoreSet, tie: float, recalibrate: torch.Tensor | None) -> Any:
         return LayerScorer(self.net.model, self.layer, self.granularity, data, tie=tie, recalibrate=recalibrate)
+
+    def touched_modules(self) -> set[str]:
+        """The modules whose parameters this rung's candidates change (default: the layer)."""
+        return {self.layer}
+
+    def varying_layers(self) -> set[str]:
+        """The layers whose masks differ between this rung's candidates (default: the layer)."""
+        return {self.layer}
+
+    def scorer(self, data: ScoreSet, tie: float, recalibrate: torch.Tensor | None) -> tuple[Any, Callable, str]:
+        """(scorer, decode, how it scores): the chain's cached activations where the rung allows them
+        (`cached_scorer`, particles batched), else cached activations of the traced graph (scoring_fx), else
+        one full forward pass per candidate, with one log line saying why."""
+        if self.cache_blocker() is None:
+            try:
+                return self.cached_scorer(data, tie, recalibrate), self.decode, SCORING_CACHED
+            except StructpruneError:  # e.g. a module between the conv and the next layer the cache cannot pass
+                pass
+        net = self.net
+        try:
+            traced = net.traced()
+        except StructpruneError as exc:  # a network torch.fx cannot trace: said once
+            if str(exc) not in net.said:
+                net.said.add(str(exc))
+                log.info("%s; scoring by a full forward pass per candidate where the chain's cache does not apply", exc)
+        else:
+            try:
+                scorer = FxCachedScorer(net.model, net.applier, traced, self.touched_modules(), self.base, data,
+                                        tie=tie, recalibrate=recalibrate, varying=self.varying_layers())
+                return scorer, self.network_masks, SCORING_FX
+            except StructpruneError as exc:
+                log.info("%s: %s; scoring by a full forward pass per candidate", self.layer, exc)
+        scorer = FullForwardScorer(net.model, net.applier, data, tie=tie, recalibrate=recalibrate)
+        return scorer, self.network_masks, SCORING_FULL
 
     def objective(self, score_fn: ScoreFn, latency: Callable[[], Any], weight: float) -> ScoreFn:
         """The function the method minimises (default: the score itself)."""

@@ -60,6 +60,10 @@ class ChannelRung(Rung):
         scores = tp.importance.GroupMagnitudeImportance(p=2)(group)[self.alive]
         return top_bits(scores, self.space.keep)
 
+    def touched_modules(self) -> set[str]:
+        """Every member of the channel group: its convs, batch norms and the consumers' input weights."""
+        return set(self.net.groups[self.layer].member_names())
+
     def cache_blocker(self) -> str | None:
         reason = super().cache_blocker()
         if reason is not None:

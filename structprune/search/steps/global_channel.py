@@ -52,6 +52,12 @@ class GlobalChannelRung(Rung):
         norms = [channel_l1(self.net.model, self.net.groups[n]) for n in self.layers]
         return top_bits(torch.cat([v / v.mean().clamp_min(1e-12) for v in norms])[self.alive], self.space.keep)
 
+    def touched_modules(self) -> set[str]:
+        return {name for layer in self.layers for name in self.net.groups[layer].member_names()}
+
+    def varying_layers(self) -> set[str]:
+        return set(self.layers)
+
     def cache_blocker(self) -> str | None:
         if self.net.chain is None:
             return f"{type(self.net.model).__name__} is not a chain of modules (features + classifier)"
