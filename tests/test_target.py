@@ -182,3 +182,19 @@ def test_bad_targets_are_one_line(runs, tmp_path, capsys, argv, message):
     assert main(["prune", str(runs["tiny-paper"]), *argv, "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("structprune: error:") and message in err[0]
+
+
+# ------------------------------------------------------------------------------------------------ the API
+def test_prune_to_target_on_a_network_of_your_own():
+    import structprune
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(16, 16, 3),
+                                torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 4))
+    x, y = torch.randn(32, 3, 8, 8), torch.randint(0, 4, (32,))
+    masks = structprune.prune_to_target(model, x, structprune.mcr_scorer([(x, y)]), target_macs=2, round_to=4,
+                                        particles=4, generations=2)
+    small = structprune.compact(model, masks)
+    assert count_macs(small, (3, 8, 8)) * 2 <= count_macs(model, (3, 8, 8))
+    with pytest.raises(StructpruneError, match="give exactly one target"):
+        structprune.prune_to_target(model, x, structprune.mcr_scorer([(x, y)]))

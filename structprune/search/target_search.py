@@ -3,9 +3,9 @@
 A target is a budget on a cost model (target_cost.py): R× fewer MACs is a relative MAC budget of 1/R, a
 speed-up S a relative latency budget of 1/S, a latency of MS milliseconds MS over the dense network's
 predicted time. The particle filter (particle_filter.py, pf or epf) searches the space of target_space.py,
-one ladder rung per channel group. A particle whose predicted cost meets the budget scores its validation
-MCR (+ tie · cross-entropy) on the score images, the masked network run by one full forward pass with its
-batch norms re-estimated under the masks (scoring_full.py); one over budget scores INFEASIBLE plus its
+one ladder rung per channel group. A particle whose predicted cost meets the budget is scored by a MaskScorer:
+in a run, its validation MCR (+ tie · cross-entropy) on the score images, the masked network run by one full
+forward pass with its batch norms re-estimated under the masks (scoring_full.py); one over budget scores INFEASIBLE plus its
 relative excess, without running: it loses to every feasible particle but the smaller excess still ranks
 first. The first population is the most-kept uniform structure that meets the budget and copies of it with
 every group moved up to `jitter` rungs either way.
@@ -16,15 +16,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from structprune.errors import StructpruneError
 from structprune.search.particle_filter import ChoiceSpace, ParticleFilter, PFConfig
-from structprune.search.scoring_full import FullForwardScorer
 from structprune.search.target_cost import CostModel
 from structprune.search.target_space import TargetSpace
+from structprune.sparsity.masks import NetworkMask
 from structprune.sparsity.method import Method
 
 log = logging.getLogger("structprune.search")
@@ -121,26 +121,28 @@ def start_population(space: TargetSpace, cost: CostModel, budget: float, cfg: Ta
     return np.clip(start + moves, 0, space.k - 1).astype(np.int16)
 
 
-class Objective:
-    """Scores particles: MCR + tie·CE within budget, INFEASIBLE + excess over it. Remembers what it saw."""
+class MaskScorer(Protocol):
+    """Scores of whole-network masks, lower is better (FullForwardScorer, or the API's score_fn adapter)."""
 
-    def __init__(self, space: TargetSpace, cost: CostModel, budget: float, scorer: FullForwardScorer):
+    def score_masks(self, masks: list[NetworkMask]) -> np.ndarray: ...
+
+
+class Objective:
+    """Scores particles: the scorer's score within budget, INFEASIBLE + relative excess over it."""
+
+    def __init__(self, space: TargetSpace, cost: CostModel, budget: float, scorer: MaskScorer):
         self.space, self.cost, self.budget, self.scorer = space, cost, budget, scorer
-        self.mcr: dict[bytes, float] = {}
 
     def __call__(self, particles: np.ndarray) -> np.ndarray:
         costs = np.array([self.cost.predict(p) for p in particles])
         feasible = costs <= self.budget + 1e-12
         scores = INFEASIBLE + (costs / self.budget - 1.0)
         if feasible.any():
-            chosen = particles[feasible]
-            mcr, ce = self.scorer.mcr_and_ce([self.space.mask(p) for p in chosen])
-            scores[feasible] = mcr + self.scorer.tie * ce
-            self.mcr.update({p.tobytes(): float(m) for p, m in zip(chosen, mcr, strict=True)})
+            scores[feasible] = self.scorer.score_masks([self.space.mask(p) for p in particles[feasible]])
         return scores
 
 
-def search_structure(space: TargetSpace, cost: CostModel, budget: float, scorer: FullForwardScorer,
+def search_structure(space: TargetSpace, cost: CostModel, budget: float, scorer: MaskScorer,
                      cfg: TargetSearchConfig, seed: int, label: str, saved: dict[str, Any] | None = None,
                      on_generation: Callable[[ParticleFilter], None] | None = None) -> tuple[np.ndarray, ParticleFilter]:
     """The best structure within `budget` (a saved filter state resumes), and the filter that found it."""
@@ -155,12 +157,10 @@ def search_structure(space: TargetSpace, cost: CostModel, budget: float, scorer:
         rec = current.history[-1]
         feasible = int((current.scores is not None) and (current.scores < INFEASIBLE).sum())
         best_cost = cost.predict(current.best)
-        mcr = objective.mcr.get(current.best.tobytes())
-        rec.update(best_cost=best_cost, feasible=feasible, best_mcr=mcr)
-        log.info("%s: generation %d/%d, best %s at %.3f of the %s (budget %.3f), %d of %d particles within budget",
-                 label, current.generation, current.config.generations,
-                 f"score {current.best_score:.4f}" if mcr is None else f"MCR {mcr:.4f}", best_cost, COST_NAMES[cost.kind],
-                 budget, feasible, current.config.particles)
+        rec.update(best_cost=best_cost, feasible=feasible)
+        log.info("%s: generation %d/%d, best score %.4f at %.3f of the %s (budget %.3f), %d of %d particles within "
+                 "budget", label, current.generation, current.config.generations, current.best_score, best_cost,
+                 COST_NAMES[cost.kind], budget, feasible, current.config.particles)
         if on_generation is not None:
             on_generation(current)
 
