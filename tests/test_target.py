@@ -146,12 +146,14 @@ def test_a_killed_search_resumes_to_the_same_result(runs, tmp_path, monkeypatch)
     assert resumed["target"] == whole["target"] and resumed["compact_macs"] == whole["compact_macs"]
 
 
-def test_the_mac_model_counts_what_the_flop_counter_counts(runs):
-    model = load_run(runs["tiny-resnet"]).model
+@pytest.mark.parametrize("name", ["tiny-resnet", "tiny-mobilenet", "tiny-densenet"])
+def test_the_mac_model_counts_what_the_flop_counter_counts(name):
+    torch.manual_seed(0)
+    model = create(name, in_channels=3, input_size=16).eval()
     space = TargetSpace(model, channel_groups_of(model), round_to=2, min_keep=0.25)
-    cost = MacCost(space, (1, 8, 8))
-    particle = np.random.default_rng(0).integers(0, space.k, space.n).astype(np.int16)
-    assert cost.macs(particle) == pytest.approx(count_macs(compact(model, space.mask(particle)), (1, 8, 8)))
+    cost = MacCost(space, (3, 16, 16))
+    for particle in np.random.default_rng(0).integers(0, space.k, (2, space.n)).astype(np.int16):
+        assert cost.macs(particle) == pytest.approx(count_macs(compact(model, space.mask(particle)), (3, 16, 16)))
 
 
 # ------------------------------------------------------------------------------------------------ the CLI
