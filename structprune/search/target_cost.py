@@ -6,7 +6,7 @@
                measured on this machine for a runtime, batch and thread count
 
 Both answer `predict(particle) -> float`, the cost of the structure over the dense network's (0.5: half).
-The latency model is another module (structprune.search.latency_model), imported only when a latency model
+The latency model is another module (structprune.latency_model), imported only when a latency model
 is measured here; anything with `network_ms(forms)` and `dense_ms()` serves (tests use a synthetic table).
 """
 
@@ -15,17 +15,19 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 from torch import nn
 
 from structprune.errors import StructpruneError
+from structprune.jsonio import read_json, write_json_atomic
 from structprune.layers import layer_table
 from structprune.metrics import count_macs
 from structprune.search.target_space import LayerCounts, TargetSpace
 
-LATENCY_MODEL_MODULE = "structprune.search.latency_model"
+LATENCY_MODEL_MODULE = "structprune.latency_model"
 
 
 class CostModel(Protocol):
@@ -37,7 +39,7 @@ class CostModel(Protocol):
 
 
 class LatencyModelLike(Protocol):
-    """What the target search needs of a latency model (structprune.search.latency_model.LatencyModel)."""
+    """What the target search needs of a latency model (structprune.latency_model.LatencyModel)."""
 
     def network_ms(self, forms: dict[str, Any]) -> float: ...
 
@@ -46,12 +48,13 @@ class LatencyModelLike(Protocol):
 
 @dataclass(frozen=True)
 class ConvForm:
-    """A conv as compacted: what LatencyModel.network_ms reads of each layer (its LayerForm's fields)."""
+    """A conv as compacted, with the fields of structprune.latency_model.LayerForm: kept maps, kernel blocks G
+    (1: none; a depthwise conv keeps its depthwise form with G = 1 and kept_in == kept_out), intra taps."""
 
     kept_in: int
     kept_out: int
     groups: int = 1
-    taps: int | None = None
+    taps: tuple[int, int] | None = None
 
 
 class _Memo(ABC):
@@ -100,11 +103,12 @@ class MacCost(_Memo):
 
 
 def conv_forms(space: TargetSpace, particle: np.ndarray, form: type = ConvForm) -> dict[str, Any]:
-    """Per convolution, its LayerForm under the particle (kept input and output maps, groups)."""
+    """Per convolution, its LayerForm under the particle: kept input and output maps; G = the conv's groups
+    (1 for a plain or depthwise conv, whose form stays depthwise)."""
     out = {}
     for name, c in space.layer_counts(particle).items():
         if isinstance(space.model.get_submodule(name), nn.Conv2d):
-            out[name] = form(kept_in=c.kept_in, kept_out=c.kept_out, groups=c.groups)
+            out[name] = form(kept_in=c.kept_in, kept_out=c.kept_out, groups=1 if c.depthwise else c.groups)
     return out
 
 
@@ -128,13 +132,20 @@ class LatencyCost(_Memo):
 
 
 def measured_latency_cost(space: TargetSpace, input_shape: tuple[int, ...], runtime: str, batch: int, threads: int,
-                          round_to: int) -> LatencyCost:
-    """A LatencyCost from a latency model measured on this machine (structprune.search.latency_model)."""
+                          round_to: int, cache: Path | None = None) -> LatencyCost:
+    """A LatencyCost from a latency model measured on this machine (structprune.latency_model); with `cache`,
+    read from that JSON file when it exists, else measured and written there (a resumed run predicts alike)."""
     try:
         module = importlib.import_module(LATENCY_MODEL_MODULE)
     except ImportError:
         raise StructpruneError(f"speed and latency targets need the per-layer latency model ({LATENCY_MODEL_MODULE}), "
                                "which this installation lacks; use --target-macs") from None
-    model = module.measure_latency_model(space.model, input_shape, runtime=runtime, batch=batch, threads=threads,
-                                         round_to=round_to)
+    if cache is not None and cache.exists():
+        model = module.LatencyModel.from_json(read_json(cache))
+    else:
+        model = module.measure_latency_model(space.model, input_shape, runtime=runtime, batch=batch, threads=threads,
+                                             round_to=round_to)
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(cache, model.to_json())
     return LatencyCost(space, model, form=getattr(module, "LayerForm", ConvForm))

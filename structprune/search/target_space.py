@@ -46,8 +46,8 @@ class LayerCounts:
     kept_out: int
     dense_in: int
     dense_out: int
-    groups: int  # the conv's groups as compacted (a depthwise conv: its kept maps)
-    depthwise: bool
+    groups: int  # the layer's groups (1 for linear layers)
+    depthwise: bool  # a depthwise conv: one input map per group, kept_in == kept_out
 
 
 class TargetSpace:
@@ -123,8 +123,7 @@ class TargetSpace:
             kept_out = self._alive(name, "out", dense_out, keeps)
             depthwise = groups > 1 and groups == getattr(module, "in_channels", 0)
             kept_in = kept_out if depthwise else self._alive(name, "in", dense_in * groups, keeps)
-            out[name] = LayerCounts(kept_in, kept_out, dense_in * groups, dense_out,
-                                    kept_out if depthwise else groups, depthwise)
+            out[name] = LayerCounts(kept_in, kept_out, dense_in * groups, dense_out, groups, depthwise)
         return out
 
     def uniform(self, choice: int) -> np.ndarray:

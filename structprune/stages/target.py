@@ -30,7 +30,7 @@ from structprune.jsonio import read_json, write_json_atomic
 from structprune.metrics import evaluation_metrics, size_metrics
 from structprune.output import Output, fingerprint_files
 from structprune.runcheck import load_checked_run
-from structprune.runfiles import MASKS_FILE, STATE_DIR, TARGET_FILE, TARGET_STATE_FILE
+from structprune.runfiles import LATENCY_MODEL_FILE, MASKS_FILE, STATE_DIR, TARGET_FILE, TARGET_STATE_FILE
 from structprune.runfolder import as_output, save_run
 from structprune.search.scoring import ScoreSet
 from structprune.search.scoring_full import FullForwardScorer
@@ -82,14 +82,6 @@ def bench_speed(dense: nn.Module, small: nn.Module, input_shape: tuple[int, ...]
     return ms["dense"], ms["compact"]
 
 
-def make_cost(target: Target, space: TargetSpace, input_shape: tuple[int, ...], cfg: TargetConfig,
-              latency_model: LatencyModelLike | None) -> CostModel:
-    """MACs for a MAC target; for speed and latency, the given latency model or one measured here."""
-    if target.kind == "macs":
-        return MacCost(space, input_shape)
-    if latency_model is not None:
-        return LatencyCost(space, latency_model)
-    return measured_latency_cost(space, input_shape, cfg.runtime, cfg.batch, cfg.threads, cfg.search.round_to)
 
 
 class TargetRun:
@@ -105,10 +97,10 @@ class TargetRun:
         self.input_shape = tuple(self.run.arch["input_shape"])
         self.groups = channel_groups_of(self.model)
         self.space = TargetSpace(self.model, self.groups, cfg.search.round_to, cfg.search.min_keep)
-        self.cost = make_cost(target, self.space, self.input_shape, cfg, latency_model)
-        dense_ms = self.cost.dense if isinstance(self.cost, LatencyCost) else None
-        self.budget = target.relative_budget(dense_ms)
-        check_reachable(self.space, self.cost, self.budget, target, cfg.search)
+        self._cost: CostModel | None = None  # a latency model to measure: in the staging area (`measure_cost`)
+        if target.kind == "macs" or latency_model is not None:
+            self.set_cost(MacCost(self.space, self.input_shape) if latency_model is None
+                          else LatencyCost(self.space, latency_model))
         self.data = run_dataset(self.run, data_dir)
         if self.data is None or len(self.data.val) == 0:
             raise StructpruneError(f"{src}: its config.json records no dataset (with validation images) to score on")
@@ -117,6 +109,28 @@ class TargetRun:
         recal = self.data.train.x[: cfg.search.bn_batches * 64] if cfg.search.bn_batches > 0 else None
         self.scorer = FullForwardScorer(self.model, self.applier, ScoreSet(self.data.val.x[:n], self.data.val.y[:n]),
                                         tie=cfg.search.tie, recalibrate=recal)
+
+    @property
+    def has_cost(self) -> bool:
+        return self._cost is not None
+
+    @property
+    def cost(self) -> CostModel:
+        if self._cost is None:
+            raise RuntimeError("the latency model is measured in the staging area first (measure_cost)")
+        return self._cost
+
+    def set_cost(self, cost: CostModel) -> None:
+        """The cost model, the budget on it, and a check that the ladder's floor reaches it."""
+        self._cost = cost
+        self.budget = self.target.relative_budget(cost.dense if isinstance(cost, LatencyCost) else None)
+        check_reachable(self.space, cost, self.budget, self.target, self.cfg.search)
+
+    def measure_cost(self, state_dir: Path) -> None:
+        """A latency model measured on this machine (kept in `state_dir`, so a resumed run predicts alike)."""
+        cfg = self.cfg
+        self.set_cost(measured_latency_cost(self.space, self.input_shape, cfg.runtime, cfg.batch, cfg.threads,
+                                            cfg.search.round_to, cache=state_dir / LATENCY_MODEL_FILE))
 
     @property
     def verifies(self) -> bool:
@@ -204,6 +218,8 @@ def target_run(src: str | Path, out: Output | str | Path, target: Target, cfg: T
     identity = {"target": asdict(target), "config": asdict(cfg), "source_files": fingerprint_files(src),
                 "data": job.data.fingerprint()}
     with output.staged(json_ready(identity)):
+        if not job.has_cost:
+            job.measure_cost(output.checkpoints / STATE_DIR)
         path = output.checkpoints / STATE_DIR / TARGET_STATE_FILE
         fresh = {"budget": job.budget, "tries": [], "pf": None, "done": False}
         state = read_json(path) if path.exists() else fresh
@@ -246,5 +262,8 @@ def _save(job: TargetRun, output: Output, src: str | Path, chosen: dict[str, Any
               "ladders": job.space.ladders, "tries": state["tries"]}
     config = {**job.run.config, **(extra_config or {}), "source_run": str(Path(src)),
               "prune": {"target": asdict(job.target), **json_ready(asdict(cfg))}}
-    return save_run(output, model, job.run.arch, metrics, config,
-                    extra_json={MASKS_FILE: mask.to_json(), TARGET_FILE: record}), metrics
+    extra = {MASKS_FILE: mask.to_json(), TARGET_FILE: record}
+    latency = getattr(job.cost, "model", None)
+    if hasattr(latency, "to_json"):  # a measured latency model: what the predictions came from
+        extra[LATENCY_MODEL_FILE] = latency.to_json()
+    return save_run(output, model, job.run.arch, metrics, config, extra_json=extra), metrics
