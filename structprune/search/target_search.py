@@ -128,17 +128,22 @@ class MaskScorer(Protocol):
 
 
 class Objective:
-    """Scores particles: the scorer's score within budget, INFEASIBLE + relative excess over it."""
+    """Scores particles: the scorer's score within budget, INFEASIBLE + relative excess over it. A structure
+    scored in an earlier generation is not scored again (the scorer is deterministic)."""
 
     def __init__(self, space: TargetSpace, cost: CostModel, budget: float, scorer: MaskScorer):
         self.space, self.cost, self.budget, self.scorer = space, cost, budget, scorer
+        self.seen: dict[bytes, float] = {}
 
     def __call__(self, particles: np.ndarray) -> np.ndarray:
         costs = np.array([self.cost.predict(p) for p in particles])
-        feasible = costs <= self.budget + 1e-12
         scores = INFEASIBLE + (costs / self.budget - 1.0)
-        if feasible.any():
-            scores[feasible] = self.scorer.score_masks([self.space.mask(p) for p in particles[feasible]])
+        new = [i for i, c in enumerate(costs) if c <= self.budget + 1e-12 and particles[i].tobytes() not in self.seen]
+        if new:
+            fresh = self.scorer.score_masks([self.space.mask(particles[i]) for i in new])
+            self.seen.update({particles[i].tobytes(): float(v) for i, v in zip(new, fresh, strict=True)})
+        for i, particle in enumerate(particles):
+            scores[i] = self.seen.get(particle.tobytes(), scores[i])
         return scores
 
 
