@@ -33,7 +33,9 @@ LATENCY_MODEL_MODULE = "structprune.latency_model"
 class CostModel(Protocol):
     """A structure's cost relative to the dense network."""
 
-    kind: str
+    kind: str  # "macs" or "latency"
+    unit: str  # of `dense`: "macs" or "ms"
+    dense: float  # the dense network's cost, in `unit`
 
     def predict(self, particle: np.ndarray) -> float: ...
 
@@ -82,14 +84,14 @@ def _fraction(counts: LayerCounts) -> float:
 class MacCost(_Memo):
     """Exact MACs of the compact network over the dense network's, for one image."""
 
-    kind = "macs"
+    kind, unit = "macs", "macs"
 
     def __init__(self, space: TargetSpace, input_shape: tuple[int, ...]):
         super().__init__()
         self.space = space
         rows = {row["name"]: row["macs"] for row in layer_table(space.model, input_shape)}
         self.layer_macs = {name: int(rows.get(name, 0)) for name in space.layers}
-        self.dense = count_macs(space.model, input_shape)
+        self.dense = float(count_macs(space.model, input_shape))
         if self.dense <= 0:
             raise StructpruneError(f"{type(space.model).__name__}: no multiply-accumulates to reduce")
         self.other = self.dense - sum(self.layer_macs.values())  # anything the layers do not own
@@ -115,7 +117,7 @@ def conv_forms(space: TargetSpace, particle: np.ndarray, form: type = ConvForm) 
 class LatencyCost(_Memo):
     """Predicted latency of the compact network over the dense network's, from a per-layer latency model."""
 
-    kind = "latency"
+    kind, unit = "latency", "ms"
 
     def __init__(self, space: TargetSpace, model: LatencyModelLike, form: type = ConvForm):
         super().__init__()

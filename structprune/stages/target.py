@@ -143,7 +143,8 @@ class TargetRun:
         predicted = self.cost.predict(best)
         factor = "predicted_mac_reduction" if self.target.kind == "macs" else "predicted_speedup"
         return {"try": index + 1, "budget": budget, "choices": best.tolist(), "structure": self.space.describe(best),
-                "predicted_cost": predicted, factor: 1.0 / predicted, "history": history}
+                "predicted_cost": predicted, f"predicted_{self.cost.unit}": predicted * self.cost.dense,
+                factor: 1.0 / predicted, "history": history}
 
     def verify(self, record: dict[str, Any], measure: Measure) -> bool:
         """Time dense vs compact (recorded in `record`); whether the measured speed-up is accepted."""
@@ -258,6 +259,7 @@ def _save(job: TargetRun, output: Output, src: str | Path, chosen: dict[str, Any
     metrics["target"] = {"kind": job.target.kind, "value": job.target.value, "tries": len(state["tries"]),
                          "mac_reduction": metrics["macs"] / max(1, metrics["compact_macs"]), **summary}
     record = {"format": TARGET_FORMAT, "target": asdict(job.target), "cost_model": job.cost.kind,
+              f"dense_{job.cost.unit}": job.cost.dense,
               "budget": state["tries"][0]["budget"], "chosen_try": chosen["try"], "structure": chosen["structure"],
               "ladders": job.space.ladders, "tries": state["tries"]}
     config = {**job.run.config, **(extra_config or {}), "source_run": str(Path(src)),
