@@ -17,6 +17,7 @@ import sys
 from structprune.cli.common import finite_float, positive_int
 from structprune.errors import StructpruneError
 from structprune.output import Output
+from structprune.search.target_space import DEFAULT_MIN_KEEP
 from structprune.sparsity.fast_forms import DEFAULT_ROUND_TO
 from structprune.sparsity.method import Method
 
@@ -46,8 +47,9 @@ def add_target_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--runtime", choices=("onnxruntime", "eager"), default="onnxruntime",
                    help="speed and latency targets: the runtime timed (default onnxruntime)")
     g.add_argument("--batch", type=positive_int, default=1, help="speed and latency targets: images per call (default 1)")
-    g.add_argument("--min-keep", type=keep_fraction, default=0.25, metavar="F",
-                   help="the ladder's floor: every channel group keeps at least this fraction of its maps (default 0.25)")
+    g.add_argument("--min-keep", type=keep_fraction, default=DEFAULT_MIN_KEEP, metavar="F",
+                   help="the ladder's floor: every channel group keeps at least this fraction of its maps (default "
+                   f"{DEFAULT_MIN_KEEP:g})")
     g.add_argument("--no-verify", action="store_true",
                    help="speed and latency targets: trust the latency model, do not time the compact network")
 

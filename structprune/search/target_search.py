@@ -23,7 +23,8 @@ import numpy as np
 from structprune.errors import StructpruneError
 from structprune.search.particle_filter import ChoiceSpace, ParticleFilter, PFConfig
 from structprune.search.target_cost import CostModel
-from structprune.search.target_space import TargetSpace
+from structprune.search.target_space import DEFAULT_MIN_KEEP, TargetSpace
+from structprune.sparsity.fast_forms import DEFAULT_ROUND_TO
 from structprune.sparsity.masks import NetworkMask
 from structprune.sparsity.method import Method
 
@@ -81,8 +82,8 @@ class TargetSearchConfig:
     particles: int = 16
     generations: int = 6
     temperature: float = 0.002
-    round_to: int = 8
-    min_keep: float = 0.25
+    round_to: int = DEFAULT_ROUND_TO
+    min_keep: float = DEFAULT_MIN_KEEP
     jitter: int = 1
     score_images: int = 1000
     bn_batches: int = 2  # batch-norm re-estimation per candidate: batches of 64 training images (0: off)
