@@ -179,6 +179,7 @@ MNIST = ("train", "--model", "tiny-paper", "--data", "mnist", "--data-dir", "{tm
 QUANT = ("quantize", "{run}", "--bits", "4", "--out", "{out}", "--no-progress")
 PRUNE = ("prune", "{run}", "--out", "{out}", "--granularity", "channel", "--ratio", "0.5")
 SEARCH = ("prune", "{run}", "--out", "{out}", "--granularity", "channel", "--method", "pf", "--max")
+TARGET = ("prune", "{run}", "--out", "{out}")
 RETRAIN = ("retrain", "{pruned}", "--epochs", "1", "--out", "{out}", "--no-progress")
 BENCH = ("bench", "{run}", "--rounds", "1", "--batch", "1", "--no-progress")
 SENS = ("sensitivity", "{run}")
@@ -446,6 +447,21 @@ CASES = [
     case("prune-damaged-masks", "prune", "{bad}", *PRUNE[2:], setup=masks("features.0", "keep_out", [0.5, 1.7])),
     case("prune-damaged-arch", "prune", "{bad}", *PRUNE[2:], setup=damaged("run", "arch.json", set_modules_to_list)),
     case("prune-data-does-not-fit", "prune", "{bad}", *PRUNE[2:], setup=mnist_elsewhere()),
+    # ---- prune to a target
+    case("target-two-targets", *TARGET, "--target-macs", "2", "--target-speedup", "2"),
+    case("target-speedup-one", *TARGET, "--target-speedup", "1"),
+    case("target-macs-below-one", *TARGET, "--target-macs", "0.5"),
+    case("target-latency-zero", *TARGET, "--target-latency", "0"),
+    case("target-macs-nan", *TARGET, "--target-macs", "nan"),
+    case("target-out-of-reach", *TARGET, "--target-macs", "2"),  # 8-map groups at --round-to 8: nothing to remove
+    case("target-out-of-reach-floor", *TARGET, "--target-macs", "50", "--round-to", "1"),
+    case("target-with-ratio", *TARGET, "--target-macs", "2", "--ratio", "0.5"),
+    case("target-with-max", *TARGET, "--target-macs", "2", "--max"),
+    case("target-method-l2", *TARGET, "--target-macs", "2", "--method", "tp-l2"),
+    case("target-runtime", *TARGET, "--target-speedup", "2", "--runtime", "tensorrt"),
+    case("target-batch-zero", *TARGET, "--target-speedup", "2", "--batch", "0"),
+    case("target-min-keep-zero", *TARGET, "--target-macs", "2", "--min-keep", "0"),
+    case("target-on-pruned-run", "prune", "{pruned}", "--out", "{out}", "--target-macs", "2", "--round-to", "1"),
     # ---- prune (the search)
     case("search-tolerance-negative", *SEARCH, "--tolerance", "-1"),
     case("search-tolerance-100", *SEARCH, "--tolerance", "100"),

@@ -21,6 +21,7 @@ from structprune.cli.common import (
     seed,
 )
 from structprune.cli.prune_search import add_search_arguments, run_search
+from structprune.cli.prune_target import add_target_arguments, check_target_args, run_target, wants_target
 from structprune.errors import StructpruneError
 from structprune.output import claim_folder
 from structprune.sparsity.fast_forms import EdgeOptions, describe, resolve
@@ -111,14 +112,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    "every linear layer but the classifier, by L1 of their weights (l1 and random; default 0: kept)")
     p.add_argument("--data-dir", default=None, help="dataset folder (default: the one the run was trained with)")
     p.add_argument("--threads", type=int_in(1, MAX_THREADS), default=None,
-                   help="CPU threads for PyTorch (default: its own choice; 1 is fastest for tiny models)")
+                   help="CPU threads for PyTorch (default: its own choice; 1 is fastest for tiny models); with a speed "
+                   "or latency target, also the threads it is predicted and timed with (default 1)")
     add_search_arguments(p)
+    add_target_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
+    if wants_target(args):
+        target = check_target_args(args)
+        output = claim_folder(args.out, "prune", inputs=(args.run_dir,), overwrite=args.overwrite)
+        if args.restart:
+            output.discard()
+        return run_target(args, target, output)
     granularities = args.granularity
     search = args.method.needs_search or args.max or args.schedule
     if search:

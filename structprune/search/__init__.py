@@ -5,6 +5,8 @@
   driver           layer-by-layer search on a network, tolerance ladder, retraining, resume
   backends         where scoring runs (in-process, Ray)
   latency          a measured per-layer latency table for a latency-aware objective
+  target_search    pruning to a MAC, speed-up or latency target: kept maps per channel group (target_space),
+                   priced by a cost model (target_cost)
 
 Called, `structprune.search(model, example_input, score_fn, ...)` is structprune.api.search (any network,
 any score function).

@@ -4,6 +4,7 @@ under the output policy (structprune.output: a new folder, staged, resumable) an
   train_run      a registered model trained on a dataset (adopt_run: an already trained one)  (stages.train)
   prune_run      masks chosen by a MaskChooser and applied               (structprune.stages.prune)
   select_run     prune_run with one-shot selection (L1, random)          (structprune.stages.prune)
+  target_run     masks meeting a MAC, speed-up or latency target          (structprune.stages.target)
   search_run     masks chosen by the particle filter, layer by layer     (structprune.search.driver)
   retrain_run    retraining with the masks held, optionally distilled    (structprune.stages.retrain)
   compact_run    the masked network as smaller dense layers              (structprune.stages.prune)
@@ -21,12 +22,16 @@ from structprune.stages.export import export_run
 from structprune.stages.measure import BenchConfig, bench_runs, report_runs
 from structprune.stages.prune import compact_run, prune_run, select_run
 from structprune.stages.retrain import Teacher, retrain_run
+from structprune.stages.target import Target, TargetConfig, TargetSearchConfig, target_run
 from structprune.stages.train import TrainRunConfig, adopt_run, check_adoptable, train_run
 
 __all__ = [
            "BenchConfig",
            "QuantizeConfig",
            "SearchConfig",
+           "Target",
+           "TargetConfig",
+           "TargetSearchConfig",
            "Teacher",
            "TrainRunConfig",
            "adopt_run",
@@ -40,5 +45,6 @@ __all__ = [
            "retrain_run",
            "search_run",
            "select_run",
+           "target_run",
            "train_run",
 ]

@@ -1,0 +1,176 @@
+"""The structure search behind `prune --target-macs / --target-speedup / --target-latency`.
+
+A target is a budget on a cost model (target_cost.py): R× fewer MACs is a relative MAC budget of 1/R, a
+speed-up S a relative latency budget of 1/S, a latency of MS milliseconds MS over the dense network's
+predicted time. The particle filter (particle_filter.py, pf or epf) searches the space of target_space.py,
+one ladder rung per channel group. A particle whose predicted cost meets the budget is scored by a MaskScorer:
+in a run, its validation MCR (+ tie · cross-entropy) on the score images, the masked network run by one full
+forward pass with its batch norms re-estimated under the masks (scoring_full.py); one over budget scores INFEASIBLE plus its
+relative excess, without running: it loses to every feasible particle but the smaller excess still ranks
+first. The first population is the most-kept uniform structure that meets the budget and copies of it with
+every group moved up to `jitter` rungs either way.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from structprune.errors import StructpruneError
+from structprune.search.particle_filter import ChoiceSpace, ParticleFilter, PFConfig
+from structprune.search.target_cost import CostModel
+from structprune.search.target_space import DEFAULT_MIN_KEEP, TargetSpace
+from structprune.sparsity.fast_forms import DEFAULT_ROUND_TO
+from structprune.sparsity.masks import NetworkMask
+from structprune.sparsity.method import Method
+
+log = logging.getLogger("structprune.search")
+
+INFEASIBLE = 2.0  # score of a structure over budget, plus its relative excess (an MCR is at most 1)
+TARGET_KINDS = {"macs": "--target-macs", "speedup": "--target-speedup", "latency": "--target-latency"}
+COST_NAMES = {"macs": "MACs", "latency": "latency"}  # a cost model's kind, in words
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the user asked for: `kind` (macs, speedup, latency) and its value (a factor, or milliseconds)."""
+
+    kind: str
+    value: float
+
+    def __post_init__(self) -> None:
+        if self.kind not in TARGET_KINDS:
+            raise StructpruneError(f"unknown target {self.kind!r}; choose {', '.join(TARGET_KINDS)}")
+        if self.kind != "latency" and not self.value > 1.0:
+            raise StructpruneError(f"{TARGET_KINDS[self.kind]} {self.value:g}: the factor must be above 1 "
+                                   f"(2 asks for half the {'MACs' if self.kind == 'macs' else 'time'})")
+        if self.kind == "latency" and not self.value > 0.0:
+            raise StructpruneError(f"--target-latency {self.value:g}: the latency must be positive (milliseconds)")
+
+    @classmethod
+    def of(cls, macs: float | None = None, speedup: float | None = None, latency_ms: float | None = None) -> Target:
+        """The one target given (conflicting or missing targets are refused)."""
+        given = {k: v for k, v in (("macs", macs), ("speedup", speedup), ("latency", latency_ms)) if v is not None}
+        if len(given) != 1:
+            names = " and ".join(TARGET_KINDS[k] for k in given) if given else "none"
+            raise StructpruneError(f"give exactly one target of {', '.join(TARGET_KINDS.values())} (got {names})")
+        kind, value = next(iter(given.items()))
+        return cls(kind, float(value))
+
+    @property
+    def flag(self) -> str:
+        return f"{TARGET_KINDS[self.kind]} {self.value:g}"
+
+    def relative_budget(self, dense_ms: float | None = None) -> float:
+        """The budget as a fraction of the dense network's cost (`dense_ms`: its predicted latency)."""
+        if self.kind != "latency":
+            return 1.0 / self.value
+        if dense_ms is None:
+            raise ValueError("a latency target needs the dense network's latency")
+        return self.value / dense_ms
+
+
+@dataclass(frozen=True)
+class TargetSearchConfig:
+    """How the structure is searched: the particle filter's settings, the ladder, and scoring."""
+
+    method: Method = Method.PF  # pf or epf
+    particles: int = 16
+    generations: int = 6
+    temperature: float = 0.002
+    round_to: int = DEFAULT_ROUND_TO
+    min_keep: float = DEFAULT_MIN_KEEP
+    jitter: int = 1
+    score_images: int = 1000
+    bn_batches: int = 2  # batch-norm re-estimation per candidate: batches of 64 training images (0: off)
+    tie: float = 1e-3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in (Method.PF, Method.EPF):
+            raise StructpruneError(f"the target search runs the particle filter (pf or epf), not {self.method}")
+        PFConfig(particles=self.particles, generations=self.generations, temperature=self.temperature)
+        if self.jitter < 0 or self.score_images < 1 or self.bn_batches < 0:
+            raise StructpruneError("jitter and bn_batches must be >= 0, score_images >= 1")
+
+    def pf_config(self, seed: int) -> PFConfig:
+        return PFConfig(particles=self.particles, generations=self.generations, temperature=self.temperature,
+                        evolutionary=self.method is Method.EPF, seed=seed)
+
+
+def check_reachable(space: TargetSpace, cost: CostModel, budget: float, target: Target, cfg: TargetSearchConfig) -> None:
+    """One line when even the ladder's floor (every group at its fewest maps) misses the budget."""
+    floor = cost.predict(space.uniform(space.k - 1))
+    if floor > budget + 1e-12:
+        raise StructpruneError(
+            f"{target.flag}: out of reach; keeping {cfg.min_keep:g} of every group's maps (rounded to multiples of "
+            f"{cfg.round_to}) leaves {floor:.3f} of the {COST_NAMES[cost.kind]}, and the target needs {budget:.3f} "
+            "(lower the target, or pass a smaller --min-keep or --round-to)")
+
+
+def start_population(space: TargetSpace, cost: CostModel, budget: float, cfg: TargetSearchConfig,
+                     seed: int) -> np.ndarray:
+    """The most-kept uniform structure within budget, then copies of it jittered by up to `jitter` rungs."""
+    start = next(c for c in range(space.k) if cost.predict(space.uniform(c)) <= budget + 1e-12)
+    rng = np.random.default_rng(seed + 7)
+    moves = rng.integers(-cfg.jitter, cfg.jitter + 1, size=(cfg.particles, space.n))
+    moves[0] = 0
+    return np.clip(start + moves, 0, space.k - 1).astype(np.int16)
+
+
+class MaskScorer(Protocol):
+    """Scores of whole-network masks, lower is better (FullForwardScorer, or the API's score_fn adapter)."""
+
+    def score_masks(self, masks: list[NetworkMask]) -> np.ndarray: ...
+
+
+class Objective:
+    """Scores particles: the scorer's score within budget, INFEASIBLE + relative excess over it. A structure
+    scored in an earlier generation is not scored again (the scorer is deterministic)."""
+
+    def __init__(self, space: TargetSpace, cost: CostModel, budget: float, scorer: MaskScorer):
+        self.space, self.cost, self.budget, self.scorer = space, cost, budget, scorer
+        self.seen: dict[bytes, float] = {}
+
+    def __call__(self, particles: np.ndarray) -> np.ndarray:
+        costs = np.array([self.cost.predict(p) for p in particles])
+        scores = INFEASIBLE + (costs / self.budget - 1.0)
+        new = [i for i, c in enumerate(costs) if c <= self.budget + 1e-12 and particles[i].tobytes() not in self.seen]
+        if new:
+            fresh = self.scorer.score_masks([self.space.mask(particles[i]) for i in new])
+            self.seen.update({particles[i].tobytes(): float(v) for i, v in zip(new, fresh, strict=True)})
+        for i, particle in enumerate(particles):
+            scores[i] = self.seen.get(particle.tobytes(), scores[i])
+        return scores
+
+
+def search_structure(space: TargetSpace, cost: CostModel, budget: float, scorer: MaskScorer,
+                     cfg: TargetSearchConfig, seed: int, label: str, saved: dict[str, Any] | None = None,
+                     on_generation: Callable[[ParticleFilter], None] | None = None) -> tuple[np.ndarray, ParticleFilter]:
+    """The best structure within `budget` (a saved filter state resumes), and the filter that found it."""
+    if saved is not None:
+        pf = ParticleFilter.from_state(saved)
+    else:
+        pf = ParticleFilter(ChoiceSpace(space.n, space.k), cfg.pf_config(seed),
+                            init=start_population(space, cost, budget, cfg, seed))
+    objective = Objective(space, cost, budget, scorer)
+
+    def after(current: ParticleFilter) -> None:
+        rec = current.history[-1]
+        feasible = int((current.scores is not None) and (current.scores < INFEASIBLE).sum())
+        best_cost = cost.predict(current.best)
+        rec.update(best_cost=best_cost, feasible=feasible)
+        log.info("%s: generation %d/%d, best score %.4f at %.3f of the %s (budget %.3f), %d of %d particles within "
+                 "budget", label, current.generation, current.config.generations, current.best_score, best_cost,
+                 COST_NAMES[cost.kind], budget, feasible, current.config.particles)
+        if on_generation is not None:
+            on_generation(current)
+
+    best = pf.run(objective, on_generation=after)
+    if cost.predict(best) > budget + 1e-12:  # no particle ever met the budget: the most-kept uniform one does
+        best = start_population(space, cost, budget, cfg, seed)[0]
+    return best, pf
