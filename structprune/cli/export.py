@@ -36,8 +36,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="torch.export-based (default) or the older TorchScript exporter")
     p.add_argument("--int8", action="store_true",
                    help="write an int8 model: ONNX Runtime's static quantization (QDQ, per-channel int8 weights in "
-                   "7-bit range, uint8 activations calibrated on training images of the run's dataset), checked against the float "
-                   "network on the validation and test sets; the comparison is written to FILE.json")
+                   "7-bit range, uint8 activations calibrated on training images of the run's dataset), checked "
+                   "against the float network on the validation and test sets; the comparison is written to FILE.json")
     p.add_argument("--calibration-images", type=int, default=None, metavar="N",
                    help=f"with --int8: training images that calibrate the activation ranges (default "
                    f"{DEFAULT_CALIBRATION_IMAGES})")
