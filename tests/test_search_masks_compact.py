@@ -13,32 +13,41 @@ outputs and be smaller; an example whose mask removes no weight counts as a skip
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, Phase, event, given, settings
+import torch.nn.functional as F
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from prune_nets import randomize_bn
 from torch import nn
 
 from structprune.compact.compaction import compact
+from structprune.data import Dataset, Split, load_dataset
 from structprune.errors import StructpruneError
 from structprune.metrics import count_macs, count_params
 from structprune.models import create, register
+from structprune.runfolder import load_run, save_run
 from structprune.search.config import SearchConfig
+from structprune.search.driver import search_run
 from structprune.search.network import SearchNet, conv_names
 from structprune.search.particle_filter import ChoiceSpace
 from structprune.search.steps import Rung, Step, make_steps
 from structprune.search.steps.global_channel import GlobalChannelRung
 from structprune.sparsity.granularity import Granularity, KernelForm
 from structprune.sparsity.masks import NetworkMask
+from structprune.sparsity.method import Method
+from structprune.sparsity.selection import select_masks
+from structprune.stages.prune import load_masks
 
 RTOL = 1e-4  # as the compaction tests
-EXAMPLES = 60  # per family: 6 families, 360 examples
+EXAMPLES_PER_KIND = 11  # per family and kind of step: 29 pairs, 319 examples
+SMALL_SPACE = 24  # particles longer than this are drawn from a seed (hypothesis draws of 2000 entries are slow)
 SKIP_LIMIT = 0.10
 NO_SHRINK = (Phase.explicit, Phase.generate)  # a failure prints its draws; shrinking one can take minutes
 
@@ -76,7 +85,8 @@ FAMILIES = ("tiny-paper", "tiny-vgg", "tiny-resnet", "tiny-mobilenet", "tiny-den
 SCALES = (Granularity.CHANNEL, Granularity.KERNEL, Granularity.INTRA)
 SCALE_ORDERS = [(a,) for a in SCALES] + [(a, b) for a in SCALES for b in SCALES if a != b] + [
     (a, b, c) for a in SCALES for b in SCALES for c in SCALES if len({a, b, c}) == 3]
-KERNEL_FORMS = (KernelForm(), KernelForm("structured", 2), KernelForm("structured", 3), KernelForm("blocks", 2))
+BLOCKS = KernelForm("blocks", 2)
+KERNEL_FORMS = (KernelForm(), KernelForm("structured", 2), KernelForm("structured", 3))
 
 
 @dataclass
@@ -111,18 +121,27 @@ def first_visits(name: str, cfg: SearchConfig) -> list[int]:
     return [i for i, (step, unit) in enumerate(plan(name, cfg)) if step.rungs(NetworkMask(), unit)]
 
 
+def step_kinds(name: str) -> list[str]:
+    """The kinds of step that have a rung somewhere on the unpruned network."""
+    kinds = {"global-channel"}
+    for cfg in (SearchConfig(granularities=SCALES), SearchConfig(granularities=(Granularity.KERNEL,), kernel=BLOCKS)):
+        kinds |= {plan(name, cfg)[i][0].name for i in first_visits(name, cfg)}
+    return sorted(kinds)
+
+
 @st.composite
-def configs(draw, name: str) -> SearchConfig:
-    """A layer-by-layer configuration (the default ladder, scales in any order, every kernel form, shared or
-    per-map intra patterns, rounded or free channel counts) or a global channel search."""
-    if draw(st.integers(0, 3)) == 0:
+def configs(draw, kind: str) -> SearchConfig:
+    """A configuration that runs a kind of step: a global channel search, or a layer-by-layer one (the default
+    ladder) with the kind's scale and others in any order, a kernel form, shared or per-map intra patterns,
+    rounded or free channel counts."""
+    if kind == "global-channel":
         return SearchConfig(scope="global", ratio=draw(st.sampled_from([0.25, 0.5, 0.75])))
-    order = draw(st.sampled_from(SCALE_ORDERS))
-    cfg = SearchConfig(granularities=order, kernel=draw(st.sampled_from(KERNEL_FORMS)), intra_shared=draw(st.booleans()),
-                       round_to=draw(st.sampled_from([1, 2])))
-    if not first_visits(name, cfg):  # kernel blocks alone where no layer can take them (depthwise in between)
-        cfg = SearchConfig(granularities=order)
-    return cfg
+    scale = {"channel": Granularity.CHANNEL, "intra": Granularity.INTRA}.get(kind, Granularity.KERNEL)
+    others = draw(st.lists(st.sampled_from([g for g in SCALES if g != scale]), unique=True, max_size=2))
+    order = tuple(draw(st.permutations([scale, *others])))
+    form = BLOCKS if kind == "kernel-blocks" else draw(st.sampled_from(KERNEL_FORMS))
+    return SearchConfig(granularities=order, kernel=form, intra_shared=draw(st.booleans()),
+                        round_to=draw(st.sampled_from([1, 2])))
 
 
 def layer_spans(rung: Rung) -> list[range]:
@@ -132,7 +151,7 @@ def layer_spans(rung: Rung) -> list[range]:
         return []
     counts = [int(part.sum()) for part in rung.alive.split(rung.sizes)]
     starts = np.cumsum([0, *counts])
-    return [range(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:], strict=True)]
+    return [range(int(a), int(b)) for a, b in itertools.pairwise(starts)]
 
 
 def empties_a_layer(particle: np.ndarray, spans: list[range]) -> bool:
@@ -140,14 +159,18 @@ def empties_a_layer(particle: np.ndarray, spans: list[range]) -> bool:
 
 
 def draw_vector(draw, rung: Rung) -> np.ndarray:
+    """Entry by entry from hypothesis in small spaces; in large ones (kernel bits, global maps) from a drawn seed."""
     space = rung.space
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1))) if space.n > SMALL_SPACE else None
     if isinstance(space, ChoiceSpace):
+        if rng is not None:
+            return space.sample(rng, 1)[0]
         return np.array(draw(st.lists(st.integers(0, space.k - 1), min_size=space.n, max_size=space.n)), dtype=np.int16)
     particle = np.zeros(space.n, dtype=np.int16)
-    spans = layer_spans(rung)
-    for span in spans:  # one map per layer first, where the objective asks for it
-        particle[draw(st.sampled_from(span))] = 1
-    rest = [i for i in draw(st.permutations(range(space.n))) if not particle[i]]
+    for span in layer_spans(rung):  # one map per layer first, where the objective asks for it
+        particle[span[int(rng.integers(len(span)))] if rng is not None else draw(st.sampled_from(span))] = 1
+    order = rng.permutation(space.n).tolist() if rng is not None else draw(st.permutations(range(space.n)))
+    rest = [i for i in order if not particle[i]]
     particle[rest[:space.keep - int(particle.sum())]] = 1
     return particle
 
@@ -169,22 +192,21 @@ def draw_particle(draw, rung: Rung) -> np.ndarray:
     return particle
 
 
-def draw_search_mask(draw, name: str, cfg: SearchConfig) -> tuple[NetworkMask, int]:
-    """Rungs applied in the driver's order (a unit may take several of its ladder); (mask, rungs applied)."""
+def draw_search_mask(draw, name: str, cfg: SearchConfig, kind: str) -> tuple[NetworkMask, list[str]]:
+    """Rungs applied in the driver's order, the first by a step of `kind` (a unit may take several of its
+    ladder); (mask, the steps applied)."""
     fam, visits = family(name), plan(name, cfg)
     mask = NetworkMask()
-    position = draw(st.sampled_from(first_visits(name, cfg)))
-    applied = 0
+    position = draw(st.sampled_from([i for i in first_visits(name, cfg) if visits[i][0].name == kind]))
+    applied = []
     for _ in range(draw(st.integers(1, 4))):
         step, unit = visits[position]
         ladder = step.rungs(mask, unit)
         if ladder:
             rung = ladder[draw(st.integers(0, len(ladder) - 1))]
-            particle = draw_particle(draw, rung)
-            mask = rung.to_mask(particle, mask)
+            mask = rung.to_mask(draw_particle(draw, rung), mask)
             mask.validate(fam.model)
-            applied += 1
-            event(f"{step.name} rung")
+            applied.append(step.name)
         position = draw(st.integers(position, len(visits) - 1))  # the same unit (its next rung) or a later one
     return mask, applied
 
@@ -224,28 +246,113 @@ def check_compacts_to_the_masked_network(name: str, mask: NetworkMask, seed: int
     return True
 
 
+def run_examples(name: str, kind: str, counts: Counter[str]) -> None:
+    """EXAMPLES_PER_KIND examples whose first rung is a `kind` step; tallies the steps applied and the skips."""
+    fam = family(name)
+
+    @settings(max_examples=EXAMPLES_PER_KIND, deadline=None, derandomize=True, database=None, phases=NO_SHRINK,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(data=st.data(), cfg=configs(kind), seed=st.integers(0, 2**16))
+    def search_masks_compact(data, cfg, seed):
+        mask, applied = draw_search_mask(data.draw, name, cfg, kind)
+        counts.update(applied)
+        counts["examples"] += 1
+        if leaves_a_layer_without_kernels(fam, mask):  # the known bug of the xfail test below: a skip
+            with pytest.raises(StructpruneError, match="no kernel of this layer survives"):
+                compact(fam.model, mask, groups=fam.net.groups)
+            counts["skip: a layer without kernels"] += 1
+        elif not check_compacts_to_the_masked_network(name, mask, seed):
+            counts["skip: removes nothing"] += 1
+
+    search_masks_compact()
+
+
 @pytest.mark.parametrize("name", FAMILIES)
 def test_every_mask_the_search_decodes_compacts_to_the_masked_network(name):
     counts: Counter[str] = Counter()
+    for kind in step_kinds(name):  # each kind of step first in as many examples
+        run_examples(name, kind, counts)
+    assert counts["examples"] == EXAMPLES_PER_KIND * len(step_kinds(name))
+    skips = sum(n for key, n in counts.items() if key.startswith("skip"))
+    assert skips < SKIP_LIMIT * counts["examples"], counts
 
-    @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None, phases=NO_SHRINK,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-    @given(data=st.data(), cfg=configs(name), seed=st.integers(0, 2**16))
-    def search_masks_compact(data, cfg, seed):
-        mask, applied = draw_search_mask(data.draw, name, cfg)
-        counts["examples"] += 1
-        if leaves_a_layer_without_kernels(family(name), mask):
-            counts["empty kernel layer"] += 1
-            counts[f"empty kernel layer {[g.value for g in cfg.granularities]}"] += 1
-            with pytest.raises(StructpruneError, match="no kernel of this layer survives"):
-                compact(family(name).model, mask, groups=family(name).net.groups)
-            counts["skips"] += 1
-            return
-        removed = applied > 0 and check_compacts_to_the_masked_network(name, mask, seed)
-        counts["skips"] += not removed
-        event("removes weights" if removed else "skip: removes nothing")
 
-    search_masks_compact()
-    print(name, dict(counts))
-    assert counts["examples"] >= EXAMPLES
-    assert counts["skips"] < SKIP_LIMIT * counts["examples"], counts
+# -- real searches: pf and epf at the kernel and intra scales on every family (test_search_any_network.py runs
+#    both at channel scale on the zoo's families, and pf at kernel and intra scale on the residual ones)
+FAST = {"particles": 3, "generations": 1, "score_images": 24, "check_images": 24, "step_epochs": 0, "final_epochs": 0}
+SEARCHED = [(name, method) for name in FAMILIES for method in ("pf", "epf")
+            if (name, method) not in {("tiny-resnet", "pf"), ("tiny-mobilenet", "pf")}]
+LAYERS = {  # a few layers per network, where its structure shows (None: all)
+    "tiny-paper": None, "tiny-vgg": None,
+    "tiny-resnet": ("layer2.0.conv2", "layer2.0.shortcut.0"),  # residual partners, a 1×1
+    "tiny-mobilenet": ("features.0.0", "features.2.conv.1.0", "features.2.conv.2"),  # depthwise, 1×1 projection
+    "tiny-densenet": ("features.1.conv2", "features.2.2"),  # a 3×3 after a bottleneck, a transition reading a concat
+    "test-masks-user-bottleneck": ("basic.3", "bottleneck.3", "shortcut.0"),
+}
+
+
+@pytest.fixture(scope="module")
+def digits16() -> Dataset:
+    """48 digits per split, 16×16 with 3 channels."""
+    digits = load_dataset("digits")
+
+    def resized(split: Split) -> Split:
+        x = F.interpolate(split.x[:48], size=(16, 16), mode="bilinear", align_corners=False).repeat(1, 3, 1, 1)
+        return Split(x, split.y[:48])
+
+    return replace(digits, train=resized(digits.train), val=resized(digits.val), test=resized(digits.test),
+                   in_channels=3, input_size=16)
+
+
+@pytest.mark.parametrize(("name", "method"), SEARCHED)
+def test_kernel_and_intra_searches_compact_to_the_masked_network(tmp_path, digits16, name, method):
+    torch.manual_seed(0)
+    model = randomize_bn(create(name, num_classes=10, in_channels=3, input_size=16))
+    save_run(tmp_path / "run", model, None, {}, {"dataset": "digits"})
+    cfg = SearchConfig(method=Method(method), granularities=(Granularity.KERNEL, Granularity.INTRA), ratio=0.5,
+                       layers=LAYERS[name], **FAST)
+    path, _ = search_run(load_run(tmp_path / "run"), digits16, cfg, tmp_path / "out")
+    run = load_run(path)
+    mask = load_masks(run)
+    convs = {n: run.model.get_submodule(n) for n in LAYERS[name] or family(name).convs}
+    assert {n for n, lm in mask if lm.keep_kernel is not None} == {n for n, m in convs.items() if m.groups == 1}
+    assert {n for n, lm in mask if lm.intra is not None} == {n for n, m in convs.items() if m.kernel_size != (1, 1)}
+    small = compact(run.model, mask).eval()
+    x = digits16.test.x[:8]
+    with torch.no_grad():
+        reference, got = run.model.eval()(x), small(x)
+    assert float((got - reference).abs().max()) <= RTOL * float(reference.abs().max()) + 1e-6
+    assert count_params(small) < count_params(run.model)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_the_global_l1_candidate_is_selections_global_l1(name):
+    """Each layer keeps its best map (a candidate emptying a layer does not compact; tiny-densenet at 0.75 did)."""
+    fam = family(name)
+    step = make_steps(fam.net, SearchConfig(scope="global", ratio=0.75))[0]
+    rung = step.rungs(NetworkMask(), step.units(fam.convs)[0])[0]
+    mine = rung.to_mask(rung.l1_particle(), NetworkMask())
+    theirs = select_masks(fam.model, "channel", 0.75, scope="global", groups=fam.net.groups)
+    for layer in rung.layers:
+        assert torch.equal(mine.layers[layer].keep_out, theirs.layers[layer].keep_out)
+        assert mine.layers[layer].keep_out.any()
+
+
+@pytest.mark.xfail(strict=True, raises=StructpruneError,
+                   reason="known bug: a channel step after a kernel step may remove every map a layer's kept kernels "
+                          "read; compaction refuses the mask ('no kernel of this layer survives channel pruning')")
+def test_a_channel_step_after_a_kernel_step_leaves_every_layer_a_kernel():
+    """--granularity kernel,channel --ratio 0.5 on tiny-vgg: candidates the steps decode, one per rung."""
+    name = "tiny-vgg"
+    fam = family(name)
+    kernel_step, channel_step = make_steps(fam.net, SearchConfig(granularities=(Granularity.KERNEL, Granularity.CHANNEL),
+                                                                 ratio=0.5))
+    kernels = kernel_step.rungs(NetworkMask(), "features.8")[0]  # 32×16 kernels: keep those reading maps 0..7
+    particle = np.zeros(kernels.length, dtype=np.int16)
+    particle[kernels.units[:, :8].flatten().numpy()] = 1
+    mask = kernels.to_mask(particle, NetworkMask())
+    channels = channel_step.rungs(mask, "features.4")[0]  # its 16 maps: keep 8..15
+    particle = np.zeros(channels.length, dtype=np.int16)
+    particle[8:] = 1
+    mask = channels.to_mask(particle, mask)
+    assert check_compacts_to_the_masked_network(name, mask, seed=0)
