@@ -48,9 +48,18 @@ class GlobalChannelRung(Rung):
         return mask
 
     def l1_particle(self) -> np.ndarray:
-        """L1 of each map over its group's mean L1."""
+        """L1 of each map over its group's mean L1; each layer's best alive map is kept (as selection's global L1
+        keeps it, and as the objective asks: a candidate that empties a layer does not compact)."""
         norms = [channel_l1(self.net.model, self.net.groups[n]) for n in self.layers]
-        return top_bits(torch.cat([v / v.mean().clamp_min(1e-12) for v in norms])[self.alive], self.space.keep)
+        scores = torch.cat([v / v.mean().clamp_min(1e-12) for v in norms])[self.alive]
+        start, protected = 0, []
+        for alive in self.alive.split(self.sizes):
+            count = int(alive.sum())
+            if count:
+                protected.append(start + int(scores[start:start + count].argmax()))
+            start += count
+        scores[protected] = float(scores.max()) + 1.0
+        return top_bits(scores, self.space.keep)
 
     def touched_modules(self) -> set[str]:
         return {name for layer in self.layers for name in self.net.groups[layer].member_names()}
