@@ -10,8 +10,8 @@ from them by the filter's own crossover and mutation), applies the decodings in 
 result as `structprune compact` does (the mask through its JSON form, the masked weights). Each example must
 compact to the masked network's outputs and be smaller; an example whose mask removes no weight is a skip, and
 skips stay under 10% per network. Then real pf and epf searches at the kernel and intra scales on every
-family, and the known bug the property found (strict xfails): a channel step after a kernel step can leave a
-kernel-masked layer without kernels, which compaction refuses.
+family, and the case the property found: a channel step after a kernel step can leave a kernel-masked layer without
+kernels, which compaction refuses; the search rules such candidates out.
 """
 from __future__ import annotations
 
@@ -38,10 +38,12 @@ from structprune.models import create, register
 from structprune.runfolder import load_run, save_run
 from structprune.search.config import SearchConfig
 from structprune.search.driver import search_run
+from structprune.search.feasible import INFEASIBLE, feasible_only
 from structprune.search.network import SearchNet, conv_names
 from structprune.search.particle_filter import ChoiceSpace
 from structprune.search.steps import Rung, Step, make_steps
 from structprune.search.steps.global_channel import GlobalChannelRung
+from structprune.sparsity.channel_groups import layers_without_kernels
 from structprune.sparsity.granularity import Granularity, KernelForm
 from structprune.sparsity.masks import NetworkMask
 from structprune.sparsity.method import Method
@@ -217,16 +219,8 @@ def removes_weights(fam: Family, mask: NetworkMask) -> bool:
 
 
 def leaves_a_layer_without_kernels(fam: Family, mask: NetworkMask) -> bool:
-    """A kernel-masked layer whose kept kernels all read maps that a later channel rung removed."""
-    keep = {n: lm.keep_out for n, lm in mask if lm.keep_out is not None}
-    groups = fam.net.groups
-    for name, lm in mask:
-        if lm.keep_kernel is not None:
-            rows = groups.kept_indices(name, "out", keep, lm.shape[0])
-            cols = groups.kept_indices(name, "in", keep, lm.shape[1])
-            if not bool(lm.keep_kernel[rows][:, cols].any()):
-                return True
-    return False
+    """A candidate the search rules out (search/feasible.py): a kernel-masked layer left without kernels."""
+    return bool(layers_without_kernels(fam.model, mask, fam.net.groups))
 
 
 def check_compacts_to_the_masked_network(name: str, mask: NetworkMask, seed: int) -> bool:
@@ -258,7 +252,7 @@ def run_examples(name: str, kind: str, counts: Counter[str]) -> None:
         mask, applied = draw_search_mask(data.draw, name, cfg, kind)
         counts.update(applied)
         counts["examples"] += 1
-        if leaves_a_layer_without_kernels(fam, mask):  # the known bug of the xfail test below: a skip
+        if leaves_a_layer_without_kernels(fam, mask):  # the search never chooses these: a skip
             with pytest.raises(StructpruneError, match="no kernel of this layer survives"):
                 compact(fam.model, mask, groups=fam.net.groups)
             counts["skip: a layer without kernels"] += 1
@@ -326,12 +320,6 @@ def test_kernel_and_intra_searches_compact_to_the_masked_network(tmp_path, digit
     assert count_params(small) < count_params(run.model)
 
 
-KNOWN_BUG = pytest.mark.xfail(
-    strict=True, raises=StructpruneError,
-    reason="known bug: a channel step after a kernel step may remove every map a layer's kept kernels read, or every "
-           "row that kept kernels; compaction refuses the mask ('no kernel of this layer survives channel pruning')")
-
-
 @pytest.mark.parametrize("name", FAMILIES)
 def test_the_global_l1_candidate_is_selections_global_l1(name):
     """Each layer keeps its best map (a candidate emptying a layer does not compact; tiny-densenet at 0.75 did)."""
@@ -345,9 +333,10 @@ def test_the_global_l1_candidate_is_selections_global_l1(name):
         assert mine.layers[layer].keep_out.any()
 
 
-@KNOWN_BUG
-def test_a_channel_step_after_a_kernel_step_leaves_every_layer_a_kernel():
-    """--granularity kernel,channel --ratio 0.5 on tiny-vgg: candidates the steps decode, one per rung."""
+def test_a_channel_candidate_that_empties_a_kernel_masked_layer_is_ruled_out():
+    """--granularity kernel,channel --ratio 0.5 on tiny-vgg: a channel candidate can remove every map the kept kernels
+    of a later layer read; the predicate names that layer, compaction refuses it, and the search scores it as
+    infeasible."""
     name = "tiny-vgg"
     fam = family(name)
     kernel_step, channel_step = make_steps(fam.net, SearchConfig(granularities=(Granularity.KERNEL, Granularity.CHANNEL),
@@ -361,13 +350,19 @@ def test_a_channel_step_after_a_kernel_step_leaves_every_layer_a_kernel():
     particle = np.zeros(channels.length, dtype=np.int16)
     particle[8:] = 1
     assert channels.space.contains(particle)
-    mask = channels.to_mask(particle, mask)
-    assert check_compacts_to_the_masked_network(name, mask, seed=0)
+    trial = channels.to_mask(particle, mask)
+    assert layers_without_kernels(fam.model, trial, fam.net.groups) == ["features.8"]
+    with pytest.raises(StructpruneError, match="no kernel of this layer survives"):
+        compact(fam.model, trial, groups=fam.net.groups)
+    objective = feasible_only(lambda p: np.zeros(len(p)), channels, mask, fam.model, fam.net.groups)
+    keep_first = np.zeros(channels.length, dtype=np.int16)
+    keep_first[:8] = 1
+    assert objective(np.stack([particle, keep_first])).tolist() == [INFEASIBLE, 0.0]
 
 
-@KNOWN_BUG
 def test_a_kernel_then_channel_search_compacts(tmp_path, digits16):
-    """The same in a real search (--granularity kernel,channel --ratio 0.9): most seeds fail on tiny-paper."""
+    """The same in a real search (--granularity kernel,channel --ratio 0.9; before the search ruled such candidates out,
+    most seeds gave a mask compaction refused on tiny-paper)."""
     torch.manual_seed(1)
     model = randomize_bn(create("tiny-paper", num_classes=10, in_channels=3, input_size=16))
     save_run(tmp_path / "run", model, None, {}, {"dataset": "digits"})

@@ -53,6 +53,7 @@ from structprune.runfiles import LATENCY_FILE, SEARCH_FILE, STATE_DIR
 from structprune.runfolder import Run, as_output, save_run
 from structprune.search.backends import make_backend
 from structprune.search.config import DEFAULT_LADDER, SearchConfig
+from structprune.search.feasible import feasible_only, may_empty_a_layer
 from structprune.search.latency import LatencyTable, measure_latency_table
 from structprune.search.network import SearchNet, conv_macs, conv_names
 from structprune.search.paired import PairedCheck, paired_check, per_image_wrong, resolution_warning, wrong_at
@@ -62,6 +63,7 @@ from structprune.search.scoring import ScoreSet, as_chain, reestimate_norms
 from structprune.search.state import DriverState, StateFolder
 from structprune.search.steps import Rung, make_steps
 from structprune.search.steps.kernel import kernel_block_rung
+from structprune.sparsity.channel_groups import layers_without_kernels
 from structprune.sparsity.dead_units import dead_unit_summary, log_dead_units, never_active_on
 from structprune.sparsity.masking import MaskApplier
 from structprune.sparsity.masks import MASKS_FILE, NetworkMask
@@ -197,6 +199,7 @@ class Search:
         """The method's candidate for one rung, its score on the score subset, and how it was scored."""
         self.applier.apply_(mask)  # pruned weights are zero in the model the scorer sees
         score_fn, scoring = self.score_function(rung)
+        score_fn = feasible_only(score_fn, rung, mask, self.model, self.net.groups)
         try:
             if self.cfg.method in (Method.L1, Method.TP_L2):
                 best = rung.l1_particle() if self.cfg.method is Method.L1 else rung.tp_particle()
@@ -288,10 +291,15 @@ class Search:
         norms_before = self.recalibrate_norms(trial)
         record = {"step": self.state.step, "layer": rung.layer, "granularity": rung.granularity.value,
                   "ratio": rung.ratio, "score": score, "retrained": False, "scoring": scoring}
+        empty = layers_without_kernels(self.model, trial, self.net.groups) if may_empty_a_layer(rung, mask) else []
+        if empty:  # the method's choice (pf/epf only choose one when every candidate they saw did): undone
+            record["leaves_without_kernels"] = empty
+            log.warning("%s %s ratio %.3f: the chosen candidate leaves %s without kernels; undone", rung.layer,
+                        rung.granularity.value, rung.ratio, ", ".join(empty))
         check, paired = self._check_into(record, trial, "")
         fixed = self.cfg.ratio is not None
-        ok = fixed or self.accepts(check, base, paired)
-        if not ok and self.cfg.step_epochs > 0:
+        ok = not empty and (fixed or self.accepts(check, base, paired))
+        if not ok and not empty and self.cfg.step_epochs > 0:
             backup = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
             self.retrain(trial, self.cfg.step_epochs, seed, self.cfg.step_images)
             check, paired = self._check_into(record, trial, "_after_retrain")
@@ -299,7 +307,7 @@ class Search:
             ok = self.accepts(check, base, paired)
             if not ok:
                 self.model.load_state_dict(backup)
-        elif fixed and self.cfg.step_epochs > 0:
+        elif ok and fixed and self.cfg.step_epochs > 0:
             self.retrain(trial, self.cfg.step_epochs, seed, self.cfg.step_images)
             record["retrained"] = True
             check, paired = self._check_into(record, trial, "_after_retrain")

@@ -18,12 +18,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
 from structprune.errors import StructpruneError
+
+if TYPE_CHECKING:
+    from structprune.sparsity.masks import NetworkMask
 
 log = logging.getLogger(__name__)
 
@@ -159,3 +163,20 @@ def find_channel_groups(model: nn.Module, example_input: torch.Tensor) -> Channe
     ordered = dict(sorted(groups.items(), key=lambda kv: order[kv[0]]))
     log.debug("found %d channel groups", len(ordered))
     return ChannelGroups(ordered, owner)
+
+
+def layers_without_kernels(model: nn.Module, mask: NetworkMask, groups: ChannelGroups) -> list[str]:
+    """Kernel-masked convolutions whose kept kernels all sit in output or input maps that the mask's channel
+    masks remove: the masked layer then computes nothing but its bias, and compaction refuses it. A channel
+    step after a kernel step can produce this; the search rules such candidates out."""
+    keep = {name: layer.keep_out for name, layer in mask if layer.keep_out is not None}
+    empty = []
+    for name, layer in mask:
+        if layer.keep_kernel is None:
+            continue
+        rows = groups.kept_indices(name, "out", keep, layer.shape[0])
+        depthwise = model.get_submodule(name).groups != 1  # one input map per group: its own, kept with the row
+        cols = torch.arange(layer.shape[1]) if depthwise else groups.kept_indices(name, "in", keep, layer.shape[1])
+        if not bool(layer.keep_kernel[rows][:, cols].any()):
+            empty.append(name)
+    return empty
