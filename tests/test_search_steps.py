@@ -83,3 +83,27 @@ def test_progress_reports_the_mcr_of_the_best_particle(tiny_run, tmp_path, caplo
     assert 0 <= best - mcr < 0.01  # the score is the MCR plus a small cross-entropy term
     assert record["steps"][0]["scoring"] == "cached activations"
     assert np.isfinite(record["steps"][0]["check_mcr"])
+
+
+def test_the_fast_intra_step_skips_the_first_layer_and_offers_one_rectangle_patterns(tiny_run, caplog):
+    """intra_fast (the command line's default): no patterns on a layer reading one map, and every choice compacts
+    into one smaller convolution."""
+    from structprune.sparsity.granularity import is_one_block
+
+    model = load_run(tiny_run).model
+    net = SearchNet(model)
+    convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    fast = make_steps(net, SearchConfig(granularities=(Granularity.INTRA,), ratio=0.5, intra_fast=True,
+                                        intra_shared=True))[0]
+    free = make_steps(net, SearchConfig(granularities=(Granularity.INTRA,), ratio=0.5))[0]
+    with caplog.at_level(logging.INFO, logger="structprune"):
+        units = fast.units(convs)
+    assert convs[0] not in units and free.units(convs)[0] == convs[0]
+    assert "reads 3 or fewer maps" in caplog.text
+    rung = fast.rungs(NetworkMask(), units[0])[0]
+    size = tuple(net.conv(units[0]).kernel_size)
+    assert rung.patterns and all(is_one_block(p, size) for p in rung.patterns)
+    assert rung.length == 1  # one shared pattern
+    assert not all(is_one_block(p, size) for p in free.rungs(NetworkMask(), units[0])[0].patterns)
+    with pytest.raises(Exception, match="intra_fast"):
+        SearchConfig(granularities=(Granularity.INTRA,), intra_fast=True, intra_patterns=tuple(rung.patterns[:1]))

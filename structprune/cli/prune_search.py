@@ -107,13 +107,12 @@ def check_intra_patterns(model: torch.nn.Module, patterns: tuple[IntraPattern, .
 
 
 def _log_search_defaults(args: argparse.Namespace, granularities: list[Granularity]) -> None:
-    """The search keeps its own defaults (free kernels, per-input-map patterns, exact counts): say so, once."""
+    """Where the search keeps its own defaults (free kernels, exact counts), say so, once. Its intra scale takes the
+    fast form by default, as one-shot prune does: one shared one-rectangle pattern, none on the first layer."""
     unset = []
     if Granularity.KERNEL in granularities and args.kernel_structure is None and args.kernel_groups is None:
         unset.append("free kernel masks (--kernel-structure blocks --kernel-groups 2 for one grouped convolution "
                      "per layer)")
-    if Granularity.INTRA in granularities and not (args.intra_shared or args.intra_patterns or args.intra_free):
-        unset.append("a pattern per input map (--intra-shared --intra-patterns 3:1 for one smaller convolution)")
     if args.round_to is None:
         unset.append("exact map counts (--round-to 8 for CPU kernels)")
     if unset:
@@ -147,6 +146,7 @@ def run_search(args: argparse.Namespace, granularities: list[Granularity], kerne
     data = run_dataset(run, args.data_dir)
     if data is None:
         raise StructpruneError(f"{args.run_dir}: its config.json records no dataset to score candidates on")
+    fast_intra = args.intra_patterns is None and not args.intra_free
     cfg = SearchConfig(
         method=args.method, granularities=tuple(granularities),
         tolerance=args.tolerance / 100, ratio=None if args.max else args.ratio[0], particles=args.particles,
@@ -155,7 +155,8 @@ def run_search(args: argparse.Namespace, granularities: list[Granularity], kerne
         final_epochs=args.final_epochs, final_images=args.final_images, lr=args.lr, backend=args.backend,
         workers=args.workers, seed=args.seed, scope=args.scope, latency_weight=args.latency_weight,
         latency_table=None if args.latency_table is None else str(args.latency_table), bn_batches=args.bn_recalibrate or 0,
-        kernel=kernel, intra_shared=args.intra_shared, intra_patterns=args.intra_patterns, layers=args.layers,
+        kernel=kernel, intra_shared=args.intra_shared or fast_intra, intra_patterns=args.intra_patterns,
+        intra_fast=fast_intra, layers=args.layers,
         round_to=args.round_to or 1)
     _log_search_defaults(args, granularities)  # after every check: bad input gets its one line alone
     command = {"command": shlex.join(["structprune", *sys.argv[1:]]), "verb": "prune"}

@@ -18,7 +18,7 @@ from structprune.sparsity.method import Method
 SEARCH_RUN, SEARCH_COMPACT, QUANT_RUN, EXPORT_DIR = "search", "search-compact", "quantized", "export"
 SEARCH = {"method": Method.PF, "granularities": (Granularity.CHANNEL, Granularity.INTRA), "ratio": 0.5, "particles": 4,
           "generations": 2, "score_images": 300, "check_images": 300, "ladder": (0.5,), "step_epochs": 2, "final_epochs": 10,
-          "intra_shared": True}
+          "intra_shared": True, "intra_fast": True}
 QUANT_BITS, QUANT_EPOCHS = 4, 1
 BENCH_BATCHES, BENCH_ROUNDS = (1, 64), 3
 
@@ -87,6 +87,12 @@ def stage_bench(ctx: DemoContext) -> None:
               "intra-kernel layer runs one small convolution per block of kept taps. docs/benchmarks.md measures "
               "networks where the arithmetic dominates.\n" if slower else "")
     names = ", ".join(f"`{n}/`" for n in compared[1:])
+    searched = {r["batch"]: dense_ms[r["batch"]] / r["median_ms"] for r in records
+                if r["run"] == str(ctx.out / SEARCH_COMPACT)}
+    ctx.results["bench"]["searched_speedup"] = {str(b): x for b, x in searched.items()}
+    speed = " and ".join(f"{x:.2f}× at batch {b}" for b, x in sorted(searched.items()))
     ctx.report.append(f"## Bench\n\nDense against {names}, batch {' and '.join(map(str, BENCH_BATCHES))}, "
                       f"1 thread, {BENCH_ROUNDS} rounds (`{BENCH_FILE}`; timings on a shared machine are noisy).\n\n"
+                      f"The searched compact network `{SEARCH_COMPACT}/` runs at {speed} the speed of dense (above 1: "
+                      "faster).\n\n"
                       + (md_table(table) + "\n" if table is not None else "") + caveat)

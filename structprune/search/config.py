@@ -45,6 +45,8 @@ class SearchConfig:
     kernel: KernelForm = field(default_factory=KernelForm)  # free, structured:G (G >= 1) or blocks:2 (half the kernels)
     intra_shared: bool = False  # intra scale: one pattern for the whole layer instead of one per input map
     intra_patterns: tuple[IntraPattern, ...] | None = None  # intra scale: the choices (None: all)
+    intra_fast: bool = False  # intra scale: only one-rectangle patterns (one smaller convolution), none on layers
+    # reading 3 or fewer maps (sparsity.granularity.fast_patterns, selection.FEW_INPUT_MAPS)
     scope: str = "layer"  # "layer": one layer at a time; "global": one channel search over every layer at once
     latency_weight: float = 0.0  # λ, MCR per millisecond of predicted conv latency (see latency.py)
     latency_table: str | None = None  # a saved table (JSON); measured into the output folder when absent
@@ -81,6 +83,8 @@ class SearchConfig:
             raise StructpruneError("round_to must be at least 1")
         require_kernel_form(self.kernel)
         require_patterns(self.intra_patterns)
+        if self.intra_fast and self.intra_patterns is not None:
+            raise StructpruneError("intra_fast chooses among the fast patterns: give it or intra_patterns, not both")
         if self.kernel.structure is KernelStructure.BLOCKS and self.kernel.groups != 2:
             raise StructpruneError(f"the search chooses 2 kernel blocks per layer, not {self.kernel.groups}")
 

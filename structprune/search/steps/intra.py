@@ -3,6 +3,7 @@
 Rungs are tap counts nearest the ladder's ratios, fewest pruned first; a rung replaces the layer's pattern
 (taps pruned before come back at zero), so rungs do not nest and their position is remembered. Every conv
 larger than 1×1 takes patterns, depthwise ones included (one pattern per map there); 1×1 convs are skipped.
+With `intra_fast` only the one-rectangle patterns are choices and convs reading 3 or fewer maps are skipped.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from structprune.errors import StructpruneError
 from structprune.search.particle_filter import ChoiceSpace
 from structprune.search.scoring import intra_masks_from_choices
 from structprune.search.steps.base import Rung, Step, register_step
-from structprune.sparsity.granularity import Granularity, IntraPattern
+from structprune.sparsity.granularity import Granularity, IntraPattern, fast_patterns
 from structprune.sparsity.masks import NetworkMask
-from structprune.sparsity.selection import pattern_l1
+from structprune.sparsity.selection import FEW_INPUT_MAPS, pattern_l1
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,9 @@ class IntraStep(Step):
         for name in convs:
             if self.net.conv(name).kernel_size in ((1, 1), 1):
                 log.info("%s: a 1×1 convolution has no intra-kernel patterns; the intra step skips it", name)
+            elif self.cfg.intra_fast and self.net.conv(name).in_channels <= FEW_INPUT_MAPS:
+                log.info("%s reads %d or fewer maps: intra patterns there run slower than dense; the intra step skips it",
+                         name, FEW_INPUT_MAPS)
             else:
                 out.append(name)
         return out
@@ -68,6 +72,8 @@ class IntraStep(Step):
         shape = self.net.shape(unit)
         positions = shape[2] * shape[3]
         patterns = self.cfg.intra_patterns
+        if self.cfg.intra_fast:
+            patterns = tuple(p for p in fast_patterns((shape[2], shape[3])) if len(p.taps(positions)) < positions)
         allowed = IntraPattern.all_patterns(positions) if patterns is None else list(patterns)
         available = sorted({len(p.taps(positions)) for p in allowed} - {positions, 0})
         if not available:
