@@ -15,6 +15,7 @@ for run in paper-dense "paper-3x-$ARM" "paper-5x-$ARM" resnet20-dense "resnet20-
   [ -f "$OUT/$run-int8.onnx.json" ] || "$SP" export "$R/$run" --onnx "$OUT/$run-int8.onnx" --int8
   rm -f "$OUT/$run-int8.onnx"  # the model itself is not a result file; its comparison JSON is
 done
+[ -n "${EXPORT_ONLY:-}" ] && exit 0  # EXPORT_ONLY=1: accuracy only (may overlap other work); time later, quietly
 bench() { local name=$1; shift; [ -f "$OUT/$name" ] || "$SP" bench "$@" --runtime onnxruntime --int8 \
   --batch 64,1 --threads 2 --rounds "${ROUNDS:-7}" --json "$OUT/$name" --no-progress; }
 bench bench-paper-cifar10.json "$R/paper-dense" "$R/paper-3x-$ARM" "$R/paper-5x-$ARM"
