@@ -607,9 +607,34 @@ def search_resnet20() -> str:
                   "search minutes (mean)", "removed maps never active (mean)"], rows)
 
 
+# ------------------------------------------------------------------------------- scripts/readme_search_mnist.sh
+
+README_SEARCHES = (("readme-search-mnist", "`paper-mnist`"), ("readme-search-mnist-bn", "`paper-mnist`, batch norm"))
+
+
+def readme_search() -> str:
+    """The README's MNIST search with its defaults: time, MACs removed, MCR, and how many removed maps were dead."""
+    rows = []
+    for folder, name in README_SEARCHES:
+        root = RESULTS / folder
+        if not (root / "pf" / "metrics.json").exists():
+            continue
+        dense = json.loads((root / "dense" / "metrics.json").read_text(encoding="utf-8"))
+        pf = json.loads((root / "pf" / "metrics.json").read_text(encoding="utf-8"))
+        seconds = int((root / "prune_seconds.txt").read_text(encoding="utf-8"))
+        dead = pf["dead_units"]
+        per_layer = ", ".join(f"{layer} {v['dead']} of {v['units']}" for layer, v in dead["layers"].items()
+                              if layer.startswith("features"))
+        rows.append([name, f"{seconds / 60:.1f} min", pct(pf["conv_macs_removed"], 1), pct(dense["test_mcr"]),
+                     pct(pf["test_mcr"]), f"{dead['removed_dead_maps']} of {dead['removed_maps']}", per_layer])
+    return table(["dense network", "prune time (wall)", "conv MACs removed", "dense test MCR", "test MCR",
+                  "removed maps never active", "maps never active in the dense network"], rows)
+
+
 RENDERERS: dict[str, Callable[[], str]] = {
     # README
     "readme-summary": readme_summary,
+    "readme-search-mnist": readme_search,
     # docs/results.md
     "cifar10-trained": lambda: accuracy(["cli-trained-c40k25i6-onnxruntime-s4.json",
                                           "cli-trained8-c40k25i6-onnxruntime-s4.json",
