@@ -491,7 +491,9 @@ def _mean_sd(values: list[float]) -> str:
     if not values:
         return ""
     mean = sum(values) / len(values)
-    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+    if len(values) == 1:
+        return f"{100 * mean:.2f}% (n=1)"
+    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
     note = "" if len(values) >= 3 else f" (n={len(values)})"
     return f"{100 * mean:.2f} ± {100 * sd:.2f}%{note}"
 
@@ -602,7 +604,7 @@ def search_resnet20() -> str:
         rows.append([f"`{method}` ({name})", str(len(runs)), times(ratio), _mean_sd([m["val_mcr"] for m in runs]),
                      _mean_sd([m["test_mcr"] for m in runs]),
                      f"{sum(m.get('search_seconds', 0.0) for m in runs) / len(runs) / 60:.1f}",
-                     f"{dead:.1f} of {removed:.1f}"])
+                     f"{dead:g} of {removed:g}"])
     return table(["method", "seeds", "fewer conv MACs", "val MCR (5,000 images)", "test MCR (1,000 images)",
                   "search minutes (mean)", "removed maps never active (mean)"], rows)
 
@@ -631,6 +633,22 @@ def readme_search() -> str:
                   "removed maps never active", "maps never active in the dense network"], rows)
 
 
+# ----------------------------------------------------------------------------------- benchmarks/particle_cost.py
+
+PARTICLE_COST = "particle-cost/cifar-random-100-2t.json"
+
+
+def particle_cost() -> str:
+    """One particle scored from the traced graph's cache against a full forward pass, per model and unit."""
+    data = load(PARTICLE_COST)
+    rows = [[f"`{r['model']}`", r["granularity"], f"{r['position']} (`{r['unit']}`)",
+             f"{r['tail_nodes']} of {r['graph_nodes']}", ms(r["forward_s"] * 1e3), ms(r["full_s"] * 1e3),
+             ms(r["cached_s"] * 1e3), times(r["full_over_cached"]), ms(r["build_s"] * 1e3)]
+            for r in data["rows"]]  # type: ignore[index]
+    return table(["model", "scale", "channel group", "graph nodes rerun", "plain forward ms", "particle, full forward ms",
+                  "particle, cached ms", "full / cached", "building the cache ms (once per step)"], rows)
+
+
 RENDERERS: dict[str, Callable[[], str]] = {
     # README
     "readme-summary": readme_summary,
@@ -655,6 +673,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "cuda-check": cuda_check,
     # docs/benchmarks.md
     "network-targets": network_targets,
+    "particle-cost": particle_cost,
     "layers-2threads": lambda: layers(["layers-2threads-wall-quiet.json"], csr=False),
     "layers-1thread-csr": lambda: layers(["layers-1thread-cpu-csr-intra3.json", "layers-1thread-cpu-csr-intra5.json",
                                           "layers-1thread-cpu-csr-kernel.json",
