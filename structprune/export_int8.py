@@ -7,7 +7,7 @@ per output channel, uint8 activations (the U8S8 kernels of x86 CPUs) whose range
 on `calibration` images, normally training images of the run's dataset. Weights use 7 of their 8 bits
 (`reduce_range`): x86 CPUs without VNNI multiply u8×s8 pairs into saturating 16-bit sums, and full-range
 weights overflow them (measured on the 3× compact paper-cifar10: top-1 agreement with float 0.887 with full
-range, 0.980 with 7-bit weights; test MCR +2.2 and +0.2 points; benchmarks/results/int8-cifar10/).
+range, 0.980 with 7-bit weights; test MCR +2.2 and +0.2 points; benchmarks/results/int8-cifar10/ before and after).
 
 The int8 model is then checked against the float network: top-1 agreement (the fraction of images on which
 both pick the same class) and the MCR of each, per split (`compare_int8`).
