@@ -649,6 +649,23 @@ def particle_cost() -> str:
                   "particle, cached ms", "full / cached", "building the cache ms (once per step)"], rows)
 
 
+# ------------------------------------------------------------------------------ benchmarks/latency_model_check.py
+
+LATENCY_CHECKS = ("latency-model-check/latency-check-resnet20-ort-b1.json",)
+
+
+def latency_check() -> str:
+    """The latency model's predictions against measured random candidates: one row per check file."""
+    rows = []
+    for name in LATENCY_CHECKS:
+        d = load(name)
+        rows.append([f"`{Path(d['source']).name}`", d["runtime"], str(d["batch"]), str(d["threads"]),  # type: ignore[index]
+                     str(len(d["candidates"])), ms(d["dense"]["predicted_ms"]), ms(d["dense"]["measured_ms"]),  # type: ignore[index]
+                     pct(d["median_abs_error"], 1), pct(d["max_abs_error"], 1), str(d["within_10_percent"])])  # type: ignore[index]
+    return table(["network", "runtime", "batch", "threads", "candidates", "dense predicted ms", "dense measured ms",
+                  "median error (abs.)", "max error (abs.)", "within 10%"], rows)
+
+
 RENDERERS: dict[str, Callable[[], str]] = {
     # README
     "readme-summary": readme_summary,
@@ -674,6 +691,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     # docs/benchmarks.md
     "network-targets": network_targets,
     "particle-cost": particle_cost,
+    "latency-model-check": latency_check,
     "layers-2threads": lambda: layers(["layers-2threads-wall-quiet.json"], csr=False),
     "layers-1thread-csr": lambda: layers(["layers-1thread-cpu-csr-intra3.json", "layers-1thread-cpu-csr-intra5.json",
                                           "layers-1thread-cpu-csr-kernel.json",
