@@ -90,9 +90,9 @@ def stage_bench(ctx: DemoContext) -> None:
     searched = {r["batch"]: dense_ms[r["batch"]] / r["median_ms"] for r in records
                 if r["run"] == str(ctx.out / SEARCH_COMPACT)}
     ctx.results["bench"]["searched_speedup"] = {str(b): x for b, x in searched.items()}
-    speed = " and ".join(f"{x:.2f}× at batch {b}" for b, x in sorted(searched.items()))
+    speed = " and ".join(f"{x:.2f}× (batch {b})" for b, x in sorted(searched.items()))
     ctx.report.append(f"## Bench\n\nDense against {names}, batch {' and '.join(map(str, BENCH_BATCHES))}, "
                       f"1 thread, {BENCH_ROUNDS} rounds (`{BENCH_FILE}`; timings on a shared machine are noisy).\n\n"
-                      f"The searched compact network `{SEARCH_COMPACT}/` runs at {speed} the speed of dense (above 1: "
+                      f"The searched compact network `{SEARCH_COMPACT}/` runs {speed} as fast as dense (above 1: "
                       "faster).\n\n"
                       + (md_table(table) + "\n" if table is not None else "") + caveat)
