@@ -24,7 +24,39 @@ SCORING_FULL = "full forward per candidate"
 SCORING_FX = "cached-fx"  # scoring_fx.FxCachedScorer: cached activations of the traced graph
 
 
-class FullForwardScorer:
+def norm_stats(norms: list[nn.Module]) -> list[tuple[torch.Tensor, ...]]:
+    """A copy of the running statistics of each batch norm."""
+    return [(bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone()) for bn in norms]
+
+
+def restore_norm_stats(norms: list[nn.Module], saved: list[tuple[torch.Tensor, ...]]) -> None:
+    for bn, (mean, var, tracked) in zip(norms, saved, strict=True):
+        bn.running_mean.copy_(mean)
+        bn.running_var.copy_(var)
+        bn.num_batches_tracked.copy_(tracked)
+
+
+class MaskScorer:
+    """Scores whole-network masks one at a time: `_one(mask)` gives (MCR, mean cross-entropy) on the score
+    images; the score is MCR + tie · cross-entropy."""
+
+    tie: float
+
+    def _one(self, mask: NetworkMask) -> tuple[float, float]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def mcr_and_ce(self, masks: list[NetworkMask]) -> tuple[np.ndarray, np.ndarray]:
+        """One NetworkMask per candidate -> MCR [P], CE [P]."""
+        results = [self._one(mask) for mask in masks]
+        return np.array([r[0] for r in results]), np.array([r[1] for r in results])
+
+    def score_masks(self, masks: list[NetworkMask]) -> np.ndarray:
+        mcr, ce = self.mcr_and_ce(masks)
+        return mcr + self.tie * ce
+
+
+class FullForwardScorer(MaskScorer):
     """Scores whole-network masks of `model` (in eval mode) on a fixed image set."""
 
     def __init__(self, model: nn.Module, applier: MaskApplier, data: ScoreSet, tie: float = 1e-3,
@@ -36,10 +68,9 @@ class FullForwardScorer:
     def _one(self, mask: NetworkMask) -> tuple[float, float]:
         wrong, ce = 0, 0.0
         with self.applier.applied(mask):
-            saved = None
-            if self.recalibrate is not None and self.norms:
-                saved = [(bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone())
-                         for bn in self.norms]
+            recalibrates = self.recalibrate is not None and bool(self.norms)
+            saved = norm_stats(self.norms) if recalibrates else []
+            if recalibrates:
                 images = self.recalibrate
                 reestimate_norms(self.norms, (lambda s=s: self.model(images[s:s + self.recal_batch])
                                               for s in range(0, len(images), self.recal_batch)))
@@ -50,19 +81,6 @@ class FullForwardScorer:
                     wrong += int((logits.argmax(1) != y).sum())
                     ce += float(F.cross_entropy(logits, y, reduction="sum"))
             finally:
-                for bn, (mean, var, tracked) in zip(self.norms, saved or [], strict=False):
-                    bn.running_mean.copy_(mean)
-                    bn.running_var.copy_(var)
-                    bn.num_batches_tracked.copy_(tracked)
+                restore_norm_stats(self.norms if recalibrates else [], saved)
         n = len(self.y)
         return wrong / n, ce / n
-
-    @torch.no_grad()
-    def mcr_and_ce(self, masks: list[NetworkMask]) -> tuple[np.ndarray, np.ndarray]:
-        """One NetworkMask per candidate -> MCR [P], CE [P]."""
-        results = [self._one(mask) for mask in masks]
-        return np.array([r[0] for r in results]), np.array([r[1] for r in results])
-
-    def score_masks(self, masks: list[NetworkMask]) -> np.ndarray:
-        mcr, ce = self.mcr_and_ce(masks)
-        return mcr + self.tie * ce

@@ -23,7 +23,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
@@ -31,28 +30,18 @@ from torch import fx, nn
 from structprune.errors import StructpruneError
 from structprune.search.fx_graph import NORMS, GraphSplit, split_graph
 from structprune.search.scoring import ScoreSet, reestimate_norms
+from structprune.search.scoring_full import MaskScorer, norm_stats, restore_norm_stats
 from structprune.sparsity.masking import MaskApplier
 from structprune.sparsity.masks import NetworkMask
 
 log = logging.getLogger(__name__)
 
 
-def _stats(norms: list[nn.Module]) -> list[tuple[torch.Tensor, ...]]:
-    return [(bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone()) for bn in norms]
-
-
-def _restore(norms: list[nn.Module], saved: list[tuple[torch.Tensor, ...]]) -> None:
-    for bn, (mean, var, tracked) in zip(norms, saved, strict=True):
-        bn.running_mean.copy_(mean)
-        bn.running_var.copy_(var)
-        bn.num_batches_tracked.copy_(tracked)
-
-
 def _as_tuple(values: Any) -> tuple[Any, ...]:
     return values if isinstance(values, tuple) else (values,)
 
 
-class FxCachedScorer:
+class FxCachedScorer(MaskScorer):
     """Scores whole-network masks (one NetworkMask per candidate) of `model` in eval mode. The candidates may
     differ from `base` only in the masks of the layers `varying` (None: any layer), and those masks may change
     only the parameters of the modules `touched`."""
@@ -81,7 +70,7 @@ class FxCachedScorer:
         head = self.split.head
         self.recal_cache: list[tuple[Any, ...]] = []
         with torch.no_grad(), applier.applied(base):
-            saved = _stats(norms) if self.recal else []
+            saved = norm_stats(norms) if self.recal else []
             try:
                 if self.recal:  # every norm in training mode, as FullForwardScorer re-estimates them
                     images = recalibrate
@@ -90,7 +79,7 @@ class FxCachedScorer:
                 self.cache = [(_as_tuple(head(data.x[s:s + batch])), data.y[s:s + batch])
                               for s in range(0, len(data.y), batch)]
             finally:
-                _restore(norms if self.recal else [], saved)
+                restore_norm_stats(norms if self.recal else [], saved)
         log.debug("cached scoring: the tail runs %d of %d graph nodes from %d kept values",
                   self.split.tail_nodes, self.split.nodes, len(self.split.frontier))
 
@@ -120,7 +109,7 @@ class FxCachedScorer:
     def _one(self, mask: NetworkMask) -> tuple[float, float]:
         wrong, ce = 0, 0.0
         with self._written(mask):
-            saved = _stats(self.tail_norms) if self.recal else []
+            saved = norm_stats(self.tail_norms) if self.recal else []
             try:
                 if self.recal:
                     reestimate_norms(self.tail_norms, (lambda v=v: self.split.tail(*v) for v in self.recal_cache))
@@ -129,16 +118,6 @@ class FxCachedScorer:
                     wrong += int((logits.argmax(1) != y).sum())
                     ce += float(F.cross_entropy(logits, y, reduction="sum"))
             finally:
-                _restore(self.tail_norms if self.recal else [], saved)
+                restore_norm_stats(self.tail_norms if self.recal else [], saved)
         n = len(self.y)
         return wrong / n, ce / n
-
-    @torch.no_grad()
-    def mcr_and_ce(self, masks: list[NetworkMask]) -> tuple[np.ndarray, np.ndarray]:
-        """One NetworkMask per candidate -> MCR [P], CE [P]."""
-        results = [self._one(mask) for mask in masks]
-        return np.array([r[0] for r in results]), np.array([r[1] for r in results])
-
-    def score_masks(self, masks: list[NetworkMask]) -> np.ndarray:
-        mcr, ce = self.mcr_and_ce(masks)
-        return mcr + self.tie * ce
