@@ -36,7 +36,9 @@ def note_layers(model: nn.Module) -> None:
 
 
 def relative_gap(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max()) / max(float(b.abs().max()), 1e-6)
+    """Largest difference over the largest reference value, floored at 0.01: random-init logits near 1e-3 lose
+    their relative precision to float32 cancellation, while a wrong compaction differs by the logits' size."""
+    return float((a - b).abs().max()) / max(float(b.abs().max()), 1e-2)
 
 
 def masked_output(model: nn.Module, mask: NetworkMask, groups, x: torch.Tensor) -> torch.Tensor:
@@ -97,7 +99,8 @@ def test_compact_equals_masked_on_every_family(data, family, scales, batch):
     model, shape = FAMILIES[family]
     groups = GROUPS[family]
     mask = draw_mask(data.draw, model, groups, scales)
-    x = torch.randn(batch, *shape)
+    seed = data.draw(st.integers(0, 2**31 - 1), label="input seed")
+    x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(seed))
     if not _keeps_all_channels_somewhere(model, mask, groups):
         with pytest.raises(StructpruneError, match="no kernel"):
             compact(model, mask, sample=x, groups=groups)

@@ -125,8 +125,9 @@ def test_round_to_applies_per_block_so_blocks_stay_equal_and_aligned():
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(family=st.sampled_from(sorted(FAMILIES)), blocks=st.sampled_from([2, 3]), channel=st.sampled_from([0.0, 0.25, 0.5]),
-       intra=st.sampled_from([None, IntraPattern(0, 2), IntraPattern(3, 1)]), batch=st.integers(1, 3))
-def test_blocks_compact_to_the_masked_function_on_every_family(family, blocks, channel, intra, batch):
+       intra=st.sampled_from([None, IntraPattern(0, 2), IntraPattern(3, 1)]), batch=st.integers(1, 3),
+       seed=st.integers(0, 2**31 - 1))
+def test_blocks_compact_to_the_masked_function_on_every_family(family, blocks, channel, intra, batch, seed):
     model, shape = FAMILIES[family]
     groups = GROUPS[family]
     scales, ratios = [Granularity.CHANNEL, Granularity.KERNEL], [channel, 1 - 1 / blocks]
@@ -141,7 +142,7 @@ def test_blocks_compact_to_the_masked_function_on_every_family(family, blocks, c
         event("refused: too few maps")
         return
     event(f"blocked layers: {sum(1 for _, lm in mask if lm.keep_kernel is not None)}")
-    x = torch.randn(batch, *shape)
+    x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(seed))
     small = compact(model, mask, sample=x, groups=groups).eval()
     with torch.no_grad(), MaskApplier(model, groups).applied(mask):
         want = model(x)
