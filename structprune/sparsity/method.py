@@ -4,7 +4,8 @@
   random       uniform random (one shot)
   pf, epf      particle filter / evolutionary particle filter (structprune.search)
   random-best  best of particles × generations random candidates per rung (search schedule; the PF's budget)
-  tp-l2        Torch-Pruning's group L2 magnitude (search schedule, channel scale)
+  tp-l2        Torch-Pruning's group L2 magnitude, channel scale: one shot (its own pruner, uniform or global:
+               sparsity.tp_selection) or through the search schedule
 
 Text (argv, API arguments, a stored config.json) becomes a Method with `Method.parse`; the library takes
 only Method values. Search configs written before `random-best` was one spelling stored it as "random":
@@ -29,12 +30,12 @@ class Method(StrEnum):
 
     @property
     def one_shot(self) -> bool:
-        """Chosen in one pass by selection (no scoring, no retraining): l1 and random."""
+        """Chosen in one pass by selection (no scoring, no retraining): l1, random and tp-l2."""
         return self in ONE_SHOT_METHODS
 
     @property
     def needs_search(self) -> bool:
-        """Runs only through the search schedule (scored candidates): pf, epf, random-best, tp-l2."""
+        """Runs only through the search schedule (scored candidates): pf, epf, random-best."""
         return self not in ONE_SHOT_METHODS
 
     @classmethod
@@ -58,7 +59,7 @@ class Method(StrEnum):
         return cls.parse(text)
 
 
-ONE_SHOT_METHODS = (Method.L1, Method.RANDOM)
+ONE_SHOT_METHODS = (Method.L1, Method.RANDOM, Method.TP_L2)
 SEARCH_METHODS = (Method.PF, Method.EPF, Method.L1, Method.RANDOM_BEST, Method.TP_L2)  # the search schedule's
 
 

@@ -41,6 +41,7 @@ from structprune.sparsity.granularity import (
 from structprune.sparsity.kernel_blocks import select_kernel_blocks
 from structprune.sparsity.masks import NetworkMask
 from structprune.sparsity.method import ONE_SHOT_METHODS, Method, require_method
+from structprune.sparsity.tp_selection import tp_group_l2_keep
 
 SCOPES = ("layer", "global")
 FEW_INPUT_MAPS = 3  # with intra_fast, a convolution reading this many maps or fewer (the first one) keeps its kernels
@@ -134,6 +135,17 @@ def select_channels(model: nn.Module, groups: ChannelGroups, ratio: float, cfg: 
                     mask: NetworkMask, gen: torch.Generator, linear: bool = False, multiple: int | None = None) -> None:
     """Set keep_out on the root of each conv-rooted group (`linear`: of each hidden fully connected layer's
     group) of `mask` (in place)."""
+    if cfg.method is Method.TP_L2:
+        if linear:
+            raise StructpruneError("--method tp-l2 prunes conv channels only; hidden units (--linear-ratio) take l1")
+        for root, keep in tp_group_l2_keep(model, groups, example_input(model), ratio, cfg.scope,
+                                           multiple or cfg.round_to).items():
+            base = mask.layers.get(root)
+            if base is not None and base.keep_out is not None:
+                keep = keep & base.keep_out
+            if not bool(keep.all()):
+                mask.layer(root, model.get_submodule(root)).keep_out = keep
+        return
     scores, alive = {}, {}
     for group in groups:
         if group.linear != linear:
@@ -389,6 +401,9 @@ def select(
         raise StructpruneError(f"{len(ratios)} ratios given for {len(granularities)} granularities")
     for r in ratios:
         _check_ratio(r)
+    if cfg.method is Method.TP_L2 and any(g != Granularity.CHANNEL for g in granularities):
+        raise StructpruneError("--method tp-l2 (Torch-Pruning's group L2) chooses channels only; use "
+                               "--granularity channel, or l1 for the kernel and intra scales")
     mask = copy.deepcopy(base) if base is not None else NetworkMask()
     if base is not None:
         base.validate(model)
