@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 ALPHA_MIN, ALPHA_MAX = 0.1, 10.0
-_FLAT = 1e-6  # relative spread of S below which the networks say nothing about α
+_FLAT = 0.05  # relative spread of S below which the networks say too little about α
 
 
 @dataclass(frozen=True)
