@@ -1,16 +1,19 @@
 """How well a measured latency model (structprune.latency_model) predicts real pruned networks.
 
-For a run folder (or a zoo model name, random weights), the latency model is measured, then N random candidate
+For a run folder (or a zoo model name, random weights), the latency model is measured (its per-convolution grids
+and its calibration on the dense network and uniformly pruned copies, timed whole), then N random candidate
 networks are drawn: each channel group keeps a random multiple of --round-to maps (random ones), optionally with
-kernel blocks of a random G (--kernel-blocks, the fast form: one grouped convolution per layer) and a random shared
-rectangular intra pattern per layer (--intra, the fast form). Each candidate is compacted, its predicted time read
-from the model (`LatencyModel.network_ms` of its layers' forms) and its real time measured with structprune.bench
-(same runtime, batch and threads; all candidates timed together, interleaved rounds, medians). The JSON holds
-predicted vs measured ms per candidate and the median and max |relative error|; the target is every candidate
-within 10 %.
+kernel blocks of a random G among 1 and --kernel-blocks (the fast form: one grouped convolution per layer) and a
+random shared rectangular intra pattern per layer (--intra, the fast form). Each candidate is compacted, its
+predicted time read from the model (`LatencyModel.network_ms` of its layers' forms) and its real time measured
+with structprune.bench (same runtime, batch and threads; the dense network and all candidates timed together,
+interleaved rounds, medians). The JSON holds, per candidate, predicted vs measured ms, the sum of its
+convolutions' standalone times and predicted vs measured speed-up over the dense network; overall, the median
+and max |relative error| and the count within 10 % (the target: all), the same per candidate kind (kernel blocks,
+intra ratio), and the best line α·Σ + β fitted on the candidates themselves (how far the line's form can go).
 
-    flock /tmp/structprune-heavy.lock .venv/bin/python benchmarks/latency_model_check.py paper-cifar10 \\
-        --runtime onnxruntime --batch 1 --threads 2 --json benchmarks/results/latency_model_check.json
+    flock /tmp/structprune-heavy.lock .venv/bin/python benchmarks/latency_model_check.py /work/runs-cifar/resnet20-dense \\
+        --runtime onnxruntime --batch 1 --threads 2 --kernel-blocks 2 --intra --json out.json
 """
 
 from __future__ import annotations
@@ -31,8 +34,8 @@ from structprune.arch import input_shape_of
 from structprune.compact.compaction import compact
 from structprune.errors import StructpruneError
 from structprune.jsonio import write_json_atomic
-from structprune.latency_model import LatencyModel, measure_latency_model, network_forms
-from structprune.latency_model.network import network_times
+from structprune.latency_model import CalibrationPoint, LatencyModel, fit_calibration, measure_latency_model, network_forms
+from structprune.latency_model.network import CALIBRATION_KEEPS, network_times
 from structprune.models import create
 from structprune.output import claim_file
 from structprune.sparsity.channel_groups import ChannelGroups, find_channel_groups
@@ -75,8 +78,8 @@ def random_mask(model: nn.Module, groups: ChannelGroups, rng: random.Random, rou
     return mask
 
 
-def draw_candidates(model: nn.Module, names: list[str], count: int, seed: int, round_to: int, kernel_blocks: bool,
-                    intra: bool) -> list[tuple[str, nn.Module, dict[str, Any]]]:
+def draw_candidates(model: nn.Module, names: list[str], count: int, seed: int, round_to: int,
+                    kernel_blocks: tuple[int, ...], intra: bool) -> list[tuple[str, nn.Module, dict[str, Any]]]:
     """(name, compact network, description) of `count` random candidates whose layers all have a LayerForm."""
     rng = random.Random(seed)
     sample = torch.randn(2, *input_shape_of(model))
@@ -87,7 +90,7 @@ def draw_candidates(model: nn.Module, names: list[str], count: int, seed: int, r
         tries += 1
         if tries > 5 * count:
             raise StructpruneError(f"only {len(out)} of {count} random candidates compact into predictable forms")
-        blocks = rng.choice((1, 2, 4)) if kernel_blocks else 1
+        blocks = rng.choice((1, *kernel_blocks))
         ratio = rng.choice((None, *INTRA_RATIOS)) if intra else None
         try:
             net = compact(model, random_mask(model, groups, rng, round_to, blocks, ratio), sample, groups).eval()
@@ -100,32 +103,59 @@ def draw_candidates(model: nn.Module, names: list[str], count: int, seed: int, r
     return out
 
 
+def _errors(rows: list[dict[str, Any]], key: str = "error") -> dict[str, Any]:
+    errors = [abs(r[key]) for r in rows]
+    return {"count": len(rows), "median_abs_error": statistics.median(errors), "max_abs_error": max(errors),
+            "within_10_percent": sum(e <= 0.10 for e in errors)}
+
+
+def _best_line(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """α, β fitted on the candidates themselves (as the calibration fits them), and their errors on that line."""
+    alpha, beta = fit_calibration([CalibrationPoint(r["name"], 1.0, r["conv_ms"], r["measured_ms"]) for r in rows])
+    errors = [{"error": (alpha * r["conv_ms"] + beta) / r["measured_ms"] - 1} for r in rows]
+    return {"alpha": alpha, "beta_ms": beta, **_errors(errors)}
+
+
 def check(args: argparse.Namespace) -> dict[str, Any]:
     model = load_model(args.source)
     shape = input_shape_of(model)
+    blocks = tuple(dict.fromkeys(g for g in args.kernel_blocks or () if g > 1))
     latency = measure_latency_model(model, shape, args.runtime, args.batch, args.threads, round_to=args.round_to,
-                                    min_run_time=args.min_run_time, network_rounds=args.rounds,
-                                    network_seconds=args.sample_seconds)
+                                    groups=tuple(dict.fromkeys((1, 2, 4, *blocks))), min_run_time=args.min_run_time,
+                                    network_rounds=args.rounds, network_seconds=args.sample_seconds,
+                                    calibration_keeps=tuple(args.calibration_keeps))
     names = list(latency.layers)
-    candidates = draw_candidates(model, names, args.candidates, args.seed, args.round_to, args.kernel_blocks,
-                                 args.intra)
+    candidates = draw_candidates(model, names, args.candidates, args.seed, args.round_to, blocks, args.intra)
     measured = network_times({"dense": model, **{name: net for name, net, _ in candidates}}, shape, args.runtime,
                              args.batch, args.threads, args.rounds, args.sample_seconds)
+    dense_predicted, dense_measured = latency.dense_ms(), measured["dense"]
     rows = []
     for name, net, info in candidates:
         forms = network_forms(net, names)
         predicted = latency.network_ms(forms)
+        speedup = (dense_predicted / predicted, dense_measured / measured[name])
         rows.append({"name": name, "predicted_ms": predicted, "measured_ms": measured[name],
-                     "error": predicted / measured[name] - 1, "fixed_part_ms": latency.fixed_part(forms),
-                     "activation_fraction": latency.volume_fraction(forms), **info})
-    errors = [abs(r["error"]) for r in rows]
+                     "error": predicted / measured[name] - 1, "conv_ms": latency.conv_ms(forms),
+                     "predicted_speedup": speedup[0], "measured_speedup": speedup[1],
+                     "speedup_error": speedup[0] / speedup[1] - 1, **info})
+    kinds: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        ratio = row["intra_ratio"]
+        kinds.setdefault(f"G={row['kernel_blocks']}, intra {'none' if ratio is None else f'{ratio:.2f}'}",
+                         []).append(row)
+    alpha, beta = latency.coefficients()
     return {
-        "format": "structprune-latency-check/1", "source": args.source, "runtime": args.runtime, "batch": args.batch,
-        "threads": args.threads, "round_to": args.round_to, "seed": args.seed,
-        "dense": {"predicted_ms": latency.dense_ms(), "measured_ms": measured["dense"],
-                  "fixed_ms": latency.fixed_ms, "fixed_share": latency.fixed_share},
-        "candidates": rows, "median_abs_error": statistics.median(errors), "max_abs_error": max(errors),
-        "within_10_percent": sum(e <= 0.10 for e in errors), "latency_model": latency.to_json(),
+        "format": "structprune-latency-check/2", "source": args.source, "runtime": args.runtime, "batch": args.batch,
+        "threads": args.threads, "round_to": args.round_to, "seed": args.seed, "kernel_blocks": list(blocks),
+        "intra": args.intra,
+        "dense": {"predicted_ms": dense_predicted, "measured_ms": dense_measured,
+                  "calibration_ms": latency.network_dense_ms, "conv_ms": latency.conv_ms({}),
+                  "fixed_ms": latency.fixed_ms, "alpha": alpha, "beta_ms": beta,
+                  "error": dense_predicted / dense_measured - 1},
+        "calibration": [p.to_json() for p in latency.calibration],
+        "candidates": rows, **{k: v for k, v in _errors(rows).items() if k != "count"},
+        "speedup": _errors(rows, "speedup_error"), "by_kind": {k: _errors(v) for k, v in sorted(kinds.items())},
+        "best_line_on_candidates": _best_line(rows), "latency_model": latency.to_json(),
     }
 
 
@@ -138,8 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--candidates", type=int, default=20, help="random candidate networks (default 20)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--round-to", type=int, default=8)
-    parser.add_argument("--kernel-blocks", action="store_true", help="random kernel blocks G in 1, 2, 4")
+    parser.add_argument("--kernel-blocks", type=int, nargs="*", metavar="G",
+                        help="random kernel blocks: each candidate takes G among 1 and these (2 4 when none given)")
     parser.add_argument("--intra", action="store_true", help="random shared rectangular intra pattern per layer")
+    parser.add_argument("--calibration-keeps", type=float, nargs="+", default=list(CALIBRATION_KEEPS), metavar="F",
+                        help="shares of the maps kept by the calibration networks (default %(default)s; 1: the dense "
+                             "network alone)")
     parser.add_argument("--min-run-time", type=float, default=0.02, help="seconds per timed layer shape")
     parser.add_argument("--rounds", type=int, default=7, help="structprune.bench rounds for whole networks")
     parser.add_argument("--sample-seconds", type=float, default=0.1)
@@ -150,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.candidates < 1:
             raise StructpruneError("--candidates must be at least 1")
+        if args.kernel_blocks is not None and not args.kernel_blocks:
+            args.kernel_blocks = [2, 4]
+        if any(g < 1 for g in args.kernel_blocks or ()):
+            raise StructpruneError("--kernel-blocks takes positive block counts G")
         out = claim_file(args.json, overwrite=args.overwrite)
         result = check(args)
     except StructpruneError as exc:
@@ -158,9 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     write_json_atomic(out, result)
     LatencyModel.from_json(result["latency_model"])  # the written model reads back
     print(json.dumps({k: result[k] for k in ("median_abs_error", "max_abs_error", "within_10_percent")}))
+    print(f"dense: predicted {result['dense']['predicted_ms']:.3f} ms, measured {result['dense']['measured_ms']:.3f} "
+          f"ms; alpha {result['dense']['alpha']:.3f}, beta {result['dense']['beta_ms']:+.3f} ms")
     for row in result["candidates"]:
         print(f"{row['name']}: predicted {row['predicted_ms']:.3f} ms, measured {row['measured_ms']:.3f} ms "
-              f"({100 * row['error']:+.1f} %)")
+              f"({100 * row['error']:+.1f} %), speed-up {row['predicted_speedup']:.2f}x predicted, "
+              f"{row['measured_speedup']:.2f}x measured")
     return 0
 
 

@@ -2,6 +2,7 @@
 
 import copy
 import json
+import random
 
 import pytest
 import torch
@@ -9,7 +10,16 @@ import torch
 from structprune.arch import example_input
 from structprune.compact.compaction import compact
 from structprune.errors import StructpruneError
-from structprune.latency_model import LatencyModel, LayerForm, layer_form, measure_latency_model, network_forms
+from structprune.latency_model import (
+    CalibrationPoint,
+    LatencyModel,
+    LayerForm,
+    fit_calibration,
+    layer_form,
+    measure_latency_model,
+    network_forms,
+)
+from structprune.latency_model.calibration import ALPHA_MAX
 from structprune.latency_model.measure import FormConv, grid_counts
 from structprune.latency_model.model import Grid, LayerTimes
 from structprune.models import create
@@ -38,16 +48,35 @@ def test_absent_forms_are_dense_and_the_fixed_part_closes_the_sum():
     assert model.network_ms({"b": LayerForm(8, 16)}) == pytest.approx(20.0 - 8.0 + 2.0)
 
 
-def test_a_share_of_the_fixed_part_shrinks_with_the_activations():
+def test_calibration_recovers_the_line_through_whole_networks():
+    truth = (0.55, 0.3)  # network = 0.55 · Σ convolutions + 0.3 ms, plus noise of at most ±0.5%
+    rng = random.Random(0)
+    points = [CalibrationPoint(f"n{i}", keep, conv, (truth[0] * conv + truth[1]) * (1 + rng.uniform(-5e-3, 5e-3)))
+              for i, (keep, conv) in enumerate([(1.0, 1.2), (0.75, 0.9), (0.5, 0.65), (0.25, 0.42)])]
+    alpha, beta = fit_calibration(points)
+    assert alpha == pytest.approx(truth[0], rel=0.05) and beta == pytest.approx(truth[1], abs=0.02)
+    exact = [CalibrationPoint(p.name, p.keep, p.conv_ms, truth[0] * p.conv_ms + truth[1]) for p in points]
+    assert fit_calibration(exact) == pytest.approx(truth)
+
+
+def test_calibration_falls_back_and_clips():
+    dense = CalibrationPoint("dense", 1.0, 1.2, 0.8)
+    assert fit_calibration([dense]) == pytest.approx((1.0, -0.4))  # the dense network alone: its fixed part
+    assert fit_calibration([dense, CalibrationPoint("same", 0.5, 1.2, 0.6)]) == pytest.approx((1.0, -0.5))
+    steep = [CalibrationPoint("a", 1.0, 1.0, 100.0), CalibrationPoint("b", 0.5, 0.5, 1.0)]  # α = 198: clipped
+    alpha, beta = fit_calibration(steep)
+    assert alpha == ALPHA_MAX and alpha * 0.5 + beta == pytest.approx(1.0, rel=0.05)  # relative: b counts most
+
+
+def test_calibrated_model_predicts_on_its_line():
     model = synthetic()
-    model.fixed_share = 0.5
-    fixed = model.fixed_ms
-    assert model.dense_ms() == pytest.approx(20.0)  # the dense network is still what was measured
-    forms = {"a": LayerForm(3, 8), "b": LayerForm(8, 16), "dw": LayerForm(16, 16)}
-    volume = (8 * 64 + 16 * 16 + 16 * 16) / (16 * 64 + 32 * 16 + 32 * 16)
-    assert model.volume_fraction(forms) == pytest.approx(volume)
-    convs = sum(model.layer_ms(n, f) for n, f in forms.items())
-    assert model.network_ms(forms) == pytest.approx(convs + fixed * (0.5 + 0.5 * volume))
+    dense_conv = model.conv_ms({})
+    forms = {"b": LayerForm(8, 16)}
+    model.calibration = [CalibrationPoint("dense", 1.0, dense_conv, 0.5 * dense_conv + 1.0),
+                         CalibrationPoint("uniform-50", 0.5, model.conv_ms(forms), 0.5 * model.conv_ms(forms) + 1.0)]
+    assert model.coefficients() == pytest.approx((0.5, 1.0))
+    assert model.dense_ms() == pytest.approx(0.5 * dense_conv + 1.0)
+    assert model.network_ms({"b": LayerForm(16, 16)}) == pytest.approx(0.5 * model.conv_ms({"b": LayerForm(16, 16)}) + 1)
 
 
 def test_interpolation_between_grid_points_and_clamping():
@@ -87,13 +116,28 @@ def test_groups_taps_and_their_combination():
 
 def test_json_round_trip():
     model = synthetic()
+    model.calibration = [CalibrationPoint("dense", 1.0, 10.8, 9.0), CalibrationPoint("uniform-50", 0.5, 6.0, 5.5)]
     data = json.loads(json.dumps(model.to_json()))
-    assert data["format"] == "structprune-latency-model/1"
+    assert data["format"] == "structprune-latency-model/2"
+    assert (data["alpha"], data["beta_ms"]) == pytest.approx(model.coefficients())
     again = LatencyModel.from_json(data)
     assert (again.runtime, again.batch, again.threads, again.input_shape) == ("onnxruntime", 1, 2, (3, 8, 8))
+    assert again.calibration == model.calibration
     for form in (LayerForm(12, 24), LayerForm(16, 32, 2, (3, 1)), LayerForm(8, 8, 2)):
         assert again.layer_ms("b", form) == model.layer_ms("b", form)
-    assert again.dense_ms() == model.dense_ms()
+        assert again.network_ms({"b": form}) == pytest.approx(model.network_ms({"b": form}))
+    assert again.dense_ms() == pytest.approx(model.dense_ms())
+
+
+def test_a_version_1_file_still_loads_with_its_fixed_part():
+    data = synthetic().to_json()
+    for key in ("calibration", "alpha", "beta_ms"):
+        data.pop(key)
+    data.update({"format": "structprune-latency-model/1", "fixed_share": 0.0})
+    old = LatencyModel.from_json(json.loads(json.dumps(data)))
+    assert old.calibration == [] and old.coefficients() == pytest.approx((1.0, 20.0 - 10.8))
+    assert old.dense_ms() == pytest.approx(20.0)
+    assert old.network_ms({"b": LayerForm(8, 16)}) == pytest.approx(20.0 - 8.0 + 2.0)
 
 
 def _broken(change) -> dict:
@@ -109,7 +153,10 @@ def _broken(change) -> dict:
     lambda d: d.update(threads=True),
     lambda d: d.pop("network_dense_ms"),
     lambda d: d.update(network_dense_ms=float("nan")),
-    lambda d: d.update(fixed_share=1.5),
+    lambda d: d.pop("calibration"),
+    lambda d: d.update(calibration={"dense": 1.0}),
+    lambda d: d.update(calibration=[{"name": "dense", "keep": 1.0, "conv_ms": 1.0, "network_ms": -1.0}]),
+    lambda d: d.update(calibration=[{"keep": 1.0, "conv_ms": 1.0, "network_ms": 1.0}]),
     lambda d: d["layers"]["b"].update(output_size=[4, 0]),
     lambda d: d.update(layers={}),
     lambda d: d["layers"]["b"]["grids"].pop("g1"),
@@ -155,8 +202,12 @@ def test_measured_model_has_every_conv_and_form():
     assert set(last.grids) == {"g1", "g2", "g1:3x1", "g1:2x3"}
     assert last.grids["g1"].ins == [8] and last.grids["g1"].outs == [8, 16]
     assert all(ms > 0 for t in latency.layers.values() for g in t.grids.values() for row in g.ms for ms in row)
-    assert latency.network_dense_ms > 0 and latency.dense_ms() == pytest.approx(latency.network_dense_ms)
-    assert 0 <= latency.fixed_share <= 1  # measured on a uniformly pruned copy
+    assert latency.network_dense_ms > 0 and latency.dense_ms() > 0
+    # the dense network and its uniform copies keeping 75, 50, 25% (tiny-paper: 8 and 16 maps, rounded to 8)
+    names = [p.name for p in latency.calibration]
+    assert names[0] == "dense" and len(names) >= 2 and len(set(names)) == len(names)
+    assert latency.calibration[0].network_ms == latency.network_dense_ms
+    assert [p.keep for p in latency.calibration] == [1.0, 0.5]  # 75% keeps every map, 25% the same as 50%
     assert last.output_size == (4, 4)
     assert LatencyModel.from_json(json.loads(json.dumps(latency.to_json()))).dense_ms() == latency.dense_ms()
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the model is left alone
@@ -170,12 +221,14 @@ def test_onnxruntime_model_times_one_node_sessions(monkeypatch):
     model = create("tiny-paper")
     latency = measure_latency_model(model, (1, 8, 8), "onnxruntime", batch=1, threads=1, groups=(1,), taps=(),
                                     points=2, min_run_time=1e-4, network_rounds=1, network_seconds=0.005,
-                                    fixed_share=False)
-    assert latency.runtime == "onnxruntime" and latency.fixed_share == 0
+                                    calibration_keeps=(1.0,))
+    assert latency.runtime == "onnxruntime" and [p.name for p in latency.calibration] == ["dense"]
     assert {k for t in latency.layers.values() for k in t.grids} == {"g1"}
     assert latency.dense_ms() == pytest.approx(5.0) and latency.fixed_ms < 5.0
     with pytest.raises(StructpruneError, match="runtime"):
         measure_latency_model(model, (1, 8, 8), "compile", batch=1, threads=1)
+    with pytest.raises(StructpruneError, match="calibration"):
+        measure_latency_model(model, (1, 8, 8), "eager", batch=1, threads=1, calibration_keeps=(1.0, 0.0))
 
 
 def test_forms_of_a_compact_network():

@@ -12,9 +12,9 @@ The runtimes:
   eager        the layer as an nn.Module on a channels_last input, under inference mode
   onnxruntime  the same module exported (torch.onnx, TorchScript exporter, into memory) as a one-node model, run by
                an ONNX Runtime session set up as structprune.bench sets it up (intra_op_num_threads = threads)
-Timing is torch.utils.benchmark's blocked_autorange (median of blocks, `min_run_time` per shape). The dense
-network is timed whole (structprune.latency_model.network), and the fixed part is what its time leaves after the
-dense convolutions' (model module doc).
+Timing is torch.utils.benchmark's blocked_autorange (median of blocks, `min_run_time` per shape). Then the dense
+network and a few uniformly pruned copies are timed whole (structprune.latency_model.network), and the line
+network ≈ α · Σ convolutions + β is fitted on them (structprune.latency_model.calibration).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from torch.utils.benchmark import Timer
 
 from structprune.errors import StructpruneError
 from structprune.latency_model.model import MODEL_RUNTIMES, Grid, LatencyModel, LayerTimes, variant_key
-from structprune.latency_model.network import measure_fixed_part
+from structprune.latency_model.network import CALIBRATION_KEEPS, measure_calibration
 
 log = logging.getLogger(__name__)
 
@@ -232,13 +232,16 @@ def measure_latency_model(model: nn.Module, input_shape: tuple[int, ...], runtim
                           round_to: int = 8, groups: tuple[int, ...] = (1, 2, 4),
                           taps: tuple[tuple[int, int], ...] = DEFAULT_TAPS, points: int = 5, variant_points: int = 3,
                           combine: bool = False, min_run_time: float = 0.02, network_rounds: int = 5,
-                          network_seconds: float = 0.1, fixed_share: bool = True) -> LatencyModel:
+                          network_seconds: float = 0.1,
+                          calibration_keeps: tuple[float, ...] = CALIBRATION_KEEPS) -> LatencyModel:
     """Measure `model`'s LatencyModel on this machine (module doc). `points` / `variant_points`: counts per grid
     axis of the plain convolution / of the other variants; `combine`: also time G > 1 with taps (else predicted
     from the two); `min_run_time`: seconds per timed shape; `network_rounds`, `network_seconds`: structprune.bench's
-    rounds and sample_seconds for whole networks; `fixed_share`: measure which share of the fixed part shrinks with
-    the activations on a uniformly pruned copy (structprune.latency_model.network), else it stays constant."""
+    rounds and sample_seconds for whole networks; `calibration_keeps`: shares of the maps kept by the uniformly
+    pruned networks timed whole beside the dense one for the calibration (only 1.0: the dense network alone)."""
     _check_args(runtime, batch, threads, round_to, tuple(groups), tuple(taps), points, variant_points)
+    if any(not 0 < k <= 1 for k in calibration_keeps):
+        raise StructpruneError(f"calibration shares of kept maps must lie in (0, 1], not {tuple(calibration_keeps)}")
     calls = conv_calls(model, input_shape)
     if not calls:
         raise StructpruneError("the network calls no nn.Conv2d: nothing for a latency model to measure")
@@ -257,5 +260,5 @@ def measure_latency_model(model: nn.Module, input_shape: tuple[int, ...], runtim
                      sum(len(g.ins) * len(g.outs) for g in grids.values()), time.perf_counter() - start)
     finally:
         torch.set_num_threads(prev_threads)
-    measure_fixed_part(result, model, round_to, network_rounds, network_seconds, fixed_share)
+    measure_calibration(result, model, round_to, network_rounds, network_seconds, tuple(calibration_keeps))
     return result

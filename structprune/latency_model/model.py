@@ -6,20 +6,21 @@ groups), "gG:KHxKW" (a rectangular intra pattern of KH×KW taps kept of the kern
 in a form is the bilinear interpolation of its variant's grid (clamped to the grid's ends). A form with both G > 1
 and taps whose variant was not measured is predicted as t(gG) · t(g1:taps) / t(g1) at the same counts.
 
-A network's time is the sum of its convolutions' times plus the fixed part. For the dense network,
-    fixed_ms = network_dense_ms (the dense network as measured whole) − Σ dense convolution times
-i.e. everything that is not a convolution (pooling, batch norm, activations, linear layers, copies, the framework's
-per-call overhead), and what running the layers inside the network does to them (warm caches, fused activations
-in ONNX Runtime; each standalone layer also pays one call's overhead, so it can be negative). In a pruned form,
-a share of it (`fixed_share`, measured on a second, uniformly pruned network; 0 when not measured) shrinks with
-the activation volume Σ kept_out·H_out·W_out of the convolutions, the rest stays:
-    fixed part(forms) = fixed_ms · (1 − fixed_share + fixed_share · volume(forms) / volume(dense))
-Limits: the split is one straight line through two measured networks; work the model does not see (a linear
-layer's input shrinking, different fusions in a pruned export, cache effects between layers) is in the error.
+A network's time is calibrated on whole networks (structprune.latency_model.calibration): with S(forms) the sum
+of its convolutions' times in their forms,
+    network_ms(forms) = α · S(forms) + β
+where α, β are fitted on the dense network and a few uniformly pruned copies, each measured whole. With the dense
+network alone (and in a /1 file) α = 1 and β = fixed_ms = the dense network's measured time − its dense
+convolutions' times (everything that is not a convolution, less the per-call overhead each standalone timing
+carries: it can be negative).
+Limits: the line is fitted on uniformly pruned, plain (G = 1, full-kernel) networks; what they do not show (one
+layer pruned far more than the others, kernel blocks or intra patterns costing differently inside the network,
+a linear layer's input shrinking) is in the error.
 
-JSON ("structprune-latency-model/1"):
-  {"format", "runtime", "batch", "threads", "input_shape": [C, H, W], "network_dense_ms", "fixed_share",
-   "fixed_ms" (derived, informative), "layers": {name: {"in_channels", "out_channels", "kernel": [kh, kw],
+JSON ("structprune-latency-model/2"; "/1" files, without calibration, still read):
+  {"format", "runtime", "batch", "threads", "input_shape": [C, H, W], "network_dense_ms",
+   "calibration": [{"name", "keep", "conv_ms", "network_ms"}], "alpha", "beta_ms", "fixed_ms" (the last three
+   derived, informative), "layers": {name: {"in_channels", "out_channels", "kernel": [kh, kw],
    "output_size": [H_out, W_out], "depthwise": bool,
    "grids": {variant: {"in": [counts], "out": [counts], "ms": [[ms per out] per in]}}}}}
 A depthwise layer keeps its depthwise form (kept_in == kept_out); its grids have "in": [1] (one map per group).
@@ -36,8 +37,10 @@ from typing import Any
 import numpy as np
 
 from structprune.errors import StructpruneError
+from structprune.latency_model.calibration import CalibrationPoint, fit_calibration
 
-MODEL_FORMAT = "structprune-latency-model/1"
+MODEL_FORMAT = "structprune-latency-model/2"
+READ_FORMATS = ("structprune-latency-model/1", MODEL_FORMAT)
 MODEL_RUNTIMES = ("onnxruntime", "eager")
 _VARIANT = re.compile(r"^g([1-9][0-9]*)(?::([1-9][0-9]*)x([1-9][0-9]*))?$")
 
@@ -164,23 +167,18 @@ class LatencyModel:
     input_shape: tuple[int, ...] = ()
     layers: dict[str, LayerTimes] = field(default_factory=dict)
     network_dense_ms: float = 0.0  # the dense network, measured whole
-    fixed_share: float = 0.0  # the share of the fixed part that shrinks with the activation volume (module doc)
+    calibration: list[CalibrationPoint] = field(default_factory=list)  # whole networks measured; none: the dense one
 
     @property
     def fixed_ms(self) -> float:
-        """The dense network's fixed part: its measured time minus its dense convolutions' (module doc)."""
-        return self.network_dense_ms - sum(self.layer_ms(n, t.dense_form()) for n, t in self.layers.items())
+        """The dense network's measured time minus its dense convolutions' (β when nothing else is calibrated)."""
+        return self.network_dense_ms - self.conv_ms({})
 
-    def volume_fraction(self, forms: dict[str, LayerForm]) -> float:
-        """Σ kept_out·H·W over the convolutions in `forms` (the others dense) / the same of the dense network."""
-        dense = sum(t.out_channels * t.output_size[0] * t.output_size[1] for t in self.layers.values())
-        kept = sum((forms[n].kept_out if n in forms else t.out_channels) * t.output_size[0] * t.output_size[1]
-                   for n, t in self.layers.items())
-        return kept / dense if dense else 1.0
-
-    def fixed_part(self, forms: dict[str, LayerForm]) -> float:
-        """The fixed part of the network in `forms`: fixed_ms, its `fixed_share` scaled by the activation volume."""
-        return self.fixed_ms * (1 - self.fixed_share + self.fixed_share * self.volume_fraction(forms))
+    def coefficients(self) -> tuple[float, float]:
+        """(α, β) of network_ms = α · Σ convolutions + β (module doc)."""
+        if self.calibration:
+            return fit_calibration(self.calibration)
+        return 1.0, self.fixed_ms
 
     def _layer(self, layer: str) -> LayerTimes:
         if layer not in self.layers:
@@ -222,27 +220,32 @@ class LatencyModel:
             raise StructpruneError(f"{layer}: taps {taps} do not fit its {times.kernel[0]}×{times.kernel[1]} kernel")
         return (taps[0], taps[1])
 
-    def network_ms(self, forms: dict[str, LayerForm]) -> float:
-        """Predicted whole network: the convolutions in `forms` in their forms, the others dense, plus the fixed part."""
+    def conv_ms(self, forms: dict[str, LayerForm]) -> float:
+        """Σ of the convolutions' predicted times: those in `forms` in their forms, the others dense."""
         unknown = sorted(set(forms) - set(self.layers))
         if unknown:
             raise StructpruneError(f"the latency model has no convolution {unknown[0]!r}")
-        total = sum(self.layer_ms(n, forms.get(n, t.dense_form())) for n, t in self.layers.items())
-        return total + self.fixed_part(forms)
+        return sum(self.layer_ms(n, forms.get(n, t.dense_form())) for n, t in self.layers.items())
+
+    def network_ms(self, forms: dict[str, LayerForm]) -> float:
+        """Predicted whole network, the convolutions in `forms` in their forms, the others dense: α · Σ + β."""
+        alpha, beta = self.coefficients()
+        return alpha * self.conv_ms(forms) + beta
 
     def dense_ms(self) -> float:
-        """Predicted dense network (equal to the measured one by construction of the fixed part)."""
+        """Predicted dense network (the measured one without calibration; else on the fitted line)."""
         return self.network_ms({})
 
     def to_json(self) -> dict[str, Any]:
+        alpha, beta = self.coefficients()
         return {"format": MODEL_FORMAT, "runtime": self.runtime, "batch": self.batch, "threads": self.threads,
                 "input_shape": list(self.input_shape), "network_dense_ms": self.network_dense_ms,
-                "fixed_share": self.fixed_share, "fixed_ms": self.fixed_ms,
-                "layers": {n: t.to_json() for n, t in self.layers.items()}}
+                "calibration": [p.to_json() for p in self.calibration], "alpha": alpha, "beta_ms": beta,
+                "fixed_ms": self.fixed_ms, "layers": {n: t.to_json() for n, t in self.layers.items()}}
 
     @classmethod
     def from_json(cls, data: Any) -> LatencyModel:
-        if not isinstance(data, dict) or data.get("format") != MODEL_FORMAT:
+        if not isinstance(data, dict) or data.get("format") not in READ_FORMATS:
             raise StructpruneError(f"not a latency model (format {MODEL_FORMAT!r} expected)")
         try:
             runtime, batch, threads = data["runtime"], data["batch"], data["threads"]
@@ -254,9 +257,10 @@ class LatencyModel:
             if not isinstance(shape, list) or not all(_is_int(v, 1) for v in shape):
                 raise ValueError("input_shape must be a list of positive integers")
             dense = _finite(data["network_dense_ms"], "network_dense_ms")
-            share = _finite(data["fixed_share"], "fixed_share")
-            if not 0.0 <= share <= 1.0:
-                raise ValueError("fixed_share must lie in [0, 1]")
+            points = data["calibration"] if data["format"] == MODEL_FORMAT else []  # /1: the dense network only
+            if not isinstance(points, list):
+                raise ValueError("calibration must be a list")
+            calibration = [CalibrationPoint.from_json(p) for p in points]
             layers = data["layers"]
             if not isinstance(layers, dict) or not layers:
                 raise ValueError("layers must be a non-empty object")
@@ -265,4 +269,4 @@ class LatencyModel:
             raise StructpruneError(f"malformed latency model (missing {exc})") from None
         except (TypeError, ValueError) as exc:
             raise StructpruneError(f"malformed latency model ({exc})") from None
-        return cls(runtime, batch, threads, tuple(shape), parsed, dense, share)
+        return cls(runtime, batch, threads, tuple(shape), parsed, dense, calibration)

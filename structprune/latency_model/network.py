@@ -1,16 +1,14 @@
-"""Whole networks for the latency model: their timing, and the fixed part's share that shrinks with activations.
+"""Whole networks for the latency model: their timing, and the calibration networks.
 
 Networks are timed with structprune.bench (interleaved rounds, medians; eager: the faster of NCHW and
 channels_last; onnxruntime: exported and run as `structprune bench --runtime onnxruntime` runs them), on copies.
 
-The fixed part (model module doc) is measured on the dense network. When asked, a second network is timed beside
-it: a uniform copy, every channel group keeping a quarter of its maps (rounded up to `round_to`), compacted. Its fixed part
-(its measured time minus its convolutions' predicted times) against the dense one gives the share of the fixed part
-that shrinks with the activation volume:
-    share = (fixed_dense − fixed_uniform) / (fixed_dense · (1 − volume_uniform / volume_dense)), clipped to [0, 1]
-Where the copy cannot be built (a network the channel groups or compaction refuse) or the dense fixed part is not
-positive, or the copy keeps more than MAX_VOLUME of the activations (a network of few maps), the share is 0: the
-fixed part stays constant.
+The calibration (structprune.latency_model.calibration) times, together, the dense network and uniformly pruned
+copies of it: for each share `keep` of CALIBRATION_KEEPS below 1, every conv-rooted channel group keeps that share
+of its maps (rounded up to a multiple of `round_to`, at most all; the first maps), compacted. Each becomes one
+calibration point: its measured time against the sum of its convolutions' predicted times. A copy that cannot be
+built (a network the channel groups or compaction refuse), whose layers have no LayerForm, or that keeps the same
+forms as one already taken, is left out (a warning); with the dense network alone, α = 1 and β = its fixed part.
 """
 
 from __future__ import annotations
@@ -23,12 +21,12 @@ from torch import nn
 
 from structprune.bench import Candidate, bench, runtime_candidate
 from structprune.errors import StructpruneError
+from structprune.latency_model.calibration import CalibrationPoint
 from structprune.latency_model.model import LatencyModel
 
 log = logging.getLogger(__name__)
 
-UNIFORM_KEEP = 0.25  # the uniform copy keeps this fraction of each channel group's maps
-MAX_VOLUME = 0.8  # a copy keeping more of the activations than this says too little about the share: it stays 0
+CALIBRATION_KEEPS = (1.0, 0.75, 0.5, 0.25)  # shares of every channel group's maps the calibration networks keep
 
 
 def network_times(models: dict[str, nn.Module], input_shape: tuple[int, ...], runtime: str, batch: int, threads: int,
@@ -41,10 +39,9 @@ def network_times(models: dict[str, nn.Module], input_shape: tuple[int, ...], ru
     return {r["run"]: float(r["median_ms"]) for r in records}
 
 
-def uniform_copy(model: nn.Module, input_shape: tuple[int, ...], round_to: int,
-                 keep: float = UNIFORM_KEEP) -> nn.Module | None:
+def uniform_copy(model: nn.Module, input_shape: tuple[int, ...], round_to: int, keep: float) -> nn.Module | None:
     """`model` with every conv-rooted channel group keeping `keep` of its maps (rounded up to a multiple of
-    `round_to`, at most all), compacted; None (with a warning) when that cannot be done."""
+    `round_to`, at most all), compacted; None (with a warning) when that cannot be done or prunes nothing."""
     from structprune.compact.compaction import compact
     from structprune.sparsity.channel_groups import find_channel_groups
     from structprune.sparsity.masks import NetworkMask
@@ -62,39 +59,53 @@ def uniform_copy(model: nn.Module, input_shape: tuple[int, ...], round_to: int,
             alive[:kept] = True
             mask.layer(group.root, model.get_submodule(group.root)).keep_out = alive
         if not mask.layers:
-            log.warning("latency model: no channel group to prune; the fixed part stays constant")
+            log.warning("latency model: keeping %.0f%% of the maps prunes no channel group; no calibration network",
+                        100 * keep)
             return None
         return compact(model, mask, sample, groups).eval()
     except (StructpruneError, RuntimeError, ValueError) as exc:
-        log.warning("latency model: no uniformly pruned copy (%s); the fixed part stays constant",
+        log.warning("latency model: no calibration network keeping %.0f%% of the maps (%s)", 100 * keep,
                     str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         return None
 
 
-def measure_fixed_part(latency: LatencyModel, model: nn.Module, round_to: int, rounds: int, sample_seconds: float,
-                       share: bool = True) -> None:
-    """Time the dense network (and, with `share`, its uniform copy) and set `network_dense_ms` and `fixed_share`."""
+def _calibration_networks(latency: LatencyModel, model: nn.Module, round_to: int,
+                          keeps: tuple[float, ...]) -> dict[str, tuple[float, nn.Module, float]]:
+    """{name: (keep, network, Σ of its convolutions' times)}: the dense network and its distinct uniform copies."""
     from structprune.latency_model.forms import network_forms
 
-    shape, runtime, batch, threads = latency.input_shape, latency.runtime, latency.batch, latency.threads
-    uniform = uniform_copy(model, shape, round_to) if share else None
-    nets = {"dense": model, **({"uniform": uniform} if uniform is not None else {})}
-    times = network_times(nets, shape, runtime, batch, threads, rounds, sample_seconds)
-    latency.network_dense_ms, latency.fixed_share = times["dense"], 0.0
-    fixed = latency.fixed_ms
-    log.info("latency model: dense network %.3f ms, of which %.3f ms outside the convolutions (fixed part)",
-             times["dense"], fixed)
-    if uniform is None:
-        return
-    try:
-        forms = network_forms(uniform, list(latency.layers))
-    except StructpruneError as exc:
-        log.warning("latency model: %s; the fixed part stays constant", exc)
-        return
-    volume = latency.volume_fraction(forms)
-    fixed_uniform = times["uniform"] - (latency.network_ms(forms) - fixed)  # its time minus its convolutions'
-    if fixed > 0 and volume <= MAX_VOLUME:
-        latency.fixed_share = min(1.0, max(0.0, (fixed - fixed_uniform) / (fixed * (1 - volume))))
-    log.info("latency model: uniform copy (%.0f%% of the activations) %.3f ms, fixed part %.3f ms: %.0f%% of the "
-             "fixed part shrinks with the activations", 100 * volume, times["uniform"], fixed_uniform,
-             100 * latency.fixed_share)
+    nets = {"dense": (1.0, model, latency.conv_ms({}))}
+    seen: list[dict] = [{}]
+    for keep in sorted({k for k in keeps if k < 1}, reverse=True):
+        net = uniform_copy(model, latency.input_shape, round_to, keep)
+        if net is None:
+            continue
+        try:
+            forms = network_forms(net, list(latency.layers))
+        except StructpruneError as exc:
+            log.warning("latency model: calibration network keeping %.0f%% of the maps left out: %s", 100 * keep, exc)
+            continue
+        dense = {n: t.dense_form() for n, t in latency.layers.items()}
+        changed = {n: f for n, f in forms.items() if f != dense[n]}
+        if changed in seen:
+            continue  # the rounding made it a network already taken
+        seen.append(changed)
+        nets[f"uniform-{round(100 * keep)}"] = (keep, net, latency.conv_ms(forms))
+    return nets
+
+
+def measure_calibration(latency: LatencyModel, model: nn.Module, round_to: int, rounds: int, sample_seconds: float,
+                        keeps: tuple[float, ...] = CALIBRATION_KEEPS) -> None:
+    """Time the dense network and its uniform copies (`keeps` below 1) together; set `network_dense_ms` and
+    `calibration` (module doc)."""
+    nets = _calibration_networks(latency, model, round_to, keeps)
+    times = network_times({name: net for name, (_, net, _) in nets.items()}, latency.input_shape, latency.runtime,
+                          latency.batch, latency.threads, rounds, sample_seconds)
+    latency.network_dense_ms = times["dense"]
+    latency.calibration = [CalibrationPoint(name, keep, conv, times[name]) for name, (keep, _, conv) in nets.items()]
+    alpha, beta = latency.coefficients()
+    for point in latency.calibration:
+        log.info("latency model: %s network %.3f ms measured, convolutions %.3f ms, predicted %.3f ms", point.name,
+                 point.network_ms, point.conv_ms, alpha * point.conv_ms + beta)
+    log.info("latency model: network ≈ %.3f · Σ convolutions %+.3f ms (%d networks; without calibration the fixed "
+             "part would be %.3f ms)", alpha, beta, len(latency.calibration), latency.fixed_ms)
