@@ -144,6 +144,44 @@ def in_place(num_classes: int = 10, in_channels: int = 3, input_size: int = 16, 
     return InPlace(num_classes, in_channels, input_size, hazard)
 
 
+class ChangesKept(nn.Module):
+    """`add_` on the stem's output after conv1 read it: for conv1's rung, a value the head keeps."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, input_size: int = 16):
+        super().__init__()
+        self.stem = nn.Conv2d(in_channels, 6, 3, padding=1)
+        self.conv1 = nn.Conv2d(6, 6, 3, padding=1)
+        self.conv2 = nn.Conv2d(6, 6, 3, padding=1)
+        self.head = nn.Linear(6, num_classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x.add_(torch.relu(self.conv1(x)))
+        return self.head(self.conv2(x).mean((2, 3)))
+
+
+@register("test-fx-changes-kept")
+def changes_kept(num_classes: int = 10, in_channels: int = 3, input_size: int = 16) -> ChangesKept:
+    return ChangesKept(num_classes, in_channels, input_size)
+
+
+def test_the_tail_changes_its_own_values_in_place_and_never_the_kept_ones(data):
+    net = SearchNet(model_of("test-fx-changes-kept"))
+    methods = {name: {str(n.target) for n in split_graph(net.traced(), net.model, {name}).tail.graph.nodes}
+               for name in ("stem", "conv1")}
+    assert "add_" in methods["stem"]  # the stem's output is the tail's own: changed in place, as the model does
+    assert "add" in methods["conv1"] and "add_" not in methods["conv1"]  # here the head keeps it: out of place
+    rung = next(r for r in rungs(net, (Granularity.KERNEL,), NetworkMask()) if r.layer == "conv1")
+    assert rung.touched_modules() == {"conv1"}
+    cached = FxCachedScorer(net.model, net.applier, net.traced(), rung.touched_modules(), rung.base, data,
+                            tie=0.0, batch=16, varying=rung.varying_layers())
+    kept = [tuple(v.clone() for v in values) for values, _ in cached.cache]
+    same_scores(net, rung, data, None, count=3)
+    cached.mcr_and_ce(rung.network_masks(rung.space.sample(np.random.default_rng(0), 2)))
+    assert all(torch.equal(a, b) for (values, _), before in zip(cached.cache, kept, strict=True)
+               for a, b in zip(values, before, strict=True))
+
+
 class Untraceable(InPlace):
     def forward(self, x):
         if x.sum() > 0:  # control flow on a value: torch.fx cannot trace it
