@@ -9,10 +9,13 @@ interleaved round by round, with torch.utils.benchmark:
              on the kept frontier values (scoring_fx.py)
   build      building the cache once per rung (tracing split, head pass over the images); not per particle
   decode     turning one particle into its whole-network mask (both scorings pay it)
-Reports the medians over rounds and full / cached, the speed-up of cached scoring per particle.
+  chain      (only where the search uses the chain's cache) one particle scored by scoring.LayerScorer
+Each row also says how the search scores that rung (Rung.scorer: `search_scoring`, `scoring_reason`, the tail's
+share of the conv MACs) and what one particle costs that way (`chosen_s`: full, cached or chain). Reports the
+medians over rounds, full / cached (the speed-up of cached scoring per particle) and chosen / forward.
 
-  python benchmarks/particle_cost.py --images 100 --threads 1 --rounds 5 \
-      --json benchmarks/results/particle-cost/cifar-random-100.json
+  PYTHONPATH=$PWD python benchmarks/particle_cost.py --images 100 --threads 2 --rounds 5 \
+      --json benchmarks/results/particle-cost/cifar-random-100-2t.json --overwrite
 
 Images: CIFAR-sized random images (default), or the first N validation images of a dataset (--data cifar10).
 """
@@ -36,8 +39,8 @@ from structprune.output import claim_file
 from structprune.search.config import SearchConfig
 from structprune.search.network import SearchNet, conv_names
 from structprune.search.scoring import ScoreSet
-from structprune.search.scoring_full import SCORING_CACHED, SCORING_FX, FullForwardScorer
-from structprune.search.scoring_fx import FxCachedScorer
+from structprune.search.scoring_full import SCORING_CACHED, SCORING_FULL, SCORING_FX, FullForwardScorer
+from structprune.search.scoring_fx import FxCachedScorer, tail_conv_share
 from structprune.search.steps import make_steps
 from structprune.sparsity.granularity import Granularity
 from structprune.sparsity.masks import NetworkMask
@@ -73,15 +76,19 @@ def cases(name: str, grans: list[Granularity], data: ScoreSet, seed: int) -> lis
 
             cached = build()
             full = FullForwardScorer(model, net.applier, data)
+            chosen = rung.scorer(data, 1e-3, None)  # what the search would score this rung with, and why
+            fns = {"forward": lambda model=model: model(data.x),
+                   "full": lambda full=full, mask=mask: full.mcr_and_ce(mask),
+                   "cached": lambda cached=cached, mask=mask: cached.mcr_and_ce(mask),
+                   "build": build,
+                   "decode": lambda rung=rung, particle=particle: rung.network_masks(particle)}
+            if chosen.how == SCORING_CACHED:
+                fns["chain"] = lambda chosen=chosen, particle=particle: chosen.scorer.mcr_and_ce(chosen.decode(particle))
             out.append({"model": name, "granularity": step.granularity.value, "position": position, "unit": unit,
-                        "search_scoring": SCORING_CACHED if rung.cache_blocker() is None else SCORING_FX,
+                        "search_scoring": chosen.how, "scoring_reason": chosen.why,
+                        "tail_conv_share": tail_conv_share(cached.split, net.layer_macs(tuple(data.x.shape[1:]))),
                         "tail_nodes": cached.split.tail_nodes, "graph_nodes": cached.split.nodes,
-                        "frontier_values": len(cached.split.frontier),
-                        "fns": {"forward": lambda model=model: model(data.x),
-                                "full": lambda full=full, mask=mask: full.mcr_and_ce(mask),
-                                "cached": lambda cached=cached, mask=mask: cached.mcr_and_ce(mask),
-                                "build": build,
-                                "decode": lambda rung=rung, particle=particle: rung.network_masks(particle)}})
+                        "frontier_values": len(cached.split.frontier), "fns": fns})
             same = cached.mcr_and_ce(mask), full.mcr_and_ce(mask)
             if not np.array_equal(same[0][0], same[1][0]):
                 raise StructpruneError(f"{name} {unit}: cached and full scores differ")
@@ -125,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             row[f"{kind}_s_min"], row[f"{kind}_s_max"] = min(values), max(values)
         row["full_over_cached"] = row["full_s"] / row["cached_s"]
         row["forward_over_cached"] = row["forward_s"] / row["cached_s"]
+        row["chosen_s"] = row[{SCORING_FULL: "full_s", SCORING_FX: "cached_s", SCORING_CACHED: "chain_s"}[row["search_scoring"]]]
+        row["chosen_over_forward"] = row["chosen_s"] / row["forward_s"]
     result = {"command": " ".join(["python", "benchmarks/particle_cost.py", *sys.argv[1:]]), "images": args.images,
               "data": args.data, "threads": args.threads, "rounds": args.rounds, "min_run_time": args.min_run_time,
               "torch": torch.__version__, "rows": rows}
@@ -132,11 +141,14 @@ def main(argv: list[str] | None = None) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out, result)
     print(f"{args.images} images, {args.threads} threads, median of {args.rounds} rounds")
-    print("| model | scale | unit | tail nodes | forward ms | full ms | cached ms | full / cached |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | scale | unit | tail nodes | tail conv MACs | search scores with | forward ms | full ms | cached ms "
+          "| full / cached | chosen ms | chosen / forward |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['granularity']} | {r['position']} {r['unit']} | {r['tail_nodes']}/{r['graph_nodes']} | "
-              f"{r['forward_s'] * 1e3:.2f} | {r['full_s'] * 1e3:.2f} | {r['cached_s'] * 1e3:.2f} | {r['full_over_cached']:.2f} |")
+              f"{r['tail_conv_share']:.0%} | {r['search_scoring']} | {r['forward_s'] * 1e3:.2f} | {r['full_s'] * 1e3:.2f} | "
+              f"{r['cached_s'] * 1e3:.2f} | {r['full_over_cached']:.2f} | {r['chosen_s'] * 1e3:.2f} | "
+              f"{r['chosen_over_forward']:.2f} |")
     return 0
 
 

@@ -639,14 +639,23 @@ PARTICLE_COST = "particle-cost/cifar-random-100-2t.json"
 
 
 def particle_cost() -> str:
-    """One particle scored from the traced graph's cache against a full forward pass, per model and unit."""
+    """One particle scored from the traced graph's cache against a full forward pass, per model and unit, and what
+    the search scores that unit with (a file from before the search fell back to the full forward pass: the cache)."""
     data = load(PARTICLE_COST)
-    rows = [[f"`{r['model']}`", r["granularity"], f"{r['position']} (`{r['unit']}`)",
-             f"{r['tail_nodes']} of {r['graph_nodes']}", ms(r["forward_s"] * 1e3), ms(r["full_s"] * 1e3),
-             ms(r["cached_s"] * 1e3), times(r["full_over_cached"]), ms(r["build_s"] * 1e3)]
-            for r in data["rows"]]  # type: ignore[index]
-    return table(["model", "scale", "channel group", "graph nodes rerun", "plain forward ms", "particle, full forward ms",
-                  "particle, cached ms", "full / cached", "building the cache ms (once per step)"], rows)
+    names = {"cached-fx": "cached (traced graph)", "full forward per candidate": "full forward",
+             "cached activations": "cached (chain)"}
+    rows = []
+    for r in data["rows"]:  # type: ignore[index]
+        chosen = r.get("chosen_s", r["full_s"] if r["search_scoring"] == "full forward per candidate" else r["cached_s"])
+        share = r.get("tail_conv_share")
+        rows.append([f"`{r['model']}`", r["granularity"], f"{r['position']} (`{r['unit']}`)",
+                     f"{r['tail_nodes']} of {r['graph_nodes']}", "" if share is None else pct(share, 0),
+                     ms(r["forward_s"] * 1e3), ms(r["full_s"] * 1e3), ms(r["cached_s"] * 1e3),
+                     times(r["full_over_cached"]), names.get(r["search_scoring"], r["search_scoring"]),
+                     times(chosen / r["forward_s"]), ms(r["build_s"] * 1e3)])
+    return table(["model", "scale", "channel group", "graph nodes rerun", "conv MACs rerun", "plain forward ms",
+                  "particle, full forward ms", "particle, cached ms", "full / cached", "the search scores with",
+                  "its particle / plain forward", "building the cache ms (once per step)"], rows)
 
 
 # ------------------------------------------------------------------------------ benchmarks/latency_model_check.py

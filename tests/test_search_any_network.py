@@ -19,7 +19,7 @@ from structprune.data import Split, load_dataset
 from structprune.models import create
 from structprune.runfolder import load_run, save_run
 from structprune.search.driver import SearchConfig, search_run
-from structprune.search.scoring_full import SCORING_CACHED, SCORING_FX
+from structprune.search.scoring_full import SCORING_CACHED, SCORING_FULL, SCORING_FX
 from structprune.sparsity.channel_groups import find_channel_groups
 from structprune.sparsity.granularity import Granularity
 from structprune.sparsity.method import Method
@@ -79,12 +79,18 @@ def test_channel_search_runs_on_every_network_and_compacts(tmp_path, data, name,
     assert {n for n, lm in mask if lm.keep_out is not None} <= set(roots)
     assert metrics["conv_macs_removed"] > 0.3
     scoring = {s["scoring"] for s in record["steps"]}
+    assert all(s["scoring_reason"] for s in record["steps"])
     if name == "tiny-vgg":  # a chain: cached activations throughout
         assert scoring == {SCORING_CACHED}
-    elif name in ("tiny-resnet", "test-search-user-resnet"):  # not chains: cached on the traced graph
-        assert scoring == {SCORING_FX}
+    elif name in ("tiny-resnet", "test-search-user-resnet"):  # not chains: cached on the traced graph, but
+        # the first groups' tails are (nearly) the whole graph: the full forward pass scores them
+        kinds = [s["scoring"] for s in record["steps"]]
+        fallen = kinds.index(SCORING_FX)
+        assert fallen >= 1 and set(kinds[:fallen]) == {SCORING_FULL} and set(kinds[fallen:]) == {SCORING_FX}
+        assert "no convolution runs before" in record["steps"][0]["scoring_reason"]
+        assert all("of the conv MACs" in s["scoring_reason"] for s in record["steps"][1:])
     else:  # chains of blocks: the chain's cache where a group is one conv of the chain, else the traced graph
-        assert SCORING_FX in scoring and scoring <= {SCORING_CACHED, SCORING_FX}
+        assert SCORING_FX in scoring and scoring <= {SCORING_CACHED, SCORING_FX, SCORING_FULL}
 
 
 @pytest.mark.parametrize("name", ["tiny-resnet", "tiny-mobilenet", "test-search-user-resnet"])
@@ -122,7 +128,7 @@ def test_kernel_blocks_on_a_residual_network_block_the_layers_with_one_producer(
 def test_global_search_on_a_residual_network(tmp_path, data):
     cfg = SearchConfig(method=Method.PF, scope="global", ratio=0.5, **FAST)
     mask, record, _ = searched_and_compacted(saved(tmp_path, "tiny-resnet"), data, cfg, tmp_path / "out")
-    assert record["steps"][0]["scoring"] == SCORING_FX
+    assert record["steps"][0]["scoring"] == SCORING_FULL  # every group at once: the tail is the whole graph
     kept = sum(int(lm.keep_out.sum()) for _, lm in mask if lm.keep_out is not None)
     total = sum(lm.keep_out.numel() for _, lm in mask if lm.keep_out is not None)
     assert kept == round(0.5 * total)

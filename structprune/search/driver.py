@@ -14,7 +14,9 @@ One rung:
        tp-l2      Torch-Pruning's GroupMagnitudeImportance (L2 over the whole coupled group); channel scale only
      Candidates are scored with cached activations where the network is a chain (scoring.py), else with the
      cached activations of its torch.fx graph that the candidate cannot change (scoring_fx.py), else by one
-     full forward pass per candidate (scoring_full.py); search.json records which (`scoring`);
+     full forward pass per candidate (scoring_full.py), which also scores a rung whose part to rerun on the
+     traced graph holds most of the conv MACs (scoring_fx.full_forward_reason); search.json records per step
+     which (`scoring`) and why (`scoring_reason`);
   2. its MCR is checked on the *check* subset, disjoint from the score subset (the best of many candidates
      looks better than it is on the images that chose it);
   3. with `--max`: accepted when check MCR − unpruned check MCR ≤ tolerance; if not, the model is retrained
@@ -191,12 +193,12 @@ class Search:
         """The rung's objective over particles, and how it scores (Rung.scorer: the chain's cached activations,
         the traced graph's, or a full forward pass per candidate)."""
         recal = self.data.train.x[: self.cfg.bn_batches * 64] if self.cfg.bn_batches > 0 else None
-        scorer, decode, scoring = rung.scorer(self.score_set, self.cfg.tie, recal)
-        backend = make_backend(self.cfg.backend, scorer, decode, self.cfg.workers)
-        return rung.objective(backend, self.latency_table, self.cfg.latency_weight), scoring
+        scoring = rung.scorer(self.score_set, self.cfg.tie, recal)
+        backend = make_backend(self.cfg.backend, scoring.scorer, scoring.decode, self.cfg.workers)
+        return rung.objective(backend, self.latency_table, self.cfg.latency_weight), (scoring.how, scoring.why)
 
-    def choose(self, rung: Rung, mask: NetworkMask, seed: int) -> tuple[np.ndarray, float, str]:
-        """The method's candidate for one rung, its score on the score subset, and how it was scored."""
+    def choose(self, rung: Rung, mask: NetworkMask, seed: int) -> tuple[np.ndarray, float, tuple[str, str]]:
+        """The method's candidate for one rung, its score on the score subset, and how it was scored and why."""
         self.applier.apply_(mask)  # pruned weights are zero in the model the scorer sees
         score_fn, scoring = self.score_function(rung)
         score_fn = feasible_only(score_fn, rung, mask, self.model, self.net.groups)
@@ -286,11 +288,11 @@ class Search:
         base = self.state.base_check_mcr
         mask = self.mask
         seed = self.cfg.seed * 100003 + self.state.step * 101 + len(self.state.steps)
-        particle, score, scoring = self.choose(rung, mask, seed)
+        particle, score, (scoring, why) = self.choose(rung, mask, seed)
         trial = rung.to_mask(particle, mask)
         norms_before = self.recalibrate_norms(trial)
         record = {"step": self.state.step, "layer": rung.layer, "granularity": rung.granularity.value,
-                  "ratio": rung.ratio, "score": score, "retrained": False, "scoring": scoring}
+                  "ratio": rung.ratio, "score": score, "retrained": False, "scoring": scoring, "scoring_reason": why}
         empty = layers_without_kernels(self.model, trial, self.net.groups) if may_empty_a_layer(rung, mask) else []
         if empty:  # the method's choice (pf/epf only choose one when every candidate they saw did): undone
             record["leaves_without_kernels"] = empty

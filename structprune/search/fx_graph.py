@@ -9,7 +9,9 @@ rewritten that way, and is refused. The rewritten graph shares the model's modul
 whose parameters a candidate changes: a conv, or every member of a channel group) or reading one of their
 parameters. Everything downstream of them (and needed by the output) is the *tail*; the values the tail
 reads from outside it are the *frontier*. The head computes the frontier from the image, once; the tail
-computes the logits from the frontier, once per candidate. Both are generated GraphModules.
+computes the logits from the frontier, once per candidate. Both are generated GraphModules. In the tail, the
+rewritten operations that change a value the tail itself made (a conv's or norm's output, not a kept frontier
+value or a parameter) run in place again, as in the model: no new tensor per candidate for each activation.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ def _functionalize(gm: fx.GraphModule) -> None:
             replacement = node.target[:-1] if callable(getattr(torch.Tensor, node.target[:-1], None)) else None
         if not in_place:
             continue
+        node.meta["in_place"] = (node.target, dict(node.kwargs))  # its in-place form, for `_in_place_again`
         changed = node.args[0] if node.args else None
         if replacement is None:
             raise StructpruneError(f"the traced graph changes a tensor in place at {node.name} ({node.target})")
@@ -145,8 +148,10 @@ def _original_of(gm: fx.GraphModule, target: str) -> str:
     return getattr(gm, "_originals", {}).get(target, target)
 
 
-def _subgraph(gm: fx.GraphModule, inputs: list[fx.Node], nodes: list[fx.Node], result) -> fx.GraphModule:
-    """A GraphModule taking `inputs` as placeholders, running `nodes` (in order), returning `result` mapped."""
+def _subgraph(gm: fx.GraphModule, inputs: list[fx.Node], nodes: list[fx.Node], result,
+              in_place: bool = False) -> fx.GraphModule:
+    """A GraphModule taking `inputs` as placeholders, running `nodes` (in order), returning `result` mapped;
+    `in_place`: with the in-place operations on its own values restored (`_in_place_again`)."""
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
     for node in inputs:
@@ -154,7 +159,31 @@ def _subgraph(gm: fx.GraphModule, inputs: list[fx.Node], nodes: list[fx.Node], r
     for node in nodes:
         env[node] = graph.node_copy(node, lambda n: env[n])
     graph.output(fx.graph.map_arg(result, lambda n: env[n]))
+    if in_place:
+        _in_place_again(gm, graph)
     return fx.GraphModule(gm, graph)
+
+
+FRESH_MODULES = (nn.modules.conv._ConvNd, nn.Linear, NORMS)  # modules whose output is a new tensor
+
+
+def _in_place_again(gm: fx.GraphModule, graph: fx.Graph) -> None:
+    """Give back their in-place form to the rewritten nodes of `graph` (a tail) that change a value the tail
+    itself made (a new tensor: a conv's, linear's or norm's output, an out-of-place rewrite's), as the model
+    runs them: no kept value or parameter is changed, and no copy is made per candidate."""
+    fresh: set[fx.Node] = set()
+    for node in graph.nodes:
+        original = node.meta.get("in_place")
+        if original is not None and node.args and node.args[0] in fresh:
+            node.target, node.kwargs = original
+        elif node.op == "call_module":
+            module = gm.get_submodule(node.target)
+            if not isinstance(module, FRESH_MODULES) and not node.target.startswith("_out_of_place_"):
+                continue
+        elif not ((node.op in ("call_function", "call_method") and original is not None)
+                  or (node.op == "call_function" and node.target in OUT_OF_PLACE.values())):
+            continue
+        fresh.add(node)
 
 
 def _ancestors(nodes: list[fx.Node]) -> set[fx.Node]:
@@ -202,6 +231,6 @@ def split_graph(gm: fx.GraphModule, model: nn.Module, touched: set[str]) -> Grap
     head = [n for n in nodes if n in fixed and n.op != "placeholder"]
     placeholder = next(n for n in nodes if n.op == "placeholder")
     return GraphSplit(head=_subgraph(gm, [placeholder], head, tuple(frontier)),
-                      tail=_subgraph(gm, frontier, attrs + tail, result), frontier=[n.name for n in frontier],
+                      tail=_subgraph(gm, frontier, attrs + tail, result, in_place=True), frontier=[n.name for n in frontier],
                       tail_modules=_modules_read(gm, attrs + tail, model), head_modules=_modules_read(gm, head, model),
                       tail_nodes=len(tail), nodes=len(nodes))

@@ -40,6 +40,7 @@ class SearchNet:
         except StructpruneError:
             self.chain = None
         self._traced: fx.GraphModule | str | None = None  # the graph, or why tracing failed
+        self._macs: dict[tuple[int, ...], dict[str, int]] = {}
         self.said: set[str] = set()  # fallback reasons already logged
 
     def traced(self) -> fx.GraphModule:
@@ -52,6 +53,20 @@ class SearchNet:
         if isinstance(self._traced, str):
             raise StructpruneError(self._traced)
         return self._traced
+
+    def layer_macs(self, input_shape: tuple[int, ...]) -> dict[str, int]:
+        """Dense multiply–accumulates of every conv for one image of `input_shape` (from one pass of zeros in eval
+        mode, the modules' modes restored; found once per shape)."""
+        if input_shape not in self._macs:
+            modes = {m: m.training for m in self.model.modules()}
+            self.model.eval()
+            try:
+                sizes = conv_output_sizes(self.model, input_shape)
+            finally:
+                for m, training in modes.items():
+                    m.training = training
+            self._macs[input_shape] = {n: sizes.get(n, 0) * self.conv(n).weight.numel() for n in conv_names(self.model)}
+        return self._macs[input_shape]
 
     @property
     def groups(self) -> ChannelGroups:

@@ -14,6 +14,10 @@ candidate on the kept re-estimation values. A norm that both parts run is refuse
 
 Same images, same batches and the same operations as the full forward pass: the scores equal
 FullForwardScorer's.
+
+Where the tail is (nearly) the whole network, the cache saves nothing and running the generated tail costs more
+than the model's own forward pass: `full_forward_reason` says so when the head runs no convolution or the tail
+holds at least FULL_FORWARD_SHARE of the convolutions' MACs, and the rung is scored by the full forward pass.
 """
 
 from __future__ import annotations
@@ -35,6 +39,23 @@ from structprune.sparsity.masking import MaskApplier
 from structprune.sparsity.masks import NetworkMask
 
 log = logging.getLogger(__name__)
+FULL_FORWARD_SHARE = 0.9  # a tail with at least this share of the conv MACs: the full forward pass scores the rung
+
+
+def tail_conv_share(split: GraphSplit, macs: dict[str, int]) -> float:
+    """The share of the network's conv MACs (`macs`: per conv, for one image) that the tail runs."""
+    total = sum(macs.values())
+    return sum(m for name, m in macs.items() if name in split.tail_modules) / total if total else 1.0
+
+
+def full_forward_reason(split: GraphSplit, macs: dict[str, int]) -> str | None:
+    """Why the full forward pass should score candidates of this split rather than the tail (None: the tail)."""
+    if not any(name in split.head_modules for name in macs):
+        return "no convolution runs before the searched layers, so the tail is the whole network"
+    share = tail_conv_share(split, macs)
+    if share >= FULL_FORWARD_SHARE:
+        return f"the tail to rerun holds {share:.0%} of the conv MACs (at least {FULL_FORWARD_SHARE:.0%})"
+    return None
 
 
 def _as_tuple(values: Any) -> tuple[Any, ...]:
@@ -44,15 +65,16 @@ def _as_tuple(values: Any) -> tuple[Any, ...]:
 class FxCachedScorer(MaskScorer):
     """Scores whole-network masks (one NetworkMask per candidate) of `model` in eval mode. The candidates may
     differ from `base` only in the masks of the layers `varying` (None: any layer), and those masks may change
-    only the parameters of the modules `touched`."""
+    only the parameters of the modules `touched`. `split`: split_graph(traced, model, touched), if already made."""
 
     def __init__(self, model: nn.Module, applier: MaskApplier, traced: fx.GraphModule, touched: set[str],
                  base: NetworkMask, data: ScoreSet, tie: float = 1e-3, batch: int = 1024,
-                 recalibrate: torch.Tensor | None = None, recal_batch: int = 64, varying: set[str] | None = None):
+                 recalibrate: torch.Tensor | None = None, recal_batch: int = 64, varying: set[str] | None = None,
+                 split: GraphSplit | None = None):
         if model.training:
             raise StructpruneError("the model is in training mode; cached scoring needs eval mode")
         self.model, self.applier, self.tie, self.y = model, applier, tie, data.y
-        self.split: GraphSplit = split_graph(traced, model, touched)
+        self.split: GraphSplit = split if split is not None else split_graph(traced, model, touched)
         norms = [m for m in model.modules() if isinstance(m, NORMS)]
         self.recal = recalibrate is not None and bool(norms)
         if self.recal:

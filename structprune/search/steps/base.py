@@ -13,23 +13,34 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
 
 from structprune.errors import StructpruneError
 from structprune.search.config import SearchConfig
+from structprune.search.fx_graph import split_graph
 from structprune.search.network import SearchNet
 from structprune.search.particle_filter import Space
 from structprune.search.scoring import LayerScorer, ScoreSet
 from structprune.search.scoring_full import SCORING_CACHED, SCORING_FULL, SCORING_FX, FullForwardScorer
-from structprune.search.scoring_fx import FxCachedScorer
+from structprune.search.scoring_fx import FxCachedScorer, full_forward_reason, tail_conv_share
 from structprune.sparsity.granularity import Granularity, KernelStructure
 from structprune.sparsity.masks import NetworkMask
 
 log = logging.getLogger(__name__)
 ScoreFn = Callable[[np.ndarray], np.ndarray]
+
+
+class RungScoring(NamedTuple):
+    """How a rung's candidates are scored: the scorer, the decoding of particles into what it takes, which
+    scoring it is (SCORING_CACHED, SCORING_FX or SCORING_FULL) and why, in one phrase."""
+
+    scorer: Any
+    decode: Callable[[np.ndarray], Any]
+    how: str
+    why: str
 
 
 def top_bits(scores: torch.Tensor, keep: int) -> np.ndarray:
@@ -97,31 +108,47 @@ class Rung(ABC):
         """The layers whose masks differ between this rung's candidates (default: the layer)."""
         return {self.layer}
 
-    def scorer(self, data: ScoreSet, tie: float, recalibrate: torch.Tensor | None) -> tuple[Any, Callable, str]:
-        """(scorer, decode, how it scores): the chain's cached activations where the rung allows them
-        (`cached_scorer`, particles batched), else cached activations of the traced graph (scoring_fx), else
-        one full forward pass per candidate, with one log line saying why."""
+    def scorer(self, data: ScoreSet, tie: float, recalibrate: torch.Tensor | None) -> RungScoring:
+        """How this rung's candidates are scored: the chain's cached activations where the rung allows them
+        (`cached_scorer`, particles batched), else cached activations of the traced graph (scoring_fx) unless
+        the part to rerun is (nearly) the whole network, else one full forward pass per candidate, with one
+        log line saying why (once per reason)."""
         if self.cache_blocker() is None:
             try:
-                return self.cached_scorer(data, tie, recalibrate), self.decode, SCORING_CACHED
+                return RungScoring(self.cached_scorer(data, tie, recalibrate), self.decode, SCORING_CACHED,
+                                   "the layer sits in a chain of modules")
             except StructpruneError:  # e.g. a module between the conv and the next layer the cache cannot pass
                 pass
         net = self.net
         try:
             traced = net.traced()
         except StructpruneError as exc:  # a network torch.fx cannot trace: said once
-            if str(exc) not in net.said:
-                net.said.add(str(exc))
-                log.info("%s; scoring by a full forward pass per candidate where the chain's cache does not apply", exc)
+            why = str(exc)
+            self._say(f"{exc}; scoring by a full forward pass per candidate where the chain's cache does not apply")
         else:
             try:
-                scorer = FxCachedScorer(net.model, net.applier, traced, self.touched_modules(), self.base, data,
-                                        tie=tie, recalibrate=recalibrate, varying=self.varying_layers())
-                return scorer, self.network_masks, SCORING_FX
+                split = split_graph(traced, net.model, self.touched_modules())
+                macs = net.layer_macs(tuple(data.x.shape[1:]))
+                reason = full_forward_reason(split, macs)
+                if reason is None:
+                    scorer = FxCachedScorer(net.model, net.applier, traced, self.touched_modules(), self.base, data,
+                                            tie=tie, recalibrate=recalibrate, varying=self.varying_layers(),
+                                            split=split)
+                    why = f"the tail to rerun holds {tail_conv_share(split, macs):.0%} of the conv MACs"
+                    log.debug("%s: %s; scoring with cached activations of the traced graph", self.layer, why)
+                    return RungScoring(scorer, self.network_masks, SCORING_FX, why)
+                why = reason
             except StructpruneError as exc:
-                log.info("%s: %s; scoring by a full forward pass per candidate", self.layer, exc)
+                why = str(exc)
+            self._say(f"{self.layer}: {why}; scoring by a full forward pass per candidate")
         scorer = FullForwardScorer(net.model, net.applier, data, tie=tie, recalibrate=recalibrate)
-        return scorer, self.network_masks, SCORING_FULL
+        return RungScoring(scorer, self.network_masks, SCORING_FULL, why)
+
+    def _say(self, line: str) -> None:
+        """Log `line` once per network (a ladder's rungs of one unit fall back for the same reason)."""
+        if line not in self.net.said:
+            self.net.said.add(line)
+            log.info("%s", line)
 
     def objective(self, score_fn: ScoreFn, latency: Callable[[], Any], weight: float) -> ScoreFn:
         """The function the method minimises (default: the score itself)."""
