@@ -73,7 +73,18 @@ def test_repair_meets_the_budget_and_no_group_can_go_up(forms):
         fixed = repair(particle)
         assert cost.predict(fixed) <= 0.5 + 1e-12
         assert all(cost.predict(up) > 0.5 for up in _one_rung_up(space, fixed))
-        assert np.array_equal(fixed[space.channel_dims:], particle[space.channel_dims:])  # forms as chosen
+        if any(space.rung(r, c) > 0 for r, c in zip(space.roots, fixed.tolist(), strict=False)):
+            assert np.array_equal(fixed[space.channel_dims:], particle[space.channel_dims:])  # forms as chosen
+
+
+def test_repair_steps_forms_back_when_every_map_is_kept_and_budget_is_left():
+    _, _, space = _space("tiny-paper")
+    cost = MacCost(space, (3, 16, 16))
+    heavy = space.with_forms(0, groups=4, shape=(1, 3))  # every map kept, forms cut most MACs
+    assert cost.predict(heavy) < 0.5
+    fixed = BudgetRepair(space, cost, 0.9)(heavy)
+    assert 0.5 < cost.predict(fixed) <= 0.9
+    assert space.layer_forms(fixed) != space.layer_forms(heavy)
 
 
 def test_the_chosen_structure_uses_the_mac_budget(runs, tmp_path):
@@ -152,7 +163,7 @@ def test_target_search_with_forms_meets_a_mac_budget_that_channels_alone_cannot(
     with torch.no_grad():
         assert torch.allclose(small(x), run.model.eval()(x), atol=1e-5, rtol=1e-4)
     dense = count_macs(create("tiny-paper", in_channels=1, input_size=8), (1, 8, 8))
-    assert count_macs(small, (1, 8, 8)) * 2.5 <= dense
+    assert count_macs(small, (1, 8, 8)) * 2.5 <= dense and metrics["target"]["mac_reduction"] >= 2.5
     record = json.loads((out / "target.json").read_text())
     assert record["forms"] and record["tries"][0]["predicted_cost"] == pytest.approx(count_macs(small, (1, 8, 8)) / dense)
 

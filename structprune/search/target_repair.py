@@ -8,8 +8,10 @@ A particle (target_space.py) is repaired in two steps, both deterministic:
          the most L1 importance per unit of cost goes up (its added maps' L1 over its mean map L1; a rung that
          costs nothing goes first; ties: the first group)
 After it, no group can go one rung up within budget. The form choices (kernel blocks, intra shapes) are kept
-as they are: what they save is spent on channels. A particle whose floor (every channel choice at the ladder's
-end, its forms kept) still misses the budget stays over it and scores as infeasible.
+as they are, what they save spent on channels; only when every group keeps all its maps and budget is left do
+forms step back towards the dense form (one option at a time, the step using the most budget that still fits
+first). A particle whose floor (every channel choice at the ladder's end, its forms kept) still misses the
+budget stays over it and scores as infeasible.
 """
 
 from __future__ import annotations
@@ -95,5 +97,27 @@ class BudgetRepair:
                 if best is None or value > best[0]:
                     best = (value, raised)
             if best is None:
-                return particle
-            particle = best[1]
+                relaxed = self._relax_form(particle)
+                if relaxed is None:
+                    return particle
+                particle = relaxed
+            else:
+                particle = best[1]
+
+    def _relax_form(self, particle: np.ndarray) -> np.ndarray | None:
+        """With every group at its top rung: the particle with one form one option nearer the dense form, the
+        one using the most budget that still fits (None: none fits, or a group could still go up)."""
+        space = self.space
+        if any(space.rung(r, c) > 0 for r, c in zip(space.roots, particle[: space.channel_dims].tolist(), strict=True)):
+            return None
+        best: tuple[float, np.ndarray] | None = None
+        for j, options in enumerate(space.form_options()):
+            i = space.channel_dims + j
+            option = space.option(int(particle[i]), options)
+            if option == 0:
+                continue
+            relaxed = particle.copy()
+            relaxed[i] = space.form_choice(option - 1, options)
+            if self.fits(relaxed) and (best is None or self.cost.predict(relaxed) > best[0]):
+                best = (self.cost.predict(relaxed), relaxed)
+        return None if best is None else best[1]

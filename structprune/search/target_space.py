@@ -74,6 +74,7 @@ class TargetSpace:
         self.order = {r: torch.argsort(channel_l1(model, groups[r]), descending=True, stable=True) for r in self.roots}
         self.layers = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
         self._slices = self._member_slices()
+        self._shapes = self._layer_shapes()
         self.choices: dict[str, LayerChoices] = layer_choices(model, groups, forms)
         self._set_dims()
 
@@ -102,13 +103,32 @@ class TargetSpace:
         """The particle's first dims: one per channel group (the rest choose forms)."""
         return len(self.roots)
 
-    def _member_slices(self) -> dict[tuple[str, str], list[tuple[str, torch.Tensor, torch.Tensor]]]:
-        """(layer, role) -> [(group root, the layer's indices, their root channels)] for the searched groups."""
-        out: dict[tuple[str, str], list[tuple[str, torch.Tensor, torch.Tensor]]] = {}
+    def _member_slices(self) -> dict[tuple[str, str], list[tuple[str, np.ndarray, np.ndarray]]]:
+        """(layer, role) -> [(group root, the layer's indices, the L1 rank of their root channels)] for the
+        searched groups: under a structure keeping c maps of a root, an index is kept where its rank is below c."""
+        out: dict[tuple[str, str], list[tuple[str, np.ndarray, np.ndarray]]] = {}
         for root in self.roots:
+            rank = np.empty(self.groups[root].size, dtype=np.int64)
+            rank[self.order[root].numpy()] = np.arange(self.groups[root].size)
             for member in self.groups[root].members:
-                out.setdefault((member.name, member.role), []).append((root, member.index, member.root))
+                out.setdefault((member.name, member.role), []).append(
+                    (root, member.index.numpy(), rank[member.root.numpy()]))
         return out
+
+    def _layer_shapes(self) -> dict[str, tuple[int, int, int, bool]]:
+        """Per conv and linear layer: dense input maps (all groups), dense output maps, groups, depthwise."""
+        out = {}
+        for name in self.layers:
+            module = self.model.get_submodule(name)
+            groups = getattr(module, "groups", 1)
+            depthwise = groups > 1 and groups == getattr(module, "in_channels", 0)
+            out[name] = (module.weight.shape[1] * groups, module.weight.shape[0], groups, depthwise)
+        return out
+
+    def form_options(self) -> list[int]:
+        """The option count of each form dim, in particle order (after the channel dims)."""
+        return ([len(self.choices[n].blocks) for n in self.block_layers]
+                + [len(self.choices[n].shapes) for n in self.tap_layers])
 
     def rung(self, root: str, choice: int) -> int:
         """The ladder position of `choice` (0..k-1) in `root`'s ladder."""
@@ -166,24 +186,24 @@ class TargetSpace:
             apply_forms(self.model, self.groups, mask, forms, self.choices)
         return mask
 
-    def _alive(self, name: str, role: str, size: int, keeps: dict[str, torch.Tensor]) -> int:
-        alive = torch.ones(size, dtype=torch.bool)
-        for root, index, channels in self._slices.get((name, role), []):
-            alive[index] &= keeps[root][channels]
+    def _alive(self, name: str, role: str, size: int, counts: dict[str, int]) -> int:
+        slices = self._slices.get((name, role), [])
+        if len(slices) == 1 and len(slices[0][1]) == size:  # one group covers the layer (the common case)
+            root, _, ranks = slices[0]
+            return int((ranks < counts[root]).sum())
+        alive = np.ones(size, dtype=bool)
+        for root, index, ranks in slices:
+            alive[index] &= ranks < counts[root]
         return int(alive.sum())
 
     def layer_counts(self, particle: np.ndarray) -> dict[str, LayerCounts]:
         """Kept input/output maps of every conv and linear layer under the particle."""
-        keeps = self.keeps(self.counts(particle))
+        counts = self.counts(particle)
         out = {}
-        for name in self.layers:
-            module = self.model.get_submodule(name)
-            dense_in, dense_out = module.weight.shape[1], module.weight.shape[0]
-            groups = getattr(module, "groups", 1)
-            kept_out = self._alive(name, "out", dense_out, keeps)
-            depthwise = groups > 1 and groups == getattr(module, "in_channels", 0)
-            kept_in = kept_out if depthwise else self._alive(name, "in", dense_in * groups, keeps)
-            out[name] = LayerCounts(kept_in, kept_out, dense_in * groups, dense_out, groups, depthwise)
+        for name, (dense_in, dense_out, groups, depthwise) in self._shapes.items():
+            kept_out = self._alive(name, "out", dense_out, counts)
+            kept_in = kept_out if depthwise else self._alive(name, "in", dense_in, counts)
+            out[name] = LayerCounts(kept_in, kept_out, dense_in, dense_out, groups, depthwise)
         return out
 
     def uniform(self, choice: int) -> np.ndarray:
