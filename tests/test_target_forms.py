@@ -197,3 +197,44 @@ def test_forms_parse_and_the_flag():
     args = build_parser().parse_args(["prune", "run", "--out", "o", "--target-macs", "3",
                                       "--target-forms", "channel,blocks,intra"])
     assert parse_forms(args.target_forms) == FORMS
+
+
+def test_a_measured_latency_model_prices_the_variants_it_has_and_withdraws_the_rest(caplog):
+    from structprune.latency_model import LatencyModel, LayerForm
+    from structprune.latency_model.model import Grid, LayerTimes
+
+    _, _, space = _space("tiny-paper")
+
+    def grids(cin: int, cout: int, variants: tuple[str, ...]) -> dict[str, Grid]:
+        scale = {"g1": 1.0, "g2": 0.6, "g1:3x1": 0.4}
+        return {v: Grid([2, cin], [2, cout], [[scale[v] * i * o / 64 for o in (2, cout)] for i in (2, cin)])
+                for v in variants}
+
+    layers = {"features.0": LayerTimes(3, 8, (3, 3), (16, 16), grids={"g1": Grid([3], [2, 8], [[0.1, 0.4]])}),
+              "features.2": LayerTimes(8, 8, (3, 3), (8, 8), grids=grids(8, 8, ("g1", "g2", "g1:3x1"))),
+              "features.5": LayerTimes(8, 16, (3, 3), (4, 4), grids=grids(8, 16, ("g1", "g1:3x1")))}
+    latency = LatencyModel("eager", 1, 1, (3, 16, 16), layers, network_dense_ms=5.0)
+    with caplog.at_level(logging.INFO, logger="structprune.search"):
+        cost = LatencyCost(space, latency, form=LayerForm)
+    assert space.choices["features.2"].blocks == [1, 2] and space.choices["features.5"].blocks == [1]
+    assert space.choices["features.2"].shapes == [None, (3, 1)] == space.choices["features.5"].shapes
+    assert len([r for r in caplog.records if "did not measure" in r.getMessage()]) == 2
+    both = space.with_forms(0, groups=2, shape=(3, 1))
+    assert space.describe_forms(both) == {"features.2": {"blocks": 2, "taps": "3x1"},
+                                          "features.5": {"blocks": 1, "taps": "3x1"}}
+    assert cost.predict(both) < cost.predict(space.with_forms(0, shape=(3, 1))) < cost.predict(space.with_forms(0))
+
+
+def test_prune_to_target_with_forms_on_a_network_of_your_own():
+    import structprune
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(16, 16, 3, padding=1),
+                                torch.nn.ReLU(), torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 4))
+    x, y = torch.randn(32, 3, 8, 8), torch.randint(0, 4, (32,))
+    masks = structprune.prune_to_target(model, x, structprune.mcr_scorer([(x, y)]), target_macs=3, round_to=4,
+                                        min_keep=0.75, particles=4, generations=2, forms="channel,blocks,intra")
+    assert any(layer.keep_kernel is not None or layer.intra is not None for _, layer in masks)
+    small = structprune.compact(model, masks)
+    assert count_macs(small, (3, 8, 8)) * 3 <= count_macs(model, (3, 8, 8))
