@@ -95,9 +95,9 @@ def _intra_reason(conv: nn.Conv2d, reads_input: bool) -> str | None:
     if conv.groups != 1:
         return "a grouped or depthwise conv"
     if tuple(conv.kernel_size) != INTRA_KERNEL:
-        return f"a {conv.kernel_size[0]}×{conv.kernel_size[1]} kernel (patterns are offered on 3×3 kernels)"
+        return f"a {conv.kernel_size[0]}×{conv.kernel_size[1]} kernel; patterns are offered on 3×3 kernels"
     if reads_input or conv.in_channels <= FEW_INPUT_MAPS:
-        return "it reads the network's input (patterns there run slower than dense)"
+        return "it reads the network's input, where patterns run slower than dense"
     return None
 
 
