@@ -5,7 +5,8 @@
 
 The structure search of `structprune prune --target-*` (structprune.search.target_search): a particle filter
 over how many maps each channel group keeps (a ladder of multiples of `round_to` down to `min_keep`), which
-maps by L1; candidates within budget are scored by `score_fn`, the rest rank by how far they exceed it.
+maps by L1, and optionally each conv's kernel blocks and intra shape; every candidate is grown or shrunk to use
+the budget in full, then scored by `score_fn`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from torch import nn
 from structprune.api import ScoreFn, _check_model, _groups, _runs_on, _sample, _Scorer
 from structprune.errors import StructpruneError
 from structprune.search.target_cost import CostModel, LatencyCost, LatencyModelLike, MacCost, measured_latency_cost
+from structprune.search.target_forms import parse_forms
 from structprune.search.target_search import Target, TargetSearchConfig, check_reachable, search_structure
 from structprune.search.target_space import DEFAULT_MIN_KEEP, TargetSpace
 from structprune.sparsity.fast_forms import DEFAULT_ROUND_TO
@@ -57,6 +59,7 @@ def prune_to_target(
     temperature: float = 0.002,
     evolutionary: bool = False,
     seed: int = 0,
+    forms: str = "channel",
 ) -> NetworkMask:
     """Channel masks meeting one target: `target_macs` R (R× fewer MACs, exact), `target_speedup` S (S× faster)
     or `target_latency` (milliseconds per batch of `batch`). Speed and latency are predicted by `latency_model`
@@ -67,19 +70,20 @@ def prune_to_target(
     `score_fn(model) -> float` (lower is better, e.g. `mcr_scorer(loader)`) is called with each candidate's
     masks applied in place (weights restored after every call): at most particles × generations calls.
     Every channel group keeps a multiple of `round_to` maps (or all of them), at least `min_keep` of them.
-    The model is not changed."""
+    `forms`: "channel", or "channel,blocks,intra" to also choose per conv kernel blocks (G = 1, 2, 4) and an
+    intra-kernel shape (2×3, 3×1, 1×3 of a 3×3 kernel) where they apply. The model is not changed."""
     _check_model(model)
     if not callable(score_fn):
         raise StructpruneError(f"score_fn must be a function of the network returning a number, not {type(score_fn).__name__}")
     target = Target.of(target_macs, target_speedup, target_latency)
     cfg = TargetSearchConfig(method=Method.EPF if evolutionary else Method.PF, particles=particles,
                              generations=generations, temperature=temperature, round_to=round_to, min_keep=min_keep,
-                             seed=seed)
+                             seed=seed, forms=parse_forms(forms))
     sample = _sample(model, example_input)
     _runs_on(model, sample)
     shape = tuple(sample.shape[1:])
     groups = _groups(model, sample)
-    space = TargetSpace(model, groups, round_to, min_keep)
+    space = TargetSpace(model, groups, round_to, min_keep, forms=cfg.forms)
     cost = _cost(target, space, shape, latency_model, runtime, batch, threads, round_to)
     budget = target.relative_budget(cost.dense if isinstance(cost, LatencyCost) else None)
     check_reachable(space, cost, budget, target, cfg)

@@ -3,6 +3,7 @@
   structprune prune DIR --target-macs 3 --out DIR2                 # 3x fewer MACs
   structprune prune DIR --target-speedup 2 --runtime onnxruntime --batch 1 --threads 1 --out DIR2
   structprune prune DIR --target-latency 0.8 --out DIR2            # milliseconds per batch
+  structprune prune DIR --target-macs 3 --target-forms channel,blocks,intra --out DIR2   # also kernel blocks, intra
 
 The structure (kept maps of every channel group) is searched by the particle filter (--method epf for its
 evolutionary variant) with --particles, --generations, --score-images and --seed of the search options.
@@ -50,6 +51,10 @@ def add_target_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--min-keep", type=keep_fraction, default=DEFAULT_MIN_KEEP, metavar="F",
                    help="the ladder's floor: every channel group keeps at least this fraction of its maps (default "
                    f"{DEFAULT_MIN_KEEP:g})")
+    g.add_argument("--target-forms", default="channel", metavar="FORMS",
+                   help="what the search chooses: channel (kept maps per channel group; the default) or "
+                   "channel,blocks,intra (also, per conv, kernel blocks G=1/2/4 and an intra-kernel shape 2x3/3x1/1x3 "
+                   "where they apply; the result compacts into grouped and smaller dense convolutions)")
     g.add_argument("--no-verify", action="store_true",
                    help="speed and latency targets: trust the latency model, do not time the compact network")
 
@@ -72,6 +77,7 @@ def check_target_args(args: argparse.Namespace):
 
 
 def run_target(args: argparse.Namespace, target, output: Output) -> int:
+    from structprune.search.target_forms import parse_forms
     from structprune.search.target_search import TargetSearchConfig
     from structprune.stages.prune import DEFAULT_BN_BATCHES
     from structprune.stages.target import TargetConfig, target_run
@@ -81,7 +87,7 @@ def run_target(args: argparse.Namespace, target, output: Output) -> int:
         generations=args.generations, temperature=args.temperature / 100,
         round_to=DEFAULT_ROUND_TO if args.round_to is None else args.round_to, min_keep=args.min_keep,
         score_images=args.score_images, bn_batches=2 if args.bn_recalibrate is None else args.bn_recalibrate,
-        seed=args.seed)
+        seed=args.seed, forms=parse_forms(args.target_forms))
     cfg = TargetConfig(search=search, runtime=args.runtime, batch=args.batch, threads=args.threads or 1,
                        verify=not args.no_verify,
                        bn_batches=DEFAULT_BN_BATCHES if args.bn_recalibrate is None else args.bn_recalibrate)

@@ -39,6 +39,7 @@ from structprune.errors import StructpruneError
 log = logging.getLogger(__name__)
 
 ScoreFn = Callable[[np.ndarray], np.ndarray]  # particles [P, n] int16 -> scores [P] float (lower is better)
+Repair = Callable[[np.ndarray], np.ndarray]  # particles [P, n] -> particles [P, n] of the same space
 STATE_FORMAT = "structprune-pf/1"
 
 
@@ -188,9 +189,12 @@ def score_unique(score_fn: ScoreFn, particles: np.ndarray) -> np.ndarray:
 class ParticleFilter:
     """A resumable PF/EPF search over one particle space."""
 
-    def __init__(self, space: Space, config: PFConfig, init: np.ndarray | None = None):
-        """`init`: optional particles [k, n] (e.g. an L1 mask) placed first in the initial population."""
-        self.space, self.config = space, config
+    def __init__(self, space: Space, config: PFConfig, init: np.ndarray | None = None,
+                 repair: Repair | None = None):
+        """`init`: optional particles [k, n] (e.g. an L1 mask) placed first in the initial population. `repair`:
+        maps each new population [P, n] onto particles of the space that the search prefers (e.g. ones using a
+        budget in full); not saved with the state (set it again on a resumed filter)."""
+        self.space, self.config, self.repair = space, config, repair
         self.rng = np.random.default_rng(config.seed)
         self.particles = space.sample(self.rng, config.particles)  # [P, n]
         if init is not None:
@@ -238,6 +242,8 @@ class ParticleFilter:
                 child = self.space.crossover(self.rng, parents[i], parents[(i + 1) % cfg.particles])
             children.append(self.space.mutate(self.rng, child, cfg.swaps))
         self.particles = np.stack(children).astype(np.int16)
+        if self.repair is not None:
+            self.particles = np.asarray(self.repair(self.particles), dtype=np.int16)
         self.generation += 1
         self.history.append(record)
         log.debug("generation %d: best %.5f mean %.5f ess %.1f", record["generation"], record["best"],
@@ -275,6 +281,7 @@ class ParticleFilter:
         try:
             pf = cls.__new__(cls)
             pf.space = space_from_json(state["space"])
+            pf.repair = None
             pf.config = PFConfig(**state["config"])
             pf.rng = np.random.default_rng()
             pf.rng.bit_generator.state = state["rng"]

@@ -1,9 +1,13 @@
 """What a structure costs, relative to the unpruned network: the cost models of the target search.
 
   MacCost      exact MACs from the kept maps: every conv and linear layer's MACs (PyTorch's FLOP counter, as
-               `structprune.metrics.count_macs` counts them) scale with its kept input and output maps
+               `structprune.metrics.count_macs` counts them) scale with its kept input and output maps, and
+               with a conv's fast forms (target_forms.py) by 1/G (kernel blocks) and by the taps kept (intra)
   LatencyCost  a per-layer latency model (`LatencyModel`: network_ms of per-conv LayerForms over dense_ms),
                measured on this machine for a runtime, batch and thread count
+
+With fast forms, a LatencyCost prices each conv's kernel blocks and intra shape by the latency model's variants;
+a form it has no variant for (it was not measured) is withdrawn from that conv, in one log line.
 
 Both answer `predict(particle) -> float`, the cost of the structure over the dense network's (0.5: half).
 The latency model is another module (structprune.latency_model), imported only when a latency model
@@ -13,6 +17,7 @@ is measured here; anything with `network_ms(forms)` and `dense_ms()` serves (tes
 from __future__ import annotations
 
 import importlib
+import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +30,10 @@ from structprune.errors import StructpruneError
 from structprune.jsonio import read_json, write_json_atomic
 from structprune.layers import layer_table
 from structprune.metrics import count_macs
+from structprune.search.target_forms import FormChoice
 from structprune.search.target_space import LayerCounts, TargetSpace
+
+log = logging.getLogger("structprune.search")
 
 LATENCY_MODEL_MODULE = "structprune.latency_model"
 
@@ -81,6 +89,14 @@ def _fraction(counts: LayerCounts) -> float:
     return out if counts.depthwise else out * counts.kept_in / counts.dense_in
 
 
+def _form_share(conv: nn.Module, form: FormChoice) -> float:
+    """The share of a conv's MACs (after its kept maps) that its kernel blocks and intra taps keep."""
+    share = 1.0 / form.groups
+    if form.shape is not None:
+        share *= form.shape[0] * form.shape[1] / (conv.kernel_size[0] * conv.kernel_size[1])
+    return share
+
+
 class MacCost(_Memo):
     """Exact MACs of the compact network over the dense network's, for one image."""
 
@@ -98,19 +114,30 @@ class MacCost(_Memo):
 
     def macs(self, particle: np.ndarray) -> float:
         per_layer = self.space.layer_counts(particle)
-        return self.other + sum(self.layer_macs[n] * _fraction(c) for n, c in per_layer.items())
+        forms = self.space.layer_forms(particle, per_layer)
+        total = self.other
+        for name, counts in per_layer.items():
+            share = _fraction(counts)
+            if name in forms:
+                share *= _form_share(self.space.model.get_submodule(name), forms[name])
+            total += self.layer_macs[name] * share
+        return total
 
     def _predict(self, particle: np.ndarray) -> float:
         return self.macs(particle) / self.dense
 
 
 def conv_forms(space: TargetSpace, particle: np.ndarray, form: type = ConvForm) -> dict[str, Any]:
-    """Per convolution, its LayerForm under the particle: kept input and output maps; G = the conv's groups
-    (1 for a plain or depthwise conv, whose form stays depthwise)."""
+    """Per convolution, its LayerForm under the particle: kept input and output maps; G = its kernel blocks (or
+    the conv's own groups; 1 for a depthwise conv, whose form stays depthwise); its intra taps."""
     out = {}
-    for name, c in space.layer_counts(particle).items():
+    per_layer = space.layer_counts(particle)
+    forms = space.layer_forms(particle, per_layer)
+    for name, c in per_layer.items():
         if isinstance(space.model.get_submodule(name), nn.Conv2d):
-            out[name] = form(kept_in=c.kept_in, kept_out=c.kept_out, groups=1 if c.depthwise else c.groups)
+            chosen = forms.get(name, FormChoice())
+            groups = 1 if c.depthwise else c.groups * chosen.groups
+            out[name] = form(kept_in=c.kept_in, kept_out=c.kept_out, groups=groups, taps=chosen.shape)
     return out
 
 
@@ -125,6 +152,25 @@ class LatencyCost(_Memo):
         self.dense = float(model.dense_ms())
         if not self.dense > 0:
             raise StructpruneError("the latency model predicts no time for the dense network")
+        self._withdraw_unpriced()
+
+    def _withdraw_unpriced(self) -> None:
+        """Withdraw from the space each fast form the latency model cannot price on a conv (one log line per conv)."""
+        for name, choice in list(self.space.choices.items()):
+            conv = self.space.model.get_submodule(name)
+            dense = (conv.in_channels, conv.out_channels)
+            tries = [(g, None) for g in choice.blocks[1:]] + [(1, s) for s in choice.shapes[1:] if s is not None]
+            missing = []
+            for groups, shape in tries:
+                try:
+                    self.model.network_ms({name: self.form(kept_in=dense[0], kept_out=dense[1], groups=groups,
+                                                           taps=shape)})
+                except StructpruneError:
+                    missing.append((groups, shape))
+                    self.space.withdraw(name, groups=groups if shape is None else None, shape=shape)
+            if missing:
+                names = ", ".join(f"blocks {g}" if s is None else f"intra {s[0]}x{s[1]}" for g, s in missing)
+                log.info("target forms: %s: the latency model did not measure %s; not offered there", name, names)
 
     def ms(self, particle: np.ndarray) -> float:
         return float(self.model.network_ms(conv_forms(self.space, particle, self.form)))

@@ -7,8 +7,11 @@ one ladder rung per channel group. A particle whose predicted cost meets the bud
 in a run, its validation MCR (+ tie · cross-entropy) on the score images, the masked network run by one full
 forward pass with its batch norms re-estimated under the masks (scoring_full.py); one over budget scores INFEASIBLE plus its
 relative excess, without running: it loses to every feasible particle but the smaller excess still ranks
-first. The first population is the most-kept uniform structure that meets the budget and copies of it with
-every group moved up to `jitter` rungs either way.
+first. Every population is repaired to the budget (target_repair.py): each particle grows or shrinks until no
+group can keep one more rung within budget, so the search compares structures that use the budget in full. The
+first population is the most-kept uniform structure that meets the budget, with `forms` also that structure
+with kernel blocks 2 or 4 and with the 2×3 or 3×1 intra shape wherever they are offered, and copies of these
+with every group moved up to `jitter` rungs either way (and a quarter of the form choices drawn at random).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import numpy as np
 from structprune.errors import StructpruneError
 from structprune.search.particle_filter import ChoiceSpace, ParticleFilter, PFConfig
 from structprune.search.target_cost import CostModel
+from structprune.search.target_forms import parse_forms
+from structprune.search.target_repair import BudgetRepair
 from structprune.search.target_space import DEFAULT_MIN_KEEP, TargetSpace
 from structprune.sparsity.fast_forms import DEFAULT_ROUND_TO
 from structprune.sparsity.masks import NetworkMask
@@ -89,8 +94,10 @@ class TargetSearchConfig:
     bn_batches: int = 2  # batch-norm re-estimation per candidate: batches of 64 training images (0: off)
     tie: float = 1e-3
     seed: int = 0
+    forms: tuple[str, ...] = ("channel",)  # also search "blocks" (kernel blocks) and "intra" (intra shapes)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "forms", parse_forms(self.forms))
         if self.method not in (Method.PF, Method.EPF):
             raise StructpruneError(f"the target search runs the particle filter (pf or epf), not {self.method}")
         PFConfig(particles=self.particles, generations=self.generations, temperature=self.temperature)
@@ -112,14 +119,30 @@ def check_reachable(space: TargetSpace, cost: CostModel, budget: float, target: 
             "(lower the target, or pass a smaller --min-keep or --round-to)")
 
 
-def start_population(space: TargetSpace, cost: CostModel, budget: float, cfg: TargetSearchConfig,
-                     seed: int) -> np.ndarray:
-    """The most-kept uniform structure within budget, then copies of it jittered by up to `jitter` rungs."""
-    start = next(c for c in range(space.k) if cost.predict(space.uniform(c)) <= budget + 1e-12)
+def start_population(space: TargetSpace, cost: CostModel, budget: float, cfg: TargetSearchConfig, seed: int,
+                     repair: BudgetRepair | None = None) -> np.ndarray:
+    """The seeds (module doc), then jittered copies of them, repaired to the budget."""
+    dense_forms = [c for c in range(space.k) if cost.predict(space.with_forms(c)) <= budget + 1e-12]
+    start = dense_forms[0] if dense_forms else space.k - 1
+    seeds = [space.with_forms(start)]
+    if "blocks" in cfg.forms:
+        seeds += [space.with_forms(start, groups=g) for g in (2, 4)]
+    if "intra" in cfg.forms:
+        seeds += [space.with_forms(start, shape=s) for s in ((2, 3), (3, 1))]
+    unique = {row.tobytes(): row for row in seeds}  # a space without forms to offer: the one seed
+    seeds = list(unique.values())
     rng = np.random.default_rng(seed + 7)
-    moves = rng.integers(-cfg.jitter, cfg.jitter + 1, size=(cfg.particles, space.n))
-    moves[0] = 0
-    return np.clip(start + moves, 0, space.k - 1).astype(np.int16)
+    rows = []
+    g = space.channel_dims
+    for i in range(cfg.particles):
+        row = seeds[i % len(seeds)].copy()
+        if i >= len(seeds):
+            row[:g] = np.clip(row[:g] + rng.integers(-cfg.jitter, cfg.jitter + 1, size=g), 0, space.k - 1)
+            redraw = rng.random(space.n - g) < 0.25
+            row[g:] = np.where(redraw, rng.integers(0, space.k, size=space.n - g), row[g:])
+        rows.append(row)
+    population = np.stack(rows).astype(np.int16)
+    return population if repair is None else repair(population)
 
 
 class MaskScorer(Protocol):
@@ -152,25 +175,28 @@ def search_structure(space: TargetSpace, cost: CostModel, budget: float, scorer:
                      cfg: TargetSearchConfig, seed: int, label: str, saved: dict[str, Any] | None = None,
                      on_generation: Callable[[ParticleFilter], None] | None = None) -> tuple[np.ndarray, ParticleFilter]:
     """The best structure within `budget` (a saved filter state resumes), and the filter that found it."""
+    repair = BudgetRepair(space, cost, budget)
     if saved is not None:
         pf = ParticleFilter.from_state(saved)
+        pf.repair = repair
     else:
         pf = ParticleFilter(ChoiceSpace(space.n, space.k), cfg.pf_config(seed),
-                            init=start_population(space, cost, budget, cfg, seed))
+                            init=start_population(space, cost, budget, cfg, seed, repair), repair=repair)
     objective = Objective(space, cost, budget, scorer)
 
     def after(current: ParticleFilter) -> None:
         rec = current.history[-1]
         feasible = int((current.scores is not None) and (current.scores < INFEASIBLE).sum())
         best_cost = cost.predict(current.best)
-        rec.update(best_cost=best_cost, feasible=feasible)
-        log.info("%s: generation %d/%d, best score %.4f at %.3f of the %s (budget %.3f), %d of %d particles within "
-                 "budget", label, current.generation, current.config.generations, current.best_score, best_cost,
-                 COST_NAMES[cost.kind], budget, feasible, current.config.particles)
+        rec.update(best_cost=best_cost, budget=budget, budget_used=best_cost / budget, feasible=feasible)
+        log.info("%s: generation %d/%d, best score %.4f at %.3f of the %s (budget %.3f: %.1f%% used), %d of %d "
+                 "particles within budget", label, current.generation, current.config.generations,
+                 current.best_score, best_cost, COST_NAMES[cost.kind], budget, 100 * best_cost / budget, feasible,
+                 current.config.particles)
         if on_generation is not None:
             on_generation(current)
 
     best = pf.run(objective, on_generation=after)
     if cost.predict(best) > budget + 1e-12:  # no particle ever met the budget: the most-kept uniform one does
-        best = start_population(space, cost, budget, cfg, seed)[0]
+        best = start_population(space, cost, budget, cfg, seed, repair)[0]
     return best, pf

@@ -100,16 +100,40 @@ def block_masks(out_blocks: torch.Tensor, in_blocks: torch.Tensor, alive: torch.
     return same & (in_blocks >= 0) & (out_blocks >= 0).unsqueeze(-1) & alive
 
 
-def _input_blocks(name: str, in_channels: int, groups: ChannelGroups, known: dict[str, torch.Tensor]) -> torch.Tensor | None:
-    """long [I]: the block of each input map of `name`, when they all come from one group with known blocks."""
+def regroup(blocks: torch.Tensor, have: int, want: int) -> torch.Tensor:
+    """long [C]: `blocks` (`have` blocks; -1: none) as `want` blocks, one count dividing the other: consecutive
+    blocks merged (want < have), or each block split into consecutive runs of its maps in index order
+    (want > have; from one block that is _consecutive_blocks). Runs that are consecutive once the channels are
+    ordered block by block (structprune.compact.block_order) stay consecutive, so both compact without a gather."""
+    if want == have:
+        return blocks.clone()
+    out = torch.full_like(blocks, -1)
+    if have % want == 0:
+        kept = blocks >= 0
+        out[kept] = blocks[kept] // (have // want)
+        return out
+    if want % have:
+        raise StructpruneError(f"{have} kernel blocks cannot become {want} (neither count divides the other)")
+    split = want // have
+    for b in range(have):
+        members = torch.nonzero(blocks == b).flatten()
+        out[members] = b * split + torch.arange(len(members)) * split // max(len(members), 1)
+    return out
+
+
+def _input_blocks(name: str, in_channels: int, groups: ChannelGroups, known: dict[str, tuple[torch.Tensor, int]],
+                  want: int) -> torch.Tensor | None:
+    """long [I]: the block (of `want`) of each input map of `name`, when they all come from one group with known
+    blocks (regrouped from its producer's count)."""
     feeding = [(g, m) for g in groups for m in g.members if m.name == name and m.role == "in"]
     if len(feeding) != 1:
         return None
     group, member = feeding[0]
     if group.root not in known or len(member.index) != in_channels:
         return None
+    root_blocks, have = known[group.root]
     blocks = torch.full((in_channels,), -1, dtype=torch.long)
-    blocks[member.index] = known[group.root][member.root]
+    blocks[member.index] = regroup(root_blocks, have, want)[member.root]
     return blocks
 
 
@@ -135,30 +159,45 @@ def select_kernel_blocks(model: nn.Module, convs: dict[str, nn.Conv2d], groups: 
                          mask: NetworkMask) -> None:
     """Set block-diagonal keep_kernel masks on `mask` (in place); see the module doc. `convs` in module order
     (ungrouped convs), `alive` and `scores` bool / float [O, I] per conv (kernels left by channel masks)."""
+    if blocks < 2:
+        raise StructpruneError(f"kernel blocks need at least 2 blocks, not {blocks}")
+    select_layer_blocks(model, convs, groups, dict.fromkeys(convs, blocks), alive, scores, mask)
+
+
+def select_layer_blocks(model: nn.Module, convs: dict[str, nn.Conv2d], groups: ChannelGroups | None,
+                        blocks: dict[str, int], alive: dict[str, torch.Tensor], scores: dict[str, torch.Tensor],
+                        mask: NetworkMask, quiet: bool = False) -> set[str]:
+    """select_kernel_blocks with a block count per layer (`blocks`; a layer left out, or at 1, keeps its kernels).
+    A layer's input blocks are its producer's, merged or split to its own count (`regroup`). Returns the layers
+    blocked; `quiet`: no log line for the layers that cannot be (a caller that checked them already)."""
     layers = producing_layers(model)
     if groups is None:
         raise StructpruneError("kernel blocks need the model's channel groups")
-    if blocks < 2:
-        raise StructpruneError(f"kernel blocks need at least 2 blocks, not {blocks}")
-    known: dict[str, torch.Tensor] = {}  # group root -> block of each root channel (-1: pruned)
+    known: dict[str, tuple[torch.Tensor, int]] = {}  # group root -> (block of each root channel (-1: pruned), count)
+    blocked: set[str] = set()
     for name, conv in convs.items():
         rows = alive[name].any(1)
-        inputs = _input_blocks(name, conv.in_channels, groups, known)
+        want = blocks.get(name, 1)
+        inputs = _input_blocks(name, conv.in_channels, groups, known, want) if want > 1 else None
+        count = want if inputs is not None else 1
         if inputs is None:
-            out_blocks = _consecutive_blocks(rows, blocks)
-            log.info("%s: its input maps have no blocks; it keeps its kernels and starts %d blocks", name, blocks)
+            out_blocks = torch.where(rows, 0, -1)
+            if want > 1 and not quiet:
+                log.info("%s: its input maps have no blocks; it keeps its kernels and starts %d blocks", name, want)
         else:
-            out_blocks = assign_output_blocks(scores[name], alive[name], inputs, blocks)
+            out_blocks = assign_output_blocks(scores[name], alive[name], inputs, want)
             keep = block_masks(out_blocks, inputs, alive[name])
             empty = rows & ~keep.any(1)
             if bool(empty.any()):
                 raise StructpruneError(f"{name}: {int(empty.sum())} output maps would keep no kernel in their block")
             mask.layer(name, conv).keep_kernel = keep
+            blocked.add(name)
         root = groups.root_of(name)
         if root is not None and _sole_producer(groups[root], name, layers):
             member = next(m for m in groups[root].members if m.name == name and m.role == "out")
             root_blocks = torch.full((groups[root].size,), -1, dtype=torch.long)
             root_blocks[member.root] = out_blocks[member.index]
-            known[root] = root_blocks
-        else:
+            known[root] = (root_blocks, count)
+        elif not quiet:
             log.info("%s: its output maps are coupled with another layer's; its consumers keep their kernels", name)
+    return blocked

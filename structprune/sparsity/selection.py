@@ -282,6 +282,12 @@ def pattern_l1(conv: nn.Conv2d, alive: torch.Tensor, patterns: list[IntraPattern
     return _pattern_scores(tap_l1(conv, alive), patterns, positions)
 
 
+def shared_pattern(conv: nn.Conv2d, alive: torch.Tensor, patterns: list[IntraPattern]) -> IntraPattern:
+    """The one pattern of `patterns` (shared by every input map) that keeps the most L1 of the alive kernels
+    (bool [O, I]): what select_intra chooses with intra_shared."""
+    return patterns[int(pattern_l1(conv, alive, patterns).sum(0).argmax())]
+
+
 def _pattern_scores(weight_l1: torch.Tensor, patterns: list[IntraPattern], positions: int) -> torch.Tensor:
     """[I, P]: L1 each pattern keeps, per input map. weight_l1: [I, k²] summed over alive kernels."""
     onehot = torch.zeros(len(patterns), positions)
@@ -316,8 +322,7 @@ def select_intra(model: nn.Module, groups: ChannelGroups | None, ratio: float, c
         else:
             table = torch.rand(l1.shape[0], len(patterns), generator=gen)
         if cfg.intra_shared:
-            best = int(table.sum(0).argmax())
-            chosen = [patterns[best]] * l1.shape[0]
+            chosen = [patterns[int(table.sum(0).argmax())]] * l1.shape[0]
         else:
             chosen = [patterns[int(i)] for i in table.argmax(1)]
         full = taps[name] == positions

@@ -96,7 +96,8 @@ class TargetRun:
         self.target, self.cfg = target, cfg
         self.input_shape = tuple(self.run.arch["input_shape"])
         self.groups = channel_groups_of(self.model)
-        self.space = TargetSpace(self.model, self.groups, cfg.search.round_to, cfg.search.min_keep)
+        self.space = TargetSpace(self.model, self.groups, cfg.search.round_to, cfg.search.min_keep,
+                                 forms=cfg.search.forms)
         self._cost: CostModel | None = None  # a latency model to measure: in the staging area (`measure_cost`)
         if target.kind == "macs" or latency_model is not None:
             self.set_cost(MacCost(self.space, self.input_shape) if latency_model is None
@@ -143,7 +144,8 @@ class TargetRun:
         predicted = self.cost.predict(best)
         factor = "predicted_mac_reduction" if self.target.kind == "macs" else "predicted_speedup"
         return {"try": index + 1, "budget": budget, "choices": best.tolist(), "structure": self.space.describe(best),
-                "predicted_cost": predicted, f"predicted_{self.cost.unit}": predicted * self.cost.dense,
+                "forms": self.space.describe_forms(best), "predicted_cost": predicted,
+                "budget_used": predicted / budget, f"predicted_{self.cost.unit}": predicted * self.cost.dense,
                 factor: 1.0 / predicted, "history": history}
 
     def verify(self, record: dict[str, Any], measure: Measure) -> bool:
@@ -255,12 +257,13 @@ def _save(job: TargetRun, output: Output, src: str | Path, chosen: dict[str, Any
                                  if k in job.run.metrics}
     if reestimated:
         metrics["bn_reestimated_images"] = reestimated
-    summary = {k: chosen[k] for k in chosen if k not in ("history", "choices", "structure")}
+    summary = {k: chosen[k] for k in chosen if k not in ("history", "choices", "structure", "forms")}
     metrics["target"] = {"kind": job.target.kind, "value": job.target.value, "tries": len(state["tries"]),
                          "mac_reduction": metrics["macs"] / max(1, metrics["compact_macs"]), **summary}
     record = {"format": TARGET_FORMAT, "target": asdict(job.target), "cost_model": job.cost.kind,
               f"dense_{job.cost.unit}": job.cost.dense,
               "budget": state["tries"][0]["budget"], "chosen_try": chosen["try"], "structure": chosen["structure"],
+              "forms": chosen.get("forms", {}),
               "ladders": job.space.ladders, "tries": state["tries"]}
     config = {**job.run.config, **(extra_config or {}), "source_run": str(Path(src)),
               "prune": {"target": asdict(job.target), **json_ready(asdict(cfg))}}
