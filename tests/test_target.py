@@ -200,3 +200,42 @@ def test_prune_to_target_on_a_network_of_your_own():
     assert count_macs(small, (3, 8, 8)) * 2 <= count_macs(model, (3, 8, 8))
     with pytest.raises(StructpruneError, match="give exactly one target"):
         structprune.prune_to_target(model, x, structprune.mcr_scorer([(x, y)]))
+
+
+@pytest.fixture(scope="module")
+def tiny_latency_model(runs, tmp_path_factory):
+    """A real latency model of tiny-paper, measured with the fewest shapes (no timing is asserted)."""
+    from structprune.jsonio import write_json_atomic
+    from structprune.latency_model import measure_latency_model
+    from structprune.runcheck import load_checked_run
+
+    run = load_checked_run(runs["tiny-paper"])
+    model = measure_latency_model(run.model.eval(), tuple(run.arch["input_shape"]), runtime="eager", batch=1, threads=1,
+                                  round_to=2, groups=(1,), taps=(), points=2, variant_points=2, min_run_time=0.001,
+                                  network_rounds=1, network_seconds=0.01, calibration_keeps=(1.0,))
+    path = tmp_path_factory.mktemp("latency") / "latency-model.json"
+    write_json_atomic(path, model.to_json())
+    return path
+
+
+def test_cli_reuses_a_saved_latency_model(runs, tmp_path, tiny_latency_model):
+    from structprune.jsonio import read_json
+
+    out = tmp_path / "reuse"
+    assert main(["prune", str(runs["tiny-paper"]), "--target-latency", "1000", "--runtime", "eager", "--round-to", "2",
+                 "--latency-model", str(tiny_latency_model), "--no-verify", "--particles", "4", "--generations", "1",
+                 "--score-images", "50", "--out", str(out)]) == 0
+    assert read_json(out / "latency-model.json") == read_json(tiny_latency_model)
+    assert read_json(out / "target.json")["cost_model"] == "latency"
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--target-speedup", "1.3", "--runtime", "eager", "--batch", "4"], "was measured for eager, batch 1"),
+    (["--target-macs", "2"], "--latency-model serves"),
+])
+def test_a_latency_model_that_does_not_fit_is_refused(runs, tmp_path, capsys, tiny_latency_model, argv, message):
+    assert main(["prune", str(runs["tiny-paper"]), *argv, "--latency-model", str(tiny_latency_model),
+                 "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not (tmp_path / "o").exists()

@@ -55,6 +55,9 @@ def add_target_arguments(p: argparse.ArgumentParser) -> None:
                    help="what the search chooses: channel (kept maps per channel group; the default) or "
                    "channel,blocks,intra (also, per conv, kernel blocks G=1/2/4 and an intra-kernel shape 2x3/3x1/1x3 "
                    "where they apply; the result compacts into grouped and smaller dense convolutions)")
+    g.add_argument("--latency-model", default=None, metavar="FILE",
+                   help="speed and latency targets: reuse the latency model an earlier target run of the same network "
+                        "saved (its latency-model.json; same --runtime, --batch, --threads) instead of measuring one")
     g.add_argument("--no-verify", action="store_true",
                    help="speed and latency targets: trust the latency model, do not time the compact network")
 
@@ -77,6 +80,7 @@ def check_target_args(args: argparse.Namespace):
 
 
 def run_target(args: argparse.Namespace, target, output: Output) -> int:
+    from structprune.search.target_cost import load_latency_model
     from structprune.search.target_forms import parse_forms
     from structprune.search.target_search import TargetSearchConfig
     from structprune.stages.prune import DEFAULT_BN_BATCHES
@@ -92,7 +96,13 @@ def run_target(args: argparse.Namespace, target, output: Output) -> int:
                        verify=not args.no_verify,
                        bn_batches=DEFAULT_BN_BATCHES if args.bn_recalibrate is None else args.bn_recalibrate)
     command = {"command": shlex.join(["structprune", *sys.argv[1:]]), "verb": "prune"}
-    out, m = target_run(args.run_dir, output, target, cfg, data_dir=args.data_dir, extra_config=command)
+    latency_model = None
+    if args.latency_model is not None:
+        if target.kind == "macs":
+            raise StructpruneError(f"{target.flag} counts MACs; --latency-model serves --target-speedup and --target-latency")
+        latency_model = load_latency_model(args.latency_model, cfg.runtime, cfg.batch, cfg.threads)
+    out, m = target_run(args.run_dir, output, target, cfg, data_dir=args.data_dir, latency_model=latency_model,
+                        extra_config=command)
     t = m["target"]
     cost = f"predicted {t['predicted_cost']:.3f} of the dense {'MACs' if target.kind == 'macs' else 'latency'}"
     measured = f", measured speed-up {t['measured_speedup']:.2f}x" if "measured_speedup" in t else ""

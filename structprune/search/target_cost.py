@@ -179,6 +179,24 @@ class LatencyCost(_Memo):
         return self.ms(particle) / self.dense
 
 
+def load_latency_model(path: str | Path, runtime: str, batch: int, threads: int) -> Any:
+    """A latency model saved by an earlier target run (its latency-model.json), checked to be for this runtime,
+    batch and thread count (the target run checks that it knows every convolution of the network)."""
+    try:
+        module = importlib.import_module(LATENCY_MODEL_MODULE)
+    except ImportError:
+        raise StructpruneError(f"reading a latency model needs {LATENCY_MODEL_MODULE}, which this installation lacks") from None
+    try:
+        model = module.LatencyModel.from_json(read_json(Path(path)))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise StructpruneError(f"{path}: not a readable latency model ({exc})") from None
+    asked = (runtime, batch, threads)
+    if (model.runtime, model.batch, model.threads) != asked:
+        raise StructpruneError(f"{path} was measured for {model.runtime}, batch {model.batch}, {model.threads} threads; "
+                               f"this target asks for {runtime}, batch {batch}, {threads} threads")
+    return model
+
+
 def measured_latency_cost(space: TargetSpace, input_shape: tuple[int, ...], runtime: str, batch: int, threads: int,
                           round_to: int, cache: Path | None = None) -> LatencyCost:
     """A LatencyCost from a latency model measured on this machine (structprune.latency_model); with `cache`,

@@ -99,6 +99,11 @@ class TargetRun:
         self.space = TargetSpace(self.model, self.groups, cfg.search.round_to, cfg.search.min_keep,
                                  forms=cfg.search.forms)
         self._cost: CostModel | None = None  # a latency model to measure: in the staging area (`measure_cost`)
+        known = getattr(latency_model, "layers", None)
+        missing = [n for n, m in self.model.named_modules() if isinstance(m, nn.Conv2d) and known is not None
+                   and n not in known]
+        if missing:
+            raise StructpruneError(f"the latency model given is another network's: it lacks {', '.join(missing[:3])}")
         if target.kind == "macs" or latency_model is not None:
             self.set_cost(MacCost(self.space, self.input_shape) if latency_model is None
                           else LatencyCost(self.space, latency_model))
