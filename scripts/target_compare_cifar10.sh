@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Pruning to a measured speed-up on CIFAR-10, and Torch-Pruning at equal measured latency.
 #
-# 1. Targets: `prune --target-speedup S --runtime onnxruntime --batch B --threads 2` on resnet20 (S = 2, 3) and
-#    paper-cifar10 (S = 2, 3, 5), B = 1 and 64, each compacted and timed against dense by `structprune bench`
-#    (both in one run, median of rounds) at its batch: bench-<net>-s<S>-b<B>.json.
+# 1. Targets: `prune --target-speedup S --runtime onnxruntime --batch B --threads 2 --target-forms FORMS` on
+#    resnet20 (S = 2, 3) and paper-cifar10 (S = 2, 3, 5), B = 1 and 64 (FORMS default channel,blocks,intra;
+#    16 particles x 6 generations scored on 500 validation images), one latency model per network and batch
+#    (measured by the first run, reused by the others), each result compacted and timed against dense by
+#    `structprune bench` (both in one run, median of rounds) at its batch: bench-<net>-ts<S>-b<B>.json.
 # 2. At equal latency (COMPARE, default "resnet20:3:64"): Torch-Pruning's group L2, uniform and global, its ratio
 #    bisected until its compact network measures at least our result's speed-up (benchmarks/tp_equal_latency.py),
 #    then ours and both of its arms compacted and retrained alike (1 epoch on 5,000 images, seeds 0-2).
@@ -16,7 +18,8 @@ R=${1:?usage: target_compare_cifar10.sh RUNS_DIR OUT_DIR}
 OUT=${2:?usage: target_compare_cifar10.sh RUNS_DIR OUT_DIR}
 SP="${STRUCTPRUNE:-.venv/bin/structprune}"
 PY="${PYTHON:-.venv/bin/python}"
-SEARCH=(--method pf --bn-recalibrate 4 --score-images 500 --seed 0 ${TARGET_OPTS:-})
+FORMS=${FORMS:-channel,blocks,intra}
+SEARCH=(--method pf --bn-recalibrate 4 --score-images 500 --particles 16 --generations 6 --seed 0 --target-forms "$FORMS")
 TARGETS=${TARGETS:-"resnet20:2 resnet20:3 paper:2 paper:3 paper:5"}
 BATCHES=${BATCHES:-"1 64"}
 COMPARE=${COMPARE:-"resnet20:3:64"}
@@ -29,8 +32,11 @@ for t in $TARGETS; do
   net=${t%%:*}; s=${t##*:}
   for b in $BATCHES; do
     name="$net-ts$s-b$b"
+    lm="$R/latency-model-$net-b$b.json"  # measured by the first target run at this batch, reused by the others
+    reuse=(); [ -f "$lm" ] && reuse=(--latency-model "$lm")
     [ -d "$R/$name-pruned" ] || "$SP" prune "$(dense "$net")" --target-speedup "$s" --runtime onnxruntime --batch "$b" \
-      --threads 2 "${SEARCH[@]}" --out "$R/$name-pruned"
+      --threads 2 "${SEARCH[@]}" "${reuse[@]}" --out "$R/$name-pruned"
+    [ -f "$lm" ] || cp "$R/$name-pruned/latency-model.json" "$lm"
     [ -d "$R/$name-compact" ] || "$SP" compact "$R/$name-pruned" --out "$R/$name-compact"
     [ -f "$OUT/bench-$name.json" ] || "$SP" bench "$(dense "$net")" "$R/$name-compact" --runtime onnxruntime \
       --batch "$b" --threads 2 --rounds "${ROUNDS:-7}" --json "$OUT/bench-$name.json" --no-progress

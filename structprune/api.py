@@ -48,7 +48,8 @@ from structprune.sparsity.granularity import Granularity, IntraPattern, KernelFo
 from structprune.sparsity.masking import MaskApplier
 from structprune.sparsity.masks import MASKS_FILE, LayerMask, NetworkMask
 from structprune.sparsity.method import ONE_SHOT_METHODS, Method
-from structprune.sparsity.selection import SelectionConfig, kernels_left, select
+from structprune.sparsity.selection import SelectionConfig, select
+from structprune.sparsity.selection_base import kernels_left
 
 log = logging.getLogger(__name__)
 

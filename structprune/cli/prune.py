@@ -27,7 +27,7 @@ from structprune.output import claim_folder
 from structprune.sparsity.fast_forms import EdgeOptions, describe, resolve
 from structprune.sparsity.granularity import KERNEL_STRUCTURES, Granularity, IntraPattern, KernelForm, KernelStructure
 from structprune.sparsity.method import Method
-from structprune.sparsity.selection import SCOPES
+from structprune.sparsity.selection_base import SCOPES
 from structprune.stages.prune import DEFAULT_BN_BATCHES, select_run
 
 GRANULARITIES = from_library(Granularity.parse_list, "granularity list")

@@ -46,7 +46,7 @@ class SearchConfig:
     intra_shared: bool = False  # intra scale: one pattern for the whole layer instead of one per input map
     intra_patterns: tuple[IntraPattern, ...] | None = None  # intra scale: the choices (None: all)
     intra_fast: bool = False  # intra scale: only one-rectangle patterns (one smaller convolution), none on layers
-    # reading 3 or fewer maps (sparsity.granularity.fast_patterns, selection.FEW_INPUT_MAPS)
+    # reading 3 or fewer maps (sparsity.granularity.fast_patterns, selection_base.FEW_INPUT_MAPS)
     scope: str = "layer"  # "layer": one layer at a time; "global": one channel search over every layer at once
     latency_weight: float = 0.0  # λ, MCR per millisecond of predicted conv latency (see latency.py)
     latency_table: str | None = None  # a saved table (JSON); measured into the output folder when absent

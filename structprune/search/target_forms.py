@@ -8,7 +8,7 @@
   intra   one intra-kernel pattern shared by the layer, of a shape kh×kw whose taps form one rectangle of the
           3×3 kernel (structprune.sparsity.granularity.fast_patterns: one smaller dense convolution): 2×3, 3×1
           or 1×3 (3×2 has no (start, stride) pattern). Which rectangle of that shape: the one keeping the most L1
-          (selection.shared_pattern). Offered on ungrouped 3×3 convs reading more than a few maps (not the first).
+          (intra_selection.shared_pattern). Offered on ungrouped 3×3 convs reading more than a few maps (not the first).
 
 A layer that cannot take a form is told once, in one log line, when the choices are made (`layer_choices`).
 The masks are those one-shot pruning makes for the same forms: block-diagonal keep_kernel and shared intra
@@ -26,9 +26,11 @@ from torch import nn
 from structprune.errors import StructpruneError
 from structprune.sparsity.channel_groups import ChannelGroups
 from structprune.sparsity.granularity import IntraPattern, fast_patterns
+from structprune.sparsity.intra_selection import shared_pattern
 from structprune.sparsity.kernel_blocks import group_producers, producing_layers, select_layer_blocks
 from structprune.sparsity.masks import NetworkMask
-from structprune.sparsity.selection import FEW_INPUT_MAPS, conv_layers, kernel_l1, kernels_left, shared_pattern
+from structprune.sparsity.selection import kernel_l1
+from structprune.sparsity.selection_base import FEW_INPUT_MAPS, conv_layers, kernels_left
 
 log = logging.getLogger("structprune.search")
 

@@ -18,8 +18,9 @@ from structprune.search.particle_filter import ChoiceSpace
 from structprune.search.scoring import intra_masks_from_choices
 from structprune.search.steps.base import Rung, Step, register_step
 from structprune.sparsity.granularity import Granularity, IntraPattern, fast_patterns
+from structprune.sparsity.intra_selection import pattern_l1
 from structprune.sparsity.masks import NetworkMask
-from structprune.sparsity.selection import FEW_INPUT_MAPS, pattern_l1
+from structprune.sparsity.selection_base import FEW_INPUT_MAPS
 
 log = logging.getLogger(__name__)
 
