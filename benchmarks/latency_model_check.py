@@ -4,7 +4,8 @@ For a run folder (or a zoo model name, random weights), the latency model is mea
 and its calibration on the dense network and uniformly pruned copies, timed whole), then N random candidate
 networks are drawn: each channel group keeps a random multiple of --round-to maps (random ones), optionally with
 kernel blocks of a random G among 1 and --kernel-blocks (the fast form: one grouped convolution per layer) and a
-random shared rectangular intra pattern per layer (--intra, the fast form). Each candidate is compacted, its
+random shared rectangular intra pattern per layer (--intra, the fast form); or, with --search-space FORMS, random
+particles of the target search's own space (the networks `prune --target-speedup` can choose). Each candidate is compacted, its
 predicted time read from the model (`LatencyModel.network_ms` of its layers' forms) and its real time measured
 with structprune.bench (same runtime, batch and threads; the dense network and all candidates timed together,
 interleaved rounds, medians). The JSON holds, per candidate, predicted vs measured ms, the sum of its
@@ -27,6 +28,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -103,6 +105,32 @@ def draw_candidates(model: nn.Module, names: list[str], count: int, seed: int, r
     return out
 
 
+def draw_search_candidates(model: nn.Module, names: list[str], count: int, seed: int, round_to: int,
+                           forms: str) -> list[tuple[str, nn.Module, dict[str, Any]]]:
+    """(name, compact network, description) of `count` random particles of the target search's own space
+    (structprune.search.target_space with `forms`): the networks a target search can choose."""
+    from structprune.search.target_forms import parse_forms
+    from structprune.search.target_space import DEFAULT_MIN_KEEP, TargetSpace
+
+    sample = torch.randn(2, *input_shape_of(model))
+    groups = find_channel_groups(model, sample)
+    space = TargetSpace(model, groups, round_to, DEFAULT_MIN_KEEP, parse_forms(forms))
+    rng = np.random.default_rng(seed)
+    out: list[tuple[str, nn.Module, dict[str, Any]]] = []
+    for _ in range(count):
+        particle = rng.integers(0, space.k, size=space.n).astype(np.int16)
+        chosen = space.layer_forms(particle)
+        net = compact(model, space.mask(particle), sample, groups).eval()
+        forms_now = network_forms(net, names)
+        blocked = max((f.groups for f in chosen.values()), default=1)
+        shaped = sum(f.shape is not None for f in chosen.values())
+        out.append((f"candidate-{len(out)}", net, {
+            "kernel_blocks": blocked, "intra_ratio": shaped / max(1, len(space.tap_layers)) if shaped else None,
+            "particle": particle.tolist(),
+            "forms": {n: [f.kept_in, f.kept_out, f.groups, list(f.taps) if f.taps else None] for n, f in forms_now.items()}}))
+    return out
+
+
 def _errors(rows: list[dict[str, Any]], key: str = "error") -> dict[str, Any]:
     errors = [abs(r[key]) for r in rows]
     return {"count": len(rows), "median_abs_error": statistics.median(errors), "max_abs_error": max(errors),
@@ -125,7 +153,10 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
                                     network_rounds=args.rounds, network_seconds=args.sample_seconds,
                                     calibration_keeps=tuple(args.calibration_keeps))
     names = list(latency.layers)
-    candidates = draw_candidates(model, names, args.candidates, args.seed, args.round_to, blocks, args.intra)
+    if args.search_space:
+        candidates = draw_search_candidates(model, names, args.candidates, args.seed, args.round_to, args.search_space)
+    else:
+        candidates = draw_candidates(model, names, args.candidates, args.seed, args.round_to, blocks, args.intra)
     measured = network_times({"dense": model, **{name: net for name, net, _ in candidates}}, shape, args.runtime,
                              args.batch, args.threads, args.rounds, args.sample_seconds)
     dense_predicted, dense_measured = latency.dense_ms(), measured["dense"]
@@ -147,7 +178,7 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "format": "structprune-latency-check/2", "source": args.source, "runtime": args.runtime, "batch": args.batch,
         "threads": args.threads, "round_to": args.round_to, "seed": args.seed, "kernel_blocks": list(blocks),
-        "intra": args.intra,
+        "intra": args.intra, "search_space": args.search_space,
         "dense": {"predicted_ms": dense_predicted, "measured_ms": dense_measured,
                   "calibration_ms": latency.network_dense_ms, "conv_ms": latency.conv_ms({}),
                   "fixed_ms": latency.fixed_ms, "alpha": alpha, "beta_ms": beta,
@@ -168,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--candidates", type=int, default=20, help="random candidate networks (default 20)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--round-to", type=int, default=8)
+    parser.add_argument("--search-space", default=None, metavar="FORMS",
+                        help="draw the candidates from the target search's own space with these forms (e.g. "
+                             "channel,blocks,intra) instead of uniform blocks and patterns")
     parser.add_argument("--kernel-blocks", type=int, nargs="*", metavar="G",
                         help="random kernel blocks: each candidate takes G among 1 and these (2 4 when none given)")
     parser.add_argument("--intra", action="store_true", help="random shared rectangular intra pattern per layer")
