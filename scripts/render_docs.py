@@ -609,6 +609,73 @@ def search_resnet20() -> str:
                   "search minutes (mean)", "removed maps never active (mean)"], rows)
 
 
+# ------------------------------------------------------------------------------- scripts/target_compare_cifar10.sh
+
+TARGET_COMPARE = "target-compare-cifar10"
+TARGET_NETS = (("resnet20", "`resnet20`"), ("paper", "`paper-cifar10`"))
+
+
+def _tc_json(name: str) -> object | None:
+    path = RESULTS / TARGET_COMPARE / name
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+def _tc_metrics(run: str) -> dict | None:
+    return _tc_json(f"runs/{run}/metrics.json")  # type: ignore[return-value]
+
+
+def _bench_of(records: list[dict], run: str) -> dict | None:
+    return next((r for r in records if Path(r["run"]).name == run), None)
+
+
+def target_speedups() -> str:
+    """Each --target-speedup run: its measured speed-up in structprune bench against the target."""
+    rows = []
+    for net, name in TARGET_NETS:
+        for bench_file in sorted((RESULTS / TARGET_COMPARE).glob(f"bench-{net}-ts*-b*.json"),
+                                 key=lambda p: (int(p.stem.split("-b")[-1]), float(p.stem.split("-ts")[1].split("-")[0]))):
+            run = bench_file.stem.removeprefix("bench-")
+            s = float(run.split("-ts")[1].split("-")[0])
+            batch = int(run.split("-b")[-1])
+            records = json.loads(bench_file.read_text(encoding="utf-8"))
+            compact = _bench_of(records, f"{run}-compact")
+            pruned = _tc_metrics(f"{run}-pruned")
+            if compact is None or pruned is None:
+                continue
+            tries = pruned.get("target", {}).get("tries")
+            speed = compact["speedup_vs_first"]
+            rows.append([name, f"{s:g}×", str(batch), ms(records[0]["median_ms"]), ms(compact["median_ms"]),
+                         times(speed), "yes" if speed >= 0.95 * s else "**no**", times(compact["mac_ratio_vs_first"]),
+                         str(tries), pct(pruned.get("val_mcr"))])
+    return table(["network", "target", "batch", "dense ms", "compact ms", "measured speed-up", "≥ 0.95 × target",
+                  "fewer MACs", "search tries", "val MCR before retraining"], rows)
+
+
+TC_ARMS = (("ts", "ours: `--target-speedup` (structure search)"), ("tp-layer-s", "Torch-Pruning group L2, uniform"),
+           ("tp-global-s", "Torch-Pruning group L2, global"))
+
+
+def equal_latency() -> str:
+    """Ours against Torch-Pruning tuned to the same measured speed-up: speed, MACs, MCR over seeds."""
+    rows = []
+    for bench_file in sorted((RESULTS / TARGET_COMPARE).glob("bench-compare-*.json")):
+        base = bench_file.stem.removeprefix("bench-compare-")  # e.g. resnet20-ts3-b64
+        net, rest = base.split("-ts")
+        s, batch = rest.split("-b")
+        records = json.loads(bench_file.read_text(encoding="utf-8"))
+        for arm, what in TC_ARMS:
+            run = base if arm == "ts" else f"{net}-{arm}{s}-b{batch}"
+            record = _bench_of(records, f"{run}-compact")
+            seeds = [m for m in (_tc_metrics(f"{run}-ce-s{k}") for k in range(10)) if m is not None]
+            if record is None or not seeds:
+                continue
+            rows.append([f"`{net}`", f"{s}× at batch {batch}", what, times(record["speedup_vs_first"]),
+                         times(record["mac_ratio_vs_first"]), str(len(seeds)), _mean_sd([m["val_mcr"] for m in seeds]),
+                         _mean_sd([m["test_mcr"] for m in seeds])])
+    return table(["network", "target", "method", "measured speed-up", "fewer MACs", "seeds",
+                  "val MCR (5,000 images)", "test MCR (1,000 images)"], rows)
+
+
 # ------------------------------------------------------------------------------- scripts/readme_search_mnist.sh
 
 README_SEARCHES = (("readme-search-mnist", "`paper-mnist`"), ("readme-search-mnist-bn", "`paper-mnist`, batch norm"))
@@ -701,6 +768,8 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "network-targets": network_targets,
     "particle-cost": particle_cost,
     "latency-model-check": latency_check,
+    "target-speedups": target_speedups,
+    "equal-latency": equal_latency,
     "layers-2threads": lambda: layers(["layers-2threads-wall-quiet.json"], csr=False),
     "layers-1thread-csr": lambda: layers(["layers-1thread-cpu-csr-intra3.json", "layers-1thread-cpu-csr-intra5.json",
                                           "layers-1thread-cpu-csr-kernel.json",
