@@ -1,16 +1,9 @@
-"""Tensor helpers shared by the compact layers: oneDNN-friendly convolution, channel gather, crop and pad.
-
-In eager PyTorch (not while exporting, tracing or compiling) the helpers avoid copies that the graph forms
-would make: zero padding fills only the border (F.pad writes every element twice), and a one-image
-channels_last input that needs zero rows above or below it is padded by the convolution itself, its extra
-output rows cut off by a view.
-"""
+"""Tensor helpers shared by the compact layers: oneDNN-friendly convolution, channel gather, crop and pad."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import _get_current_dispatch_mode
 from torch.utils.flop_counter import conv_flop_count, flop_registry, register_flop_formula
 
 Pair = tuple[int, int]
@@ -56,58 +49,11 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, str
     return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
 
-def zero_pad(x: torch.Tensor, pad: tuple[int, int, int, int]) -> torch.Tensor:
-    """F.pad(x, pad) with zeros (pad: left, right, top, bottom), in x's memory layout.  In eager mode the
-    output is allocated empty, its border zeroed and x copied in once (F.pad fills all of it first)."""
-    if not any(pad):
-        return x
-    if not eager() or (torch.is_grad_enabled() and x.requires_grad):
-        return F.pad(x, pad)
-    channels_last, nchw = x.is_contiguous(memory_format=torch.channels_last), x.is_contiguous()
-    if channels_last == nchw:  # both (ambiguous strides) or neither: F.pad chooses the layout
-        return F.pad(x, pad)
-    left, right, top, bottom = pad
-    n, c, h, w = x.shape
-    out = torch.empty(n, c, h + top + bottom, w + left + right, dtype=x.dtype, device=x.device,
-                      memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    for rows, cols in [(slice(0, top), slice(None)), (slice(top + h, None), slice(None)),
-                       (slice(top, top + h), slice(0, left)), (slice(top, top + h), slice(left + w, None))]:
-        part = out[:, :, rows, cols]
-        if part.numel():
-            part.zero_()
-    out[:, :, top:top + h, left:left + w].copy_(x)
-    return out
-
-
 def crop_and_pad(x: torch.Tensor, crop: tuple[int, int, int, int], pad: tuple[int, int, int, int]) -> torch.Tensor:
     """x[:, :, r0:r1, c0:c1] (crop), then zeros added around it (pad, in F.pad order); no copy when neither is needed."""
     r0, r1, c0, c1 = crop
     if (r0, r1, c0, c1) != (0, x.shape[2], 0, x.shape[3]):
         x = x[:, :, r0:r1, c0:c1]
-    return zero_pad(x, pad)
-
-
-def conv_rows_padded(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: Pair,
-                     crop: tuple[int, int, int, int], pad: tuple[int, int, int, int], padding: Pair,
-                     dilation: Pair, groups: int) -> torch.Tensor | None:
-    """conv2d(crop_and_pad(x, crop, pad), ...) without building the padded input, or None where that does not
-    apply.  It applies in eager mode to one channels_last image whose zeros are added above or below only:
-    the convolution pads max(top, bottom) rows on both sides itself and the extra output rows are cut off,
-    a view that is still channels_last.  That computes up to max(top, bottom) / stride extra output rows, so
-    it is skipped under a dispatch mode (FlopCounterMode counts exactly the kept taps)."""
-    left, right, top, bottom = pad
-    n, _, h, w = x.shape
-    r0, r1, c0, c1 = crop
-    if (n != 1 or not (top or bottom) or left or right or (c0, c1) != (0, w) or not eager()
-            or not x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous()
-            or _get_current_dispatch_mode() is not None):
-        return None
-    extra = max(top, bottom)
-    if (extra - top) % stride[0]:
-        return None
-    shift = (extra - top) // stride[0]
-    rows = ((r1 - r0) + top + bottom + 2 * padding[0] - dilation[0] * (weight.shape[2] - 1) - 1) // stride[0] + 1
-    if (r0, r1) != (0, h):
-        x = x[:, :, r0:r1]  # rows of one channels_last image: a contiguous view
-    y = conv2d(x, weight, bias, stride, (padding[0] + extra, padding[1]), dilation, groups)
-    return y[:, :, shift:shift + rows]
+    if any(pad):
+        x = F.pad(x, pad)
+    return x

@@ -23,10 +23,11 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from structprune.arch import register_module_type
-from structprune.compact.conv_ops import Pair, conv2d, conv_rows_padded, crop_and_pad, one_channel_fix, zero_pad
+from structprune.compact.conv_ops import Pair, conv2d, crop_and_pad, one_channel_fix
 from structprune.compact.conv_source import check_zero_padded_conv, take_weights_from
 from structprune.errors import StructpruneError
 from structprune.sparsity.granularity import IntraPattern
@@ -250,10 +251,6 @@ class BlockConvs(nn.Module):
         plan = self.direct_conv(x.shape[2], x.shape[3])
         if plan is None:
             return None
-        y = conv_rows_padded(x, self.weights[0], bias, self.stride, plan.crop, plan.pad, plan.padding, plan.dilation,
-                             self.groups)
-        if y is not None:
-            return one_channel_fix(y)
         x = crop_and_pad(x, plan.crop, plan.pad)
         return one_channel_fix(conv2d(one_channel_fix(x), self.weights[0], bias, self.stride, plan.padding,
                                       plan.dilation, self.groups))
@@ -301,7 +298,7 @@ class BlockConvs(nn.Module):
             else:
                 if padded is None:
                     ph, pw = self.padding
-                    padded = zero_pad(x, (pw, pw, ph, ph))  # [N, I, Hp, Wp] CL
+                    padded = F.pad(x, (pw, pw, ph, ph)) if ph or pw else x  # [N, I, Hp, Wp] CL
                 hs, ws = self._lowered_size(block, h, w)
                 if index is None:  # shifted views of every input map, side by side
                     (dh, dw) = self.dilation
