@@ -19,8 +19,9 @@ from torch import nn
 from torch.utils.flop_counter import register_flop_formula
 
 from structprune.arch import register_module_type
+from structprune.compact.conv_ops import Pair, one_channel_fix
 from structprune.compact.conv_source import check_zero_padded_conv, take_weights_from
-from structprune.compact.intra_conv import Pair, _pair, one_channel_fix
+from structprune.compact.intra_conv import _pair
 from structprune.errors import StructpruneError
 
 

@@ -25,16 +25,9 @@ import torch
 from torch import nn
 
 from structprune.arch import register_module_type
+from structprune.compact.conv_ops import Pair, gather_channels, one_channel_fix
 from structprune.compact.conv_source import check_zero_padded_conv, take_weights_from
-from structprune.compact.intra_conv import (
-    BlockConvs,
-    Pair,
-    _pair,
-    check_patterns,
-    gather_channels,
-    one_channel_fix,
-    plan_pieces,
-)
+from structprune.compact.intra_conv import BlockConvs, _pair, check_patterns, plan_pieces
 from structprune.errors import StructpruneError
 from structprune.sparsity.granularity import IntraPattern
 
