@@ -209,8 +209,13 @@ def measured_latency_cost(space: TargetSpace, input_shape: tuple[int, ...], runt
     if cache is not None and cache.exists():
         model = module.LatencyModel.from_json(read_json(cache))
     else:
+        variants: dict[str, Any] = {}  # only the forms the space offers are timed (channel only: plain convs)
+        if not space.block_layers:
+            variants["groups"] = (1,)
+        if not space.tap_layers:
+            variants["taps"] = ()
         model = module.measure_latency_model(space.model, input_shape, runtime=runtime, batch=batch, threads=threads,
-                                             round_to=round_to)
+                                             round_to=round_to, **variants)
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
             write_json_atomic(cache, model.to_json())
