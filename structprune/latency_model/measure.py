@@ -193,7 +193,7 @@ def measure_layer(call: ConvCall, runtime: str, batch: int, threads: int, round_
     conv, (_, h, w) = call.conv, call.input_shape
     depthwise = _depthwise(conv)
     times = LayerTimes(conv.in_channels, conv.out_channels, (conv.kernel_size[0], conv.kernel_size[1]),
-                       call.output_size, depthwise)
+                       call.output_size, depthwise, groups=1 if depthwise else conv.groups)
     for blocks, shape in _variants(call, groups, taps, combine):
         base = blocks == 1 and shape is None
         axes = _axes(call, blocks, round_to, points if base else variant_points)
