@@ -1,7 +1,8 @@
 """How well a measured latency model (structprune.latency_model) predicts real pruned networks.
 
 For a run folder (or a zoo model name, random weights), the latency model is measured (its per-convolution grids
-and its calibration on the dense network and uniformly pruned copies, timed whole), then N random candidate
+and its calibration on the dense network, uniformly pruned copies and copies with kernel blocks and intra shapes,
+timed whole), then N random candidate
 networks are drawn: each channel group keeps a random multiple of --round-to maps (random ones), optionally with
 kernel blocks of a random G among 1 and --kernel-blocks (the fast form: one grouped convolution per layer) and a
 random shared rectangular intra pattern per layer (--intra, the fast form); or, with --search-space FORMS, random
@@ -11,7 +12,9 @@ with structprune.bench (same runtime, batch and threads; the dense network and a
 interleaved rounds, medians). The JSON holds, per candidate, predicted vs measured ms, the sum of its
 convolutions' standalone times and predicted vs measured speed-up over the dense network; overall, the median
 and max |relative error| and the count within 10 % (the target: all), the same per candidate kind (kernel blocks,
-intra ratio), and the best line α·Σ + β fitted on the candidates themselves (how far the line's form can go).
+intra ratio), and the best line α·Σ + β + γ_blocks·n_blocks + γ_taps·n_taps fitted on the candidates themselves
+(how far the calibration's form can go); per candidate also its counts of convolutions with kernel blocks and intra
+shapes (layers_blocked, layers_tapped).
 
     flock /tmp/structprune-heavy.lock .venv/bin/python benchmarks/latency_model_check.py /work/runs-cifar/resnet20-dense \\
         --runtime onnxruntime --batch 1 --threads 2 --kernel-blocks 2 --intra --json out.json
@@ -138,10 +141,13 @@ def _errors(rows: list[dict[str, Any]], key: str = "error") -> dict[str, Any]:
 
 
 def _best_line(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """α, β fitted on the candidates themselves (as the calibration fits them), and their errors on that line."""
-    alpha, beta = fit_calibration([CalibrationPoint(r["name"], 1.0, r["conv_ms"], r["measured_ms"]) for r in rows])
-    errors = [{"error": (alpha * r["conv_ms"] + beta) / r["measured_ms"] - 1} for r in rows]
-    return {"alpha": alpha, "beta_ms": beta, **_errors(errors)}
+    """α, β and the γ's fitted on the candidates themselves (as the calibration fits them), and their errors."""
+    c = fit_calibration([CalibrationPoint(r["name"], 1.0, r["conv_ms"], r["measured_ms"], r["layers_blocked"],
+                                          r["layers_tapped"]) for r in rows])
+    errors = [{"error": c.predict(r["conv_ms"], r["layers_blocked"], r["layers_tapped"]) / r["measured_ms"] - 1}
+              for r in rows]
+    return {"alpha": c.alpha, "beta_ms": c.beta, "gamma_blocks_ms": c.gamma_blocks, "gamma_taps_ms": c.gamma_taps,
+            **_errors(errors)}
 
 
 def check(args: argparse.Namespace) -> dict[str, Any]:
@@ -164,9 +170,11 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
     for name, net, info in candidates:
         forms = network_forms(net, names)
         predicted = latency.network_ms(forms)
+        blocked, tapped = latency.form_counts(forms)
         speedup = (dense_predicted / predicted, dense_measured / measured[name])
         rows.append({"name": name, "predicted_ms": predicted, "measured_ms": measured[name],
                      "error": predicted / measured[name] - 1, "conv_ms": latency.conv_ms(forms),
+                     "layers_blocked": blocked, "layers_tapped": tapped,
                      "predicted_speedup": speedup[0], "measured_speedup": speedup[1],
                      "speedup_error": speedup[0] / speedup[1] - 1, **info})
     kinds: dict[str, list[dict[str, Any]]] = {}
@@ -174,14 +182,15 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
         ratio = row["intra_ratio"]
         kinds.setdefault(f"G={row['kernel_blocks']}, intra {'none' if ratio is None else f'{ratio:.2f}'}",
                          []).append(row)
-    alpha, beta = latency.coefficients()
+    c = latency.coefficients()
     return {
-        "format": "structprune-latency-check/2", "source": args.source, "runtime": args.runtime, "batch": args.batch,
+        "format": "structprune-latency-check/3", "source": args.source, "runtime": args.runtime, "batch": args.batch,
         "threads": args.threads, "round_to": args.round_to, "seed": args.seed, "kernel_blocks": list(blocks),
         "intra": args.intra, "search_space": args.search_space,
         "dense": {"predicted_ms": dense_predicted, "measured_ms": dense_measured,
                   "calibration_ms": latency.network_dense_ms, "conv_ms": latency.conv_ms({}),
-                  "fixed_ms": latency.fixed_ms, "alpha": alpha, "beta_ms": beta,
+                  "fixed_ms": latency.fixed_ms, "alpha": c.alpha, "beta_ms": c.beta,
+                  "gamma_blocks_ms": c.gamma_blocks, "gamma_taps_ms": c.gamma_taps,
                   "error": dense_predicted / dense_measured - 1},
         "calibration": [p.to_json() for p in latency.calibration],
         "candidates": rows, **{k: v for k, v in _errors(rows).items() if k != "count"},
@@ -230,8 +239,13 @@ def main(argv: list[str] | None = None) -> int:
     write_json_atomic(out, result)
     LatencyModel.from_json(result["latency_model"])  # the written model reads back
     print(json.dumps({k: result[k] for k in ("median_abs_error", "max_abs_error", "within_10_percent")}))
-    print(f"dense: predicted {result['dense']['predicted_ms']:.3f} ms, measured {result['dense']['measured_ms']:.3f} "
-          f"ms; alpha {result['dense']['alpha']:.3f}, beta {result['dense']['beta_ms']:+.3f} ms")
+    dense, best = result["dense"], result["best_line_on_candidates"]
+    print(f"dense: predicted {dense['predicted_ms']:.3f} ms, measured {dense['measured_ms']:.3f} ms; alpha "
+          f"{dense['alpha']:.3f}, beta {dense['beta_ms']:+.3f} ms, gamma blocks {dense['gamma_blocks_ms']:+.4f} ms, "
+          f"gamma taps {dense['gamma_taps_ms']:+.4f} ms")
+    print(f"best line on the candidates: alpha {best['alpha']:.3f}, beta {best['beta_ms']:+.3f} ms, gamma blocks "
+          f"{best['gamma_blocks_ms']:+.4f} ms, gamma taps {best['gamma_taps_ms']:+.4f} ms; median error "
+          f"{100 * best['median_abs_error']:.1f} %")
     for row in result["candidates"]:
         print(f"{row['name']}: predicted {row['predicted_ms']:.3f} ms, measured {row['measured_ms']:.3f} ms "
               f"({100 * row['error']:+.1f} %), speed-up {row['predicted_speedup']:.2f}x predicted, "

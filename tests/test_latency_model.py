@@ -19,7 +19,7 @@ from structprune.latency_model import (
     measure_latency_model,
     network_forms,
 )
-from structprune.latency_model.calibration import ALPHA_MAX
+from structprune.latency_model.calibration import ALPHA_MAX, Coefficients
 from structprune.latency_model.measure import FormConv, grid_counts
 from structprune.latency_model.model import Grid, LayerTimes
 from structprune.models import create
@@ -53,19 +53,60 @@ def test_calibration_recovers_the_line_through_whole_networks():
     rng = random.Random(0)
     points = [CalibrationPoint(f"n{i}", keep, conv, (truth[0] * conv + truth[1]) * (1 + rng.uniform(-5e-3, 5e-3)))
               for i, (keep, conv) in enumerate([(1.0, 1.2), (0.75, 0.9), (0.5, 0.65), (0.25, 0.42)])]
-    alpha, beta = fit_calibration(points)
+    alpha, beta, *gammas = fit_calibration(points)
     assert alpha == pytest.approx(truth[0], rel=0.05) and beta == pytest.approx(truth[1], abs=0.02)
+    assert gammas == [0, 0]  # plain networks: no form terms
     exact = [CalibrationPoint(p.name, p.keep, p.conv_ms, truth[0] * p.conv_ms + truth[1]) for p in points]
-    assert fit_calibration(exact) == pytest.approx(truth)
+    assert fit_calibration(exact)[:2] == pytest.approx(truth)
 
 
 def test_calibration_falls_back_and_clips():
     dense = CalibrationPoint("dense", 1.0, 1.2, 0.8)
-    assert fit_calibration([dense]) == pytest.approx((1.0, -0.4))  # the dense network alone: its fixed part
-    assert fit_calibration([dense, CalibrationPoint("same", 0.5, 1.2, 0.6)]) == pytest.approx((1.0, -0.5))
+    assert fit_calibration([dense]) == pytest.approx((1.0, -0.4, 0, 0))  # the dense network alone: its fixed part
+    assert fit_calibration([dense, CalibrationPoint("same", 0.5, 1.2, 0.6)]) == pytest.approx((1.0, -0.5, 0, 0))
     steep = [CalibrationPoint("a", 1.0, 1.0, 100.0), CalibrationPoint("b", 0.5, 0.5, 1.0)]  # α = 198: clipped
-    alpha, beta = fit_calibration(steep)
+    alpha, beta, *gammas = fit_calibration(steep)
     assert alpha == ALPHA_MAX and alpha * 0.5 + beta == pytest.approx(1.0, rel=0.05)  # relative: b counts most
+    assert gammas == [0, 0]
+
+
+TRUTH = Coefficients(0.55, 0.3, 0.012, 0.02)  # ms: α, β, per conv with kernel blocks, per conv with an intra shape
+PLAIN = [(1.0, 1.2), (0.75, 0.9), (0.5, 0.65), (0.25, 0.42)]
+
+
+def _points(rows, noise: float = 0.0) -> list[CalibrationPoint]:
+    rng = random.Random(0)
+    return [CalibrationPoint(f"n{i}", keep, conv, TRUTH.predict(conv, blocks, taps) * (1 + rng.uniform(-noise, noise)),
+                             blocks, taps) for i, (keep, conv, blocks, taps) in enumerate(rows)]
+
+
+def test_calibration_recovers_the_cost_of_formed_layers():
+    rows = [(k, c, 0, 0) for k, c in PLAIN] + [(0.5, 0.5, 9, 0), (0.5, 0.55, 0, 12)]  # as measure_calibration makes
+    assert fit_calibration(_points(rows)) == pytest.approx(TRUTH)
+    assert fit_calibration(_points([*rows, (0.5, 0.45, 9, 12)])) == pytest.approx(TRUTH)
+    c = fit_calibration(_points(rows, noise=5e-3))
+    assert c.alpha == pytest.approx(TRUTH.alpha, rel=0.05) and c.beta == pytest.approx(TRUTH.beta, abs=0.02)
+    assert c.gamma_blocks == pytest.approx(TRUTH.gamma_blocks, abs=2e-3)
+    assert c.gamma_taps == pytest.approx(TRUTH.gamma_taps, abs=2e-3)
+    # candidates formed at random, no plain network among them (the check script's best line): still recovered
+    rng = random.Random(1)
+    drawn = [(1.0, rng.uniform(0.3, 1.2), rng.randrange(10), rng.randrange(13)) for _ in range(12)]
+    assert fit_calibration(_points(drawn)) == pytest.approx(TRUTH)
+
+
+def test_calibration_drops_form_terms_it_cannot_fit():
+    plain = [(k, c, 0, 0) for k, c in PLAIN]
+    only_taps = fit_calibration(_points([*plain, (0.5, 0.55, 0, 12)]))  # no network with kernel blocks
+    assert only_taps == pytest.approx(TRUTH._replace(gamma_blocks=0.0))
+    same = fit_calibration(_points([(0.5, 0.5, 9, 12), (0.5, 0.4, 9, 12), (0.5, 0.3, 9, 12)]))  # counts never vary
+    assert same.gamma_blocks == same.gamma_taps == 0 and same.alpha == pytest.approx(TRUTH.alpha)
+    few = fit_calibration(_points([plain[0], (0.5, 0.5, 9, 0), (0.5, 0.55, 0, 12)]))  # 3 points, 4 parameters
+    assert few.gamma_taps == 0 and few.gamma_blocks != 0  # the blocks term fits, then none is left for taps
+    two = fit_calibration(_points([plain[0], (0.5, 0.5, 9, 0)]))  # 2 points: the plain line through them
+    assert (two.gamma_blocks, two.gamma_taps) == (0, 0)
+    assert two.predict(0.5, 9) == pytest.approx(TRUTH.predict(0.5, 9))
+    collinear = fit_calibration(_points([*plain, (0.5, 0.5, 9, 9), (0.4, 0.4, 6, 6)]))  # blocks == taps everywhere
+    assert collinear.gamma_taps == 0 and collinear.gamma_blocks == pytest.approx(TRUTH.gamma_blocks + TRUTH.gamma_taps)
 
 
 def test_calibrated_model_predicts_on_its_line():
@@ -74,9 +115,30 @@ def test_calibrated_model_predicts_on_its_line():
     forms = {"b": LayerForm(8, 16)}
     model.calibration = [CalibrationPoint("dense", 1.0, dense_conv, 0.5 * dense_conv + 1.0),
                          CalibrationPoint("uniform-50", 0.5, model.conv_ms(forms), 0.5 * model.conv_ms(forms) + 1.0)]
-    assert model.coefficients() == pytest.approx((0.5, 1.0))
+    assert model.coefficients() == pytest.approx((0.5, 1.0, 0, 0))
     assert model.dense_ms() == pytest.approx(0.5 * dense_conv + 1.0)
     assert model.network_ms({"b": LayerForm(16, 16)}) == pytest.approx(0.5 * model.conv_ms({"b": LayerForm(16, 16)}) + 1)
+
+
+def test_network_ms_counts_the_formed_layers():
+    model = synthetic()
+    model.layers["c"] = LayerTimes(16, 32, (3, 3), (4, 4), groups=2, grids={
+        "g1": Grid([8, 16], [8, 32], [[1.0, 4.0], [2.0, 8.0]]), "g2": Grid([8, 16], [8, 32], [[0.5, 2.0], [1.0, 4.0]])})
+    base = [CalibrationPoint("dense", 1.0, model.conv_ms({}), 5.0), CalibrationPoint("half", 0.5, 3.0, 4.0)]
+    model.calibration = [*base, CalibrationPoint("blocks", 0.5, 2.8, 4.5, blocks=1),
+                         CalibrationPoint("taps", 0.5, 2.9, 4.2, taps=1)]
+    c = model.coefficients()
+    assert c.gamma_blocks != 0 and c.gamma_taps != 0
+    forms = {"b": LayerForm(16, 32, 2, (3, 1)), "c": LayerForm(16, 32, 2), "dw": LayerForm(32, 32)}
+    assert model.form_counts(forms) == (1, 1)  # c keeps its own 2 groups: no kernel blocks
+    assert model.form_counts({"c": LayerForm(16, 32, 4), "b": LayerForm(16, 32, taps=(3, 3))}) == (1, 0)
+    assert model.layer_ms("c", LayerForm(16, 32, 4)) == pytest.approx(4.0)  # 2 blocks in each of its 2 groups
+    assert model.layer_ms("c", LayerForm(16, 32, 2)) == pytest.approx(8.0)
+    expected = c.alpha * model.conv_ms(forms) + c.beta + c.gamma_blocks + c.gamma_taps
+    assert model.network_ms(forms) == pytest.approx(expected)
+    assert model.dense_ms() == pytest.approx(c.alpha * model.conv_ms({}) + c.beta)
+    with pytest.raises(StructpruneError, match="groups"):
+        model.layer_ms("c", LayerForm(16, 32, 3))
 
 
 def test_interpolation_between_grid_points_and_clamping():
@@ -116,10 +178,15 @@ def test_groups_taps_and_their_combination():
 
 def test_json_round_trip():
     model = synthetic()
-    model.calibration = [CalibrationPoint("dense", 1.0, 10.8, 9.0), CalibrationPoint("uniform-50", 0.5, 6.0, 5.5)]
+    model.calibration = [CalibrationPoint("dense", 1.0, 10.8, 9.0), CalibrationPoint("uniform-50", 0.5, 6.0, 5.5),
+                         CalibrationPoint("uniform-75", 0.75, 8.0, 7.0),
+                         CalibrationPoint("uniform-50-blocks2", 0.5, 5.0, 5.8, blocks=1),
+                         CalibrationPoint("uniform-50-taps2x3", 0.5, 5.2, 6.0, taps=1)]
     data = json.loads(json.dumps(model.to_json()))
-    assert data["format"] == "structprune-latency-model/2"
-    assert (data["alpha"], data["beta_ms"]) == pytest.approx(model.coefficients())
+    assert data["format"] == "structprune-latency-model/3"
+    assert data["calibration"][3]["blocks"] == 1 and data["calibration"][4]["taps"] == 1
+    stored = (data["alpha"], data["beta_ms"], data["gamma_blocks_ms"], data["gamma_taps_ms"])
+    assert stored == pytest.approx(model.coefficients()) and model.coefficients().gamma_taps != 0
     again = LatencyModel.from_json(data)
     assert (again.runtime, again.batch, again.threads, again.input_shape) == ("onnxruntime", 1, 2, (3, 8, 8))
     assert again.calibration == model.calibration
@@ -129,13 +196,31 @@ def test_json_round_trip():
     assert again.dense_ms() == pytest.approx(model.dense_ms())
 
 
+def test_a_version_2_file_still_loads_without_form_terms():
+    model = synthetic()
+    model.calibration = [CalibrationPoint("dense", 1.0, 10.8, 9.0), CalibrationPoint("uniform-50", 0.5, 6.0, 5.5)]
+    data = json.loads(json.dumps(model.to_json()))
+    for point in data["calibration"]:
+        del point["blocks"], point["taps"]
+    for key in ("gamma_blocks_ms", "gamma_taps_ms"):
+        data.pop(key)
+    for layer in data["layers"].values():
+        del layer["groups"]
+    data["format"] = "structprune-latency-model/2"
+    old = LatencyModel.from_json(data)
+    assert old.calibration == model.calibration and old.coefficients() == pytest.approx(model.coefficients())
+    assert old.coefficients()[2:] == (0, 0) and old.layers["b"].groups == 1
+    form = {"b": LayerForm(16, 32, 2, (3, 1))}
+    assert old.network_ms(form) == pytest.approx(model.network_ms(form))
+
+
 def test_a_version_1_file_still_loads_with_its_fixed_part():
     data = synthetic().to_json()
-    for key in ("calibration", "alpha", "beta_ms"):
+    for key in ("calibration", "alpha", "beta_ms", "gamma_blocks_ms", "gamma_taps_ms"):
         data.pop(key)
     data.update({"format": "structprune-latency-model/1", "fixed_share": 0.0})
     old = LatencyModel.from_json(json.loads(json.dumps(data)))
-    assert old.calibration == [] and old.coefficients() == pytest.approx((1.0, 20.0 - 10.8))
+    assert old.calibration == [] and old.coefficients() == pytest.approx((1.0, 20.0 - 10.8, 0, 0))
     assert old.dense_ms() == pytest.approx(20.0)
     assert old.network_ms({"b": LayerForm(8, 16)}) == pytest.approx(20.0 - 8.0 + 2.0)
 
@@ -157,6 +242,9 @@ def _broken(change) -> dict:
     lambda d: d.update(calibration={"dense": 1.0}),
     lambda d: d.update(calibration=[{"name": "dense", "keep": 1.0, "conv_ms": 1.0, "network_ms": -1.0}]),
     lambda d: d.update(calibration=[{"keep": 1.0, "conv_ms": 1.0, "network_ms": 1.0}]),
+    lambda d: d.update(calibration=[{"name": "a", "keep": 1.0, "conv_ms": 1.0, "network_ms": 1.0, "blocks": -1}]),
+    lambda d: d.update(calibration=[{"name": "a", "keep": 1.0, "conv_ms": 1.0, "network_ms": 1.0, "taps": 1.5}]),
+    lambda d: d["layers"]["b"].update(groups=3),
     lambda d: d["layers"]["b"].update(output_size=[4, 0]),
     lambda d: d.update(layers={}),
     lambda d: d["layers"]["b"]["grids"].pop("g1"),
@@ -207,7 +295,13 @@ def test_measured_model_has_every_conv_and_form():
     names = [p.name for p in latency.calibration]
     assert names[0] == "dense" and len(names) >= 2 and len(set(names)) == len(names)
     assert latency.calibration[0].network_ms == latency.network_dense_ms
-    assert [p.keep for p in latency.calibration] == [1.0, 0.5]  # 75% keeps every map, 25% the same as 50%
+    # 75% keeps every map, 25% the same as 50%; then the 50% copy with kernel blocks G = 2, and with 2×3 taps, on
+    # the convs the target search offers them (not the first, which reads the image)
+    assert names == ["dense", "uniform-50", "uniform-50-blocks2", "uniform-50-taps2x3"]
+    assert [p.keep for p in latency.calibration] == [1.0, 0.5, 0.5, 0.5]
+    counts = [(p.blocks, p.taps) for p in latency.calibration]
+    assert counts[:2] == [(0, 0), (0, 0)]
+    assert counts[2][0] >= 1 and counts[2][1] == 0 and counts[3][0] == 0 and counts[3][1] >= 1
     assert last.output_size == (4, 4)
     assert LatencyModel.from_json(json.loads(json.dumps(latency.to_json()))).dense_ms() == latency.dense_ms()
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the model is left alone

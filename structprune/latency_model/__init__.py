@@ -2,10 +2,10 @@
 times each convolution in its forms and calibrates their sum on whole networks, `LatencyModel.network_ms`
 predicts a pruned network's time."""
 
-from structprune.latency_model.calibration import CalibrationPoint, fit_calibration
+from structprune.latency_model.calibration import CalibrationPoint, Coefficients, fit_calibration
 from structprune.latency_model.forms import layer_form, network_forms
 from structprune.latency_model.measure import measure_latency_model
 from structprune.latency_model.model import LatencyModel, LayerForm
 
-__all__ = ["CalibrationPoint", "LatencyModel", "LayerForm", "fit_calibration", "layer_form", "measure_latency_model",
-           "network_forms"]
+__all__ = ["CalibrationPoint", "Coefficients", "LatencyModel", "LayerForm", "fit_calibration", "layer_form",
+           "measure_latency_model", "network_forms"]

@@ -13,8 +13,9 @@ The runtimes:
   onnxruntime  the same module exported (torch.onnx, TorchScript exporter, into memory) as a one-node model, run by
                an ONNX Runtime session set up as structprune.bench sets it up (intra_op_num_threads = threads)
 Timing is torch.utils.benchmark's blocked_autorange (median of blocks, `min_run_time` per shape). Then the dense
-network and a few uniformly pruned copies are timed whole (structprune.latency_model.network), and the line
-network ≈ α · Σ convolutions + β is fitted on them (structprune.latency_model.calibration).
+network, a few uniformly pruned copies and the half-width copy with kernel blocks, and with an intra shape, are
+timed whole (structprune.latency_model.network), and network ≈ α · Σ convolutions + β + γ_blocks · n_blocks +
+γ_taps · n_taps is fitted on them (structprune.latency_model.calibration).
 """
 
 from __future__ import annotations
@@ -193,7 +194,7 @@ def measure_layer(call: ConvCall, runtime: str, batch: int, threads: int, round_
     conv, (_, h, w) = call.conv, call.input_shape
     depthwise = _depthwise(conv)
     times = LayerTimes(conv.in_channels, conv.out_channels, (conv.kernel_size[0], conv.kernel_size[1]),
-                       call.output_size, depthwise)
+                       call.output_size, depthwise, groups=1 if depthwise else conv.groups)
     for blocks, shape in _variants(call, groups, taps, combine):
         base = blocks == 1 and shape is None
         axes = _axes(call, blocks, round_to, points if base else variant_points)

@@ -7,23 +7,28 @@ in a form is the bilinear interpolation of its variant's grid (clamped to the gr
 and taps whose variant was not measured is predicted as t(gG) · t(g1:taps) / t(g1) at the same counts.
 
 A network's time is calibrated on whole networks (structprune.latency_model.calibration): with S(forms) the sum
-of its convolutions' times in their forms,
-    network_ms(forms) = α · S(forms) + β
-where α, β are fitted on the dense network and a few uniformly pruned copies, each measured whole. With the dense
-network alone (and in a /1 file) α = 1 and β = fixed_ms = the dense network's measured time − its dense
-convolutions' times (everything that is not a convolution, less the per-call overhead each standalone timing
-carries: it can be negative).
-Limits: the line is fitted on uniformly pruned, plain (G = 1, full-kernel) networks; what they do not show (one
-layer pruned far more than the others, kernel blocks or intra patterns costing differently inside the network,
-a linear layer's input shrinking) is in the error.
+of its convolutions' times in their forms, n_blocks the convolutions with kernel blocks (G other than the conv's
+own groups; a depthwise conv never) and n_taps those with an intra shape,
+    network_ms(forms) = α · S(forms) + β + γ_blocks · n_blocks + γ_taps · n_taps
+where α, β are fitted on the dense network and a few uniformly pruned copies, the γ's on the half-width copy
+with kernel blocks, and with an intra shape, on every conv that may take them; each measured whole. With the
+dense network alone (and in a /1 file) α = 1, γ = 0 and β = fixed_ms = the dense network's measured time − its
+dense convolutions' times (everything that is not a convolution, less the per-call overhead each standalone
+timing carries: it can be negative); a /2 file has no γ's (0).
+Limits: the line is fitted on uniformly pruned networks, the γ's on networks formed everywhere; what they do not
+show (one layer pruned far more than the others, a form's cost inside the network depending on its width, a
+linear layer's input shrinking) is in the error.
 
-JSON ("structprune-latency-model/2"; "/1" files, without calibration, still read):
+JSON ("structprune-latency-model/3"; "/1" and "/2" files still read):
   {"format", "runtime", "batch", "threads", "input_shape": [C, H, W], "network_dense_ms",
-   "calibration": [{"name", "keep", "conv_ms", "network_ms"}], "alpha", "beta_ms", "fixed_ms" (the last three
-   derived, informative), "layers": {name: {"in_channels", "out_channels", "kernel": [kh, kw],
-   "output_size": [H_out, W_out], "depthwise": bool,
+   "calibration": [{"name", "keep", "conv_ms", "network_ms", "blocks", "taps"}], "alpha", "beta_ms",
+   "gamma_blocks_ms", "gamma_taps_ms", "fixed_ms" (the last five derived, informative),
+   "layers": {name: {"in_channels", "out_channels", "kernel": [kh, kw], "output_size": [H_out, W_out],
+   "depthwise": bool, "groups": the conv's own groups (1 when absent),
    "grids": {variant: {"in": [counts], "out": [counts], "ms": [[ms per out] per in]}}}}}
 A depthwise layer keeps its depthwise form (kept_in == kept_out); its grids have "in": [1] (one map per group).
+A variant's G counts kernel blocks within the conv's own groups ("g1": its own groups); a LayerForm's groups are
+the convolution's groups in all (as compaction writes them).
 """
 
 from __future__ import annotations
@@ -37,10 +42,10 @@ from typing import Any
 import numpy as np
 
 from structprune.errors import StructpruneError
-from structprune.latency_model.calibration import CalibrationPoint, fit_calibration
+from structprune.latency_model.calibration import CalibrationPoint, Coefficients, fit_calibration
 
-MODEL_FORMAT = "structprune-latency-model/2"
-READ_FORMATS = ("structprune-latency-model/1", MODEL_FORMAT)
+MODEL_FORMAT = "structprune-latency-model/3"
+READ_FORMATS = ("structprune-latency-model/1", "structprune-latency-model/2", MODEL_FORMAT)
 MODEL_RUNTIMES = ("onnxruntime", "eager")
 _VARIANT = re.compile(r"^g([1-9][0-9]*)(?::([1-9][0-9]*)x([1-9][0-9]*))?$")
 
@@ -116,13 +121,18 @@ class LayerTimes:
     output_size: tuple[int, int] = (1, 1)  # (H, W) of its output maps in the network
     depthwise: bool = False
     grids: dict[str, Grid] = field(default_factory=dict)
+    groups: int = 1  # the conv's own groups (a depthwise conv: 1, it keeps its form)
 
     def dense_form(self) -> LayerForm:
-        return LayerForm(self.in_channels, self.out_channels)
+        return LayerForm(self.in_channels, self.out_channels, self.groups)
+
+    def blocked(self, form: LayerForm) -> bool:
+        """Whether `form` has kernel blocks: G other than the conv's own groups (never on a depthwise conv)."""
+        return not self.depthwise and form.groups > 1 and form.groups != self.groups
 
     def to_json(self) -> dict[str, Any]:
         return {"in_channels": self.in_channels, "out_channels": self.out_channels, "kernel": list(self.kernel),
-                "output_size": list(self.output_size), "depthwise": self.depthwise,
+                "output_size": list(self.output_size), "depthwise": self.depthwise, "groups": self.groups,
                 "grids": {k: g.to_json() for k, g in self.grids.items()}}
 
     @classmethod
@@ -138,13 +148,16 @@ class LayerTimes:
                 raise ValueError(f"{name}: {what} must be a pair of positive integers")
         if not isinstance(depthwise, bool):
             raise ValueError(f"{name}: depthwise must be true or false")
+        groups = data.get("groups", 1)
+        if not _is_int(groups, 1) or cin % groups or cout % groups:
+            raise ValueError(f"{name}: groups must be a positive integer dividing its maps, not {groups!r}")
         grids = data["grids"]
         if not isinstance(grids, dict) or "g1" not in grids:
             raise ValueError(f"{name}: grids must be an object holding at least 'g1'")
         for key in grids:
             parse_variant(key)
         return cls(cin, cout, (kernel[0], kernel[1]), (size[0], size[1]), depthwise,
-                   {k: Grid.from_json(g, f"{name} {k}") for k, g in grids.items()})
+                   {k: Grid.from_json(g, f"{name} {k}") for k, g in grids.items()}, groups)
 
 
 def _is_int(value: Any, low: int) -> bool:
@@ -174,11 +187,12 @@ class LatencyModel:
         """The dense network's measured time minus its dense convolutions' (β when nothing else is calibrated)."""
         return self.network_dense_ms - self.conv_ms({})
 
-    def coefficients(self) -> tuple[float, float]:
-        """(α, β) of network_ms = α · Σ convolutions + β (module doc)."""
+    def coefficients(self) -> Coefficients:
+        """(α, β, γ_blocks, γ_taps) of network_ms = α · Σ convolutions + β + γ_blocks · n_blocks + γ_taps · n_taps
+        (module doc)."""
         if self.calibration:
             return fit_calibration(self.calibration)
-        return 1.0, self.fixed_ms
+        return Coefficients(1.0, self.fixed_ms)
 
     def _layer(self, layer: str) -> LayerTimes:
         if layer not in self.layers:
@@ -200,10 +214,15 @@ class LatencyModel:
                                        f"({form.kept_in} != {form.kept_out})")
             kept_in = 1
         taps = self._taps(layer, times, form.taps)
-        key = variant_key(form.groups, taps)
+        blocks = form.groups
+        if times.groups > 1:  # a grouped conv: G counts blocks within its own groups
+            if form.groups % times.groups:
+                raise StructpruneError(f"{layer}: {form.groups} groups do not split its own {times.groups}")
+            blocks = form.groups // times.groups
+        key = variant_key(blocks, taps)
         if key in times.grids:
             return times.grids[key].at(kept_in, form.kept_out)
-        base, shape = f"g{form.groups}", variant_key(1, taps)
+        base, shape = f"g{blocks}", variant_key(1, taps)
         if taps is not None and base in times.grids and shape in times.grids:
             plain = times.grids["g1"].at(kept_in, form.kept_out)
             ratio = times.grids[shape].at(kept_in, form.kept_out) / plain if plain > 0 else 1.0
@@ -227,21 +246,28 @@ class LatencyModel:
             raise StructpruneError(f"the latency model has no convolution {unknown[0]!r}")
         return sum(self.layer_ms(n, forms.get(n, t.dense_form())) for n, t in self.layers.items())
 
+    def form_counts(self, forms: dict[str, LayerForm]) -> tuple[int, int]:
+        """(convolutions with kernel blocks, convolutions with an intra shape) among `forms`."""
+        blocks = sum(self._layer(n).blocked(f) for n, f in forms.items())
+        taps = sum(self._taps(n, self._layer(n), f.taps) is not None for n, f in forms.items())
+        return blocks, taps
+
     def network_ms(self, forms: dict[str, LayerForm]) -> float:
-        """Predicted whole network, the convolutions in `forms` in their forms, the others dense: α · Σ + β."""
-        alpha, beta = self.coefficients()
-        return alpha * self.conv_ms(forms) + beta
+        """Predicted whole network, the convolutions in `forms` in their forms, the others dense:
+        α · Σ + β + γ_blocks · n_blocks + γ_taps · n_taps."""
+        return self.coefficients().predict(self.conv_ms(forms), *self.form_counts(forms))
 
     def dense_ms(self) -> float:
         """Predicted dense network (the measured one without calibration; else on the fitted line)."""
         return self.network_ms({})
 
     def to_json(self) -> dict[str, Any]:
-        alpha, beta = self.coefficients()
+        c = self.coefficients()
         return {"format": MODEL_FORMAT, "runtime": self.runtime, "batch": self.batch, "threads": self.threads,
                 "input_shape": list(self.input_shape), "network_dense_ms": self.network_dense_ms,
-                "calibration": [p.to_json() for p in self.calibration], "alpha": alpha, "beta_ms": beta,
-                "fixed_ms": self.fixed_ms, "layers": {n: t.to_json() for n, t in self.layers.items()}}
+                "calibration": [p.to_json() for p in self.calibration], "alpha": c.alpha, "beta_ms": c.beta,
+                "gamma_blocks_ms": c.gamma_blocks, "gamma_taps_ms": c.gamma_taps, "fixed_ms": self.fixed_ms,
+                "layers": {n: t.to_json() for n, t in self.layers.items()}}
 
     @classmethod
     def from_json(cls, data: Any) -> LatencyModel:
@@ -257,7 +283,7 @@ class LatencyModel:
             if not isinstance(shape, list) or not all(_is_int(v, 1) for v in shape):
                 raise ValueError("input_shape must be a list of positive integers")
             dense = _finite(data["network_dense_ms"], "network_dense_ms")
-            points = data["calibration"] if data["format"] == MODEL_FORMAT else []  # /1: the dense network only
+            points = data["calibration"] if data["format"] != READ_FORMATS[0] else []  # /1: the dense network only
             if not isinstance(points, list):
                 raise ValueError("calibration must be a list")
             calibration = [CalibrationPoint.from_json(p) for p in points]

@@ -9,12 +9,21 @@ of its maps (rounded up to a multiple of `round_to`, at most all; the first maps
 calibration point: its measured time against the sum of its convolutions' predicted times. A copy that cannot be
 built (a network the channel groups or compaction refuse), whose layers have no LayerForm, or that keeps the same
 forms as one already taken, is left out (a warning); with the dense network alone, α = 1 and β = its fixed part.
+
+Two more copies calibrate the fast forms' cost inside the network (γ_blocks, γ_taps): the copy keeping FORM_KEEP
+of the maps with kernel blocks (G = FORM_BLOCKS, else the smallest measured G > 1) on every conv where the target
+search offers them (structprune.search.target_forms.layer_choices) and the kept maps divide by G, and the same
+copy with one intra shape (FORM_TAPS, else the first measured of the search's shapes) on every conv offered
+one, chosen by L1 as the target search chooses them (`apply_forms`). Only on convs whose latency grids hold that
+variant; none when no conv can take the form, or when the calibration is the dense network alone.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -22,11 +31,18 @@ from torch import nn
 from structprune.bench import Candidate, bench, runtime_candidate
 from structprune.errors import StructpruneError
 from structprune.latency_model.calibration import CalibrationPoint
-from structprune.latency_model.model import LatencyModel
+from structprune.latency_model.model import LatencyModel, LayerForm
+
+if TYPE_CHECKING:
+    from structprune.sparsity.channel_groups import ChannelGroups
+    from structprune.sparsity.masks import NetworkMask
 
 log = logging.getLogger(__name__)
 
 CALIBRATION_KEEPS = (1.0, 0.75, 0.5, 0.25)  # shares of every channel group's maps the calibration networks keep
+FORM_KEEP = 0.5  # the share of maps the calibration networks with kernel blocks or an intra shape keep
+FORM_BLOCKS = 2  # their kernel blocks G
+FORM_TAPS = (2, 3)  # their intra shape
 
 
 def network_times(models: dict[str, nn.Module], input_shape: tuple[int, ...], runtime: str, batch: int, threads: int,
@@ -39,59 +55,130 @@ def network_times(models: dict[str, nn.Module], input_shape: tuple[int, ...], ru
     return {r["run"]: float(r["median_ms"]) for r in records}
 
 
-def uniform_copy(model: nn.Module, input_shape: tuple[int, ...], round_to: int, keep: float) -> nn.Module | None:
-    """`model` with every conv-rooted channel group keeping `keep` of its maps (rounded up to a multiple of
-    `round_to`, at most all), compacted; None (with a warning) when that cannot be done or prunes nothing."""
-    from structprune.compact.compaction import compact
-    from structprune.sparsity.channel_groups import find_channel_groups
+def _uniform_mask(model: nn.Module, groups: ChannelGroups, round_to: int, keep: float) -> NetworkMask:
+    """Every conv-rooted group of `groups` keeping `keep` of its maps (rounded up to a multiple of `round_to`, at
+    most all; the first maps)."""
     from structprune.sparsity.masks import NetworkMask
 
+    mask = NetworkMask()
+    for group in groups:
+        kept = min(group.size, max(round_to, -(-round(keep * group.size) // round_to) * round_to))
+        if group.linear or kept >= group.size:
+            continue
+        alive = torch.zeros(group.size, dtype=torch.bool)
+        alive[:kept] = True
+        mask.layer(group.root, model.get_submodule(group.root)).keep_out = alive
+    return mask
+
+
+def uniform_copy(model: nn.Module, input_shape: tuple[int, ...], round_to: int, keep: float,
+                 forms: Callable[[nn.Module, ChannelGroups, NetworkMask], None] | None = None) -> nn.Module | None:
+    """`model` with every conv-rooted channel group keeping `keep` of its maps (rounded up to a multiple of
+    `round_to`, at most all), then `forms` added to its mask (in place), compacted; None (with a warning) when
+    that cannot be done or prunes nothing."""
+    from structprune.compact.compaction import compact
+    from structprune.sparsity.channel_groups import find_channel_groups
+
+    what = f"keeping {100 * keep:.0f}% of the maps" + (" with forms" if forms is not None else "")
     try:
         sample = torch.randn(2, *input_shape)
         model = copy.deepcopy(model).eval()
         groups = find_channel_groups(model, sample)
-        mask = NetworkMask()
-        for group in groups:
-            kept = min(group.size, max(round_to, -(-round(keep * group.size) // round_to) * round_to))
-            if group.linear or kept >= group.size:
-                continue
-            alive = torch.zeros(group.size, dtype=torch.bool)
-            alive[:kept] = True
-            mask.layer(group.root, model.get_submodule(group.root)).keep_out = alive
+        mask = _uniform_mask(model, groups, round_to, keep)
+        if forms is not None:
+            forms(model, groups, mask)
         if not mask.layers:
-            log.warning("latency model: keeping %.0f%% of the maps prunes no channel group; no calibration network",
-                        100 * keep)
+            log.warning("latency model: %s prunes nothing; no calibration network", what)
             return None
         return compact(model, mask, sample, groups).eval()
     except (StructpruneError, RuntimeError, ValueError) as exc:
-        log.warning("latency model: no calibration network keeping %.0f%% of the maps (%s)", 100 * keep,
+        log.warning("latency model: no calibration network %s (%s)", what,
                     str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         return None
 
 
-def _calibration_networks(latency: LatencyModel, model: nn.Module, round_to: int,
-                          keeps: tuple[float, ...]) -> dict[str, tuple[float, nn.Module, float]]:
-    """{name: (keep, network, Σ of its convolutions' times)}: the dense network and its distinct uniform copies."""
-    from structprune.latency_model.forms import network_forms
+def _form_choices(latency: LatencyModel, kept: dict[str, LayerForm], groups: int,
+                  taps: tuple[int, int] | None) -> Callable[[nn.Module, ChannelGroups, NetworkMask], None]:
+    """What uniform_copy adds for a calibration network with kernel blocks `groups` (or intra shape `taps`) on
+    every conv the target search offers it, whose latency grids hold it (and, for blocks, whose `kept` maps
+    divide by G); StructpruneError when no conv can take it."""
+    from structprune.latency_model.model import variant_key
+    from structprune.search.target_forms import FORM_NAMES, FormChoice, apply_forms, layer_choices
 
-    nets = {"dense": (1.0, model, latency.conv_ms({}))}
+    def add(model: nn.Module, channel_groups: ChannelGroups, mask: NetworkMask) -> None:
+        choices = layer_choices(model, channel_groups, FORM_NAMES)
+        forms = {}
+        for name, choice in choices.items():
+            measured = name in latency.layers and variant_key(groups, taps) in latency.layers[name].grids
+            form = kept.get(name)
+            if taps is not None and measured and taps in choice.shapes:
+                forms[name] = FormChoice(shape=taps)
+            elif (taps is None and measured and groups in choice.blocks and form is not None
+                  and form.kept_in % groups == 0 and form.kept_out % groups == 0):
+                forms[name] = FormChoice(groups=groups)
+        if not forms:
+            raise StructpruneError("no convolution can take that form")
+        apply_forms(model, channel_groups, mask, forms, choices)
+    return add
+
+
+def _measured(latency: LatencyModel) -> tuple[int | None, tuple[int, int] | None]:
+    """The kernel blocks G and intra shape of the calibration networks with forms: FORM_BLOCKS and FORM_TAPS when
+    measured on some conv, else the smallest measured G > 1 and the first measured of the search's shapes."""
+    from structprune.latency_model.model import parse_variant
+    from structprune.search.target_forms import TAP_SHAPES
+
+    variants = {parse_variant(k) for t in latency.layers.values() for k in t.grids}
+    blocks = sorted(g for g, s in variants if g > 1 and s is None)
+    shapes = [s for s in (FORM_TAPS, *TAP_SHAPES) if (1, s) in variants]
+    return (FORM_BLOCKS if FORM_BLOCKS in blocks else next(iter(blocks), None)), next(iter(shapes), None)
+
+
+def _calibration_networks(latency: LatencyModel, model: nn.Module, round_to: int,
+                          keeps: tuple[float, ...]) -> dict[str, tuple[float, nn.Module, dict[str, LayerForm]]]:
+    """{name: (keep, network, its convolutions' forms)}: the dense network, its distinct uniform copies and the
+    copies with forms (module doc)."""
+    nets: dict[str, tuple[float, nn.Module, dict[str, LayerForm]]] = {"dense": (1.0, model, {})}
     seen: list[dict] = [{}]
-    for keep in sorted({k for k in keeps if k < 1}, reverse=True):
-        net = uniform_copy(model, latency.input_shape, round_to, keep)
-        if net is None:
+    plain = sorted({k for k in keeps if k < 1}, reverse=True)
+    blocks, taps = _measured(latency)
+    runs: list[tuple[str, float, int, tuple[int, int] | None]] = [(f"uniform-{round(100 * k)}", k, 1, None)
+                                                                   for k in plain]
+    if plain and blocks is not None:
+        runs.append((f"uniform-{round(100 * FORM_KEEP)}-blocks{blocks}", FORM_KEEP, blocks, None))
+    if plain and taps is not None:
+        runs.append((f"uniform-{round(100 * FORM_KEEP)}-taps{taps[0]}x{taps[1]}", FORM_KEEP, 1, taps))
+    plain_forms: dict[float, dict[str, LayerForm]] = {}  # of the plain copies: where kernel blocks divide the maps
+    for name, keep, groups, shape in runs:
+        if groups > 1 and keep not in plain_forms:
+            net = uniform_copy(model, latency.input_shape, round_to, keep)
+            plain_forms[keep] = (_forms(latency, net, name) if net is not None else None) or {}
+        formed = None if groups == 1 and shape is None else _form_choices(latency, plain_forms.get(keep, {}), groups,
+                                                                          shape)
+        net = uniform_copy(model, latency.input_shape, round_to, keep, formed)
+        forms = None if net is None else _forms(latency, net, name)
+        if net is None or forms is None:
             continue
-        try:
-            forms = network_forms(net, list(latency.layers))
-        except StructpruneError as exc:
-            log.warning("latency model: calibration network keeping %.0f%% of the maps left out: %s", 100 * keep, exc)
-            continue
+        if formed is None:
+            plain_forms[keep] = forms
         dense = {n: t.dense_form() for n, t in latency.layers.items()}
         changed = {n: f for n, f in forms.items() if f != dense[n]}
         if changed in seen:
             continue  # the rounding made it a network already taken
         seen.append(changed)
-        nets[f"uniform-{round(100 * keep)}"] = (keep, net, latency.conv_ms(forms))
+        nets[name] = (keep, net, forms)
     return nets
+
+
+def _forms(latency: LatencyModel, net: nn.Module, name: str) -> dict[str, LayerForm] | None:
+    """The forms of a calibration network's convolutions; None (a warning) when some have no LayerForm."""
+    from structprune.latency_model.forms import network_forms
+
+    try:
+        return network_forms(net, list(latency.layers))
+    except StructpruneError as exc:
+        log.warning("latency model: calibration network %s left out: %s", name, exc)
+        return None
 
 
 def measure_calibration(latency: LatencyModel, model: nn.Module, round_to: int, rounds: int, sample_seconds: float,
@@ -102,10 +189,13 @@ def measure_calibration(latency: LatencyModel, model: nn.Module, round_to: int, 
     times = network_times({name: net for name, (_, net, _) in nets.items()}, latency.input_shape, latency.runtime,
                           latency.batch, latency.threads, rounds, sample_seconds)
     latency.network_dense_ms = times["dense"]
-    latency.calibration = [CalibrationPoint(name, keep, conv, times[name]) for name, (keep, _, conv) in nets.items()]
-    alpha, beta = latency.coefficients()
+    latency.calibration = [CalibrationPoint(name, keep, latency.conv_ms(forms), times[name], *latency.form_counts(forms))
+                           for name, (keep, _, forms) in nets.items()]
+    c = latency.coefficients()
     for point in latency.calibration:
-        log.info("latency model: %s network %.3f ms measured, convolutions %.3f ms, predicted %.3f ms", point.name,
-                 point.network_ms, point.conv_ms, alpha * point.conv_ms + beta)
-    log.info("latency model: network ≈ %.3f · Σ convolutions %+.3f ms (%d networks; without calibration the fixed "
-             "part would be %.3f ms)", alpha, beta, len(latency.calibration), latency.fixed_ms)
+        log.info("latency model: %s network %.3f ms measured, convolutions %.3f ms (%d with kernel blocks, %d with an "
+                 "intra shape), predicted %.3f ms", point.name, point.network_ms, point.conv_ms, point.blocks,
+                 point.taps, c.predict(point.conv_ms, point.blocks, point.taps))
+    log.info("latency model: network ≈ %.3f · Σ convolutions %+.3f ms %+.4f ms per conv with kernel blocks %+.4f ms "
+             "per conv with an intra shape (%d networks; without calibration the fixed part would be %.3f ms)",
+             c.alpha, c.beta, c.gamma_blocks, c.gamma_taps, len(latency.calibration), latency.fixed_ms)
