@@ -727,19 +727,34 @@ def particle_cost() -> str:
 
 # ------------------------------------------------------------------------------ benchmarks/latency_model_check.py
 
-LATENCY_CHECKS = ("latency-model-check/latency-check-resnet20-ort-b1.json",)
+LATENCY_CHECKS = ("latency-model-check/latency-check-resnet20-ort-b1.json",
+                  "latency-model-check/latency-check-resnet20-ort-b1-channel.json",
+                  "latency-model-check/latency-check-resnet20-ort-b64-channel.json",
+                  "latency-model-check/latency-check-resnet20-ort-b1-forms.json",
+                  "latency-model-check/latency-check-resnet20-ort-b64-forms.json")
 
 
 def latency_check() -> str:
     """The latency model's predictions against measured random candidates: one row per check file."""
     rows = []
     for name in LATENCY_CHECKS:
+        if not (RESULTS / name).exists():
+            continue
         d = load(name)
-        rows.append([f"`{Path(d['source']).name}`", d["runtime"], str(d["batch"]), str(d["threads"]),  # type: ignore[index]
-                     str(len(d["candidates"])), ms(d["dense"]["predicted_ms"]), ms(d["dense"]["measured_ms"]),  # type: ignore[index]
-                     pct(d["median_abs_error"], 1), pct(d["max_abs_error"], 1), str(d["within_10_percent"])])  # type: ignore[index]
-    return table(["network", "runtime", "batch", "threads", "candidates", "dense predicted ms", "dense measured ms",
-                  "median error (abs.)", "max error (abs.)", "within 10%"], rows)
+        space = d.get("search_space")  # type: ignore[union-attr]
+        drawn = f"search space: {space}" if space else "uniform channels (uncalibrated model)"
+        dense = d["dense"]  # type: ignore[index]
+        coeffs = "" if "alpha" not in dense else (f"α {dense['alpha']:.2f}, β {dense['beta_ms']:.3g} ms"
+                                                  + "".join(f", γ {k} {1000 * dense[f'gamma_{k}_ms']:.0f} µs"
+                                                            for k in ("blocks", "taps") if dense.get(f"gamma_{k}_ms")))
+        speeds = sorted(c["measured_speedup"] for c in d["candidates"] if "measured_speedup" in c)  # type: ignore[index]
+        rows.append([f"`{Path(d['source']).name}`", drawn, str(d["batch"]), str(len(d["candidates"])),  # type: ignore[index]
+                     ms(dense["predicted_ms"]), ms(dense["measured_ms"]),
+                     f"{speeds[0]:.2f}–{speeds[-1]:.2f}×" if speeds else "",
+                     pct(d["median_abs_error"], 1), pct(d["max_abs_error"], 1), str(d["within_10_percent"]),  # type: ignore[index]
+                     coeffs])
+    return table(["network", "candidates", "batch", "count", "dense predicted ms", "dense measured ms",
+                  "measured speed-ups", "median error (abs.)", "max error (abs.)", "within 10%", "calibration"], rows)
 
 
 RENDERERS: dict[str, Callable[[], str]] = {

@@ -8,7 +8,8 @@
 #    `structprune bench` (both in one run, median of rounds) at its batch: bench-<net>-ts<S>-b<B>.json.
 # 2. At equal latency (COMPARE, default "resnet20:3:64"): Torch-Pruning's group L2, uniform and global, its ratio
 #    bisected until its compact network measures at least our result's speed-up (benchmarks/tp_equal_latency.py),
-#    then ours and both of its arms compacted and retrained alike (1 epoch on 5,000 images, seeds 0-2).
+#    then ours and both of its arms compacted and retrained alike (1 epoch on 5,000 images, seeds 0-2), and every
+#    retrained network timed beside dense (pareto-<name>.json: the report's latency-against-MCR plot).
 # Dense runs: scripts/recovery_cifar10.sh's paper-dense and resnet20-dense (WITH_RESNET20=1).
 # Steps 1 and the bisection time networks: run them with nothing else running. Every step is skipped when its
 # output exists, so an interrupted run resumes. Results: scripts/collect_results.py, tables in docs/results.md.
@@ -19,7 +20,8 @@ OUT=${2:?usage: target_compare_cifar10.sh RUNS_DIR OUT_DIR}
 SP="${STRUCTPRUNE:-.venv/bin/structprune}"
 PY="${PYTHON:-.venv/bin/python}"
 FORMS=${FORMS:-channel,blocks,intra}
-SEARCH=(--method pf --bn-recalibrate 4 --score-images 500 --particles 16 --generations 6 --seed 0 --target-forms "$FORMS")
+SEARCH=(--method pf --bn-recalibrate 4 --score-images 500 --particles 16 --generations 6 --seed 0 --target-forms "$FORMS"
+        --min-keep "${MIN_KEEP:-0.25}")
 TARGETS=${TARGETS:-"resnet20:2 resnet20:3 paper:2 paper:3 paper:5"}
 BATCHES=${BATCHES:-"1 64"}
 COMPARE=${COMPARE:-"resnet20:3:64"}
@@ -34,8 +36,10 @@ for t in $TARGETS; do
     name="$net-ts$s-b$b"
     lm="$R/latency-model-$net-b$b.json"  # measured by the first target run at this batch, reused by the others
     reuse=(); [ -f "$lm" ] && reuse=(--latency-model "$lm")
-    [ -d "$R/$name-pruned" ] || "$SP" prune "$(dense "$net")" --target-speedup "$s" --runtime onnxruntime --batch "$b" \
-      --threads 2 "${SEARCH[@]}" "${reuse[@]}" --out "$R/$name-pruned"
+    if [ ! -d "$R/$name-pruned" ] && ! "$SP" prune "$(dense "$net")" --target-speedup "$s" --runtime onnxruntime \
+        --batch "$b" --threads 2 "${SEARCH[@]}" "${reuse[@]}" --out "$R/$name-pruned"; then
+      echo "$name: no result (see the error above; e.g. out of reach at this batch)" >&2; continue
+    fi
     [ -f "$lm" ] || cp "$R/$name-pruned/latency-model.json" "$lm"
     [ -d "$R/$name-compact" ] || "$SP" compact "$R/$name-pruned" --out "$R/$name-compact"
     [ -f "$OUT/bench-$name.json" ] || "$SP" bench "$(dense "$net")" "$R/$name-compact" --runtime onnxruntime \
@@ -65,10 +69,15 @@ for c in $COMPARE; do
   [ -f "$OUT/bench-compare-$name.json" ] || "$SP" bench "$(dense "$net")" "${compacts[@]}" \
     --runtime onnxruntime --batch "$b" --threads 2 --rounds "${ROUNDS:-7}" --json "$OUT/bench-compare-$name.json" \
     --no-progress
+  retrained=()
   for arm in "${arms[@]}"; do
     for seed in $SEEDS; do
       [ -d "$R/$arm-ce-s$seed" ] || "$SP" retrain "$R/$arm-compact" --epochs 1 --train-images 5000 --seed "$seed" \
         --no-progress --out "$R/$arm-ce-s$seed"
+      retrained+=("$R/$arm-ce-s$seed")
     done
   done
+  # the report's latency-against-MCR plot: every retrained network timed beside dense (same runtime and batch)
+  [ ${#retrained[@]} = 0 ] || [ -f "$OUT/pareto-$name.json" ] || "$SP" bench "$(dense "$net")" "${retrained[@]}" \
+    --runtime onnxruntime --batch "$b" --threads 2 --rounds "${ROUNDS:-7}" --json "$OUT/pareto-$name.json" --no-progress
 done
