@@ -728,6 +728,8 @@ def particle_cost() -> str:
 # ------------------------------------------------------------------------------ benchmarks/latency_model_check.py
 
 LATENCY_CHECKS = ("latency-model-check/latency-check-resnet20-ort-b1.json",
+                  "latency-model-check/latency-check-resnet20-ort-b1-calibrated-forms.json",
+                  "latency-model-check/latency-check-resnet20-ort-b64-calibrated-forms.json",
                   "latency-model-check/latency-check-resnet20-ort-b1-channel.json",
                   "latency-model-check/latency-check-resnet20-ort-b64-channel.json",
                   "latency-model-check/latency-check-resnet20-ort-b1-forms.json",
@@ -752,9 +754,11 @@ def latency_check() -> str:
                      ms(dense["predicted_ms"]), ms(dense["measured_ms"]),
                      f"{speeds[0]:.2f}–{speeds[-1]:.2f}×" if speeds else "",
                      pct(d["median_abs_error"], 1), pct(d["max_abs_error"], 1), str(d["within_10_percent"]),  # type: ignore[index]
-                     coeffs])
+                     *([pct(d["speedup"]["median_abs_error"], 1), str(d["speedup"]["within_10_percent"])]  # type: ignore[index]
+                       if "speedup" in d else ["", ""]), coeffs])
     return table(["network", "candidates", "batch", "count", "dense predicted ms", "dense measured ms",
-                  "measured speed-ups", "median error (abs.)", "max error (abs.)", "within 10%", "calibration"], rows)
+                  "measured speed-ups", "ms: median error (abs.)", "ms: max error", "ms: within 10%",
+                  "speed-up: median error", "speed-up: within 10%", "calibration"], rows)
 
 
 RENDERERS: dict[str, Callable[[], str]] = {
