@@ -1,12 +1,28 @@
-"""A synthetic latency model for the target-search tests: a per-layer table, no timing."""
+"""Target-search test helpers: a synthetic latency model (a per-layer table, no timing) and tiny run folders."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
+from structprune.models import create
+from structprune.runfolder import save_run
 from structprune.search.target_cost import ConvForm
+from structprune.search.target_search import TargetSearchConfig
+
+FAST = TargetSearchConfig(particles=6, generations=2, round_to=2, score_images=100, bn_batches=1)
+
+
+def tiny_target_runs(root: Path) -> dict[str, Path]:
+    """Untrained tiny networks on digits (a MAC or latency budget does not need trained weights)."""
+    out = {}
+    for name in ("tiny-paper", "tiny-resnet"):
+        torch.manual_seed(0)
+        out[name] = save_run(root / name, create(name, in_channels=1, input_size=8), None, {}, {"dataset": "digits"})
+    return out
 
 
 class SyntheticLatency:

@@ -9,34 +9,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from target_helpers import SyntheticLatency
+from target_helpers import FAST, SyntheticLatency, tiny_target_runs
 
 from structprune.cli import build_parser, main
 from structprune.compact.compaction import compact
 from structprune.errors import StructpruneError
 from structprune.metrics import count_macs
 from structprune.models import create
-from structprune.runfolder import load_run, save_run
+from structprune.runfolder import load_run
 from structprune.search import target_search
 from structprune.search.target_cost import MacCost, conv_forms
-from structprune.search.target_search import Target, TargetSearchConfig
+from structprune.search.target_search import Target
 from structprune.search.target_space import TargetSpace, ladder
 from structprune.sparsity.masks import NetworkMask
 from structprune.sparsity.selection import channel_groups_of
 from structprune.stages.target import TargetConfig, target_run
 
-FAST = TargetSearchConfig(particles=6, generations=2, round_to=2, score_images=100, bn_batches=1)
-
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    """Untrained tiny networks on digits (a MAC or latency budget does not need trained weights)."""
-    root = tmp_path_factory.mktemp("target")
-    out = {}
-    for name in ("tiny-paper", "tiny-resnet"):
-        torch.manual_seed(0)
-        out[name] = save_run(root / name, create(name, in_channels=1, input_size=8), None, {}, {"dataset": "digits"})
-    return out
+    return tiny_target_runs(tmp_path_factory.mktemp("target"))
 
 
 def _compact_macs(out: Path) -> tuple[int, int]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from target_helpers import SyntheticLatency
+from target_helpers import FAST, SyntheticLatency, tiny_target_runs
 
 from structprune.cli import build_parser
 from structprune.compact.compaction import compact
@@ -19,7 +19,7 @@ from structprune.compact.kernel_conv import KernelSparseConv2d
 from structprune.errors import StructpruneError
 from structprune.metrics import count_macs
 from structprune.models import create
-from structprune.runfolder import load_run, save_run
+from structprune.runfolder import load_run
 from structprune.search.target_cost import LatencyCost, MacCost
 from structprune.search.target_forms import parse_forms
 from structprune.search.target_repair import BudgetRepair
@@ -31,17 +31,9 @@ from structprune.sparsity.selection import channel_groups_of
 from structprune.stages.target import TargetConfig, target_run
 
 FORMS = ("channel", "blocks", "intra")
-FAST = TargetSearchConfig(particles=6, generations=2, round_to=2, score_images=100, bn_batches=1)
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("forms")
-    out = {}
-    for name in ("tiny-paper", "tiny-resnet"):
-        torch.manual_seed(0)
-        out[name] = save_run(root / name, create(name, in_channels=1, input_size=8), None, {}, {"dataset": "digits"})
-    return out
+    return tiny_target_runs(tmp_path_factory.mktemp("forms"))
 
 
 def _space(name: str, forms=FORMS, round_to: int = 2, min_keep: float = 0.25):
