@@ -179,13 +179,18 @@ class LatencyCost(_Memo):
         return self.ms(particle) / self.dense
 
 
+def _latency_model_module(need: str) -> Any:
+    """structprune.latency_model, or one line saying what needs it (`need`) when this installation lacks it."""
+    try:
+        return importlib.import_module(LATENCY_MODEL_MODULE)
+    except ImportError:
+        raise StructpruneError(f"{need} ({LATENCY_MODEL_MODULE}), which this installation lacks; use --target-macs") from None
+
+
 def load_latency_model(path: str | Path, runtime: str, batch: int, threads: int) -> Any:
     """A latency model saved by an earlier target run (its latency-model.json), checked to be for this runtime,
     batch and thread count (the target run checks that it knows every convolution of the network)."""
-    try:
-        module = importlib.import_module(LATENCY_MODEL_MODULE)
-    except ImportError:
-        raise StructpruneError(f"reading a latency model needs {LATENCY_MODEL_MODULE}, which this installation lacks") from None
+    module = _latency_model_module("reading a latency model needs")
     try:
         model = module.LatencyModel.from_json(read_json(Path(path)))
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -201,11 +206,7 @@ def measured_latency_cost(space: TargetSpace, input_shape: tuple[int, ...], runt
                           round_to: int, cache: Path | None = None) -> LatencyCost:
     """A LatencyCost from a latency model measured on this machine (structprune.latency_model); with `cache`,
     read from that JSON file when it exists, else measured and written there (a resumed run predicts alike)."""
-    try:
-        module = importlib.import_module(LATENCY_MODEL_MODULE)
-    except ImportError:
-        raise StructpruneError(f"speed and latency targets need the per-layer latency model ({LATENCY_MODEL_MODULE}), "
-                               "which this installation lacks; use --target-macs") from None
+    module = _latency_model_module("speed and latency targets need the per-layer latency model")
     if cache is not None and cache.exists():
         model = module.LatencyModel.from_json(read_json(cache))
     else:
