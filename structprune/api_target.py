@@ -87,8 +87,8 @@ def prune_to_target(
     cost = _cost(target, space, shape, latency_model, runtime, batch, threads, round_to)
     budget = target.relative_budget(cost.dense if isinstance(cost, LatencyCost) else None)
     check_reachable(space, cost, budget, target, cfg)
-    best, _ = search_structure(space, cost, budget, _ScoreFnMasks(_Scorer(model, groups, score_fn)), cfg, seed=seed,
-                               label="prune_to_target")
+    best = search_structure(space, cost, budget, _ScoreFnMasks(_Scorer(model, groups, score_fn)), cfg, seed=seed,
+                               label="prune_to_target").best
     masks = space.mask(best)
     masks.validate(model)
     masks.input_shape = shape

@@ -19,7 +19,7 @@ from structprune.models import create
 from structprune.runfolder import load_run
 from structprune.search import target_search
 from structprune.search.target_cost import MacCost, conv_forms
-from structprune.search.target_search import Target
+from structprune.search.target_search import Target, TargetSearchConfig
 from structprune.search.target_space import TargetSpace, ladder
 from structprune.sparsity.masks import NetworkMask
 from structprune.sparsity.selection import channel_groups_of
@@ -231,3 +231,38 @@ def test_a_latency_model_that_does_not_fit_is_refused(runs, tmp_path, capsys, ti
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
     assert not (tmp_path / "o").exists()
+
+
+def test_finalists_are_chosen_by_a_short_finetune(runs, tmp_path):
+    from structprune.search.finalists import FinalistConfig
+    from structprune.search.target_cost import MacCost
+    from structprune.search.target_repair import BudgetRepair
+    from structprune.search.target_search import start_population
+
+    cfg = TargetConfig(search=FAST, finalists=FinalistConfig(count=3, images=64, check_images=40))
+    out, metrics = target_run(runs["tiny-resnet"], tmp_path / "out", Target("macs", 2.0), cfg)
+    record = json.loads((out / "target.json").read_text())
+    finalists = record["tries"][0]["finalists"]
+    assert 2 <= len(finalists) <= 4 and [f["position"] for f in finalists] == list(range(1, len(finalists) + 1))
+    chosen = [f for f in finalists if f.get("chosen")]
+    assert len(chosen) == 1 and chosen[0]["choices"] == record["tries"][0]["choices"]
+    assert chosen[0]["finetune_mcr"] == min(f["finetune_mcr"] for f in finalists)
+    assert all(0.0 <= f["finetune_mcr"] <= 1.0 for f in finalists)
+    assert len({tuple(f["choices"]) for f in finalists}) == len(finalists)  # distinct structures
+    model = load_run(runs["tiny-resnet"]).model
+    space = TargetSpace(model, channel_groups_of(model), FAST.round_to, FAST.min_keep)
+    cost = MacCost(space, (1, 8, 8))
+    uniform = start_population(space, cost, 0.5, FAST, FAST.seed, BudgetRepair(space, cost, 0.5))[0]
+    assert any(f["choices"] == uniform.tolist() for f in finalists)  # the search's uniform start competes
+    assert "finalists" not in metrics["target"]
+    assert _compact_macs(out)[0] * 2.0 <= _compact_macs(out)[1]
+
+
+def test_finalists_need_validation_images_the_search_did_not_use(runs, tmp_path):
+    from structprune.search.finalists import FinalistConfig
+
+    search = TargetSearchConfig(particles=6, generations=2, round_to=2, score_images=100_000, bn_batches=1)
+    with pytest.raises(StructpruneError, match="did not score on"):
+        target_run(runs["tiny-paper"], tmp_path / "out", Target("macs", 2.0),
+                   TargetConfig(search=search, finalists=FinalistConfig(count=2)))
+    assert not (tmp_path / "out").exists()

@@ -15,7 +15,7 @@ import argparse
 import shlex
 import sys
 
-from structprune.cli.common import finite_float, positive_int
+from structprune.cli.common import finite_float, non_negative_int, positive_int
 from structprune.errors import StructpruneError
 from structprune.output import Output
 from structprune.search.target_space import DEFAULT_MIN_KEEP
@@ -58,6 +58,11 @@ def add_target_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--latency-model", default=None, metavar="FILE",
                    help="speed and latency targets: reuse the latency model an earlier target run of the same network "
                         "saved (its latency-model.json; same --runtime, --batch, --threads) instead of measuring one")
+    g.add_argument("--finalists", type=non_negative_int, default=0, metavar="K",
+                   help="choose among the search's K best structures (and its uniform start) by a short fine-tune "
+                   "of each, scored on validation images the search did not use (default 0: take the search's best)")
+    g.add_argument("--finalist-images", type=positive_int, default=5000, metavar="N",
+                   help="with --finalists: training images of each finalist's fine-tune (one pass; default 5000)")
     g.add_argument("--no-verify", action="store_true",
                    help="speed and latency targets: trust the latency model, do not time the compact network")
 
@@ -80,6 +85,7 @@ def check_target_args(args: argparse.Namespace):
 
 
 def run_target(args: argparse.Namespace, target, output: Output) -> int:
+    from structprune.search.finalists import FinalistConfig
     from structprune.search.target_cost import load_latency_model
     from structprune.search.target_forms import parse_forms
     from structprune.search.target_search import TargetSearchConfig
@@ -93,7 +99,7 @@ def run_target(args: argparse.Namespace, target, output: Output) -> int:
         score_images=args.score_images, bn_batches=2 if args.bn_recalibrate is None else args.bn_recalibrate,
         seed=args.seed, forms=parse_forms(args.target_forms))
     cfg = TargetConfig(search=search, runtime=args.runtime, batch=args.batch, threads=args.threads or 1,
-                       verify=not args.no_verify,
+                       verify=not args.no_verify, finalists=FinalistConfig(args.finalists, args.finalist_images),
                        bn_batches=DEFAULT_BN_BATCHES if args.bn_recalibrate is None else args.bn_recalibrate)
     command = {"command": shlex.join(["structprune", *sys.argv[1:]]), "verb": "prune"}
     latency_model = None

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -158,6 +158,20 @@ class Objective:
     def __init__(self, space: TargetSpace, cost: CostModel, budget: float, scorer: MaskScorer):
         self.space, self.cost, self.budget, self.scorer = space, cost, budget, scorer
         self.seen: dict[bytes, float] = {}
+        self.structures: dict[bytes, np.ndarray] = {}  # every structure scored, by its bytes
+
+    def ranked(self, count: int, also: ParticleFilter | None = None) -> list[np.ndarray]:
+        """The `count` best distinct structures scored within budget, best first; with `also`, its population's
+        scored structures count too (a resumed filter's, scored before the restart)."""
+        scores = dict(self.seen)
+        structures = dict(self.structures)
+        if also is not None and also.scores is not None:
+            for particle, score in zip(also.particles, also.scores, strict=True):
+                if score < INFEASIBLE:
+                    scores.setdefault(particle.tobytes(), float(score))
+                    structures.setdefault(particle.tobytes(), particle)
+        order = sorted(scores, key=scores.__getitem__)
+        return [structures[key].copy() for key in order[:count]]
 
     def __call__(self, particles: np.ndarray) -> np.ndarray:
         costs = np.array([self.cost.predict(p) for p in particles])
@@ -166,15 +180,29 @@ class Objective:
         if new:
             fresh = self.scorer.score_masks([self.space.mask(particles[i]) for i in new])
             self.seen.update({particles[i].tobytes(): float(v) for i, v in zip(new, fresh, strict=True)})
+            self.structures.update({particles[i].tobytes(): particles[i].copy() for i in new})
         for i, particle in enumerate(particles):
             scores[i] = self.seen.get(particle.tobytes(), scores[i])
         return scores
 
 
+class StructureSearch(NamedTuple):
+    """A target search's outcome: the best structure, the filter that found it, and the `finalists` best distinct
+    structures it scored within budget (best first; with the uniform start structure added when it is not among
+    them and `finalists` > 0)."""
+
+    best: np.ndarray
+    filter: ParticleFilter
+    finalists: list[np.ndarray]
+
+
 def search_structure(space: TargetSpace, cost: CostModel, budget: float, scorer: MaskScorer,
                      cfg: TargetSearchConfig, seed: int, label: str, saved: dict[str, Any] | None = None,
-                     on_generation: Callable[[ParticleFilter], None] | None = None) -> tuple[np.ndarray, ParticleFilter]:
-    """The best structure within `budget` (a saved filter state resumes), and the filter that found it."""
+                     on_generation: Callable[[ParticleFilter], None] | None = None,
+                     finalists: int = 0) -> StructureSearch:
+    """The best structure within `budget` (a saved filter state resumes), the filter that found it, and its
+    finalists (StructureSearch). A resumed search scores its restored population again, so its finalists are
+    drawn from what it scored after the restart."""
     repair = BudgetRepair(space, cost, budget)
     if saved is not None:
         pf = ParticleFilter.from_state(saved)
@@ -197,6 +225,12 @@ def search_structure(space: TargetSpace, cost: CostModel, budget: float, scorer:
             on_generation(current)
 
     best = pf.run(objective, on_generation=after)
+    uniform = start_population(space, cost, budget, cfg, seed, repair)[0]
     if cost.predict(best) > budget + 1e-12:  # no particle ever met the budget: the most-kept uniform one does
-        best = start_population(space, cost, budget, cfg, seed, repair)[0]
-    return best, pf
+        best = uniform
+    chosen = objective.ranked(finalists, also=pf) if finalists > 0 else []
+    if finalists > 0 and not any(np.array_equal(best, c) for c in chosen):
+        chosen.insert(0, best.copy())
+    if finalists > 0 and cost.predict(uniform) <= budget + 1e-12 and not any(np.array_equal(uniform, c) for c in chosen):
+        chosen.append(uniform)
+    return StructureSearch(best, pf, chosen)

@@ -32,6 +32,7 @@ from structprune.output import Output, fingerprint_files
 from structprune.runcheck import load_checked_run
 from structprune.runfiles import LATENCY_MODEL_FILE, MASKS_FILE, STATE_DIR, TARGET_FILE, TARGET_STATE_FILE
 from structprune.runfolder import as_output, save_run
+from structprune.search.finalists import FinalistConfig, check_split, pick_finalist
 from structprune.search.scoring import ScoreSet
 from structprune.search.scoring_full import FullForwardScorer
 from structprune.search.target_cost import CostModel, LatencyCost, LatencyModelLike, MacCost, measured_latency_cost
@@ -62,6 +63,7 @@ class TargetConfig:
     verify: bool = True  # speed and latency targets: time the compact network
     bn_batches: int = DEFAULT_BN_BATCHES  # batch-norm re-estimation of the result (batches of 64 training images)
     rounds: int = 7  # bench rounds of the verification
+    finalists: FinalistConfig = field(default_factory=FinalistConfig)  # count 0: the search's best structure
 
     def __post_init__(self) -> None:
         if self.runtime not in TARGET_RUNTIMES:
@@ -115,6 +117,12 @@ class TargetRun:
         recal = self.data.train.x[: cfg.search.bn_batches * 64] if cfg.search.bn_batches > 0 else None
         self.scorer = FullForwardScorer(self.model, self.applier, ScoreSet(self.data.val.x[:n], self.data.val.y[:n]),
                                         tie=cfg.search.tie, recalibrate=recal)
+        self.check = check_split(self.data, n, cfg.finalists.check_images) if cfg.finalists.count > 0 else None
+
+    def pick(self, finalists: list[np.ndarray]) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """The finalist that trains best (structprune.search.finalists), and a record of each."""
+        assert self.check is not None
+        return pick_finalist(self.model, self.groups, self.space, finalists, self.data, self.check, self.cfg.finalists)
 
     @property
     def has_cost(self) -> bool:
@@ -187,10 +195,15 @@ def _search_tries(job: TargetRun, state: dict[str, Any], save: Callable[[], None
             state["pf"] = pf.state_dict()
             save()
 
-        best, pf = search_structure(job.space, job.cost, state["budget"], job.scorer, cfg.search,
-                                    seed=cfg.search.seed + 1009 * index, label=label, saved=state["pf"],
-                                    on_generation=keep)
-        record = job.try_record(index, state["budget"], best, pf.history)
+        found = search_structure(job.space, job.cost, state["budget"], job.scorer, cfg.search,
+                                 seed=cfg.search.seed + 1009 * index, label=label, saved=state["pf"],
+                                 on_generation=keep, finalists=cfg.finalists.count)
+        best, picked = found.best, None
+        if cfg.finalists.count > 0:
+            best, picked = job.pick(found.finalists)
+        record = job.try_record(index, state["budget"], best, found.filter.history)
+        if picked is not None:
+            record["finalists"] = picked
         ok = not job.verifies or job.verify(record, measure)
         state["tries"].append(record)
         state["pf"] = None
@@ -262,7 +275,7 @@ def _save(job: TargetRun, output: Output, src: str | Path, chosen: dict[str, Any
                                  if k in job.run.metrics}
     if reestimated:
         metrics["bn_reestimated_images"] = reestimated
-    summary = {k: chosen[k] for k in chosen if k not in ("history", "choices", "structure", "forms")}
+    summary = {k: chosen[k] for k in chosen if k not in ("history", "choices", "structure", "forms", "finalists")}
     metrics["target"] = {"kind": job.target.kind, "value": job.target.value, "tries": len(state["tries"]),
                          "mac_reduction": metrics["macs"] / max(1, metrics["compact_macs"]), **summary}
     record = {"format": TARGET_FORMAT, "target": asdict(job.target), "cost_model": job.cost.kind,
