@@ -297,8 +297,12 @@ def test_measured_model_has_every_conv_and_form():
     assert latency.calibration[0].network_ms == latency.network_dense_ms
     # 75% keeps every map, 25% the same as 50%; then the 50% copy with kernel blocks G = 2, and with 2×3 taps, on
     # the convs the target search offers them (not the first, which reads the image)
-    assert names == ["dense", "uniform-50", "uniform-50-blocks2", "uniform-50-taps2x3"]
-    assert [p.keep for p in latency.calibration] == [1.0, 0.5, 0.5, 0.5]
+    assert names[:4] == ["dense", "uniform-50", "uniform-50-blocks2", "uniform-50-taps2x3"]
+    assert [p.keep for p in latency.calibration[:4]] == [1.0, 0.5, 0.5, 0.5]
+    # then random copies (each group its own share of [25%, 1]): those that prune something, plain convs only
+    randoms = latency.calibration[4:]
+    assert 1 <= len(randoms) <= 4 and all(p.name.startswith("random-") for p in randoms)
+    assert all(0.25 <= p.keep < 1.0 and (p.blocks, p.taps) == (0, 0) for p in randoms)
     counts = [(p.blocks, p.taps) for p in latency.calibration]
     assert counts[:2] == [(0, 0), (0, 0)]
     assert counts[2][0] >= 1 and counts[2][1] == 0 and counts[3][0] == 0 and counts[3][1] >= 1

@@ -232,8 +232,8 @@ def _check_args(runtime: str, batch: int, threads: int, round_to: int, groups: t
 def measure_latency_model(model: nn.Module, input_shape: tuple[int, ...], runtime: str, batch: int, threads: int,
                           round_to: int = 8, groups: tuple[int, ...] = (1, 2, 4),
                           taps: tuple[tuple[int, int], ...] = DEFAULT_TAPS, points: int = 5, variant_points: int = 3,
-                          combine: bool = False, min_run_time: float = 0.02, network_rounds: int = 5,
-                          network_seconds: float = 0.1,
+                          combine: bool = False, min_run_time: float = 0.02, network_rounds: int = 7,
+                          network_seconds: float = 0.3,
                           calibration_keeps: tuple[float, ...] = CALIBRATION_KEEPS) -> LatencyModel:
     """Measure `model`'s LatencyModel on this machine (module doc). `points` / `variant_points`: counts per grid
     axis of the plain convolution / of the other variants; `combine`: also time G > 1 with taps (else predicted

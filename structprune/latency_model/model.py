@@ -10,13 +10,14 @@ A network's time is calibrated on whole networks (structprune.latency_model.cali
 of its convolutions' times in their forms, n_blocks the convolutions with kernel blocks (G other than the conv's
 own groups; a depthwise conv never) and n_taps those with an intra shape,
     network_ms(forms) = α · S(forms) + β + γ_blocks · n_blocks + γ_taps · n_taps
-where α, β are fitted on the dense network and a few uniformly pruned copies, the γ's on the half-width copy
+where α, β are fitted on the dense network, a few uniformly pruned copies and a few randomly pruned ones (each
+channel group keeping a share of its own), the γ's on the half-width copy
 with kernel blocks, and with an intra shape, on every conv that may take them; each measured whole. With the
 dense network alone (and in a /1 file) α = 1, γ = 0 and β = fixed_ms = the dense network's measured time − its
 dense convolutions' times (everything that is not a convolution, less the per-call overhead each standalone
 timing carries: it can be negative); a /2 file has no γ's (0).
-Limits: the line is fitted on uniformly pruned networks, the γ's on networks formed everywhere; what they do not
-show (one layer pruned far more than the others, a form's cost inside the network depending on its width, a
+Limits: the line is fitted on a handful of pruned networks, the γ's on networks formed everywhere; what they do
+not show (one layer pruned far more than the others, a form's cost inside the network depending on its width, a
 linear layer's input shrinking) is in the error.
 
 JSON ("structprune-latency-model/3"; "/1" and "/2" files still read):

@@ -16,6 +16,10 @@ search offers them (structprune.search.target_forms.layer_choices) and the kept 
 copy with one intra shape (FORM_TAPS, else the first measured of the search's shapes) on every conv offered
 one, chosen by L1 as the target search chooses them (`apply_forms`). Only on convs whose latency grids hold that
 variant; none when no conv can take the form, or when the calibration is the dense network alone.
+
+RANDOM_NETWORKS more copies, seeded, keep in each group its own share drawn from [the smallest share of `keeps`,
+1] (rounded as above): the structures a search compares are rarely uniform, and a line fitted through uniform
+networks alone mispredicted them (docs/benchmarks.md); these put such networks into the fit.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -40,6 +45,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CALIBRATION_KEEPS = (1.0, 0.75, 0.5, 0.25)  # shares of every channel group's maps the calibration networks keep
+RANDOM_NETWORKS = 4  # calibration networks whose groups keep shares drawn from [the smallest keep, 1], seeded
+RANDOM_SEED = 20  # their draw: the same networks on every machine
 FORM_KEEP = 0.5  # the share of maps the calibration networks with kernel blocks or an intra shape keep
 FORM_BLOCKS = 2  # their kernel blocks G
 FORM_TAPS = (2, 3)  # their intra shape
@@ -55,14 +62,16 @@ def network_times(models: dict[str, nn.Module], input_shape: tuple[int, ...], ru
     return {r["run"]: float(r["median_ms"]) for r in records}
 
 
-def _uniform_mask(model: nn.Module, groups: ChannelGroups, round_to: int, keep: float) -> NetworkMask:
+def _uniform_mask(model: nn.Module, groups: ChannelGroups, round_to: int, keep: float,
+                  draw: np.random.Generator | None = None) -> NetworkMask:
     """Every conv-rooted group of `groups` keeping `keep` of its maps (rounded up to a multiple of `round_to`, at
-    most all; the first maps)."""
+    most all; the first maps); with `draw`, each group its own share drawn uniformly from [`keep`, 1]."""
     from structprune.sparsity.masks import NetworkMask
 
     mask = NetworkMask()
     for group in groups:
-        kept = min(group.size, max(round_to, -(-round(keep * group.size) // round_to) * round_to))
+        share = keep if draw is None else float(draw.uniform(keep, 1.0))
+        kept = min(group.size, max(round_to, -(-round(share * group.size) // round_to) * round_to))
         if group.linear or kept >= group.size:
             continue
         alive = torch.zeros(group.size, dtype=torch.bool)
@@ -72,19 +81,21 @@ def _uniform_mask(model: nn.Module, groups: ChannelGroups, round_to: int, keep: 
 
 
 def uniform_copy(model: nn.Module, input_shape: tuple[int, ...], round_to: int, keep: float,
-                 forms: Callable[[nn.Module, ChannelGroups, NetworkMask], None] | None = None) -> nn.Module | None:
+                 forms: Callable[[nn.Module, ChannelGroups, NetworkMask], None] | None = None,
+                 draw: np.random.Generator | None = None) -> nn.Module | None:
     """`model` with every conv-rooted channel group keeping `keep` of its maps (rounded up to a multiple of
-    `round_to`, at most all), then `forms` added to its mask (in place), compacted; None (with a warning) when
-    that cannot be done or prunes nothing."""
+    `round_to`, at most all; with `draw`, a share of its own drawn from [keep, 1]), then `forms` added to its
+    mask (in place), compacted; None (with a warning) when that cannot be done or prunes nothing."""
     from structprune.compact.compaction import compact
     from structprune.sparsity.channel_groups import find_channel_groups
 
-    what = f"keeping {100 * keep:.0f}% of the maps" + (" with forms" if forms is not None else "")
+    what = (f"keeping {100 * keep:.0f}% of the maps" if draw is None else f"keeping {100 * keep:.0f}-100% at random")
+    what += " with forms" if forms is not None else ""
     try:
         sample = torch.randn(2, *input_shape)
         model = copy.deepcopy(model).eval()
         groups = find_channel_groups(model, sample)
-        mask = _uniform_mask(model, groups, round_to, keep)
+        mask = _uniform_mask(model, groups, round_to, keep, draw)
         if forms is not None:
             forms(model, groups, mask)
         if not mask.layers:
@@ -134,11 +145,13 @@ def _measured(latency: LatencyModel) -> tuple[int | None, tuple[int, int] | None
     return (FORM_BLOCKS if FORM_BLOCKS in blocks else next(iter(blocks), None)), next(iter(shapes), None)
 
 
-def _calibration_networks(latency: LatencyModel, model: nn.Module, round_to: int,
-                          keeps: tuple[float, ...]) -> dict[str, tuple[float, nn.Module, dict[str, LayerForm]]]:
-    """{name: (keep, network, its convolutions' forms)}: the dense network, its distinct uniform copies and the
-    copies with forms (module doc)."""
+def _calibration_networks(latency: LatencyModel, model: nn.Module, round_to: int, keeps: tuple[float, ...],
+                          random_networks: int = RANDOM_NETWORKS,
+                          ) -> dict[str, tuple[float, nn.Module, dict[str, LayerForm]]]:
+    """{name: (keep, network, its convolutions' forms)}: the dense network, its distinct uniform copies, the
+    copies with forms and the random ones (module doc; a random one's keep: the mean share its convs write)."""
     nets: dict[str, tuple[float, nn.Module, dict[str, LayerForm]]] = {"dense": (1.0, model, {})}
+    randoms: dict[str, tuple[float, nn.Module, dict[str, LayerForm]]] = {}
     seen: list[dict] = [{}]
     plain = sorted({k for k in keeps if k < 1}, reverse=True)
     blocks, taps = _measured(latency)
@@ -148,6 +161,13 @@ def _calibration_networks(latency: LatencyModel, model: nn.Module, round_to: int
         runs.append((f"uniform-{round(100 * FORM_KEEP)}-blocks{blocks}", FORM_KEEP, blocks, None))
     if plain and taps is not None:
         runs.append((f"uniform-{round(100 * FORM_KEEP)}-taps{taps[0]}x{taps[1]}", FORM_KEEP, 1, taps))
+    draw = np.random.default_rng(RANDOM_SEED)
+    for i in range(random_networks if plain else 0):
+        net = uniform_copy(model, latency.input_shape, round_to, min(plain), draw=draw)
+        forms = None if net is None else _forms(latency, net, f"random-{i + 1}")
+        if net is not None and forms is not None:
+            kept = [f.kept_out / latency.layers[n].out_channels for n, f in forms.items()]
+            randoms[f"random-{i + 1}"] = (float(np.mean(kept)), net, forms)
     plain_forms: dict[float, dict[str, LayerForm]] = {}  # of the plain copies: where kernel blocks divide the maps
     for name, keep, groups, shape in runs:
         if groups > 1 and keep not in plain_forms:
@@ -167,7 +187,7 @@ def _calibration_networks(latency: LatencyModel, model: nn.Module, round_to: int
             continue  # the rounding made it a network already taken
         seen.append(changed)
         nets[name] = (keep, net, forms)
-    return nets
+    return {**nets, **randoms}
 
 
 def _forms(latency: LatencyModel, net: nn.Module, name: str) -> dict[str, LayerForm] | None:
@@ -182,10 +202,10 @@ def _forms(latency: LatencyModel, net: nn.Module, name: str) -> dict[str, LayerF
 
 
 def measure_calibration(latency: LatencyModel, model: nn.Module, round_to: int, rounds: int, sample_seconds: float,
-                        keeps: tuple[float, ...] = CALIBRATION_KEEPS) -> None:
-    """Time the dense network and its uniform copies (`keeps` below 1) together; set `network_dense_ms` and
-    `calibration` (module doc)."""
-    nets = _calibration_networks(latency, model, round_to, keeps)
+                        keeps: tuple[float, ...] = CALIBRATION_KEEPS, random_networks: int = RANDOM_NETWORKS) -> None:
+    """Time the dense network, its uniform copies (`keeps` below 1), the copies with forms and `random_networks`
+    random copies together; set `network_dense_ms` and `calibration` (module doc)."""
+    nets = _calibration_networks(latency, model, round_to, keeps, random_networks)
     times = network_times({name: net for name, (_, net, _) in nets.items()}, latency.input_shape, latency.runtime,
                           latency.batch, latency.threads, rounds, sample_seconds)
     latency.network_dense_ms = times["dense"]
