@@ -219,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
                              "network alone)")
     parser.add_argument("--min-run-time", type=float, default=0.02, help="seconds per timed layer shape")
     parser.add_argument("--rounds", type=int, default=7, help="structprune.bench rounds for whole networks")
-    parser.add_argument("--sample-seconds", type=float, default=0.1)
+    parser.add_argument("--sample-seconds", type=float, default=0.3,
+                        help="structprune.bench seconds per round of one whole network (default 0.3)")
     parser.add_argument("--json", required=True, help="output file")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)

@@ -10,6 +10,8 @@
 #    bisected until its compact network measures at least our result's speed-up (benchmarks/tp_equal_latency.py),
 #    then ours and both of its arms compacted and retrained alike (1 epoch on 5,000 images, seeds 0-2), and every
 #    retrained network timed beside dense (pareto-<name>.json: the report's latency-against-MCR plot).
+# FINALISTS=K (default 0): our search chooses among its K best structures by a short fine-tune (prune --finalists;
+# results named ...-fK). RUNTIME=eager (default onnxruntime): targets timed in eager PyTorch (named ...-eager).
 # Dense runs: scripts/recovery_cifar10.sh's paper-dense and resnet20-dense (WITH_RESNET20=1).
 # Steps 1 and the bisection time networks: run them with nothing else running. Every step is skipped when its
 # output exists, so an interrupted run resumes. Results: scripts/collect_results.py, tables in docs/results.md.
@@ -20,8 +22,11 @@ OUT=${2:?usage: target_compare_cifar10.sh RUNS_DIR OUT_DIR}
 SP="${STRUCTPRUNE:-.venv/bin/structprune}"
 PY="${PYTHON:-.venv/bin/python}"
 FORMS=${FORMS:-channel,blocks,intra}
+FINALISTS=${FINALISTS:-0}
+RUNTIME=${RUNTIME:-onnxruntime}
 SEARCH=(--method pf --bn-recalibrate 4 --score-images 500 --particles 16 --generations 6 --seed 0 --target-forms "$FORMS"
-        --min-keep "${MIN_KEEP:-0.25}")
+        --min-keep "${MIN_KEEP:-0.25}" --finalists "$FINALISTS")
+SUFFIX=$([ "$RUNTIME" = onnxruntime ] || echo "-$RUNTIME")$([ "$FINALISTS" = 0 ] || echo "-f$FINALISTS")
 TARGETS=${TARGETS:-"resnet20:2 resnet20:3 paper:2 paper:3 paper:5"}
 BATCHES=${BATCHES:-"1 64"}
 COMPARE=${COMPARE:-"resnet20:3:64"}
@@ -33,16 +38,16 @@ dense() { [ "$1" = paper ] && echo "$R/paper-dense" || echo "$R/$1-dense"; }
 for t in $TARGETS; do
   net=${t%%:*}; s=${t##*:}
   for b in $BATCHES; do
-    name="$net-ts$s-b$b"
-    lm="$R/latency-model-$net-b$b.json"  # measured by the first target run at this batch, reused by the others
+    name="$net-ts$s-b$b$SUFFIX"
+    lm="$R/latency-model-$net-b$b$([ "$RUNTIME" = onnxruntime ] || echo "-$RUNTIME").json"  # the first run's, reused
     reuse=(); [ -f "$lm" ] && reuse=(--latency-model "$lm")
-    if [ ! -d "$R/$name-pruned" ] && ! "$SP" prune "$(dense "$net")" --target-speedup "$s" --runtime onnxruntime \
+    if [ ! -d "$R/$name-pruned" ] && ! "$SP" prune "$(dense "$net")" --target-speedup "$s" --runtime "$RUNTIME" \
         --batch "$b" --threads 2 "${SEARCH[@]}" "${reuse[@]}" --out "$R/$name-pruned"; then
       echo "$name: no result (see the error above; e.g. out of reach at this batch)" >&2; continue
     fi
     [ -f "$lm" ] || cp "$R/$name-pruned/latency-model.json" "$lm"
     [ -d "$R/$name-compact" ] || "$SP" compact "$R/$name-pruned" --out "$R/$name-compact"
-    [ -f "$OUT/bench-$name.json" ] || "$SP" bench "$(dense "$net")" "$R/$name-compact" --runtime onnxruntime \
+    [ -f "$OUT/bench-$name.json" ] || "$SP" bench "$(dense "$net")" "$R/$name-compact" --runtime "$RUNTIME" \
       --batch "$b" --threads 2 --rounds "${ROUNDS:-7}" --json "$OUT/bench-$name.json" --no-progress
   done
 done
@@ -54,7 +59,7 @@ ratio_of() { "$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['chos
 
 for c in $COMPARE; do
   IFS=: read -r net s b <<< "$c"
-  name="$net-ts$s-b$b"
+  name="$net-ts$s-b$b$SUFFIX"
   speed=$(measured "$OUT/bench-$name.json")
   arms=("$name"); compacts=("$R/$name-compact")
   for scope in layer global; do
