@@ -445,6 +445,17 @@ def readme_summary() -> str:
                   "faster, batch 1", "runtime (2 threads)"], rows)
 
 
+# result folders written by one script (by path prefix, first match), for files that record no command
+FOLDER_WRITERS = (("layers-", "benchmarks/bench_layers.py"), ("recovery-cifar10", "scripts/recovery_cifar10.sh"),
+                  ("int8-cifar10", "scripts/int8_cifar10.sh"), ("plain-flags-cifar10", "scripts/plain_flags_cifar10.sh"),
+                  ("reproduce-mnist-quick", "structprune reproduce mnist --quick"),
+                  ("latency-model-check/", "benchmarks/latency_model_check.py"),
+                  ("readme-search-mnist", "scripts/readme_search_mnist.sh"),
+                  ("search-resnet20-cifar10", "benchmarks/search_resnet20_cifar10.sh"),
+                  ("target-compare-cifar10", "scripts/target_compare_cifar10.sh"),
+                  ("target-cifar10", "scripts/target_cifar10.sh"))
+
+
 def result_files() -> str:
     """Every committed result file, with the command that wrote it where the file records one."""
     rows = []
@@ -454,18 +465,11 @@ def result_files() -> str:
         if isinstance(data, dict):
             command = data.get("command") or (data.get("meta") or {}).get("command")
         rel = str(path.relative_to(RESULTS))
+        by_folder = next((w for prefix, w in FOLDER_WRITERS if rel.startswith(prefix)), None)
         if command:
             script = command.split()[0]
-        elif rel.startswith("layers-"):
-            script = "benchmarks/bench_layers.py"
-        elif rel.startswith(RECOVERY):
-            script = "scripts/recovery_cifar10.sh"
-        elif rel.startswith("int8-cifar10"):
-            script = "scripts/int8_cifar10.sh"
-        elif rel.startswith(PLAIN):
-            script = "scripts/plain_flags_cifar10.sh"
-        elif rel.startswith("reproduce-mnist-quick"):
-            script = "structprune reproduce mnist --quick"
+        elif by_folder is not None:
+            script = by_folder
         else:
             script = WRITERS.get(rel, "structprune bench --json" if isinstance(data, list) else "?")
         rows.append([f"`{rel}`", f"`{script}`"])
