@@ -17,7 +17,7 @@ from pathlib import Path
 from structprune import runfiles
 
 RESULT_FILES = frozenset({
-    runfiles.METRICS_FILE, runfiles.CONFIG_FILE, runfiles.MASKS_FILE, runfiles.SEARCH_FILE, runfiles.LATENCY_FILE,
+    runfiles.METRICS_FILE, runfiles.CONFIG_FILE, runfiles.MASKS_FILE, runfiles.SEARCH_FILE,
     runfiles.SENSITIVITY_FILE, runfiles.QUANT_FILE, runfiles.STORAGE_FILE, runfiles.EXPORT_FILE,
     runfiles.BENCH_FILE, runfiles.STATUS_FILE, runfiles.TARGET_FILE, runfiles.LATENCY_MODEL_FILE, "history.json",
 })

@@ -737,7 +737,9 @@ LATENCY_CHECKS = ("latency-model-check/latency-check-resnet20-ort-b1.json",
                   "latency-model-check/latency-check-resnet20-ort-b1-channel.json",
                   "latency-model-check/latency-check-resnet20-ort-b64-channel.json",
                   "latency-model-check/latency-check-resnet20-ort-b1-forms.json",
-                  "latency-model-check/latency-check-resnet20-ort-b64-forms.json")
+                  "latency-model-check/latency-check-resnet20-ort-b64-forms.json",
+                  "latency-model-check/latency-check-resnet20-ort-b1-channel-random-calibration.json",
+                  "latency-model-check/latency-check-resnet20-ort-b64-channel-random-calibration.json")
 
 
 def latency_check() -> str:
@@ -754,13 +756,17 @@ def latency_check() -> str:
                                                   + "".join(f", γ {k} {1000 * dense[f'gamma_{k}_ms']:.0f} µs"
                                                             for k in ("blocks", "taps") if dense.get(f"gamma_{k}_ms")))
         speeds = sorted(c["measured_speedup"] for c in d["candidates"] if "measured_speedup" in c)  # type: ignore[index]
-        rows.append([f"`{Path(d['source']).name}`", drawn, str(d["batch"]), str(len(d["candidates"])),  # type: ignore[index]
+        points = [p["name"] for p in d["latency_model"].get("calibration", [])]  # type: ignore[index]
+        randoms = sum(p.startswith("random-") for p in points)
+        networks = f"{len(points)}" + (f" ({randoms} random)" if randoms else "") if points else "dense only"
+        rows.append([f"`{Path(d['source']).name}`", drawn, str(d["batch"]), str(len(d["candidates"])), networks,  # type: ignore[index]
                      ms(dense["predicted_ms"]), ms(dense["measured_ms"]),
                      f"{speeds[0]:.2f}–{speeds[-1]:.2f}×" if speeds else "",
                      pct(d["median_abs_error"], 1), pct(d["max_abs_error"], 1), str(d["within_10_percent"]),  # type: ignore[index]
                      *([pct(d["speedup"]["median_abs_error"], 1), str(d["speedup"]["within_10_percent"])]  # type: ignore[index]
                        if "speedup" in d else ["", ""]), coeffs])
-    return table(["network", "candidates", "batch", "count", "dense predicted ms", "dense measured ms",
+    return table(["network", "candidates", "batch", "count", "calibration networks", "dense predicted ms",
+                  "dense measured ms",
                   "measured speed-ups", "ms: median error (abs.)", "ms: max error", "ms: within 10%",
                   "speed-up: median error", "speed-up: within 10%", "calibration"], rows)
 

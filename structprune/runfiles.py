@@ -16,9 +16,8 @@ METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.json"
 MASKS_FILE = "masks.json"  # prune: the masks (structprune.sparsity.masks)
 SEARCH_FILE = "search.json"  # search: every step and generation
-LATENCY_FILE = "latency.json"  # search with a latency term: the measured table
 TARGET_FILE = "target.json"  # prune to a target: the chosen structure, budget, predicted and measured cost per try
-LATENCY_MODEL_FILE = "latency-model.json"  # prune to a speed or latency target: the per-layer latency model used
+LATENCY_MODEL_FILE = "latency-model.json"  # the per-layer latency model a target run or a latency-aware search used
 SENSITIVITY_FILE = "sensitivity.json"  # sensitivity sweep (pruning) or word-length sweep (quantize)
 QUANT_FILE = "quant.json"  # quantize: each layer's fixed-point format
 STORAGE_FILE = "storage.json"  # quantize: bytes of weights and indices
@@ -36,7 +35,7 @@ SEARCH_STATE_FILE = "driver.json"  # the search's state/ (with MODEL_FILE), the 
 TARGET_STATE_FILE = "target-state.json"  # the target search's state/: finished tries and the current filter
 
 ALL_FILES = frozenset({
-    MODEL_FILE, ARCH_FILE, METRICS_FILE, CONFIG_FILE, MASKS_FILE, SEARCH_FILE, LATENCY_FILE, TARGET_FILE,
+    MODEL_FILE, ARCH_FILE, METRICS_FILE, CONFIG_FILE, MASKS_FILE, SEARCH_FILE, TARGET_FILE,
     LATENCY_MODEL_FILE, SENSITIVITY_FILE,
     QUANT_FILE, STORAGE_FILE, PACKED_FILE, ONNX_FILE, INT8_ONNX_FILE, EXPORT_FILE, BENCH_FILE, STATUS_FILE,
     REPORT_MD, REPORT_HTML, "history.json",

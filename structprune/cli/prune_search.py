@@ -74,8 +74,9 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
                    "= off); 0 keeps the trained statistics")
     g.add_argument("--latency-weight", type=non_negative_float, default=0.0, metavar="LAMBDA",
                    help="global search: add LAMBDA x predicted conv latency (ms per batch of 16) to the MCR")
-    g.add_argument("--latency-table", type=existing_file, default=None,
-                   help="latency table JSON to use (default: measured on this machine into the output folder)")
+    g.add_argument("--latency-table", type=existing_file, default=None, metavar="FILE",
+                   help="with --latency-weight: a latency-model.json to predict with (e.g. of a target run; default: "
+                   "measured on this machine in eager PyTorch and saved in the output folder)")
     g.add_argument("--backend", choices=("inprocess", "ray"), default="inprocess", help="where candidates are scored")
     g.add_argument("--workers", type=positive_int, default=2, help="Ray tasks per particle batch (default 2)")
 
@@ -83,17 +84,17 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
 def check_latency_table(model: torch.nn.Module, path: Path, layers: tuple[str, ...] | None) -> None:
     """Before the search starts: the table is well formed and times every searched convolution."""
     from structprune.jsonio import read_json
-    from structprune.search.latency import LatencyTable
+    from structprune.search.latency import ConvLatency
 
     data = read_json(path)
     try:
-        table = LatencyTable.from_json(data)
+        table = ConvLatency.from_json(data)
     except StructpruneError as exc:
         raise StructpruneError(f"{path}: {exc}") from None
     convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d) and (layers is None or n in layers)]
     missing = [n for n in convs if n not in table.layers]
     if missing:
-        raise StructpruneError(f"{path}: the latency table has no entry for {', '.join(missing)}")
+        raise StructpruneError(f"{path}: the latency model has no entry for {', '.join(missing)}")
 
 
 def check_intra_patterns(model: torch.nn.Module, patterns: tuple[IntraPattern, ...], layers: tuple[str, ...] | None) -> None:

@@ -51,12 +51,12 @@ from structprune.jsonio import read_json, write_json_atomic
 from structprune.metrics import size_metrics
 from structprune.output import Output, fingerprint_files
 from structprune.retrain import retrain_masked
-from structprune.runfiles import LATENCY_FILE, SEARCH_FILE, STATE_DIR
+from structprune.runfiles import LATENCY_MODEL_FILE, SEARCH_FILE, STATE_DIR
 from structprune.runfolder import Run, as_output, save_run
 from structprune.search.backends import make_backend
 from structprune.search.config import DEFAULT_LADDER, SearchConfig
 from structprune.search.feasible import feasible_only, may_empty_a_layer
-from structprune.search.latency import LatencyTable, measure_latency_table
+from structprune.search.latency import ConvLatency, measure_conv_latency
 from structprune.search.network import SearchNet, conv_macs, conv_names
 from structprune.search.paired import PairedCheck, paired_check, per_image_wrong, resolution_warning, wrong_at
 from structprune.search.particle_filter import ParticleFilter, PFConfig
@@ -179,15 +179,15 @@ class Search:
         retrain_masked(self.model, mask, data, cfg, groups=self.applier.groups)
         self.model.eval()
 
-    def latency_table(self) -> LatencyTable:
+    def latency_table(self) -> ConvLatency:
         if self.cfg.latency_table is not None:
-            return LatencyTable.from_json(read_json(self.cfg.latency_table))
-        path = self.state_dir / LATENCY_FILE
+            return ConvLatency.from_json(read_json(self.cfg.latency_table))
+        path = self.state_dir / LATENCY_MODEL_FILE
         if not path.exists():
-            table = measure_latency_table(self.model, self.input_shape)
+            table = measure_conv_latency(self.model, self.input_shape)
             self.state_dir.mkdir(parents=True, exist_ok=True)
             write_json_atomic(path, table.to_json())
-        return LatencyTable.from_json(read_json(path))
+        return ConvLatency.from_json(read_json(path))
 
     def score_function(self, rung: Rung):
         """The rung's objective over particles, and how it scores (Rung.scorer: the chain's cached activations,
@@ -381,7 +381,7 @@ def search_run(run: Run, data: Dataset, cfg: SearchConfig, out: Output | str | P
     extra = {MASKS_FILE: mask.to_json(), SEARCH_FILE: record}
     if cfg.latency_weight > 0:
         table = search.latency_table()
-        extra[LATENCY_FILE] = table.to_json()
+        extra[LATENCY_MODEL_FILE] = table.to_json()
         first_in = model.get_submodule(search.convs[0]).in_channels
         outs = [int(search.net.alive_outputs(mask, n).sum()) for n in search.convs]
         dense_outs = [model.get_submodule(n).out_channels for n in search.convs]
