@@ -26,7 +26,8 @@ import torch
 from datafiles_helpers import random_set, write_idx_set
 
 from structprune.cli import main
-from structprune.search.latency import LATENCY_FORMAT
+from structprune.latency_model.model import MODEL_FORMAT
+from structprune.search.latency import OLD_TABLE_FORMAT
 
 REPO = Path(__file__).parents[1]
 
@@ -146,6 +147,14 @@ def npz(name: str = "mnist", shape: tuple[int, ...] = (28, 28), n_train: int = 3
         write_npz(tmp, name, arrays)
 
     return setup
+
+
+def latency_model_json(conv: str, ms: list[list[float]]) -> bytes:
+    """A latency model (structprune.latency_model) timing one 2→2 map convolution `conv` on a 2×2 grid."""
+    layer = {"in_channels": 2, "out_channels": 2, "kernel": [3, 3], "output_size": [8, 8], "depthwise": False,
+             "groups": 1, "grids": {"g1": {"in": [1, 2], "out": [1, 2], "ms": ms}}}
+    return json.dumps({"format": MODEL_FORMAT, "runtime": "eager", "batch": 16, "threads": 1, "input_shape": [1, 8, 8],
+                       "network_dense_ms": 1.0, "calibration": [], "layers": {conv: layer}}).encode()
 
 
 def raw_file(relative: str, payload: bytes) -> Setup:
@@ -478,11 +487,12 @@ CASES = [
     case("search-latency-table-damaged", *SEARCH, "--latency-weight", "0.1", "--latency-table", "{tmp}/t.json",
          setup=raw_file("t.json", b"[1, 2")),
     case("search-latency-table-foreign", *SEARCH, "--latency-weight", "0.1", "--latency-table", "{tmp}/t.json",
-         setup=raw_file("t.json", json.dumps({"format": LATENCY_FORMAT, "batch": 16, "threads": 1, "layers": {
-             "conv9": {"in": [1, 2], "out": [1, 2], "ms": [[0.1, 0.2], [0.2, 0.4]]}}}).encode())),
+         setup=raw_file("t.json", latency_model_json("conv9", [[0.1, 0.2], [0.2, 0.4]]))),
     case("search-latency-table-nan", *SEARCH, "--latency-weight", "0.1", "--latency-table", "{tmp}/t.json",
-         setup=raw_file("t.json", json.dumps({"format": LATENCY_FORMAT, "batch": 16, "threads": 1, "layers": {
-             "features.0": {"in": [1], "out": [1, 2], "ms": [[0.1, float("nan")]]}}}).encode())),
+         setup=raw_file("t.json", latency_model_json("features.0", [[0.1, float("nan")], [0.2, 0.4]]))),
+    case("search-latency-table-old", *SEARCH, "--latency-weight", "0.1", "--latency-table", "{tmp}/t.json",
+         setup=raw_file("t.json", json.dumps({"format": OLD_TABLE_FORMAT, "batch": 16, "threads": 1, "layers": {
+             "features.0": {"in": [1], "out": [1, 2], "ms": [[0.1, 0.2]]}}}).encode())),
     case("search-backend", *SEARCH, "--backend", "mpi"),
     case("search-workers-zero", *SEARCH, "--workers", "0"),
     case("search-score-images-zero", *SEARCH, "--score-images", "0"),
