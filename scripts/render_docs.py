@@ -452,7 +452,8 @@ FOLDER_WRITERS = (("layers-", "benchmarks/bench_layers.py"), ("recovery-cifar10"
                   ("latency-model-check/", "benchmarks/latency_model_check.py"),
                   ("readme-search-mnist", "scripts/readme_search_mnist.sh"),
                   ("search-resnet20-cifar10", "benchmarks/search_resnet20_cifar10.sh"),
-                  ("target-compare-cifar10", "scripts/target_compare_cifar10.sh"),
+                  ("target-compare-", "scripts/target_compare_cifar10.sh"),
+                  ("timing-noise/", "benchmarks/timing_noise.py"),
                   ("target-cifar10", "scripts/target_cifar10.sh"))
 
 
@@ -615,68 +616,80 @@ def search_resnet20() -> str:
 
 # ------------------------------------------------------------------------------- scripts/target_compare_cifar10.sh
 
-TARGET_COMPARE = "target-compare-cifar10"
-TARGET_NETS = (("resnet20", "`resnet20`"), ("paper", "`paper-cifar10`"))
+TARGET_COMPARE = ("target-compare-cifar10", "target-compare-paper-cifar10")  # one folder per machine and dense run
+TARGET_NETS = {"resnet20": "`resnet20`", "paper": "`paper-cifar10`"}
+RUN_NAME = re.compile(r"^(?P<net>[a-z0-9]+)-ts(?P<s>[0-9.]+)-b(?P<batch>[0-9]+)(?P<eager>-eager)?(?:-f(?P<finalists>[0-9]+))?$")
 
 
-def _tc_json(name: str) -> object | None:
-    path = RESULTS / TARGET_COMPARE / name
+def _tc_metrics(folder: str, run: str) -> dict | None:
+    path = RESULTS / folder / "runs" / run / "metrics.json"
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
-
-
-def _tc_metrics(run: str) -> dict | None:
-    return _tc_json(f"runs/{run}/metrics.json")  # type: ignore[return-value]
 
 
 def _bench_of(records: list[dict], run: str) -> dict | None:
     return next((r for r in records if Path(r["run"]).name == run), None)
 
 
+def _target_runs(folder: str, prefix: str) -> list[tuple[str, re.Match, Path]]:
+    """(run name, its parsed name, the bench file) of every `prefix`RUN.json in `folder`, by network, batch, target."""
+    found = []
+    for path in (RESULTS / folder).glob(f"{prefix}*.json"):
+        match = RUN_NAME.match(path.stem.removeprefix(prefix))
+        if match is not None:
+            found.append((path.stem.removeprefix(prefix), match, path))
+    return sorted(found, key=lambda f: (f[1]["net"] != "resnet20", bool(f[1]["eager"]), int(f[1]["batch"]),
+                                        float(f[1]["s"]), f[1]["finalists"] or ""))
+
+
+def _ours(match: re.Match) -> str:
+    finalists = match["finalists"]
+    return "ours: `--target-speedup`" + (f" `--finalists {finalists}`" if finalists else "")
+
+
 def target_speedups() -> str:
     """Each --target-speedup run: its measured speed-up in structprune bench against the target."""
     rows = []
-    for net, name in TARGET_NETS:
-        for bench_file in sorted((RESULTS / TARGET_COMPARE).glob(f"bench-{net}-ts*-b*.json"),
-                                 key=lambda p: (int(p.stem.split("-b")[-1]), float(p.stem.split("-ts")[1].split("-")[0]))):
-            run = bench_file.stem.removeprefix("bench-")
-            s = float(run.split("-ts")[1].split("-")[0])
-            batch = int(run.split("-b")[-1])
+    for folder in TARGET_COMPARE:
+        for run, match, bench_file in _target_runs(folder, "bench-"):
+            if run.startswith("compare-"):
+                continue
             records = json.loads(bench_file.read_text(encoding="utf-8"))
             compact = _bench_of(records, f"{run}-compact")
-            pruned = _tc_metrics(f"{run}-pruned")
+            pruned = _tc_metrics(folder, f"{run}-pruned")
             if compact is None or pruned is None:
                 continue
-            tries = pruned.get("target", {}).get("tries")
+            s = float(match["s"])
             speed = compact["speedup_vs_first"]
-            rows.append([name, f"{s:g}×", str(batch), ms(records[0]["median_ms"]), ms(compact["median_ms"]),
-                         times(speed), "yes" if speed >= 0.95 * s else "**no**", times(compact["mac_ratio_vs_first"]),
-                         str(tries), pct(pruned.get("val_mcr"))])
-    return table(["network", "target", "batch", "dense ms", "compact ms", "measured speed-up", "≥ 0.95 × target",
-                  "fewer MACs", "search tries", "val MCR before retraining"], rows)
-
-
-TC_ARMS = (("ts", "ours: `--target-speedup` (structure search)"), ("tp-layer-s", "Torch-Pruning group L2, uniform"),
-           ("tp-global-s", "Torch-Pruning group L2, global"))
+            rows.append([f"`{folder}`", TARGET_NETS.get(match["net"], match["net"]),
+                         "eager" if match["eager"] else "onnxruntime", f"{s:g}×", match["batch"],
+                         match["finalists"] or "0", ms(records[0]["median_ms"]), ms(compact["median_ms"]), times(speed),
+                         "yes" if speed >= 0.95 * s else "**no**", times(compact["mac_ratio_vs_first"]),
+                         str(pruned.get("target", {}).get("tries")), pct(pruned.get("val_mcr"))])
+    return table(["results", "network", "runtime", "target", "batch", "finalists", "dense ms", "compact ms",
+                  "measured speed-up", "≥ 0.95 × target", "fewer MACs", "search tries", "val MCR before retraining"],
+                 rows)
 
 
 def equal_latency() -> str:
     """Ours against Torch-Pruning tuned to the same measured speed-up: speed, MACs, MCR over seeds."""
     rows = []
-    for bench_file in sorted((RESULTS / TARGET_COMPARE).glob("bench-compare-*.json")):
-        base = bench_file.stem.removeprefix("bench-compare-")  # e.g. resnet20-ts3-b64
-        net, rest = base.split("-ts")
-        s, batch = rest.split("-b")
-        records = json.loads(bench_file.read_text(encoding="utf-8"))
-        for arm, what in TC_ARMS:
-            run = base if arm == "ts" else f"{net}-{arm}{s}-b{batch}"
-            record = _bench_of(records, f"{run}-compact")
-            seeds = [m for m in (_tc_metrics(f"{run}-ce-s{k}") for k in range(10)) if m is not None]
-            if record is None or not seeds:
-                continue
-            rows.append([f"`{net}`", f"{s}× at batch {batch}", what, times(record["speedup_vs_first"]),
-                         times(record["mac_ratio_vs_first"]), str(len(seeds)), _mean_sd([m["val_mcr"] for m in seeds]),
-                         _mean_sd([m["test_mcr"] for m in seeds])])
-    return table(["network", "target", "method", "measured speed-up", "fewer MACs", "seeds",
+    for folder in TARGET_COMPARE:
+        for base, match, bench_file in _target_runs(folder, "bench-compare-"):
+            records = json.loads(bench_file.read_text(encoding="utf-8"))
+            net, s, batch = match["net"], match["s"], match["batch"]
+            arms = [(base, _ours(match))]
+            if not match["finalists"]:  # Torch-Pruning's arms once, beside our plain search
+                arms += [(f"{net}-tp-layer-s{s}-b{batch}", "Torch-Pruning group L2, uniform"),
+                         (f"{net}-tp-global-s{s}-b{batch}", "Torch-Pruning group L2, global")]
+            for run, what in arms:
+                record = _bench_of(records, f"{run}-compact")
+                seeds = [m for m in (_tc_metrics(folder, f"{run}-ce-s{k}") for k in range(10)) if m is not None]
+                if record is None or not seeds:
+                    continue
+                rows.append([f"`{folder}`", TARGET_NETS.get(net, net), f"{s}× at batch {batch}", what,
+                             times(record["speedup_vs_first"]), times(record["mac_ratio_vs_first"]), str(len(seeds)),
+                             _mean_sd([m["val_mcr"] for m in seeds]), _mean_sd([m["test_mcr"] for m in seeds])])
+    return table(["results", "network", "target", "method", "measured speed-up", "fewer MACs", "seeds",
                   "val MCR (5,000 images)", "test MCR (1,000 images)"], rows)
 
 
