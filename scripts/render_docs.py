@@ -616,7 +616,7 @@ def search_resnet20() -> str:
 
 # ------------------------------------------------------------------------------- scripts/target_compare_cifar10.sh
 
-TARGET_COMPARE = ("target-compare-cifar10", "target-compare-paper-cifar10")  # one folder per machine and dense run
+TARGET_COMPARE = ("target-compare-cifar10", "target-compare-cifar10-2026-12")  # one folder per machine and dense run
 TARGET_NETS = {"resnet20": "`resnet20`", "paper": "`paper-cifar10`"}
 RUN_NAME = re.compile(r"^(?P<net>[a-z0-9]+)-ts(?P<s>[0-9.]+)-b(?P<batch>[0-9]+)(?P<eager>-eager)?(?:-f(?P<finalists>[0-9]+))?$")
 
@@ -673,24 +673,33 @@ def target_speedups() -> str:
 def equal_latency() -> str:
     """Ours against Torch-Pruning tuned to the same measured speed-up: speed, MACs, MCR over seeds."""
     rows = []
+    tuned = {"bench-compare-": ("s", "equal measured speed-up"), "bench-eqmacs-": ("m", "equal MACs")}
     for folder in TARGET_COMPARE:
-        for base, match, bench_file in _target_runs(folder, "bench-compare-"):
-            records = json.loads(bench_file.read_text(encoding="utf-8"))
-            net, s, batch = match["net"], match["s"], match["batch"]
-            arms = [(base, _ours(match))]
-            if not match["finalists"]:  # Torch-Pruning's arms once, beside our plain search
-                arms += [(f"{net}-tp-layer-s{s}-b{batch}", "Torch-Pruning group L2, uniform"),
-                         (f"{net}-tp-global-s{s}-b{batch}", "Torch-Pruning group L2, global")]
-            for run, what in arms:
-                record = _bench_of(records, f"{run}-compact")
-                seeds = [m for m in (_tc_metrics(folder, f"{run}-ce-s{k}") for k in range(10)) if m is not None]
-                if record is None or not seeds:
-                    continue
-                rows.append([f"`{folder}`", TARGET_NETS.get(net, net), f"{s}× at batch {batch}", what,
-                             times(record["speedup_vs_first"]), times(record["mac_ratio_vs_first"]), str(len(seeds)),
-                             _mean_sd([m["val_mcr"] for m in seeds]), _mean_sd([m["test_mcr"] for m in seeds])])
-    return table(["results", "network", "target", "method", "measured speed-up", "fewer MACs", "seeds",
-                  "val MCR (5,000 images)", "test MCR (1,000 images)"], rows)
+        for prefix, (tag, how) in tuned.items():
+            for base, match, bench_file in _target_runs(folder, prefix):
+                rows += _equal_rows(folder, base, match, bench_file, tag, how)
+    return table(["results", "network", "target", "Torch-Pruning tuned to", "method", "measured speed-up",
+                  "fewer MACs", "seeds", "val MCR (5,000 images)", "test MCR (1,000 images)"], rows)
+
+
+def _equal_rows(folder: str, base: str, match: re.Match, bench_file: Path, tag: str, how: str) -> list[list[str]]:
+    """One comparison's rows: ours, then (beside our plain search) Torch-Pruning's arms tuned the `tag` way."""
+    records = json.loads(bench_file.read_text(encoding="utf-8"))
+    net, s, batch = match["net"], match["s"], match["batch"]
+    arms = [(base, _ours(match))]
+    if not match["finalists"]:
+        arms += [(f"{net}-tp-layer-{tag}{s}-b{batch}", "Torch-Pruning group L2, uniform"),
+                 (f"{net}-tp-global-{tag}{s}-b{batch}", "Torch-Pruning group L2, global")]
+    rows = []
+    for run, what in arms:
+        record = _bench_of(records, f"{run}-compact")
+        seeds = [m for m in (_tc_metrics(folder, f"{run}-ce-s{k}") for k in range(10)) if m is not None]
+        if record is None or not seeds:
+            continue
+        rows.append([f"`{folder}`", TARGET_NETS.get(net, net), f"{s}× at batch {batch}", how, what,
+                     times(record["speedup_vs_first"]), times(record["mac_ratio_vs_first"]), str(len(seeds)),
+                     _mean_sd([m["val_mcr"] for m in seeds]), _mean_sd([m["test_mcr"] for m in seeds])])
+    return rows
 
 
 # ------------------------------------------------------------------------------- scripts/readme_search_mnist.sh
