@@ -157,21 +157,18 @@ class Objective:
 
     def __init__(self, space: TargetSpace, cost: CostModel, budget: float, scorer: MaskScorer):
         self.space, self.cost, self.budget, self.scorer = space, cost, budget, scorer
-        self.seen: dict[bytes, float] = {}
-        self.structures: dict[bytes, np.ndarray] = {}  # every structure scored, by its bytes
+        self.seen: dict[bytes, tuple[float, np.ndarray]] = {}  # every structure scored: its score, the structure
 
     def ranked(self, count: int, also: ParticleFilter | None = None) -> list[np.ndarray]:
         """The `count` best distinct structures scored within budget, best first; with `also`, its population's
         scored structures count too (a resumed filter's, scored before the restart)."""
-        scores = dict(self.seen)
-        structures = dict(self.structures)
+        scored = dict(self.seen)
         if also is not None and also.scores is not None:
             for particle, score in zip(also.particles, also.scores, strict=True):
                 if score < INFEASIBLE:
-                    scores.setdefault(particle.tobytes(), float(score))
-                    structures.setdefault(particle.tobytes(), particle)
-        order = sorted(scores, key=scores.__getitem__)
-        return [structures[key].copy() for key in order[:count]]
+                    scored.setdefault(particle.tobytes(), (float(score), particle))
+        order = sorted(scored.values(), key=lambda item: item[0])
+        return [particle.copy() for _, particle in order[:count]]
 
     def __call__(self, particles: np.ndarray) -> np.ndarray:
         costs = np.array([self.cost.predict(p) for p in particles])
@@ -179,10 +176,11 @@ class Objective:
         new = [i for i, c in enumerate(costs) if c <= self.budget + 1e-12 and particles[i].tobytes() not in self.seen]
         if new:
             fresh = self.scorer.score_masks([self.space.mask(particles[i]) for i in new])
-            self.seen.update({particles[i].tobytes(): float(v) for i, v in zip(new, fresh, strict=True)})
-            self.structures.update({particles[i].tobytes(): particles[i].copy() for i in new})
+            self.seen.update({particles[i].tobytes(): (float(v), particles[i].copy())
+                              for i, v in zip(new, fresh, strict=True)})
         for i, particle in enumerate(particles):
-            scores[i] = self.seen.get(particle.tobytes(), scores[i])
+            if particle.tobytes() in self.seen:
+                scores[i] = self.seen[particle.tobytes()][0]
         return scores
 
 
@@ -201,8 +199,8 @@ def search_structure(space: TargetSpace, cost: CostModel, budget: float, scorer:
                      on_generation: Callable[[ParticleFilter], None] | None = None,
                      finalists: int = 0) -> StructureSearch:
     """The best structure within `budget` (a saved filter state resumes), the filter that found it, and its
-    finalists (StructureSearch). A resumed search scores its restored population again, so its finalists are
-    drawn from what it scored after the restart."""
+    `finalists` (StructureSearch; a resumed search draws them from what it scored after the restart and the
+    restored population)."""
     repair = BudgetRepair(space, cost, budget)
     if saved is not None:
         pf = ParticleFilter.from_state(saved)
@@ -225,12 +223,17 @@ def search_structure(space: TargetSpace, cost: CostModel, budget: float, scorer:
             on_generation(current)
 
     best = pf.run(objective, on_generation=after)
+    feasible = cost.predict(best) <= budget + 1e-12
+    if feasible and finalists < 1:
+        return StructureSearch(best, pf, [])
     uniform = start_population(space, cost, budget, cfg, seed, repair)[0]
-    if cost.predict(best) > budget + 1e-12:  # no particle ever met the budget: the most-kept uniform one does
+    if not feasible:  # no particle ever met the budget: the most-kept uniform one does
         best = uniform
-    chosen = objective.ranked(finalists, also=pf) if finalists > 0 else []
-    if finalists > 0 and not any(np.array_equal(best, c) for c in chosen):
+    if finalists < 1:
+        return StructureSearch(best, pf, [])
+    chosen = objective.ranked(finalists, also=pf)
+    if not any(np.array_equal(best, c) for c in chosen):
         chosen.insert(0, best.copy())
-    if finalists > 0 and cost.predict(uniform) <= budget + 1e-12 and not any(np.array_equal(uniform, c) for c in chosen):
+    if cost.predict(uniform) <= budget + 1e-12 and not any(np.array_equal(uniform, c) for c in chosen):
         chosen.append(uniform)
     return StructureSearch(best, pf, chosen)
