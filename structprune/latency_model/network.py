@@ -151,7 +151,6 @@ def _calibration_networks(latency: LatencyModel, model: nn.Module, round_to: int
     """{name: (keep, network, its convolutions' forms)}: the dense network, its distinct uniform copies, the
     copies with forms and the random ones (module doc; a random one's keep: the mean share its convs write)."""
     nets: dict[str, tuple[float, nn.Module, dict[str, LayerForm]]] = {"dense": (1.0, model, {})}
-    randoms: dict[str, tuple[float, nn.Module, dict[str, LayerForm]]] = {}
     seen: list[dict] = [{}]
     plain = sorted({k for k in keeps if k < 1}, reverse=True)
     blocks, taps = _measured(latency)
@@ -161,13 +160,6 @@ def _calibration_networks(latency: LatencyModel, model: nn.Module, round_to: int
         runs.append((f"uniform-{round(100 * FORM_KEEP)}-blocks{blocks}", FORM_KEEP, blocks, None))
     if plain and taps is not None:
         runs.append((f"uniform-{round(100 * FORM_KEEP)}-taps{taps[0]}x{taps[1]}", FORM_KEEP, 1, taps))
-    draw = np.random.default_rng(RANDOM_SEED)
-    for i in range(random_networks if plain else 0):
-        net = uniform_copy(model, latency.input_shape, round_to, min(plain), draw=draw)
-        forms = None if net is None else _forms(latency, net, f"random-{i + 1}")
-        if net is not None and forms is not None:
-            kept = [f.kept_out / latency.layers[n].out_channels for n, f in forms.items()]
-            randoms[f"random-{i + 1}"] = (float(np.mean(kept)), net, forms)
     plain_forms: dict[float, dict[str, LayerForm]] = {}  # of the plain copies: where kernel blocks divide the maps
     for name, keep, groups, shape in runs:
         if groups > 1 and keep not in plain_forms:
@@ -187,7 +179,14 @@ def _calibration_networks(latency: LatencyModel, model: nn.Module, round_to: int
             continue  # the rounding made it a network already taken
         seen.append(changed)
         nets[name] = (keep, net, forms)
-    return {**nets, **randoms}
+    draw = np.random.default_rng(RANDOM_SEED)
+    for i in range(random_networks if plain else 0):
+        net = uniform_copy(model, latency.input_shape, round_to, min(plain), draw=draw)
+        forms = None if net is None else _forms(latency, net, f"random-{i + 1}")
+        if net is not None and forms is not None:
+            kept = [f.kept_out / latency.layers[n].out_channels for n, f in forms.items()]
+            nets[f"random-{i + 1}"] = (float(np.mean(kept)), net, forms)
+    return nets
 
 
 def _forms(latency: LatencyModel, net: nn.Module, name: str) -> dict[str, LayerForm] | None:
