@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from structprune.api import ScoreFn, _check_model, _groups, _runs_on, _sample, _Scorer
+from structprune.api_inputs import channel_groups_of, check_model, check_runs_on, sample_input
+from structprune.api_search import ScoreFn, Scorer
 from structprune.errors import StructpruneError
 from structprune.search.target_cost import CostModel, LatencyCost, LatencyModelLike, MacCost, measured_latency_cost
 from structprune.search.target_forms import parse_forms
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 class _ScoreFnMasks:
     """The API's score_fn as the search's MaskScorer: one call per candidate, the masks applied in place."""
 
-    def __init__(self, scorer: _Scorer):
+    def __init__(self, scorer: Scorer):
         self.scorer = scorer
 
     def score_masks(self, masks: list[NetworkMask]) -> np.ndarray:
@@ -72,22 +73,22 @@ def prune_to_target(
     Every channel group keeps a multiple of `round_to` maps (or all of them), at least `min_keep` of them.
     `forms`: "channel", or "channel,blocks,intra" to also choose per conv kernel blocks (G = 1, 2, 4) and an
     intra-kernel shape (2×3, 3×1, 1×3 of a 3×3 kernel) where they apply. The model is not changed."""
-    _check_model(model)
+    check_model(model)
     if not callable(score_fn):
         raise StructpruneError(f"score_fn must be a function of the network returning a number, not {type(score_fn).__name__}")
     target = Target.of(target_macs, target_speedup, target_latency)
     cfg = TargetSearchConfig(method=Method.EPF if evolutionary else Method.PF, particles=particles,
                              generations=generations, temperature=temperature, round_to=round_to, min_keep=min_keep,
                              seed=seed, forms=parse_forms(forms))
-    sample = _sample(model, example_input)
-    _runs_on(model, sample)
+    sample = sample_input(model, example_input)
+    check_runs_on(model, sample)
     shape = tuple(sample.shape[1:])
-    groups = _groups(model, sample)
+    groups = channel_groups_of(model, sample)
     space = TargetSpace(model, groups, round_to, min_keep, forms=cfg.forms)
     cost = _cost(target, space, shape, latency_model, runtime, batch, threads, round_to)
     budget = target.relative_budget(cost.dense if isinstance(cost, LatencyCost) else None)
     check_reachable(space, cost, budget, target, cfg)
-    best = search_structure(space, cost, budget, _ScoreFnMasks(_Scorer(model, groups, score_fn)), cfg, seed=seed,
+    best = search_structure(space, cost, budget, _ScoreFnMasks(Scorer(model, groups, score_fn)), cfg, seed=seed,
                                label="prune_to_target").best
     masks = space.mask(best)
     masks.validate(model)

@@ -69,3 +69,14 @@ def rebuild(arch: dict[str, Any], source: str = ARCH_FILE, factory: Callable[[],
         return _assemble(arch, source, factory=factory)
     except RuntimeError as exc:
         raise StructpruneError(f"{source}: bad layer spec ({str(exc).strip().splitlines()[0]})") from None
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> nn.Module:
+    """Load every tensor of ``state`` into ``model`` (strictly) and put it in eval mode; a mismatch is one line
+    naming ``what`` (e.g. "model.safetensors: does not match arch.json")."""
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise StructpruneError(f"{what} ({first})") from None
+    return model.eval()

@@ -27,7 +27,7 @@ from structprune.data import Dataset, load_dataset
 from structprune.errors import StructpruneError
 from structprune.jsonio import read_json, usual_permissions, write_json_atomic
 from structprune.output import Output, claim_folder, fingerprint_files
-from structprune.rebuild import rebuild
+from structprune.rebuild import load_weights, rebuild
 from structprune.runfiles import (
     ARCH_FILE,
     CONFIG_FILE,
@@ -174,12 +174,7 @@ def load_run(run_dir: str | Path) -> Run:
     arch = read_json(path / ARCH_FILE)
     model = rebuild(arch, source=str(path / ARCH_FILE))
     state = load_state(path / MODEL_FILE)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise StructpruneError(f"{path / MODEL_FILE}: does not match {ARCH_FILE} ({first})") from None
-    model.eval()
+    load_weights(model, state, f"{path / MODEL_FILE}: does not match {ARCH_FILE}")
     metrics = read_json(path / METRICS_FILE) if (path / METRICS_FILE).exists() else {}
     config = read_json(path / CONFIG_FILE) if (path / CONFIG_FILE).exists() else {}
     return Run(path=path, model=model, arch=arch, metrics=metrics, config=config)

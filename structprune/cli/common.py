@@ -109,10 +109,7 @@ def float_below(high: float) -> Callable[[str], float]:
 
 def fraction(text: str) -> float:
     """A number in [0, 1)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    value = finite_float(text)
     if not 0.0 <= value < 1.0:
         raise argparse.ArgumentTypeError(f"{text!r} must be in [0, 1)")
     return value

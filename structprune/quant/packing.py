@@ -29,7 +29,7 @@ from structprune.errors import StructpruneError
 from structprune.jsonio import write_bytes_atomic
 from structprune.quant.apply import QuantPlan
 from structprune.quant.fixed_point import FixedPoint, check_bits
-from structprune.rebuild import rebuild
+from structprune.rebuild import load_weights, rebuild
 
 PACKED_FORMAT = "structprune-packed/1"
 SPEC_KEY = "structprune.packed"
@@ -146,10 +146,5 @@ def load_packed(path: str | Path) -> tuple[torch.nn.Module, QuantPlan]:
     if stray:
         raise StructpruneError(f"{path}: header and sizes disagree: {stray[0]!r} is not in the header")
     state.update(tensors)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise StructpruneError(f"{path}: tensors do not match the network in its header ({first})") from None
-    model.eval()
+    load_weights(model, state, f"{path}: tensors do not match the network in its header")
     return model, plan
