@@ -453,6 +453,7 @@ FOLDER_WRITERS = (("layers-", "benchmarks/bench_layers.py"), ("recovery-cifar10"
                   ("readme-search-mnist", "scripts/readme_search_mnist.sh"),
                   ("search-resnet20-cifar10", "benchmarks/search_resnet20_cifar10.sh"),
                   ("target-compare-", "scripts/target_compare_cifar10.sh"),
+                  ("schedule-compare-cifar10", "scripts/schedule_compare_cifar10.sh"),
                   ("timing-noise/", "benchmarks/timing_noise.py"),
                   ("target-cifar10", "scripts/target_cifar10.sh"))
 
@@ -612,6 +613,43 @@ def search_resnet20() -> str:
                      f"{dead:g} of {removed:g}"])
     return table(["method", "seeds", "fewer conv MACs", "val MCR (5,000 images)", "test MCR (1,000 images)",
                   "search minutes (mean)", "removed maps never active (mean)"], rows)
+
+
+# ------------------------------------------------------------------------------- scripts/schedule_compare_cifar10.sh
+
+SCHEDULE = "schedule-compare-cifar10"
+SCHEDULE_RUN = re.compile(r"^paper-m(?P<target>[0-9.]+)-(?:oneshot-s(?P<one>[0-9]+)|gradual(?P<steps>[0-9]+)-s(?P<seed>[0-9]+)"
+                          r"-step(?P<step>[0-9]+))$")
+
+
+def schedule_compare() -> str:
+    """One-shot pruning then retraining against gradual steps with retraining between, same images in total."""
+    root = RESULTS / SCHEDULE / "runs"
+    dense_path = root / "paper-dense" / "metrics.json"
+    if not dense_path.exists():
+        return table(["schedule"], [])
+    dense = json.loads(dense_path.read_text(encoding="utf-8"))
+    arms: dict[tuple[str, str], dict[str, dict]] = {}
+    for path in sorted(root.glob("paper-m*/metrics.json")):
+        match = SCHEDULE_RUN.match(path.parent.name)
+        if match is None:
+            continue
+        if match["one"] is not None:
+            key, seed = (match["target"], "one shot, then retrain"), match["one"]
+        else:
+            steps = int(match["steps"])
+            if int(match["step"]) != steps:
+                continue
+            key, seed = (match["target"], f"gradual: {steps} steps, retraining after each"), match["seed"]
+        arms.setdefault(key, {})[seed] = json.loads(path.read_text(encoding="utf-8"))
+    rows = [["`paper-cifar10`", "dense", "", "1.00×", pct(dense["val_mcr"]), pct(dense["test_mcr"])]]
+    for (target, arm), runs in sorted(arms.items()):
+        ratios = [dense["macs"] / m["macs"] for m in runs.values()]
+        rows.append([f"`paper-cifar10`, {target}× fewer MACs", arm, str(len(runs)),
+                     f"{min(ratios):.2f}–{max(ratios):.2f}×" if max(ratios) - min(ratios) >= 0.01 else times(ratios[0]),
+                     _mean_sd([m["val_mcr"] for m in runs.values()]), _mean_sd([m["test_mcr"] for m in runs.values()])])
+    return table(["network", "schedule", "seeds", "fewer MACs", "val MCR (5,000 images)", "test MCR (1,000 images)"],
+                 rows)
 
 
 # ------------------------------------------------------------------------------- scripts/target_compare_cifar10.sh
@@ -812,6 +850,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "throughput": throughput,
     "recovery-cifar10": recovery,
     "search-resnet20-cifar10": search_resnet20,
+    "schedule-compare-cifar10": schedule_compare,
     "int8-cifar10": int8_deployment,
     "plain-flags-cifar10": plain_flags,
     "cuda-check": cuda_check,

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Retraining schedule for a pruning target: one shot, then retrain, against gradual steps with retraining between.
+# paper-cifar10 (scripts/recovery_cifar10.sh's paper-dense) pruned to TARGET (default 3) times fewer MACs by the
+# target search (`prune --target-macs`, 16 particles x 6 generations, channel groups, min keep MIN_KEEP), two arms
+# with the same retraining images in total (TRAIN images, default 5,000, one pass; seeds 0-2):
+#   one-shot: prune to TARGET, compact, retrain on TRAIN images;
+#   gradual:  STEPS steps (default 2) of TARGET^(1/STEPS) each: prune, compact, retrain on TRAIN/STEPS images.
+# MAC targets are exact, so nothing here is timed and it may run beside other work.
+# Usage: scripts/schedule_compare_cifar10.sh RUNS_DIR   (every step is skipped when its output exists)
+# Results: scripts/collect_results.py RUNS_DIR DEST/runs, then the table in docs/results.md.
+set -euo pipefail
+R=${1:?usage: schedule_compare_cifar10.sh RUNS_DIR}
+SP="${STRUCTPRUNE:-.venv/bin/structprune}"
+PY="${PYTHON:-.venv/bin/python}"
+DENSE=${DENSE:-$R/paper-dense}
+TARGET=${TARGET:-3}
+STEPS=${STEPS:-2}
+TRAIN=${TRAIN:-5000}
+SEEDS=${SEEDS:-"0 1 2"}
+SEARCH=(--method pf --bn-recalibrate 4 --score-images 500 --particles 16 --generations 6 --seed 0
+        --target-forms channel --min-keep "${MIN_KEEP:-0.25}")
+STEP_TARGET=$("$PY" -c "print(round($TARGET ** (1 / $STEPS), 4))")
+STEP_IMAGES=$((TRAIN / STEPS))
+
+one="paper-m$TARGET-oneshot"
+[ -d "$R/$one-pruned" ] || "$SP" prune "$DENSE" --target-macs "$TARGET" "${SEARCH[@]}" --out "$R/$one-pruned"
+[ -d "$R/$one-compact" ] || "$SP" compact "$R/$one-pruned" --out "$R/$one-compact"
+for seed in $SEEDS; do
+  [ -d "$R/$one-s$seed" ] || "$SP" retrain "$R/$one-compact" --epochs 1 --train-images "$TRAIN" --seed "$seed" \
+    --no-progress --out "$R/$one-s$seed"
+done
+
+first="paper-m$TARGET-gradual$STEPS-step1"  # the first step starts from the dense run: one search for every seed
+[ -d "$R/$first-pruned" ] || "$SP" prune "$DENSE" --target-macs "$STEP_TARGET" "${SEARCH[@]}" --out "$R/$first-pruned"
+[ -d "$R/$first-compact" ] || "$SP" compact "$R/$first-pruned" --out "$R/$first-compact"
+for seed in $SEEDS; do
+  src=$R/$first-compact
+  for step in $(seq 1 "$STEPS"); do
+    name="paper-m$TARGET-gradual$STEPS-s$seed-step$step"
+    if [ "$step" -gt 1 ]; then
+      [ -d "$R/$name-pruned" ] || "$SP" prune "$src" --target-macs "$STEP_TARGET" "${SEARCH[@]}" --out "$R/$name-pruned"
+      [ -d "$R/$name-compact" ] || "$SP" compact "$R/$name-pruned" --out "$R/$name-compact"
+      src=$R/$name-compact
+    fi
+    [ -d "$R/$name" ] || "$SP" retrain "$src" --epochs 1 --train-images "$STEP_IMAGES" --seed "$seed" \
+      --no-progress --out "$R/$name"
+    src=$R/$name
+  done
+done
