@@ -6,7 +6,7 @@
 #   one-shot: prune to TARGET, compact, retrain on TRAIN images;
 #   gradual:  STEPS steps (default 2) of TARGET^(1/STEPS) each: prune, compact, retrain on TRAIN/STEPS images;
 #   and, at the one-shot result's counted MACs, Torch-Pruning's group L2, uniform and global (round_to 8, its ratio
-#   bisected on MACs by benchmarks/tp_equal_latency.py --mac-reduction), one shot, retrained alike.
+#   bisected on MACs by scripts/tp_at_macs.sh), one shot, retrained alike.
 # MAC targets are exact, so nothing here is timed and it may run beside other work.
 # Usage: scripts/schedule_compare_cifar10.sh RUNS_DIR   (every step is skipped when its output exists)
 # Results: scripts/collect_results.py RUNS_DIR DEST/runs, then the table in docs/results.md.
@@ -52,16 +52,4 @@ done
 
 macs=$("$PY" -c "import json,sys; m=json.load(open(sys.argv[1])); print(m['source_metrics']['macs'] / m['macs'])" \
   "$R/$one-compact/metrics.json")
-for scope in layer global; do
-  tp="paper-m$TARGET-tp-$scope"
-  [ -f "$R/tune-$tp.json" ] || "$PY" benchmarks/tp_equal_latency.py "$DENSE" --mac-reduction "$macs" --scope "$scope" \
-    --json "$R/tune-$tp.json"
-  ratio=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['chosen']['ratio'])" "$R/tune-$tp.json")
-  [ -d "$R/$tp-pruned" ] || "$SP" prune "$DENSE" --method tp-l2 --scope "$scope" --round-to 8 --ratio "$ratio" \
-    --out "$R/$tp-pruned"
-  [ -d "$R/$tp-compact" ] || "$SP" compact "$R/$tp-pruned" --out "$R/$tp-compact"
-  for seed in $SEEDS; do
-    [ -d "$R/$tp-s$seed" ] || "$SP" retrain "$R/$tp-compact" --epochs 1 --train-images "$TRAIN" --seed "$seed" \
-      --no-progress --out "$R/$tp-s$seed"
-  done
-done
+RETRAINED=-s TRAIN=$TRAIN SEEDS=$SEEDS scripts/tp_at_macs.sh "$DENSE" "$macs" "$R" "$R" "paper-m$TARGET-tp-" > /dev/null
