@@ -622,17 +622,18 @@ SCHEDULE_RUN = re.compile(r"^paper-m(?P<target>[0-9.]+)-(?:oneshot-s(?P<one>[0-9
                           r"-step(?P<step>[0-9]+)|tp-(?P<scope>layer|global)-s(?P<tpseed>[0-9]+))$")
 
 
-def _schedule_arm(match: re.Match) -> tuple[str, str] | None:
-    """(arm, seed) of a retrained run of the schedule comparison; None for a gradual run's earlier steps."""
+def _schedule_arm(match: re.Match) -> tuple[int, str, str] | None:
+    """(table order, arm, seed) of a retrained run of the schedule comparison; None for a gradual run's earlier
+    steps."""
     if match["one"] is not None:
-        return "0 ours (`--target-macs`): one shot, then retrain", match["one"]
+        return 0, "ours (`--target-macs`): one shot, then retrain", match["one"]
     if match["scope"] is not None:
-        order, scope = ("3", "uniform") if match["scope"] == "layer" else ("4", "global")
-        return f"{order} Torch-Pruning group L2, {scope}: one shot, then retrain", match["tpseed"]
+        order, scope = (2, "uniform") if match["scope"] == "layer" else (3, "global")
+        return order, f"Torch-Pruning group L2, {scope}: one shot, then retrain", match["tpseed"]
     steps = int(match["steps"])
     if int(match["step"]) != steps:
         return None
-    return f"1 ours (`--target-macs`): gradual, {steps} steps with retraining after each", match["seed"]
+    return 1, f"ours (`--target-macs`): gradual, {steps} steps with retraining after each", match["seed"]
 
 
 def schedule_compare() -> str:
@@ -643,16 +644,17 @@ def schedule_compare() -> str:
     if not dense_path.exists():
         return table(["schedule"], [])
     dense = json.loads(dense_path.read_text(encoding="utf-8"))
-    arms: dict[tuple[str, str], dict[str, dict]] = {}
+    arms: dict[tuple[str, int, str], dict[str, dict]] = {}
     for path in sorted(root.glob("paper-m*/metrics.json")):
         match = SCHEDULE_RUN.match(path.parent.name)
         arm = None if match is None else _schedule_arm(match)
         if arm is not None:
-            arms.setdefault((match["target"], arm[0]), {})[arm[1]] = json.loads(path.read_text(encoding="utf-8"))
+            order, name, seed = arm
+            arms.setdefault((match["target"], order, name), {})[seed] = json.loads(path.read_text(encoding="utf-8"))
     rows = [["`paper-cifar10`", "dense", "", "1.00×", pct(dense["val_mcr"]), pct(dense["test_mcr"])]]
-    for (target, arm), runs in sorted(arms.items()):
+    for (target, _, name), runs in sorted(arms.items()):
         ratios = [dense["macs"] / m["macs"] for m in runs.values()]
-        rows.append([f"`paper-cifar10`, {target}× fewer MACs", arm[2:], str(len(runs)),
+        rows.append([f"`paper-cifar10`, {target}× fewer MACs", name, str(len(runs)),
                      f"{min(ratios):.2f}–{max(ratios):.2f}×" if max(ratios) - min(ratios) >= 0.01 else times(ratios[0]),
                      _mean_sd([m["val_mcr"] for m in runs.values()]), _mean_sd([m["test_mcr"] for m in runs.values()])])
     return table(["network", "method and schedule", "seeds", "fewer MACs", "val MCR (5,000 images)",

@@ -24,24 +24,26 @@ SEARCH=(--method pf --bn-recalibrate 4 --score-images 500 --particles 16 --gener
 STEP_TARGET=$("$PY" -c "print(round($TARGET ** (1 / $STEPS), 4))")
 STEP_IMAGES=$((TRAIN / STEPS))
 
+pruned_compact() {  # SRC MAC_TARGET NAME: NAME-pruned (the target search on SRC), then NAME-compact
+  [ -d "$R/$3-pruned" ] || "$SP" prune "$1" --target-macs "$2" "${SEARCH[@]}" --out "$R/$3-pruned"
+  [ -d "$R/$3-compact" ] || "$SP" compact "$R/$3-pruned" --out "$R/$3-compact"
+}
+
 one="paper-m$TARGET-oneshot"
-[ -d "$R/$one-pruned" ] || "$SP" prune "$DENSE" --target-macs "$TARGET" "${SEARCH[@]}" --out "$R/$one-pruned"
-[ -d "$R/$one-compact" ] || "$SP" compact "$R/$one-pruned" --out "$R/$one-compact"
+pruned_compact "$DENSE" "$TARGET" "$one"
 for seed in $SEEDS; do
   [ -d "$R/$one-s$seed" ] || "$SP" retrain "$R/$one-compact" --epochs 1 --train-images "$TRAIN" --seed "$seed" \
     --no-progress --out "$R/$one-s$seed"
 done
 
 first="paper-m$TARGET-gradual$STEPS-step1"  # the first step starts from the dense run: one search for every seed
-[ -d "$R/$first-pruned" ] || "$SP" prune "$DENSE" --target-macs "$STEP_TARGET" "${SEARCH[@]}" --out "$R/$first-pruned"
-[ -d "$R/$first-compact" ] || "$SP" compact "$R/$first-pruned" --out "$R/$first-compact"
+pruned_compact "$DENSE" "$STEP_TARGET" "$first"
 for seed in $SEEDS; do
   src=$R/$first-compact
   for step in $(seq 1 "$STEPS"); do
     name="paper-m$TARGET-gradual$STEPS-s$seed-step$step"
     if [ "$step" -gt 1 ]; then
-      [ -d "$R/$name-pruned" ] || "$SP" prune "$src" --target-macs "$STEP_TARGET" "${SEARCH[@]}" --out "$R/$name-pruned"
-      [ -d "$R/$name-compact" ] || "$SP" compact "$R/$name-pruned" --out "$R/$name-compact"
+      pruned_compact "$src" "$STEP_TARGET" "$name"
       src=$R/$name-compact
     fi
     [ -d "$R/$name" ] || "$SP" retrain "$src" --epochs 1 --train-images "$STEP_IMAGES" --seed "$seed" \
@@ -50,6 +52,5 @@ for seed in $SEEDS; do
   done
 done
 
-macs=$("$PY" -c "import json,sys; m=json.load(open(sys.argv[1])); print(m['source_metrics']['macs'] / m['macs'])" \
-  "$R/$one-compact/metrics.json")
-RETRAINED=-s TRAIN=$TRAIN SEEDS=$SEEDS scripts/tp_at_macs.sh "$DENSE" "$macs" "$R" "$R" "paper-m$TARGET-tp-" > /dev/null
+RETRAINED=-s TRAIN=$TRAIN SEEDS=$SEEDS scripts/tp_at_macs.sh "$DENSE" "$R/$one-compact" "$R" "$R" "paper-m$TARGET-tp-" \
+  > /dev/null

@@ -11,13 +11,10 @@ R=${1:?usage: tp_equal_macs_cifar10.sh RUNS_DIR OUT_DIR NAME}
 OUT=${2:?usage: tp_equal_macs_cifar10.sh RUNS_DIR OUT_DIR NAME}
 NAME=${3:?usage: tp_equal_macs_cifar10.sh RUNS_DIR OUT_DIR NAME}
 SP="${STRUCTPRUNE:-.venv/bin/structprune}"
-PY="${PYTHON:-.venv/bin/python}"
 net=${NAME%%-ts*}; rest=${NAME#*-ts}; s=${rest%%-b*}; b=${rest#*-b}; b=${b%%-*}
 dense="$R/$net-dense"
-macs=$("$PY" -c "import json,sys; m=json.load(open(sys.argv[1])); print(m['source_metrics']['macs'] / m['macs'])" \
-  "$R/$NAME-compact/metrics.json")
 compacts=("$R/$NAME-compact")
-tps=$(scripts/tp_at_macs.sh "$dense" "$macs" "$R" "$OUT" "$net-tp-" "-m$s-b$b")
+tps=$(scripts/tp_at_macs.sh "$dense" "$R/$NAME-compact" "$R" "$OUT" "$net-tp-" "-m$s-b$b")
 mapfile -t tp_compacts <<< "$tps"
 compacts+=("${tp_compacts[@]}")
 [ -n "${NO_BENCH:-}" ] || [ -f "$OUT/bench-eqmacs-$NAME.json" ] || "$SP" bench "$dense" "${compacts[@]}" --runtime onnxruntime --batch "$b" \
