@@ -618,22 +618,25 @@ def search_resnet20() -> str:
 # ------------------------------------------------------------------------------- scripts/schedule_compare_cifar10.sh
 
 SCHEDULE = "schedule-compare-cifar10"
-SCHEDULE_RUN = re.compile(r"^paper-m(?P<target>[0-9.]+)-(?:oneshot-s(?P<one>[0-9]+)|gradual(?P<steps>[0-9]+)-s(?P<seed>[0-9]+)"
-                          r"-step(?P<step>[0-9]+)|tp-(?P<scope>layer|global)-s(?P<tpseed>[0-9]+))$")
+SCHEDULE_RUN = re.compile(r"^paper-m(?P<target>[0-9.]+)-(?:oneshot(?:-f(?P<finalists>[0-9]+))?-s(?P<one>[0-9]+)"
+                          r"|gradual(?P<steps>[0-9]+)-s(?P<seed>[0-9]+)-step(?P<step>[0-9]+)"
+                          r"|tp-(?P<scope>layer|global)-s(?P<tpseed>[0-9]+))$")
 
 
 def _schedule_arm(match: re.Match) -> tuple[int, str, str] | None:
     """(table order, arm, seed) of a retrained run of the schedule comparison; None for a gradual run's earlier
     steps."""
+    if match["one"] is not None and match["finalists"] is not None:
+        return 1, f"ours (`--target-macs --finalists {match['finalists']}`): one shot, then retrain", match["one"]
     if match["one"] is not None:
         return 0, "ours (`--target-macs`): one shot, then retrain", match["one"]
     if match["scope"] is not None:
-        order, scope = (2, "uniform") if match["scope"] == "layer" else (3, "global")
+        order, scope = (3, "uniform") if match["scope"] == "layer" else (4, "global")
         return order, f"Torch-Pruning group L2, {scope}: one shot, then retrain", match["tpseed"]
     steps = int(match["steps"])
     if int(match["step"]) != steps:
         return None
-    return 1, f"ours (`--target-macs`): gradual, {steps} steps with retraining after each", match["seed"]
+    return 2, f"ours (`--target-macs`): gradual, {steps} steps with retraining after each", match["seed"]
 
 
 def schedule_compare() -> str:
@@ -808,7 +811,10 @@ LATENCY_CHECKS = ("latency-model-check/latency-check-resnet20-ort-b1.json",
                   "latency-model-check/latency-check-resnet20-ort-b1-forms.json",
                   "latency-model-check/latency-check-resnet20-ort-b64-forms.json",
                   "latency-model-check/latency-check-resnet20-ort-b1-channel-random-calibration.json",
-                  "latency-model-check/latency-check-resnet20-ort-b64-channel-random-calibration.json")
+                  "latency-model-check/latency-check-resnet20-ort-b64-channel-random-calibration.json",
+                  "latency-model-check/latency-check-paper-ort-b64-channel.json",
+                  "latency-model-check/latency-check-paper-ort-b1-channel.json",
+                  "latency-model-check/latency-check-paper-ort-b64-channel-long-timing.json")
 
 
 def latency_check() -> str:
@@ -828,16 +834,19 @@ def latency_check() -> str:
         points = [p["name"] for p in d["latency_model"].get("calibration", [])]  # type: ignore[index]
         randoms = sum(p.startswith("random-") for p in points)
         networks = f"{len(points)}" + (f" ({randoms} random)" if randoms else "") if points else "dense only"
+        timing = (f"{d['min_run_time']:g} s; {d['rounds']} × {d['sample_seconds']:g} s"  # type: ignore[index]
+                  if "min_run_time" in d else "")
         rows.append([f"`{Path(d['source']).name}`", drawn, str(d["batch"]), str(len(d["candidates"])), networks,  # type: ignore[index]
                      ms(dense["predicted_ms"]), ms(dense["measured_ms"]),
                      f"{speeds[0]:.2f}–{speeds[-1]:.2f}×" if speeds else "",
                      pct(d["median_abs_error"], 1), pct(d["max_abs_error"], 1), str(d["within_10_percent"]),  # type: ignore[index]
                      *([pct(d["speedup"]["median_abs_error"], 1), str(d["speedup"]["within_10_percent"])]  # type: ignore[index]
-                       if "speedup" in d else ["", ""]), coeffs])
+                       if "speedup" in d else ["", ""]), coeffs, timing])
     return table(["network", "candidates", "batch", "count", "calibration networks", "dense predicted ms",
                   "dense measured ms",
                   "measured speed-ups", "ms: median error (abs.)", "ms: max error", "ms: within 10%",
-                  "speed-up: median error", "speed-up: within 10%", "calibration"], rows)
+                  "speed-up: median error", "speed-up: within 10%", "calibration",
+                  "timing: per layer shape; whole networks (rounds × s)"], rows)
 
 
 RENDERERS: dict[str, Callable[[], str]] = {

@@ -4,6 +4,8 @@
 # target search (`prune --target-macs`, 16 particles x 6 generations, channel groups, min keep MIN_KEEP), two arms
 # with the same retraining images in total (TRAIN images, default 5,000, one pass; seeds 0-2):
 #   one-shot: prune to TARGET, compact, retrain on TRAIN images;
+#   one-shot with finalists: the same search with --finalists FINALISTS (default 4; its best structures and its
+#             uniform and global-importance starts each fine-tuned on TRAIN images, the best kept), then as one-shot;
 #   gradual:  STEPS steps (default 2) of TARGET^(1/STEPS) each: prune, compact, retrain on TRAIN/STEPS images;
 #   and, at the one-shot result's counted MACs, Torch-Pruning's group L2, uniform and global (round_to 8, its ratio
 #   bisected on MACs by scripts/tp_at_macs.sh), one shot, retrained alike.
@@ -24,16 +26,20 @@ SEARCH=(--method pf --bn-recalibrate 4 --score-images 500 --particles 16 --gener
 STEP_TARGET=$("$PY" -c "print(round($TARGET ** (1 / $STEPS), 4))")
 STEP_IMAGES=$((TRAIN / STEPS))
 
-pruned_compact() {  # SRC MAC_TARGET NAME: NAME-pruned (the target search on SRC), then NAME-compact
-  [ -d "$R/$3-pruned" ] || "$SP" prune "$1" --target-macs "$2" "${SEARCH[@]}" --out "$R/$3-pruned"
+pruned_compact() {  # SRC MAC_TARGET NAME [SEARCH OPTIONS]: NAME-pruned (the target search on SRC), then NAME-compact
+  [ -d "$R/$3-pruned" ] || "$SP" prune "$1" --target-macs "$2" "${SEARCH[@]}" "${@:4}" --out "$R/$3-pruned"
   [ -d "$R/$3-compact" ] || "$SP" compact "$R/$3-pruned" --out "$R/$3-compact"
 }
 
 one="paper-m$TARGET-oneshot"
+finalists="paper-m$TARGET-oneshot-f${FINALISTS:-4}"
 pruned_compact "$DENSE" "$TARGET" "$one"
-for seed in $SEEDS; do
-  [ -d "$R/$one-s$seed" ] || "$SP" retrain "$R/$one-compact" --epochs 1 --train-images "$TRAIN" --seed "$seed" \
-    --no-progress --out "$R/$one-s$seed"
+pruned_compact "$DENSE" "$TARGET" "$finalists" --finalists "${FINALISTS:-4}" --finalist-images "$TRAIN"
+for name in "$one" "$finalists"; do
+  for seed in $SEEDS; do
+    [ -d "$R/$name-s$seed" ] || "$SP" retrain "$R/$name-compact" --epochs 1 --train-images "$TRAIN" --seed "$seed" \
+      --no-progress --out "$R/$name-s$seed"
+  done
 done
 
 first="paper-m$TARGET-gradual$STEPS-step1"  # the first step starts from the dense run: one search for every seed

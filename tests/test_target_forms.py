@@ -69,6 +69,26 @@ def test_repair_meets_the_budget_and_no_group_can_go_up(forms):
             assert np.array_equal(fixed[space.channel_dims:], particle[space.channel_dims:])  # forms as chosen
 
 
+def test_the_global_importance_structure_fills_the_budget_and_follows_importance():
+    model, groups, space = _space("tiny-paper", ("channel",))
+    cost = MacCost(space, (3, 16, 16))
+    repair = BudgetRepair(space, cost, 0.5)
+    ranked = repair.by_importance(space.uniform(0))
+    assert cost.predict(ranked) <= 0.5 + 1e-12
+    assert all(cost.predict(up) > 0.5 for up in _one_rung_up(space, ranked))
+    # half the maps of one group made near worthless: the ranking keeps at most the other half of that group,
+    # while the uniform start keeps more of it
+    root = space.roots[1]
+    size = groups[root].size
+    with torch.no_grad():
+        weak = torch.argsort(model.get_submodule(root).weight.abs().flatten(1).sum(1))[: size // 2]
+        model.get_submodule(root).weight[weak] *= 1e-4
+    skewed = TargetSpace(model, groups, 2, 0.25, forms=("channel",))
+    skewed_repair = BudgetRepair(skewed, MacCost(skewed, (3, 16, 16)), 0.8)
+    uniform = skewed.counts(skewed_repair(skewed.uniform(0)))[root]
+    assert skewed.counts(skewed_repair.by_importance(skewed.uniform(0)))[root] <= size // 2 < uniform
+
+
 def test_repair_steps_forms_back_when_every_map_is_kept_and_budget_is_left():
     _, _, space = _space("tiny-paper")
     cost = MacCost(space, (3, 16, 16))

@@ -59,8 +59,9 @@ def add_target_arguments(p: argparse.ArgumentParser) -> None:
                    help="speed and latency targets: reuse the latency model an earlier target run of the same network "
                         "saved (its latency-model.json; same --runtime, --batch, --threads) instead of measuring one")
     g.add_argument("--finalists", type=non_negative_int, default=0, metavar="K",
-                   help="choose among the search's K best structures (and its uniform start) by a short fine-tune "
-                   "of each, scored on validation images the search did not use (default 0: take the search's best)")
+                   help="choose among the search's K best structures (and its uniform and global-importance "
+                   "starts) by a short fine-tune of each, scored on validation images the search did not use "
+                   "(default 0: take the search's best)")
     g.add_argument("--finalist-images", type=positive_int, default=5000, metavar="N",
                    help="with --finalists: training images of each finalist's fine-tune (one pass; default 5000)")
     g.add_argument("--no-verify", action="store_true",

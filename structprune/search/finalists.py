@@ -2,11 +2,11 @@
 
 The target search ranks structures by their validation MCR right after pruning (batch norms re-estimated), and a
 network's accuracy before retraining is a weak guide to its accuracy after it: a structure that loses least at
-once may recover least. So the search's `count` best distinct structures, and its uniform start structure, are
-each compacted and trained alike (one pass over the same `images` training images in the same order, SGD with
-the retraining defaults), then scored on `check` validation images that the search's scoring did not use; the
-lowest MCR wins (ties: the search's own order). The fine-tuned weights are thrown away: the result keeps the
-pruned weights, to be retrained as any pruned run is.
+once may recover least. So the search's `count` best distinct structures, and its uniform and global-importance
+start structures (target_search.seed_structures), are each compacted and trained alike (one pass over the same
+`images` training images in the same order, SGD with the retraining defaults), then scored on `check` validation
+images that the search's scoring did not use; the lowest MCR wins (ties: the search's own order). The fine-tuned
+weights are thrown away: the result keeps the pruned weights, to be retrained as any pruned run is.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def pick_finalist(model: nn.Module, groups: ChannelGroups, space: TargetSpace, f
                   finetune: Callable[[nn.Module, Dataset, Split, FinalistConfig], float] = finetune_mcr,
                   ) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """The finalist with the lowest MCR after the fine-tune, and one record per finalist (its choices, its position
-    among the finalists: the search's order, the uniform start structure last when it was added; its MCR after
+    among the finalists: the search's order, the start structures last when they were added; its MCR after
     the fine-tune)."""
     if not finalists:
         raise ValueError("no finalists to choose from")

@@ -12,6 +12,9 @@ as they are, what they save spent on channels; only when every group keeps all i
 forms step back towards the dense form (one option at a time, the step using the most budget that still fits
 first). A particle whose floor (every channel choice at the ladder's end, its forms kept) still misses the
 budget stays over it and scores as infeasible.
+
+`by_importance` builds the structure a global importance ranking gives (Torch-Pruning's global pruning): from
+the ladder's floor, the fill above with the added importance alone, cost aside.
 """
 
 from __future__ import annotations
@@ -76,15 +79,25 @@ class BudgetRepair:
             raised[i] -= 1
         return raised
 
-    def _value(self, particle: np.ndarray, raised: np.ndarray, i: int) -> float:
+    def by_importance(self, particle: np.ndarray) -> np.ndarray:
+        """`particle`'s forms with every channel group grown from the ladder's floor one rung at a time, the
+        rung adding the most L1 importance (over its group's mean map) first, whatever it costs, while one fits:
+        the allocation of one importance ranking over all maps."""
+        floor = np.asarray(particle, dtype=np.int16).copy()
+        floor[: self.space.channel_dims] = self.space.k - 1
+        return self._fill(floor, per_cost=False)
+
+    def _value(self, particle: np.ndarray, raised: np.ndarray, i: int, per_cost: bool = True) -> float:
         root = self.space.roots[i]
         before = self.space.ladders[root][self.space.rung(root, particle[i])]
         after = self.space.ladders[root][self.space.rung(root, raised[i])]
         added = float(self.gain[root][before:after].sum())
         extra = self.cost.predict(raised) - self.cost.predict(particle)
-        return float("inf") if extra <= EPS else added / extra
+        if extra <= EPS:
+            return float("inf")
+        return added / extra if per_cost else added
 
-    def _fill(self, particle: np.ndarray) -> np.ndarray:
+    def _fill(self, particle: np.ndarray, per_cost: bool = True) -> np.ndarray:
         if not self.fits(particle):
             return particle
         while True:
@@ -93,7 +106,7 @@ class BudgetRepair:
                 raised = self._raised(particle, i)
                 if raised is None or not self.fits(raised):
                     continue
-                value = self._value(particle, raised, i)
+                value = self._value(particle, raised, i, per_cost)
                 if best is None or value > best[0]:
                     best = (value, raised)
             if best is None:

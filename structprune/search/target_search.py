@@ -9,9 +9,10 @@ forward pass with its batch norms re-estimated under the masks (scoring_full.py)
 relative excess, without running: it loses to every feasible particle but the smaller excess still ranks
 first. Every population is repaired to the budget (target_repair.py): each particle grows or shrinks until no
 group can keep one more rung within budget, so the search compares structures that use the budget in full. The
-first population is the most-kept uniform structure that meets the budget, with `forms` also that structure
-with kernel blocks 2 or 4 and with the 2×3 or 3×1 intra shape wherever they are offered, and copies of these
-with every group moved up to `jitter` rungs either way (and a quarter of the form choices drawn at random).
+first population is the most-kept uniform structure that meets the budget, the structure one global ranking of
+the maps by importance gives (BudgetRepair.by_importance), with `forms` also the uniform structure with kernel
+blocks 2 or 4 and with the 2×3 or 3×1 intra shape wherever they are offered, and copies of these with every
+group moved up to `jitter` rungs either way (and a quarter of the form choices drawn at random).
 """
 
 from __future__ import annotations
@@ -119,9 +120,10 @@ def check_reachable(space: TargetSpace, cost: CostModel, budget: float, target: 
             "(lower the target, or pass a smaller --min-keep or --round-to)")
 
 
-def start_population(space: TargetSpace, cost: CostModel, budget: float, cfg: TargetSearchConfig, seed: int,
-                     repair: BudgetRepair | None = None) -> np.ndarray:
-    """The seeds (module doc), then jittered copies of them, repaired to the budget."""
+def seed_structures(space: TargetSpace, cost: CostModel, budget: float, cfg: TargetSearchConfig,
+                    repair: BudgetRepair) -> list[np.ndarray]:
+    """The first population's seeds (module doc), distinct and repaired: the uniform structure first, the
+    global-importance one second."""
     dense_forms = [c for c in range(space.k) if cost.predict(space.with_forms(c)) <= budget + 1e-12]
     start = dense_forms[0] if dense_forms else space.k - 1
     seeds = [space.with_forms(start)]
@@ -129,8 +131,16 @@ def start_population(space: TargetSpace, cost: CostModel, budget: float, cfg: Ta
         seeds += [space.with_forms(start, groups=g) for g in (2, 4)]
     if "intra" in cfg.forms:
         seeds += [space.with_forms(start, shape=s) for s in ((2, 3), (3, 1))]
-    unique = {row.tobytes(): row for row in seeds}  # a space without forms to offer: the one seed
-    seeds = list(unique.values())
+    seeds = list(repair(np.stack(seeds)))
+    seeds.insert(1, repair.by_importance(space.with_forms(start)))
+    unique = {row.tobytes(): row for row in seeds}  # a space without forms to offer: one or two seeds
+    return list(unique.values())
+
+
+def start_population(space: TargetSpace, cost: CostModel, budget: float, cfg: TargetSearchConfig, seed: int,
+                     repair: BudgetRepair) -> np.ndarray:
+    """The seeds (seed_structures), then jittered copies of them, repaired to the budget."""
+    seeds = seed_structures(space, cost, budget, cfg, repair)
     rng = np.random.default_rng(seed + 7)
     rows = []
     g = space.channel_dims
@@ -140,9 +150,9 @@ def start_population(space: TargetSpace, cost: CostModel, budget: float, cfg: Ta
             row[:g] = np.clip(row[:g] + rng.integers(-cfg.jitter, cfg.jitter + 1, size=g), 0, space.k - 1)
             redraw = rng.random(space.n - g) < 0.25
             row[g:] = np.where(redraw, rng.integers(0, space.k, size=space.n - g), row[g:])
+            row = repair(row)
         rows.append(row)
-    population = np.stack(rows).astype(np.int16)
-    return population if repair is None else repair(population)
+    return np.stack(rows).astype(np.int16)
 
 
 class MaskScorer(Protocol):
@@ -186,8 +196,8 @@ class Objective:
 
 class StructureSearch(NamedTuple):
     """A target search's outcome: the best structure, the filter that found it, and the `finalists` best distinct
-    structures it scored within budget (best first; with the uniform start structure added when it is not among
-    them and `finalists` > 0)."""
+    structures it scored within budget (best first; with the uniform and global-importance start structures
+    added when they are not among them and `finalists` > 0)."""
 
     best: np.ndarray
     filter: ParticleFilter
@@ -226,14 +236,15 @@ def search_structure(space: TargetSpace, cost: CostModel, budget: float, scorer:
     feasible = cost.predict(best) <= budget + 1e-12
     if feasible and finalists < 1:
         return StructureSearch(best, pf, [])
-    uniform = start_population(space, cost, budget, cfg, seed, repair)[0]
+    starts = seed_structures(space, cost, budget, cfg, repair)[:2]  # the uniform and global-importance ones
     if not feasible:  # no particle ever met the budget: the most-kept uniform one does
-        best = uniform
+        best = starts[0]
     if finalists < 1:
         return StructureSearch(best, pf, [])
     chosen = objective.ranked(finalists, also=pf)
     if not any(np.array_equal(best, c) for c in chosen):
         chosen.insert(0, best.copy())
-    if cost.predict(uniform) <= budget + 1e-12 and not any(np.array_equal(uniform, c) for c in chosen):
-        chosen.append(uniform)
+    for start in starts:
+        if cost.predict(start) <= budget + 1e-12 and not any(np.array_equal(start, c) for c in chosen):
+            chosen.append(start)
     return StructureSearch(best, pf, chosen)
