@@ -1,6 +1,7 @@
 """The measured latency model over pruned forms: predictions, JSON, measurement structure, forms of compact layers."""
 
 import copy
+import io
 import json
 import random
 
@@ -20,7 +21,7 @@ from structprune.latency_model import (
     network_forms,
 )
 from structprune.latency_model.calibration import ALPHA_MAX, Coefficients
-from structprune.latency_model.measure import FormConv, grid_counts
+from structprune.latency_model.measure import FormConv, grid_counts, onnx_kernel_ms, run_kernel_ms
 from structprune.latency_model.model import Grid, LayerTimes
 from structprune.models import create
 from structprune.sparsity.channel_groups import find_channel_groups
@@ -349,3 +350,26 @@ def test_forms_of_a_compact_network():
     assert layer_form(torch.nn.Conv2d(8, 8, 3, groups=8)) == LayerForm(8, 8)  # depthwise: its own form
     with pytest.raises(StructpruneError, match="no layer"):
         network_forms(net, ["nope"])
+
+
+def test_profiled_kernel_time_leaves_out_the_edge_reorders_and_groups_by_run():
+    def node(op: str, ts: int, dur: int) -> dict:
+        return {"cat": "Node", "name": f"{op}_kernel_time", "ts": ts, "dur": dur, "args": {"op_name": op}}
+
+    events = [{"cat": "Session", "name": "session_initialization", "ts": 0, "dur": 50},
+              node("ReorderInput", 101, 30), node("Conv", 131, 400), node("ReorderOutput", 531, 200),
+              {"cat": "Session", "name": "model_run", "ts": 100, "dur": 700},
+              node("Pad", 1001, 20), node("Conv", 1021, 500),
+              {"cat": "Session", "name": "model_run", "ts": 1000, "dur": 600}]
+    assert run_kernel_ms(events) == pytest.approx([0.4, 0.52])
+
+
+def test_profiled_kernel_time_of_a_real_layer():
+    pytest.importorskip("onnxruntime")
+    conv = torch.nn.Conv2d(8, 4, 3, padding=1).eval()
+    x = torch.randn(2, 8, 6, 6)
+    buffer = io.BytesIO()
+    torch.onnx.export(conv, (x,), buffer, input_names=["input"], output_names=["output"], opset_version=18,
+                      dynamo=False)
+    ms = onnx_kernel_ms(buffer.getvalue(), x, threads=1, min_run_time=0.0, min_runs=3)
+    assert 0.0 < ms < 1000.0

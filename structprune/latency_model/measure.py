@@ -11,8 +11,10 @@ the given batch and thread count, for every grid point of every variant (structp
 The runtimes:
   eager        the layer as an nn.Module on a channels_last input, under inference mode
   onnxruntime  the same module exported (torch.onnx, TorchScript exporter, into memory) as a one-node model, run by
-               an ONNX Runtime session set up as structprune.bench sets it up (intra_op_num_threads = threads)
-Timing is torch.utils.benchmark's blocked_autorange (median of blocks, `min_run_time` per shape). Then the dense
+               an ONNX Runtime session set up as structprune.bench sets it up (intra_op_num_threads = threads); the
+               time is its nodes' kernel time from ONNX Runtime's profiler, the layout reorders at the graph's
+               edges left out (onnx_kernel_ms)
+Timing is the median over runs (eager: torch.utils.benchmark's blocked_autorange; `min_run_time` per shape). Then the dense
 network, a few uniformly pruned copies and the half-width copy with kernel blocks, and with an intra shape, are
 timed whole (structprune.latency_model.network), and network ≈ α · Σ convolutions + β + γ_blocks · n_blocks +
 γ_taps · n_taps is fitted on them (structprune.latency_model.calibration).
@@ -21,12 +23,14 @@ timed whole (structprune.latency_model.network), and network ≈ α · Σ convol
 from __future__ import annotations
 
 import io
+import json
 import logging
 import math
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -143,21 +147,56 @@ def _onnx_bytes(module: nn.Module, x: torch.Tensor) -> bytes:
 @torch.inference_mode()
 def time_form(module: nn.Module, input_shape: tuple[int, ...], runtime: str, batch: int, threads: int,
               min_run_time: float) -> float:
-    """Median milliseconds per batch of `module` on a random input (channels_last in eager)."""
-    from structprune.export_onnx import onnx_session
-
+    """Median milliseconds per batch of `module` on a random input: in eager, the call on a channels_last input;
+    in ONNX Runtime, its graph's kernels as the profiler times them (onnx_kernel_ms)."""
     module.eval()
     x = torch.randn(batch, *input_shape)
-    if runtime == "eager":
-        x = x.contiguous(memory_format=torch.channels_last)
-        module.to(memory_format=torch.channels_last)
-        stmt, scope = "module(x)", {"module": module, "x": x}
-    else:
-        session = onnx_session(_onnx_bytes(module, x), threads=threads)
-        stmt, scope = "run(None, feed)", {"run": session.run, "feed": {"input": x.numpy()}}
-    timer = Timer(stmt, globals=scope, num_threads=threads)
+    if runtime != "eager":
+        return onnx_kernel_ms(_onnx_bytes(module, x), x, threads, min_run_time)
+    x = x.contiguous(memory_format=torch.channels_last)
+    module.to(memory_format=torch.channels_last)
+    timer = Timer("module(x)", globals={"module": module, "x": x}, num_threads=threads)
     timer.timeit(2)  # warm-up
     return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
+
+
+def onnx_kernel_ms(model: bytes, x: torch.Tensor, threads: int, min_run_time: float, warmup: int = 2,
+                   min_runs: int = 5) -> float:
+    """Median over runs of the summed kernel times of a one-layer ONNX graph's nodes, from ONNX Runtime's profiler,
+    without the layout reorders at the graph's input and output (ReorderInput / ReorderOutput): inside a network
+    a convolution reads and writes the blocked layout directly, and those reorders, memory-bound and timed
+    afresh per shape, made standalone times scatter by up to a quarter between runs. Runs until `min_run_time`
+    seconds and `min_runs` runs have passed after `warmup` runs."""
+    import tempfile
+
+    from structprune.export_onnx import onnx_session
+
+    with tempfile.TemporaryDirectory(prefix="structprune-profile-") as tmp:
+        session = onnx_session(model, threads=threads, profile_prefix=str(Path(tmp) / "layer"))
+        feed = {"input": x.numpy()}
+        for _ in range(warmup):
+            session.run(None, feed)
+        start, runs = time.perf_counter(), 0
+        while runs < min_runs or time.perf_counter() - start < min_run_time:
+            session.run(None, feed)
+            runs += 1
+        events = json.loads(Path(session.end_profiling()).read_text(encoding="utf-8"))
+    return float(np.median(run_kernel_ms(events)[warmup:]))
+
+
+def run_kernel_ms(events: list[dict]) -> list[float]:
+    """Per model run in an ONNX Runtime profile (its events), the milliseconds of its node kernels, layout
+    reorders left out."""
+    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
+    totals = [0.0] * len(runs)
+    for e in events:
+        if e.get("cat") != "Node" or (e.get("args") or {}).get("op_name") in ("ReorderInput", "ReorderOutput"):
+            continue
+        for i, (begin, end) in enumerate(runs):
+            if begin <= e["ts"] <= end:
+                totals[i] += e["dur"] / 1e3
+                break
+    return totals
 
 
 def _variants(call: ConvCall, groups: tuple[int, ...], taps: tuple[tuple[int, int], ...],
