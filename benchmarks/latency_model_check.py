@@ -188,6 +188,7 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
         "threads": args.threads, "round_to": args.round_to, "seed": args.seed, "kernel_blocks": list(blocks),
         "intra": args.intra, "search_space": args.search_space, "min_run_time": args.min_run_time,
         "rounds": args.rounds, "sample_seconds": args.sample_seconds,
+        "layer_timing": "profiled kernels" if args.runtime == "onnxruntime" else "module call",
         "dense": {"predicted_ms": dense_predicted, "measured_ms": dense_measured,
                   "calibration_ms": latency.network_dense_ms, "conv_ms": latency.conv_ms({}),
                   "fixed_ms": latency.fixed_ms, "alpha": c.alpha, "beta_ms": c.beta,

@@ -814,7 +814,11 @@ LATENCY_CHECKS = ("latency-model-check/latency-check-resnet20-ort-b1.json",
                   "latency-model-check/latency-check-resnet20-ort-b64-channel-random-calibration.json",
                   "latency-model-check/latency-check-paper-ort-b64-channel.json",
                   "latency-model-check/latency-check-paper-ort-b1-channel.json",
-                  "latency-model-check/latency-check-paper-ort-b64-channel-long-timing.json")
+                  "latency-model-check/latency-check-paper-ort-b64-channel-long-timing.json",
+                  "latency-model-check/latency-check-paper-ort-b64-channel-kernel-time.json",
+                  "latency-model-check/latency-check-paper-ort-b1-channel-kernel-time.json",
+                  "latency-model-check/latency-check-resnet20-ort-b64-channel-kernel-time.json",
+                  "latency-model-check/latency-check-resnet20-ort-b1-channel-kernel-time.json")
 
 
 def latency_check() -> str:
@@ -836,16 +840,17 @@ def latency_check() -> str:
         networks = f"{len(points)}" + (f" ({randoms} random)" if randoms else "") if points else "dense only"
         timing = (f"{d['min_run_time']:g} s; {d['rounds']} × {d['sample_seconds']:g} s"  # type: ignore[index]
                   if "min_run_time" in d else "")
+        layers = {"profiled kernels": "kernel time (profiler)"}.get(d.get("layer_timing"), "session call")  # type: ignore[union-attr]
         rows.append([f"`{Path(d['source']).name}`", drawn, str(d["batch"]), str(len(d["candidates"])), networks,  # type: ignore[index]
                      ms(dense["predicted_ms"]), ms(dense["measured_ms"]),
                      f"{speeds[0]:.2f}–{speeds[-1]:.2f}×" if speeds else "",
                      pct(d["median_abs_error"], 1), pct(d["max_abs_error"], 1), str(d["within_10_percent"]),  # type: ignore[index]
                      *([pct(d["speedup"]["median_abs_error"], 1), str(d["speedup"]["within_10_percent"])]  # type: ignore[index]
-                       if "speedup" in d else ["", ""]), coeffs, timing])
+                       if "speedup" in d else ["", ""]), coeffs, layers, timing])
     return table(["network", "candidates", "batch", "count", "calibration networks", "dense predicted ms",
                   "dense measured ms",
                   "measured speed-ups", "ms: median error (abs.)", "ms: max error", "ms: within 10%",
-                  "speed-up: median error", "speed-up: within 10%", "calibration",
+                  "speed-up: median error", "speed-up: within 10%", "calibration", "ONNX Runtime layer timed by",
                   "timing: per layer shape; whole networks (rounds × s)"], rows)
 
 
