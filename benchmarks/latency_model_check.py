@@ -157,7 +157,7 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
     latency = measure_latency_model(model, shape, args.runtime, args.batch, args.threads, round_to=args.round_to,
                                     groups=tuple(dict.fromkeys((1, 2, 4, *blocks))), min_run_time=args.min_run_time,
                                     network_rounds=args.rounds, network_seconds=args.sample_seconds,
-                                    calibration_keeps=tuple(args.calibration_keeps))
+                                    calibration_keeps=tuple(args.calibration_keeps), points=args.points)
     names = list(latency.layers)
     if args.search_space:
         candidates = draw_search_candidates(model, names, args.candidates, args.seed, args.round_to, args.search_space)
@@ -186,7 +186,7 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "format": "structprune-latency-check/3", "source": args.source, "runtime": args.runtime, "batch": args.batch,
         "threads": args.threads, "round_to": args.round_to, "seed": args.seed, "kernel_blocks": list(blocks),
-        "intra": args.intra, "search_space": args.search_space, "min_run_time": args.min_run_time,
+        "intra": args.intra, "search_space": args.search_space, "min_run_time": args.min_run_time, "points": args.points,
         "rounds": args.rounds, "sample_seconds": args.sample_seconds,
         "layer_timing": "profiled kernels" if args.runtime == "onnxruntime" else "module call",
         "dense": {"predicted_ms": dense_predicted, "measured_ms": dense_measured,
@@ -220,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="shares of the maps kept by the calibration networks (default %(default)s; 1: the dense "
                              "network alone)")
     parser.add_argument("--min-run-time", type=float, default=0.02, help="seconds per timed layer shape")
+    parser.add_argument("--points", type=int, default=5,
+                        help="kept-map counts per axis of each plain convolution's grid (default 5)")
     parser.add_argument("--rounds", type=int, default=7, help="structprune.bench rounds for whole networks")
     parser.add_argument("--sample-seconds", type=float, default=0.3,
                         help="structprune.bench seconds per round of one whole network (default 0.3)")

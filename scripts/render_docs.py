@@ -818,7 +818,8 @@ LATENCY_CHECKS = ("latency-model-check/latency-check-resnet20-ort-b1.json",
                   "latency-model-check/latency-check-paper-ort-b64-channel-kernel-time.json",
                   "latency-model-check/latency-check-paper-ort-b1-channel-kernel-time.json",
                   "latency-model-check/latency-check-resnet20-ort-b64-channel-kernel-time.json",
-                  "latency-model-check/latency-check-resnet20-ort-b1-channel-kernel-time.json")
+                  "latency-model-check/latency-check-resnet20-ort-b1-channel-kernel-time.json",
+                  "latency-model-check/latency-check-paper-ort-b1-channel-kernel-time-points33.json")
 
 
 def latency_check() -> str:
@@ -841,6 +842,8 @@ def latency_check() -> str:
         timing = (f"{d['min_run_time']:g} s; {d['rounds']} × {d['sample_seconds']:g} s"  # type: ignore[index]
                   if "min_run_time" in d else "")
         layers = {"profiled kernels": "kernel time (profiler)"}.get(d.get("layer_timing"), "session call")  # type: ignore[union-attr]
+        if d.get("points", 5) != 5:  # type: ignore[union-attr]
+            layers += f", {d['points']} counts per axis"  # type: ignore[index]
         rows.append([f"`{Path(d['source']).name}`", drawn, str(d["batch"]), str(len(d["candidates"])), networks,  # type: ignore[index]
                      ms(dense["predicted_ms"]), ms(dense["measured_ms"]),
                      f"{speeds[0]:.2f}–{speeds[-1]:.2f}×" if speeds else "",
