@@ -618,7 +618,8 @@ def search_resnet20() -> str:
 # ------------------------------------------------------------------------------- scripts/schedule_compare_cifar10.sh
 
 SCHEDULE = "schedule-compare-cifar10"
-SCHEDULE_RUN = re.compile(r"^paper-m(?P<target>[0-9.]+)-(?:oneshot(?:-f(?P<finalists>[0-9]+))?-s(?P<one>[0-9]+)"
+SCHEDULE_RUN = re.compile(r"^paper-m(?P<target>[0-9.]+)-(?:oneshot(?:-f(?P<finalists>[0-9]+))?(?P<tpl2>-tpl2)?"
+                          r"-s(?P<one>[0-9]+)"
                           r"|gradual(?P<steps>[0-9]+)-s(?P<seed>[0-9]+)-step(?P<step>[0-9]+)"
                           r"|tp-(?P<scope>layer|global)-s(?P<tpseed>[0-9]+))$")
 
@@ -628,15 +629,17 @@ def _schedule_arm(match: re.Match) -> tuple[int, str, str] | None:
     steps."""
     if match["one"] is not None and match["finalists"] is not None:
         return 1, f"ours (`--target-macs --finalists {match['finalists']}`): one shot, then retrain", match["one"]
+    if match["one"] is not None and match["tpl2"] is not None:
+        return 2, "ours (`--target-macs --importance tp-l2`): one shot, then retrain", match["one"]
     if match["one"] is not None:
         return 0, "ours (`--target-macs`): one shot, then retrain", match["one"]
     if match["scope"] is not None:
-        order, scope = (3, "uniform") if match["scope"] == "layer" else (4, "global")
+        order, scope = (4, "uniform") if match["scope"] == "layer" else (5, "global")
         return order, f"Torch-Pruning group L2, {scope}: one shot, then retrain", match["tpseed"]
     steps = int(match["steps"])
     if int(match["step"]) != steps:
         return None
-    return 2, f"ours (`--target-macs`): gradual, {steps} steps with retraining after each", match["seed"]
+    return 3, f"ours (`--target-macs`): gradual, {steps} steps with retraining after each", match["seed"]
 
 
 def schedule_compare() -> str:

@@ -6,6 +6,8 @@
 #   one-shot: prune to TARGET, compact, retrain on TRAIN images;
 #   one-shot with finalists: the same search with --finalists FINALISTS (default 4; its best structures and its
 #             uniform and global-importance starts each fine-tuned on TRAIN images, the best kept), then as one-shot;
+#   one-shot by Torch-Pruning's importance: the same search with --importance tp-l2 (maps ranked by Torch-Pruning's
+#             group L2 instead of the filters' L1), then as one-shot;
 #   gradual:  STEPS steps (default 2) of TARGET^(1/STEPS) each: prune, compact, retrain on TRAIN/STEPS images;
 #   and, at the one-shot result's counted MACs, Torch-Pruning's group L2, uniform and global (round_to 8, its ratio
 #   bisected on MACs by scripts/tp_at_macs.sh), one shot, retrained alike.
@@ -33,9 +35,11 @@ pruned_compact() {  # SRC MAC_TARGET NAME [SEARCH OPTIONS]: NAME-pruned (the tar
 
 one="paper-m$TARGET-oneshot"
 finalists="paper-m$TARGET-oneshot-f${FINALISTS:-4}"
+tpl2="paper-m$TARGET-oneshot-tpl2"
 pruned_compact "$DENSE" "$TARGET" "$one"
 pruned_compact "$DENSE" "$TARGET" "$finalists" --finalists "${FINALISTS:-4}" --finalist-images "$TRAIN"
-for name in "$one" "$finalists"; do
+pruned_compact "$DENSE" "$TARGET" "$tpl2" --importance tp-l2
+for name in "$one" "$finalists" "$tpl2"; do
   for seed in $SEEDS; do
     [ -d "$R/$name-s$seed" ] || "$SP" retrain "$R/$name-compact" --epochs 1 --train-images "$TRAIN" --seed "$seed" \
       --no-progress --out "$R/$name-s$seed"

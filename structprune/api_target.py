@@ -24,7 +24,7 @@ from structprune.errors import StructpruneError
 from structprune.search.target_cost import CostModel, LatencyCost, LatencyModelLike, MacCost, measured_latency_cost
 from structprune.search.target_forms import parse_forms
 from structprune.search.target_search import Target, TargetSearchConfig, check_reachable, search_structure
-from structprune.search.target_space import DEFAULT_MIN_KEEP, TargetSpace
+from structprune.search.target_space import DEFAULT_MIN_KEEP, TargetSpace, map_importance
 from structprune.sparsity.fast_forms import DEFAULT_ROUND_TO
 from structprune.sparsity.masks import NetworkMask
 from structprune.sparsity.method import Method
@@ -61,6 +61,7 @@ def prune_to_target(
     evolutionary: bool = False,
     seed: int = 0,
     forms: str = "channel",
+    importance: str = "l1",
 ) -> NetworkMask:
     """Channel masks meeting one target: `target_macs` R (R× fewer MACs, exact), `target_speedup` S (S× faster)
     or `target_latency` (milliseconds per batch of `batch`). Speed and latency are predicted by `latency_model`
@@ -72,19 +73,21 @@ def prune_to_target(
     masks applied in place (weights restored after every call): at most particles × generations calls.
     Every channel group keeps a multiple of `round_to` maps (or all of them), at least `min_keep` of them.
     `forms`: "channel", or "channel,blocks,intra" to also choose per conv kernel blocks (G = 1, 2, 4) and an
-    intra-kernel shape (2×3, 3×1, 1×3 of a 3×3 kernel) where they apply. The model is not changed."""
+    intra-kernel shape (2×3, 3×1, 1×3 of a 3×3 kernel) where they apply. `importance`: which maps of a group go,
+    "l1" (the filters' L1) or "tp-l2" (Torch-Pruning's group L2 over the coupled layers). The model is not changed."""
     check_model(model)
     if not callable(score_fn):
         raise StructpruneError(f"score_fn must be a function of the network returning a number, not {type(score_fn).__name__}")
     target = Target.of(target_macs, target_speedup, target_latency)
     cfg = TargetSearchConfig(method=Method.EPF if evolutionary else Method.PF, particles=particles,
                              generations=generations, temperature=temperature, round_to=round_to, min_keep=min_keep,
-                             seed=seed, forms=parse_forms(forms))
+                             seed=seed, forms=parse_forms(forms), importance=importance)
     sample = sample_input(model, example_input)
     check_runs_on(model, sample)
     shape = tuple(sample.shape[1:])
     groups = channel_groups_of(model, sample)
-    space = TargetSpace(model, groups, round_to, min_keep, forms=cfg.forms)
+    space = TargetSpace(model, groups, round_to, min_keep, forms=cfg.forms,
+                        importance=map_importance(importance, model, groups, sample))
     cost = _cost(target, space, shape, latency_model, runtime, batch, threads, round_to)
     budget = target.relative_budget(cost.dense if isinstance(cost, LatencyCost) else None)
     check_reachable(space, cost, budget, target, cfg)

@@ -89,6 +89,32 @@ def test_the_global_importance_structure_fills_the_budget_and_follows_importance
     assert skewed.counts(skewed_repair.by_importance(skewed.uniform(0)))[root] <= size // 2 < uniform
 
 
+def test_maps_go_by_torch_pruning_group_l2_when_asked(runs, tmp_path):
+    from structprune.arch import example_input
+    from structprune.search.target_space import map_importance
+    from structprune.stages.prune import load_masks
+
+    model = load_run(runs["tiny-resnet"]).model.eval()
+    groups = channel_groups_of(model)
+    scores = map_importance("tp-l2", model, groups, example_input(model))
+    space = TargetSpace(model, groups, FAST.round_to, FAST.min_keep, importance=scores)
+    assert set(scores) == set(space.roots) and all(scores[r].numel() == groups[r].size for r in space.roots)
+    by_l1 = TargetSpace(model, groups, FAST.round_to, FAST.min_keep)
+    assert any(not torch.equal(space.order[r], by_l1.order[r]) for r in space.roots)  # the ranking is another
+    search = TargetSearchConfig(**{**FAST.__dict__, "importance": "tp-l2"})
+    out, _ = target_run(runs["tiny-resnet"], tmp_path / "out", Target("macs", 2.0), TargetConfig(search=search))
+    masks = load_masks(load_run(out))
+    cut = [root for root in space.roots if root in masks.layers and masks.layers[root].keep_out is not None
+           and not bool(masks.layers[root].keep_out.all())]
+    assert cut  # some group lost maps: the test is not vacuous
+    for root in cut:
+        keep = masks.layers[root].keep_out
+        kept = int(keep.sum())
+        assert set(torch.nonzero(keep).flatten().tolist()) == set(space.order[root][:kept].tolist())
+    with pytest.raises(StructpruneError, match="unknown map importance"):
+        TargetSearchConfig(importance="l3")
+
+
 def test_repair_steps_forms_back_when_every_map_is_kept_and_budget_is_left():
     _, _, space = _space("tiny-paper")
     cost = MacCost(space, (3, 16, 16))

@@ -18,7 +18,7 @@ import sys
 from structprune.cli.common import finite_float, non_negative_int, positive_int
 from structprune.errors import StructpruneError
 from structprune.output import Output
-from structprune.search.target_space import DEFAULT_MIN_KEEP
+from structprune.search.target_space import DEFAULT_MIN_KEEP, MAP_IMPORTANCE
 from structprune.sparsity.fast_forms import DEFAULT_ROUND_TO
 from structprune.sparsity.method import Method
 
@@ -55,6 +55,10 @@ def add_target_arguments(p: argparse.ArgumentParser) -> None:
                    help="what the search chooses: channel (kept maps per channel group; the default) or "
                    "channel,blocks,intra (also, per conv, kernel blocks G=1/2/4 and an intra-kernel shape 2x3/3x1/1x3 "
                    "where they apply; the result compacts into grouped and smaller dense convolutions)")
+    g.add_argument("--importance", choices=MAP_IMPORTANCE, default="l1",
+                   help="which maps of a channel group go: l1 (the filters' L1, the default) or tp-l2 (Torch-Pruning's "
+                   "group L2 over every layer of the coupled group, batch norms and the next layers' input weights "
+                   "included)")
     g.add_argument("--latency-model", default=None, metavar="FILE",
                    help="speed and latency targets: reuse the latency model an earlier target run of the same network "
                         "saved (its latency-model.json; same --runtime, --batch, --threads) instead of measuring one")
@@ -98,7 +102,7 @@ def run_target(args: argparse.Namespace, target, output: Output) -> int:
         generations=args.generations, temperature=args.temperature / 100,
         round_to=DEFAULT_ROUND_TO if args.round_to is None else args.round_to, min_keep=args.min_keep,
         score_images=args.score_images, bn_batches=2 if args.bn_recalibrate is None else args.bn_recalibrate,
-        seed=args.seed, forms=parse_forms(args.target_forms))
+        seed=args.seed, forms=parse_forms(args.target_forms), importance=args.importance)
     cfg = TargetConfig(search=search, runtime=args.runtime, batch=args.batch, threads=args.threads or 1,
                        verify=not args.no_verify, finalists=FinalistConfig(args.finalists, args.finalist_images),
                        bn_batches=DEFAULT_BN_BATCHES if args.bn_recalibrate is None else args.bn_recalibrate)

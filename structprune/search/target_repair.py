@@ -5,8 +5,8 @@ A particle (target_space.py) is repaired in two steps, both deterministic:
          whose predicted cost meets the budget: an over-budget particle shrinks until it fits, one under budget
          grows, and the particle keeps its shape (which groups keep relatively more)
   fill   then, while some group can go one rung up and still meet the budget, the group whose next rung adds
-         the most L1 importance per unit of cost goes up (its added maps' L1 over its mean map L1; a rung that
-         costs nothing goes first; ties: the first group)
+         the most importance per unit of cost goes up (its added maps' importance, the space's L1 or other, over
+         its mean map's; a rung that costs nothing goes first; ties: the first group)
 After it, no group can go one rung up within budget. The form choices (kernel blocks, intra shapes) are kept
 as they are, what they save spent on channels; only when every group keeps all its maps and budget is left do
 forms step back towards the dense form (one option at a time, the step using the most budget that still fits
@@ -23,7 +23,6 @@ import numpy as np
 
 from structprune.search.target_cost import CostModel
 from structprune.search.target_space import TargetSpace
-from structprune.sparsity.selection import channel_l1
 
 EPS = 1e-12
 
@@ -33,11 +32,11 @@ class BudgetRepair:
 
     def __init__(self, space: TargetSpace, cost: CostModel, budget: float):
         self.space, self.cost, self.budget = space, cost, budget
-        self.gain: dict[str, np.ndarray] = {}  # per root: L1 of its maps in keep order, over its mean map L1
+        self.gain: dict[str, np.ndarray] = {}  # per root: importance of its maps in keep order, over its mean
         for root in space.roots:
-            l1 = channel_l1(space.model, space.groups[root]).double().numpy()
-            mean = float(l1.mean()) or 1.0
-            self.gain[root] = l1[space.order[root].numpy()] / mean
+            score = space.importance[root].double().numpy()
+            mean = float(score.mean()) or 1.0
+            self.gain[root] = score[space.order[root].numpy()] / mean
         self._done: dict[bytes, np.ndarray] = {}
 
     def __call__(self, particles: np.ndarray) -> np.ndarray:
@@ -81,7 +80,7 @@ class BudgetRepair:
 
     def by_importance(self, particle: np.ndarray) -> np.ndarray:
         """`particle`'s forms with every channel group grown from the ladder's floor one rung at a time, the
-        rung adding the most L1 importance (over its group's mean map) first, whatever it costs, while one fits:
+        rung adding the most importance (over its group's mean map) first, whatever it costs, while one fits:
         the allocation of one importance ranking over all maps."""
         floor = np.asarray(particle, dtype=np.int16).copy()
         floor[: self.space.channel_dims] = self.space.k - 1

@@ -6,7 +6,8 @@ concatenation). Each group has its own ladder of kept-map counts: its size, then
 below it, down to the floor (`min_keep` of its maps; never fewer than `round_to`, nor than one map). Choice c
 of k picks the rung at the same *fraction* of the group's ladder (rung round(c·(L-1)/(k-1)) of L), so one
 choice number means about the same keep fraction in every group and a uniform particle is a uniform
-network. Which maps of a group go is decided by L1 importance (selection's `channel_l1`).
+network. Which maps of a group go is decided by an importance per map: L1 (selection's `channel_l1`) unless
+`importance` gives the group's scores (e.g. Torch-Pruning's group L2, `map_importance`).
 
 From the kept maps of every group follow the kept input and output maps of every conv and linear layer
 (`layer_counts`), which the cost models read.
@@ -33,6 +34,20 @@ from structprune.sparsity.masks import NetworkMask
 from structprune.sparsity.selection import channel_l1
 
 DEFAULT_MIN_KEEP = 0.25  # the ladder's floor: a group keeps at least this fraction of its maps
+MAP_IMPORTANCE = ("l1", "tp-l2")  # how the maps within a group are ranked (map_importance)
+
+
+def map_importance(kind: str, model: nn.Module, groups: ChannelGroups,
+                   example: torch.Tensor) -> dict[str, torch.Tensor] | None:
+    """The per-map importance of every conv-rooted group for `kind`: None for "l1" (TargetSpace's own), Torch-Pruning's
+    group L2 for "tp-l2" (the producing filters, batch norms and consumers' input weights of each coupled group)."""
+    if kind not in MAP_IMPORTANCE:
+        raise StructpruneError(f"unknown map importance {kind!r}; choose {', '.join(MAP_IMPORTANCE)}")
+    if kind == "l1":
+        return None
+    from structprune.sparsity.tp_selection import tp_group_l2_importance
+
+    return tp_group_l2_importance(model, groups, example)
 
 
 def ladder(size: int, round_to: int, min_keep: float) -> list[int]:
@@ -61,7 +76,7 @@ class TargetSpace:
     its convs), and what a particle means."""
 
     def __init__(self, model: nn.Module, groups: ChannelGroups, round_to: int, min_keep: float,
-                 forms: Sequence[str] = ("channel",)):
+                 forms: Sequence[str] = ("channel",), importance: dict[str, torch.Tensor] | None = None):
         if round_to < 1:
             raise StructpruneError(f"round_to must be at least 1, got {round_to}")
         if not 0.0 < min_keep <= 1.0:
@@ -71,7 +86,9 @@ class TargetSpace:
         if not self.roots:
             raise StructpruneError(f"{type(model).__name__} has no prunable convolution channel group")
         self.ladders = {r: ladder(groups[r].size, round_to, min_keep) for r in self.roots}
-        self.order = {r: torch.argsort(channel_l1(model, groups[r]), descending=True, stable=True) for r in self.roots}
+        given = importance or {}
+        self.importance = {r: given[r] if r in given else channel_l1(model, groups[r]) for r in self.roots}
+        self.order = {r: torch.argsort(self.importance[r], descending=True, stable=True) for r in self.roots}
         self.layers = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
         self._slices = self._member_slices()
         self._shapes = self._layer_shapes()

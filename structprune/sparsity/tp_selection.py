@@ -62,3 +62,28 @@ def tp_group_l2_keep(model: nn.Module, groups: ChannelGroups, example: torch.Ten
     log.info("tp-l2 (%s): %d of %d conv channels kept", scope, sum(int(k.sum()) for k in keep.values()),
              sum(k.numel() for k in keep.values()))
     return keep
+
+
+def tp_group_l2_importance(model: nn.Module, groups: ChannelGroups, example: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per conv-rooted group root: Torch-Pruning's group L2 importance of each of its maps (GroupMagnitudeImportance,
+    p = 2: the L2 norm over every layer of the coupled group, the producing filters, batch norms and the consumers'
+    input weights), indexed as the group's root channels."""
+    work = copy.deepcopy(model).eval()
+    with torch.enable_grad():  # the graph cannot be built under no_grad (TORCH-PRUNING-NOTES)
+        graph = tp.DependencyGraph().build_dependency(work, example_inputs=example)
+    importance = tp.importance.GroupMagnitudeImportance(p=2)
+    scores: dict[str, torch.Tensor] = {}
+    for group in groups:
+        if group.linear:
+            continue
+        conv = work.get_submodule(group.root)
+        found = _out_member(groups, group.root)
+        if found is None:
+            raise StructpruneError(f"no channel group of this model holds the output of {group.root}")
+        _, index, root_channels = found
+        pruning = graph.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=list(range(conv.out_channels)))
+        per_map = importance(pruning).detach().cpu().double()
+        score = torch.zeros(group.size, dtype=torch.float64)
+        score[root_channels] = per_map[index]
+        scores[group.root] = score
+    return scores

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from structprune.arch import example_input
 from structprune.bench import Candidate, bench, runtime_candidate
 from structprune.compact.compaction import compact
 from structprune.errors import StructpruneError
@@ -37,7 +38,7 @@ from structprune.search.scoring import ScoreSet
 from structprune.search.scoring_full import FullForwardScorer
 from structprune.search.target_cost import CostModel, LatencyCost, LatencyModelLike, MacCost, measured_latency_cost
 from structprune.search.target_search import Target, TargetSearchConfig, check_reachable, search_structure
-from structprune.search.target_space import TargetSpace
+from structprune.search.target_space import TargetSpace, map_importance
 from structprune.sparsity.masking import MaskApplier
 from structprune.sparsity.selection import channel_groups_of
 from structprune.stages.prune import DEFAULT_BN_BATCHES, load_masks, mask_summary, reestimate_batch_norms, run_dataset
@@ -98,8 +99,9 @@ class TargetRun:
         self.target, self.cfg = target, cfg
         self.input_shape = tuple(self.run.arch["input_shape"])
         self.groups = channel_groups_of(self.model)
+        importance = map_importance(cfg.search.importance, self.model, self.groups, example_input(self.model))
         self.space = TargetSpace(self.model, self.groups, cfg.search.round_to, cfg.search.min_keep,
-                                 forms=cfg.search.forms)
+                                 forms=cfg.search.forms, importance=importance)
         self._cost: CostModel | None = None  # a latency model to measure: in the staging area (`measure_cost`)
         known = getattr(latency_model, "layers", None)
         missing = [n for n, m in self.model.named_modules() if isinstance(m, nn.Conv2d) and known is not None
