@@ -628,18 +628,19 @@ def _schedule_arm(match: re.Match) -> tuple[int, str, str] | None:
     """(table order, arm, seed) of a retrained run of the schedule comparison; None for a gradual run's earlier
     steps."""
     if match["one"] is not None and match["finalists"] is not None:
-        return 1, f"ours (`--target-macs --finalists {match['finalists']}`): one shot, then retrain", match["one"]
+        return 1, f"ours (`--target-macs --importance l1 --finalists {match['finalists']}`): one shot, then retrain", \
+            match["one"]
     if match["one"] is not None and match["tpl2"] is not None:
         return 2, "ours (`--target-macs --importance tp-l2`): one shot, then retrain", match["one"]
     if match["one"] is not None:
-        return 0, "ours (`--target-macs`): one shot, then retrain", match["one"]
+        return 0, "ours (`--target-macs --importance l1`): one shot, then retrain", match["one"]
     if match["scope"] is not None:
         order, scope = (4, "uniform") if match["scope"] == "layer" else (5, "global")
         return order, f"Torch-Pruning group L2, {scope}: one shot, then retrain", match["tpseed"]
     steps = int(match["steps"])
     if int(match["step"]) != steps:
         return None
-    return 3, f"ours (`--target-macs`): gradual, {steps} steps with retraining after each", match["seed"]
+    return 3, f"ours (`--target-macs --importance l1`): gradual, {steps} steps with retraining after each", match["seed"]
 
 
 def schedule_compare() -> str:

@@ -24,7 +24,7 @@ STEPS=${STEPS:-2}
 TRAIN=${TRAIN:-5000}
 SEEDS=${SEEDS:-"0 1 2"}
 SEARCH=(--method pf --bn-recalibrate 4 --score-images 500 --particles 16 --generations 6 --seed 0
-        --target-forms channel --min-keep "${MIN_KEEP:-0.25}")
+        --target-forms channel --min-keep "${MIN_KEEP:-0.25}" --importance l1)
 STEP_TARGET=$("$PY" -c "print(round($TARGET ** (1 / $STEPS), 4))")
 STEP_IMAGES=$((TRAIN / STEPS))
 

@@ -24,7 +24,7 @@ from structprune.errors import StructpruneError
 from structprune.search.target_cost import CostModel, LatencyCost, LatencyModelLike, MacCost, measured_latency_cost
 from structprune.search.target_forms import parse_forms
 from structprune.search.target_search import Target, TargetSearchConfig, check_reachable, search_structure
-from structprune.search.target_space import DEFAULT_MIN_KEEP, TargetSpace, map_importance
+from structprune.search.target_space import DEFAULT_MAP_IMPORTANCE, DEFAULT_MIN_KEEP, TargetSpace, map_importance
 from structprune.sparsity.fast_forms import DEFAULT_ROUND_TO
 from structprune.sparsity.masks import NetworkMask
 from structprune.sparsity.method import Method
@@ -61,7 +61,7 @@ def prune_to_target(
     evolutionary: bool = False,
     seed: int = 0,
     forms: str = "channel",
-    importance: str = "l1",
+    importance: str = DEFAULT_MAP_IMPORTANCE,
 ) -> NetworkMask:
     """Channel masks meeting one target: `target_macs` R (R× fewer MACs, exact), `target_speedup` S (S× faster)
     or `target_latency` (milliseconds per batch of `batch`). Speed and latency are predicted by `latency_model`
@@ -74,7 +74,8 @@ def prune_to_target(
     Every channel group keeps a multiple of `round_to` maps (or all of them), at least `min_keep` of them.
     `forms`: "channel", or "channel,blocks,intra" to also choose per conv kernel blocks (G = 1, 2, 4) and an
     intra-kernel shape (2×3, 3×1, 1×3 of a 3×3 kernel) where they apply. `importance`: which maps of a group go,
-    "l1" (the filters' L1) or "tp-l2" (Torch-Pruning's group L2 over the coupled layers). The model is not changed."""
+    "tp-l2" (Torch-Pruning's group L2 over the coupled layers, the default) or "l1" (the filters' L1). The model is
+    not changed."""
     check_model(model)
     if not callable(score_fn):
         raise StructpruneError(f"score_fn must be a function of the network returning a number, not {type(score_fn).__name__}")

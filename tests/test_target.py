@@ -249,8 +249,13 @@ def test_finalists_are_chosen_by_a_short_finetune(runs, tmp_path):
     assert chosen[0]["finetune_mcr"] == min(f["finetune_mcr"] for f in finalists)
     assert all(0.0 <= f["finetune_mcr"] <= 1.0 for f in finalists)
     assert len({tuple(f["choices"]) for f in finalists}) == len(finalists)  # distinct structures
+    from structprune.arch import example_input
+    from structprune.search.target_space import map_importance
+
     model = load_run(runs["tiny-resnet"]).model
-    space = TargetSpace(model, channel_groups_of(model), FAST.round_to, FAST.min_keep)
+    groups = channel_groups_of(model)
+    space = TargetSpace(model, groups, FAST.round_to, FAST.min_keep,
+                        importance=map_importance(FAST.importance, model, groups, example_input(model)))
     cost = MacCost(space, (1, 8, 8))
     starts = seed_structures(space, cost, 0.5, FAST, BudgetRepair(space, cost, 0.5))[:2]
     for start in starts:  # the search's uniform and global-importance starts compete

@@ -18,7 +18,7 @@ import sys
 from structprune.cli.common import finite_float, non_negative_int, positive_int
 from structprune.errors import StructpruneError
 from structprune.output import Output
-from structprune.search.target_space import DEFAULT_MIN_KEEP, MAP_IMPORTANCE
+from structprune.search.target_space import DEFAULT_MAP_IMPORTANCE, DEFAULT_MIN_KEEP, MAP_IMPORTANCE
 from structprune.sparsity.fast_forms import DEFAULT_ROUND_TO
 from structprune.sparsity.method import Method
 
@@ -55,10 +55,10 @@ def add_target_arguments(p: argparse.ArgumentParser) -> None:
                    help="what the search chooses: channel (kept maps per channel group; the default) or "
                    "channel,blocks,intra (also, per conv, kernel blocks G=1/2/4 and an intra-kernel shape 2x3/3x1/1x3 "
                    "where they apply; the result compacts into grouped and smaller dense convolutions)")
-    g.add_argument("--importance", choices=MAP_IMPORTANCE, default="l1",
-                   help="which maps of a channel group go: l1 (the filters' L1, the default) or tp-l2 (Torch-Pruning's "
-                   "group L2 over every layer of the coupled group, batch norms and the next layers' input weights "
-                   "included)")
+    g.add_argument("--importance", choices=MAP_IMPORTANCE, default=DEFAULT_MAP_IMPORTANCE,
+                   help="which maps of a channel group go: tp-l2 (Torch-Pruning's group L2 over every layer of the "
+                   "coupled group, batch norms and the next layers' input weights included; the default) or l1 (the "
+                   "filters' L1)")
     g.add_argument("--latency-model", default=None, metavar="FILE",
                    help="speed and latency targets: reuse the latency model an earlier target run of the same network "
                         "saved (its latency-model.json; same --runtime, --batch, --threads) instead of measuring one")

@@ -29,7 +29,7 @@ from structprune.search.particle_filter import ChoiceSpace, ParticleFilter, PFCo
 from structprune.search.target_cost import CostModel
 from structprune.search.target_forms import parse_forms
 from structprune.search.target_repair import BudgetRepair
-from structprune.search.target_space import DEFAULT_MIN_KEEP, MAP_IMPORTANCE, TargetSpace
+from structprune.search.target_space import DEFAULT_MAP_IMPORTANCE, DEFAULT_MIN_KEEP, MAP_IMPORTANCE, TargetSpace
 from structprune.sparsity.fast_forms import DEFAULT_ROUND_TO
 from structprune.sparsity.masks import NetworkMask
 from structprune.sparsity.method import Method
@@ -96,7 +96,7 @@ class TargetSearchConfig:
     tie: float = 1e-3
     seed: int = 0
     forms: tuple[str, ...] = ("channel",)  # also search "blocks" (kernel blocks) and "intra" (intra shapes)
-    importance: str = "l1"  # which maps of a group go: "l1" or "tp-l2" (target_space.map_importance)
+    importance: str = DEFAULT_MAP_IMPORTANCE  # which maps of a group go: "l1" or "tp-l2" (map_importance)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "forms", parse_forms(self.forms))

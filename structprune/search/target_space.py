@@ -35,6 +35,7 @@ from structprune.sparsity.selection import channel_l1
 
 DEFAULT_MIN_KEEP = 0.25  # the ladder's floor: a group keeps at least this fraction of its maps
 MAP_IMPORTANCE = ("l1", "tp-l2")  # how the maps within a group are ranked (map_importance)
+DEFAULT_MAP_IMPORTANCE = "tp-l2"  # measured ahead of L1 after retraining (docs/results.md, the schedule comparison)
 
 
 def map_importance(kind: str, model: nn.Module, groups: ChannelGroups,
