@@ -66,3 +66,25 @@ def test_tp_is_refused_at_the_kernel_scale() -> None:
     model, _ = _net("paper-cifar10")
     with pytest.raises(StructpruneError, match="channels only"):
         select_masks(model, "channel,kernel", 0.5, method="tp-l2")
+
+
+@pytest.mark.parametrize("name", ["resnet20", "mobilenetv2"])
+def test_group_l2_importance_is_torch_prunings_own_per_root_channel(name: str) -> None:
+    from structprune.sparsity.tp_selection import tp_group_l2_importance
+
+    model, x = _net(name)
+    groups = find_channel_groups(model, x[:1])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    scores = tp_group_l2_importance(model, groups, x[:1])
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the model is not changed
+    assert set(scores) == {g.root for g in groups if not g.linear}
+    graph = tp.DependencyGraph().build_dependency(copy.deepcopy(model), example_inputs=x[:1])
+    copy_modules = dict(graph.model.named_modules())
+    for root in list(scores)[:4]:
+        conv = copy_modules[root]
+        group = graph.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=list(range(conv.out_channels)))
+        expected = tp.importance.GroupMagnitudeImportance(p=2)(group).double()
+        assert scores[root].shape == (groups[root].size,)
+        assert torch.allclose(scores[root], expected, rtol=1e-6)
+    only = tp_group_l2_importance(model, groups, x[:1], roots=[next(iter(scores))])
+    assert list(only) == [next(iter(scores))] and torch.equal(only[next(iter(scores))], scores[next(iter(scores))])

@@ -29,7 +29,7 @@ from structprune.search.particle_filter import ChoiceSpace, ParticleFilter, PFCo
 from structprune.search.target_cost import CostModel
 from structprune.search.target_forms import parse_forms
 from structprune.search.target_repair import BudgetRepair
-from structprune.search.target_space import DEFAULT_MAP_IMPORTANCE, DEFAULT_MIN_KEEP, MAP_IMPORTANCE, TargetSpace
+from structprune.search.target_space import DEFAULT_MAP_IMPORTANCE, DEFAULT_MIN_KEEP, TargetSpace, check_importance
 from structprune.sparsity.fast_forms import DEFAULT_ROUND_TO
 from structprune.sparsity.masks import NetworkMask
 from structprune.sparsity.method import Method
@@ -100,8 +100,7 @@ class TargetSearchConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "forms", parse_forms(self.forms))
-        if self.importance not in MAP_IMPORTANCE:
-            raise StructpruneError(f"unknown map importance {self.importance!r}; choose {', '.join(MAP_IMPORTANCE)}")
+        check_importance(self.importance)
         if self.method not in (Method.PF, Method.EPF):
             raise StructpruneError(f"the target search runs the particle filter (pf or epf), not {self.method}")
         PFConfig(particles=self.particles, generations=self.generations, temperature=self.temperature)

@@ -38,12 +38,17 @@ MAP_IMPORTANCE = ("l1", "tp-l2")  # how the maps within a group are ranked (map_
 DEFAULT_MAP_IMPORTANCE = "tp-l2"  # measured ahead of L1 after retraining (docs/results.md, the schedule comparison)
 
 
+def check_importance(kind: str) -> None:
+    """One line when `kind` is not a map importance (MAP_IMPORTANCE)."""
+    if kind not in MAP_IMPORTANCE:
+        raise StructpruneError(f"unknown map importance {kind!r}; choose {', '.join(MAP_IMPORTANCE)}")
+
+
 def map_importance(kind: str, model: nn.Module, groups: ChannelGroups,
                    example: torch.Tensor) -> dict[str, torch.Tensor] | None:
     """The per-map importance of every conv-rooted group for `kind`: None for "l1" (TargetSpace's own), Torch-Pruning's
     group L2 for "tp-l2" (the producing filters, batch norms and consumers' input weights of each coupled group)."""
-    if kind not in MAP_IMPORTANCE:
-        raise StructpruneError(f"unknown map importance {kind!r}; choose {', '.join(MAP_IMPORTANCE)}")
+    check_importance(kind)
     if kind == "l1":
         return None
     from structprune.sparsity.tp_selection import tp_group_l2_importance

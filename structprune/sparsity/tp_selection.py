@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Collection
 
 import torch
 import torch_pruning as tp
@@ -64,17 +65,19 @@ def tp_group_l2_keep(model: nn.Module, groups: ChannelGroups, example: torch.Ten
     return keep
 
 
-def tp_group_l2_importance(model: nn.Module, groups: ChannelGroups, example: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per conv-rooted group root: Torch-Pruning's group L2 importance of each of its maps (GroupMagnitudeImportance,
-    p = 2: the L2 norm over every layer of the coupled group, the producing filters, batch norms and the consumers'
-    input weights), indexed as the group's root channels."""
+def tp_group_l2_importance(model: nn.Module, groups: ChannelGroups, example: torch.Tensor,
+                           roots: Collection[str] | None = None) -> dict[str, torch.Tensor]:
+    """Per conv-rooted group root (those in `roots`, by default all): Torch-Pruning's group L2 importance of each of
+    its maps (GroupMagnitudeImportance, p = 2: the L2 norm over every layer of the coupled group, the producing
+    filters, batch norms and the consumers' input weights), indexed as the group's root channels. The model is not
+    changed (the graph is built on a copy)."""
     work = copy.deepcopy(model).eval()
     with torch.enable_grad():  # the graph cannot be built under no_grad (TORCH-PRUNING-NOTES)
         graph = tp.DependencyGraph().build_dependency(work, example_inputs=example)
     importance = tp.importance.GroupMagnitudeImportance(p=2)
     scores: dict[str, torch.Tensor] = {}
     for group in groups:
-        if group.linear:
+        if group.linear or (roots is not None and group.root not in roots):
             continue
         conv = work.get_submodule(group.root)
         found = _out_member(groups, group.root)

@@ -48,17 +48,11 @@ class ChannelRung(Rung):
 
     def tp_particle(self) -> np.ndarray:
         """Torch-Pruning's group L2 importance of the layer's maps: keep the most important alive ones."""
-        import torch_pruning as tp
+        from structprune.sparsity.tp_selection import tp_group_l2_importance
 
         model = self.net.model
-        conv = model.get_submodule(self.layer)
-        was_training = model.training
-        with torch.enable_grad():  # the graph cannot be built under no_grad (TORCH-PRUNING-NOTES)
-            graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_input(model))
-        model.train(was_training)
-        group = graph.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=list(range(conv.out_channels)))
-        scores = tp.importance.GroupMagnitudeImportance(p=2)(group)[self.alive]
-        return top_bits(scores, self.space.keep)
+        scores = tp_group_l2_importance(model, self.net.groups, example_input(model), roots=[self.layer])[self.layer]
+        return top_bits(scores[self.alive], self.space.keep)
 
     def touched_modules(self) -> set[str]:
         """Every member of the channel group: its convs, batch norms and the consumers' input weights."""
