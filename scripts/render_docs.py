@@ -670,7 +670,8 @@ def schedule_compare() -> str:
 
 # ------------------------------------------------------------------------------- scripts/target_compare_cifar10.sh
 
-TARGET_COMPARE = ("target-compare-cifar10", "target-compare-cifar10-2026-12")  # one folder per machine and dense run
+TARGET_COMPARE = ("target-compare-cifar10", "target-compare-cifar10-2026-12",  # one folder per machine and dense run
+                  "target-compare-cifar10-2026-12-tpl2")  # the same dense run, maps by Torch-Pruning's group L2
 TARGET_NETS = {"resnet20": "`resnet20`", "paper": "`paper-cifar10`"}
 RUN_NAME = re.compile(r"^(?P<net>[a-z0-9]+)-ts(?P<s>[0-9.]+)-b(?P<batch>[0-9]+)(?P<eager>-eager)?(?:-f(?P<finalists>[0-9]+))?$")
 
