@@ -40,6 +40,7 @@ from structprune.compact.compaction import compact
 from structprune.errors import StructpruneError
 from structprune.jsonio import write_json_atomic
 from structprune.latency_model import CalibrationPoint, LatencyModel, fit_calibration, measure_latency_model, network_forms
+from structprune.latency_model.measure import DEFAULT_GRID_POINTS
 from structprune.latency_model.network import CALIBRATION_KEEPS, network_times
 from structprune.models import create
 from structprune.output import claim_file
@@ -220,8 +221,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="shares of the maps kept by the calibration networks (default %(default)s; 1: the dense "
                              "network alone)")
     parser.add_argument("--min-run-time", type=float, default=0.02, help="seconds per timed layer shape")
-    parser.add_argument("--points", type=int, default=5,
-                        help="kept-map counts per axis of each plain convolution's grid (default 5)")
+    parser.add_argument("--points", type=int, default=DEFAULT_GRID_POINTS,
+                        help=f"kept-map counts per axis of each plain convolution's grid (default {DEFAULT_GRID_POINTS})")
     parser.add_argument("--rounds", type=int, default=7, help="structprune.bench rounds for whole networks")
     parser.add_argument("--sample-seconds", type=float, default=0.3,
                         help="structprune.bench seconds per round of one whole network (default 0.3)")

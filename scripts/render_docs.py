@@ -847,7 +847,7 @@ def latency_check() -> str:
         timing = (f"{d['min_run_time']:g} s; {d['rounds']} × {d['sample_seconds']:g} s"  # type: ignore[index]
                   if "min_run_time" in d else "")
         layers = {"profiled kernels": "kernel time (profiler)"}.get(d.get("layer_timing"), "session call")  # type: ignore[union-attr]
-        if d.get("points", 5) != 5:  # type: ignore[union-attr]
+        if "points" in d:  # recorded since the check took --points
             layers += f", {d['points']} counts per axis"  # type: ignore[index]
         rows.append([f"`{Path(d['source']).name}`", drawn, str(d["batch"]), str(len(d["candidates"])), networks,  # type: ignore[index]
                      ms(dense["predicted_ms"]), ms(dense["measured_ms"]),

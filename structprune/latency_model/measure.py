@@ -22,6 +22,7 @@ timed whole (structprune.latency_model.network), and network ≈ α · Σ convol
 
 from __future__ import annotations
 
+import bisect
 import io
 import json
 import logging
@@ -45,6 +46,7 @@ from structprune.latency_model.network import CALIBRATION_KEEPS, measure_calibra
 log = logging.getLogger(__name__)
 
 DEFAULT_TAPS = ((3, 1), (1, 3), (2, 3), (3, 2))
+DEFAULT_GRID_POINTS = 5  # kept-map counts per axis of a plain convolution's grid
 
 
 @dataclass(frozen=True)
@@ -188,14 +190,14 @@ def run_kernel_ms(events: list[dict]) -> list[float]:
     """Per model run in an ONNX Runtime profile (its events), the milliseconds of its node kernels, layout
     reorders left out."""
     runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
+    begins = [begin for begin, _ in runs]
     totals = [0.0] * len(runs)
     for e in events:
         if e.get("cat") != "Node" or (e.get("args") or {}).get("op_name") in ("ReorderInput", "ReorderOutput"):
             continue
-        for i, (begin, end) in enumerate(runs):
-            if begin <= e["ts"] <= end:
-                totals[i] += e["dur"] / 1e3
-                break
+        i = bisect.bisect_right(begins, e["ts"]) - 1  # the last run begun by the node's start: runs do not overlap
+        if i >= 0 and e["ts"] <= runs[i][1]:
+            totals[i] += e["dur"] / 1e3
     return totals
 
 
@@ -270,8 +272,8 @@ def _check_args(runtime: str, batch: int, threads: int, round_to: int, groups: t
 
 def measure_latency_model(model: nn.Module, input_shape: tuple[int, ...], runtime: str, batch: int, threads: int,
                           round_to: int = 8, groups: tuple[int, ...] = (1, 2, 4),
-                          taps: tuple[tuple[int, int], ...] = DEFAULT_TAPS, points: int = 5, variant_points: int = 3,
-                          combine: bool = False, min_run_time: float = 0.02, network_rounds: int = 7,
+                          taps: tuple[tuple[int, int], ...] = DEFAULT_TAPS, points: int = DEFAULT_GRID_POINTS,
+                          variant_points: int = 3, combine: bool = False, min_run_time: float = 0.02, network_rounds: int = 7,
                           network_seconds: float = 0.3,
                           calibration_keeps: tuple[float, ...] = CALIBRATION_KEEPS) -> LatencyModel:
     """Measure `model`'s LatencyModel on this machine (module doc). `points` / `variant_points`: counts per grid
