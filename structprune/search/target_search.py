@@ -139,10 +139,9 @@ def seed_structures(space: TargetSpace, cost: CostModel, budget: float, cfg: Tar
     return list(unique.values())
 
 
-def start_population(space: TargetSpace, cost: CostModel, budget: float, cfg: TargetSearchConfig, seed: int,
-                     repair: BudgetRepair) -> np.ndarray:
+def start_population(space: TargetSpace, cfg: TargetSearchConfig, seed: int, repair: BudgetRepair,
+                     seeds: list[np.ndarray]) -> np.ndarray:
     """The seeds (seed_structures), then jittered copies of them, repaired to the budget."""
-    seeds = seed_structures(space, cost, budget, cfg, repair)
     rng = np.random.default_rng(seed + 7)
     rows = []
     g = space.channel_dims
@@ -214,12 +213,13 @@ def search_structure(space: TargetSpace, cost: CostModel, budget: float, scorer:
     `finalists` (StructureSearch; a resumed search draws them from what it scored after the restart and the
     restored population)."""
     repair = BudgetRepair(space, cost, budget)
+    seeds = seed_structures(space, cost, budget, cfg, repair)
     if saved is not None:
         pf = ParticleFilter.from_state(saved)
         pf.repair = repair
     else:
         pf = ParticleFilter(ChoiceSpace(space.n, space.k), cfg.pf_config(seed),
-                            init=start_population(space, cost, budget, cfg, seed, repair), repair=repair)
+                            init=start_population(space, cfg, seed, repair, seeds), repair=repair)
     objective = Objective(space, cost, budget, scorer)
 
     def after(current: ParticleFilter) -> None:
@@ -238,7 +238,7 @@ def search_structure(space: TargetSpace, cost: CostModel, budget: float, scorer:
     feasible = cost.predict(best) <= budget + 1e-12
     if feasible and finalists < 1:
         return StructureSearch(best, pf, [])
-    starts = seed_structures(space, cost, budget, cfg, repair)[:2]  # the uniform and global-importance ones
+    starts = seeds[:2]  # the uniform and global-importance ones
     if not feasible:  # no particle ever met the budget: the most-kept uniform one does
         best = starts[0]
     if finalists < 1:
