@@ -451,7 +451,7 @@ FOLDER_WRITERS = (("layers-", "benchmarks/bench_layers.py"), ("recovery-cifar10"
                   ("reproduce-mnist-quick", "structprune reproduce mnist --quick"),
                   ("latency-model-check/", "benchmarks/latency_model_check.py"),
                   ("readme-search-mnist", "scripts/readme_search_mnist.sh"),
-                  ("search-resnet20-cifar10", "benchmarks/search_resnet20_cifar10.sh"),
+                  ("search-resnet20-cifar10", "benchmarks/search_methods_cifar10.sh"),
                   ("target-compare-", "scripts/target_compare_cifar10.sh"),
                   ("schedule-compare-cifar10", "scripts/schedule_compare_cifar10.sh"),
                   ("timing-noise/", "benchmarks/timing_noise.py"),
@@ -588,20 +588,22 @@ WRITERS = {  # files that do not record their command
     "per-layer-repro-mnist-quick-s3.json": "structprune bench --per-layer --json",
 }
 
-# ----------------------------------------------------------------------- benchmarks/search_resnet20_cifar10.sh
+# ----------------------------------------------------------------------- benchmarks/search_methods_cifar10.sh
 
 SEARCH_RESNET20 = "search-resnet20-cifar10"
-SEARCH_METHOD_NAMES = (("pf", "particle filter"), ("epf", "evolutionary particle filter"),
-                       ("l1", "L1, same schedule"), ("random-best", "random, best of the same budget"),
-                       ("tp-l2", "Torch-Pruning group L2"))
+SEARCH_METHOD_NAMES = (  # (run name part, method, what it is); nobn-: scored without batch-norm re-estimation
+    ("pf", "pf", "particle filter"), ("nobn-pf", "pf", "particle filter, no batch-norm re-estimation"),
+    ("epf", "epf", "evolutionary particle filter"), ("l1", "l1", "L1, same schedule"),
+    ("random-best", "random-best", "random, best of the same budget"), ("tp-l2", "tp-l2", "Torch-Pruning group L2"))
 
 
-def search_resnet20() -> str:
-    """Each search method on resnet20 at about 2x fewer conv MACs: val/test MCR mean ± sd over seeds."""
-    root = RESULTS / SEARCH_RESNET20
+def search_methods(folder: str, tag: str) -> str:
+    """Each search method of one network's comparison: val/test MCR mean ± sd over seeds."""
+    root = RESULTS / folder
     rows = []
-    for method, name in SEARCH_METHOD_NAMES:
-        runs = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(root.glob(f"search-r20-{method}-s*/metrics.json"))]
+    for part, method, name in SEARCH_METHOD_NAMES:
+        runs = [json.loads(p.read_text(encoding="utf-8"))
+                for p in sorted(root.glob(f"search-{tag}-{part}-s*/metrics.json"))]
         if not runs:
             continue
         ratio = sum(m["conv_macs_dense"] / max(m["conv_macs"], 1) for m in runs) / len(runs)
@@ -613,6 +615,11 @@ def search_resnet20() -> str:
                      f"{dead:g} of {removed:g}"])
     return table(["method", "seeds", "fewer conv MACs", "val MCR (5,000 images)", "test MCR (1,000 images)",
                   "search minutes (mean)", "removed maps never active (mean)"], rows)
+
+
+def search_resnet20() -> str:
+    """Each search method on resnet20 at about 2x fewer conv MACs."""
+    return search_methods(SEARCH_RESNET20, "r20")
 
 
 # ------------------------------------------------------------------------------- scripts/schedule_compare_cifar10.sh
