@@ -80,3 +80,15 @@ def test_a_network_fx_cannot_trace_is_not_counted():
     assert never_active(_Untraceable(), [torch.randn(2, 1, 5, 5)]) is None
     assert dead_unit_summary(_Untraceable(), None, NetworkMask()) == {"counted": False}
 
+
+
+def test_a_map_that_fires_at_one_pixel_of_one_image_is_alive_and_the_weights_keep_their_layout():
+    net = nn.Sequential(nn.Conv2d(1, 2, 1), nn.ReLU()).eval()
+    with torch.no_grad():
+        net[0].weight.fill_(1.0)
+        net[0].bias.copy_(torch.tensor([-0.5, -2.0]))  # map 0 fires where the input exceeds 0.5, map 1 above 2
+    x = torch.zeros(4, 1, 6, 6)
+    x[3, 0, 5, 2] = 1.0  # one pixel of the last image
+    dead = never_active(net, [x[:2], x[2:]])
+    assert dead is not None and dead["0"].tolist() == [False, True]
+    assert net[0].weight.is_contiguous()
