@@ -602,19 +602,22 @@ def search_methods(folder: str, tag: str) -> str:
     root = RESULTS / folder
     rows = []
     for part, method, name in SEARCH_METHOD_NAMES:
-        runs = [json.loads(p.read_text(encoding="utf-8"))
-                for p in sorted(root.glob(f"search-{tag}-{part}-s*/metrics.json"))]
-        if not runs:
+        folders = sorted(p.parent for p in root.glob(f"search-{tag}-{part}-s*/metrics.json"))
+        if not folders:
             continue
+        runs = [json.loads((f / "metrics.json").read_text(encoding="utf-8")) for f in folders]
+        before = [json.loads((f / "search.json").read_text(encoding="utf-8"))["steps"][-1]["check_mcr"]
+                  for f in folders if (f / "search.json").is_file()]
         ratio = sum(m["conv_macs_dense"] / max(m["conv_macs"], 1) for m in runs) / len(runs)
         dead = sum(m.get("dead_units", {}).get("removed_dead_maps", 0) for m in runs) / len(runs)
         removed = sum(m.get("dead_units", {}).get("removed_maps", 0) for m in runs) / len(runs)
         rows.append([f"`{method}` ({name})", str(len(runs)), times(ratio), _mean_sd([m["val_mcr"] for m in runs]),
-                     _mean_sd([m["test_mcr"] for m in runs]),
+                     _mean_sd([m["test_mcr"] for m in runs]), _mean_sd(before),
                      f"{sum(m.get('search_seconds', 0.0) for m in runs) / len(runs) / 60:.1f}",
                      f"{dead:g} of {removed:g}"])
     return table(["method", "seeds", "fewer conv MACs", "val MCR (5,000 images)", "test MCR (1,000 images)",
-                  "search minutes (mean)", "removed maps never active (mean)"], rows)
+                  "before retraining: check MCR (1,000 images)", "search minutes (mean)",
+                  "removed maps never active (mean)"], rows)
 
 
 def search_resnet20() -> str:
