@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from structprune.augment import crop_and_flip
 from structprune.checkpoint import checkpoint_bytes, has_checkpoint, load_checkpoint, save_checkpoint
-from structprune.data import Dataset, Split, batches
+from structprune.data import Dataset, Split, batches, fast_layout
 from structprune.distill import Distillation
 from structprune.distributed import Group, local_batch_size
 from structprune.errors import StructpruneError
@@ -96,7 +96,7 @@ def _error_sums(model: nn.Module, split: Split, batch_size: int) -> tuple[int, f
     device = _model_device(model)
     wrong, loss_sum = 0, 0.0
     for x, y in batches(split, batch_size):
-        x, y = x.to(device), y.to(device)
+        x, y = fast_layout(x.to(device)), y.to(device)
         logits = model(x)
         loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
         wrong += int((logits.argmax(1) != y).sum())

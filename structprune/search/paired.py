@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from structprune.data import Split, batches
+from structprune.data import Split, batches, fast_layout
 from structprune.errors import StructpruneError
 
 
@@ -59,7 +59,7 @@ def per_image_wrong(model: nn.Module, split: Split, batch_size: int = 500) -> np
     out = []
     try:
         for x, y in batches(split, batch_size):
-            out.append((model(x.to(device)).argmax(1) != y.to(device)).cpu())
+            out.append((model(fast_layout(x.to(device))).argmax(1) != y.to(device)).cpu())
     finally:
         model.train(was_training)
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=bool)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from structprune.data import fast_layout
 from structprune.sparsity.masks import NetworkMask
 
 log = logging.getLogger(__name__)
@@ -88,8 +89,7 @@ def never_active(model: nn.Module, batches: Iterable[torch.Tensor]) -> dict[str,
     traced.eval()
     recorder = _Recorder(traced, watched)
     for images in batches:
-        # channels_last input: the convolutions run in oneDNN's fast layout (the weights stay as they are)
-        recorder.run(images.contiguous(memory_format=torch.channels_last) if images.dim() == 4 else images)
+        recorder.run(fast_layout(images))  # the weights stay as they are
     model.train(was_training)
     return {layer: ~fired for layer, fired in recorder.active.items()}
 
