@@ -92,14 +92,3 @@ def test_a_map_that_fires_at_one_pixel_of_one_image_is_alive_and_the_weights_kee
     dead = never_active(net, [x[:2], x[2:]])
     assert dead is not None and dead["0"].tolist() == [False, True]
     assert net[0].weight.is_contiguous()
-
-
-def test_fast_layout_is_channels_last_for_cpu_batches_of_several_channels_only():
-    from structprune.data import fast_layout
-    x = torch.randn(2, 3, 4, 4)
-    y = fast_layout(x)
-    assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous() and torch.equal(x, y)
-    one = torch.randn(2, 1, 4, 4)
-    assert fast_layout(one) is one  # one channel: the degenerate strides are left alone
-    flat = torch.randn(2, 5)
-    assert fast_layout(flat) is flat
