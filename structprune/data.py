@@ -276,15 +276,6 @@ def _load_folder(source: FolderSource, val_size: int | None, seed: int) -> Datas
                    classes=images.classes)
 
 
-def fast_layout(x: torch.Tensor) -> torch.Tensor:
-    """A CPU batch [B, C, H, W] of several channels in channels_last, oneDNN's fast layout for convolutions (the
-    values are the same); anything else unchanged. One channel stays as it is: its channels_last strides are
-    degenerate, and PyTorch 2.13's oneDNN convolution mis-handles some of them."""
-    if x.dim() == 4 and x.shape[1] > 1 and x.device.type == "cpu":
-        return x.contiguous(memory_format=torch.channels_last)
-    return x
-
-
 def batches(split: Split, batch_size: int, shuffle: bool = False, seed: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Mini-batches of (x [B, C, H, W], y [B]); with `shuffle`, in an order fixed by `seed`."""
     n = len(split)

@@ -22,10 +22,11 @@ from tqdm import tqdm
 
 from structprune.augment import crop_and_flip
 from structprune.checkpoint import checkpoint_bytes, has_checkpoint, load_checkpoint, save_checkpoint
-from structprune.data import Dataset, Split, batches, fast_layout
+from structprune.data import Dataset, Split, batches
 from structprune.distill import Distillation
 from structprune.distributed import Group, local_batch_size
 from structprune.errors import StructpruneError
+from structprune.layout import FastLayout
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +96,10 @@ def _error_sums(model: nn.Module, split: Split, batch_size: int) -> tuple[int, f
     model.eval()
     device = _model_device(model)
     wrong, loss_sum = 0, 0.0
+    layout = FastLayout()
     for x, y in batches(split, batch_size):
-        x, y = fast_layout(x.to(device)), y.to(device)
-        logits = model(x)
+        x, y = x.to(device), y.to(device)
+        logits = layout(model, x)
         loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
         wrong += int((logits.argmax(1) != y).sum())
     model.train(was_training)

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from structprune.augment import crop_and_flip, random_crop, random_flip
-from structprune.data import DATA_DIR_ENV, SPECS, batches, default_val_size, fast_layout, load_dataset
+from structprune.data import DATA_DIR_ENV, SPECS, batches, default_val_size, load_dataset
 from structprune.datafiles import read_idx
 from structprune.errors import StructpruneError
 
@@ -257,13 +257,3 @@ def test_random_crop_always_cuts_a_window_of_the_padded_image(padding, size, see
     offsets = range(2 * padding + 1)
     for i in range(3):
         assert any(torch.equal(out[i], padded[i, :, dy : dy + size, dx : dx + size]) for dy in offsets for dx in offsets)
-
-
-def test_fast_layout_is_channels_last_for_cpu_batches_of_several_channels_only():
-    x = torch.randn(2, 3, 4, 4)
-    y = fast_layout(x)
-    assert y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous() and torch.equal(x, y)
-    one = torch.randn(2, 1, 4, 4)
-    assert fast_layout(one) is one  # one channel: the degenerate strides are left alone
-    flat = torch.randn(2, 5)
-    assert fast_layout(flat) is flat

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from structprune.data import Split, batches, fast_layout
+from structprune.data import Split, batches
 from structprune.errors import StructpruneError
+from structprune.layout import FastLayout
 
 
 @dataclass(frozen=True)
@@ -57,9 +58,10 @@ def per_image_wrong(model: nn.Module, split: Split, batch_size: int = 500) -> np
     model.eval()
     device = next(model.parameters()).device
     out = []
+    layout = FastLayout()
     try:
         for x, y in batches(split, batch_size):
-            out.append((model(fast_layout(x.to(device))).argmax(1) != y.to(device)).cpu())
+            out.append((layout(model, x.to(device)).argmax(1) != y.to(device)).cpu())
     finally:
         model.train(was_training)
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=bool)

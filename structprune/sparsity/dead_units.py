@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from structprune.data import fast_layout
+from structprune.layout import FastLayout
 from structprune.sparsity.masks import NetworkMask
 
 log = logging.getLogger(__name__)
@@ -88,8 +88,9 @@ def never_active(model: nn.Module, batches: Iterable[torch.Tensor]) -> dict[str,
     was_training = model.training
     traced.eval()
     recorder = _Recorder(traced, watched)
+    layout = FastLayout()
     for images in batches:
-        recorder.run(fast_layout(images))  # the weights stay as they are
+        layout(recorder.run, images)
     model.train(was_training)
     return {layer: ~fired for layer, fired in recorder.active.items()}
 
