@@ -38,3 +38,17 @@ class FastLayout:
             self.enabled = False
             log.debug("channels_last batches refused (%s); running them as they come", str(exc).splitlines()[0])
             return fn(x)
+
+
+def inference_layout(model: torch.nn.Module, sample: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """fast_layout when `model` (run in eval mode, without gradients, on `sample`) accepts channels_last batches,
+    else the identity: one decision for the image sets a search scores on again and again."""
+    probe = FastLayout()
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            probe(model, sample)
+    finally:
+        model.train(was_training)
+    return fast_layout if probe.enabled else (lambda x: x)

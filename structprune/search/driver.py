@@ -48,6 +48,7 @@ from torch import nn
 from structprune.data import Dataset, Split
 from structprune.errors import StructpruneError
 from structprune.jsonio import read_json, write_json_atomic
+from structprune.layout import inference_layout
 from structprune.metrics import size_metrics
 from structprune.output import Output, fingerprint_files
 from structprune.retrain import retrain_masked
@@ -89,7 +90,8 @@ class Search:
         n_check = min(cfg.check_images, len(data.val) - n_score)
         if n_check < 1:
             raise StructpruneError(f"the validation split has {len(data.val)} image(s): need disjoint score and check subsets")
-        self.score_set = ScoreSet(data.val.x[:n_score], data.val.y[:n_score])
+        self.layout = inference_layout(self.model, data.val.x[:2])  # channels_last batches where accepted
+        self.score_set = ScoreSet(self.layout(data.val.x[:n_score]), data.val.y[:n_score])
         self.check_split = Split(data.val.x[n_score:n_score + n_check], data.val.y[n_score:n_score + n_check])
         convs = conv_names(self.model)
         if cfg.layers is not None:
@@ -165,7 +167,7 @@ class Search:
             return None
         saved = {k: v.detach().clone() for k, v in self.model.state_dict().items() if "running_" in k
                  or "num_batches_tracked" in k}
-        images = self.data.train.x[: self.cfg.bn_batches * 64]
+        images = self.layout(self.data.train.x[: self.cfg.bn_batches * 64])
         with self.applier.applied(mask):
             reestimate_norms(norms, (lambda start=start: self.model(images[start:start + 64])
                                      for start in range(0, len(images), 64)))
@@ -192,7 +194,7 @@ class Search:
     def score_function(self, rung: Rung):
         """The rung's objective over particles, and how it scores (Rung.scorer: the chain's cached activations,
         the traced graph's, or a full forward pass per candidate)."""
-        recal = self.data.train.x[: self.cfg.bn_batches * 64] if self.cfg.bn_batches > 0 else None
+        recal = self.layout(self.data.train.x[: self.cfg.bn_batches * 64]) if self.cfg.bn_batches > 0 else None
         scoring = rung.scorer(self.score_set, self.cfg.tie, recal)
         backend = make_backend(self.cfg.backend, scoring.scorer, scoring.decode, self.cfg.workers)
         return rung.objective(backend, self.latency_table, self.cfg.latency_weight), (scoring.how, scoring.why)
