@@ -16,9 +16,16 @@ T = TypeVar("T")
 def fast_layout(x: torch.Tensor) -> torch.Tensor:
     """A CPU batch [B, C, H, W] of several channels in channels_last; anything else unchanged. One channel stays as
     it is: its channels_last strides are degenerate, and PyTorch 2.13's oneDNN convolution mis-handles some."""
-    if x.dim() == 4 and x.shape[1] > 1 and x.device.type == "cpu":
-        return x.contiguous(memory_format=torch.channels_last)
+    return x.contiguous(memory_format=torch.channels_last) if _helps(x) else x
+
+
+def as_is(x: torch.Tensor) -> torch.Tensor:
+    """The batch unchanged: the layout of a network that refuses channels_last."""
     return x
+
+
+def _helps(x: torch.Tensor) -> bool:
+    return x.dim() == 4 and x.shape[1] > 1 and x.device.type == "cpu"
 
 
 class FastLayout:
@@ -40,15 +47,20 @@ class FastLayout:
             return fn(x)
 
 
-def inference_layout(model: torch.nn.Module, sample: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-    """fast_layout when `model` (run in eval mode, without gradients, on `sample`) accepts channels_last batches,
-    else the identity: one decision for the image sets a search scores on again and again."""
-    probe = FastLayout()
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            probe(model, sample)
-    finally:
-        model.train(was_training)
-    return fast_layout if probe.enabled else (lambda x: x)
+def accepts_channels_last(*models: torch.nn.Module, sample: torch.Tensor) -> bool:
+    """True when every model (run in eval mode, without gradients, on `sample`) accepts a channels_last batch
+    (False for a batch fast_layout leaves as it is): one decision for a whole search or retraining."""
+    if not _helps(sample):
+        return False
+    for model in models:
+        probe = FastLayout()
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                probe(model, sample)
+        finally:
+            model.train(was_training)
+        if not probe.enabled:
+            return False
+    return True

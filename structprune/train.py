@@ -26,7 +26,7 @@ from structprune.data import Dataset, Split, batches
 from structprune.distill import Distillation
 from structprune.distributed import Group, local_batch_size
 from structprune.errors import StructpruneError
-from structprune.layout import FastLayout
+from structprune.layout import FastLayout, fast_layout
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +236,7 @@ def train(
                 x, y = group.share(x), group.share(y)
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
             if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+                x = fast_layout(x)
             for param_group in opt.param_groups:
                 param_group["lr"] = lr_at(cfg, epoch * steps_per_epoch + i, steps_per_epoch)
             opt.zero_grad(set_to_none=True)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from structprune.data import Split
-from structprune.layout import FastLayout, fast_layout
+from structprune.layout import FastLayout, accepts_channels_last, fast_layout
 from structprune.train import evaluate
 
 
@@ -57,3 +57,13 @@ def test_evaluation_in_the_fast_layout_gives_the_plain_results():
         logits = net(split.x)
     assert result.mcr == float((logits.argmax(1) != split.y).float().mean())
     assert abs(result.loss - float(nn.functional.cross_entropy(logits, split.y))) < 1e-5
+
+
+def test_the_layout_decision_probes_every_network_and_restores_its_mode():
+    conv = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 4 * 4, 10)).train()
+    x = torch.randn(2, 3, 6, 6)
+    stats = conv[1].running_mean.clone()
+    assert accepts_channels_last(conv, sample=x)
+    assert conv.training and torch.equal(conv[1].running_mean, stats)  # probed in eval mode
+    assert not accepts_channels_last(conv, _ViewNet(), sample=x)  # one refusing network decides
+    assert not accepts_channels_last(nn.Conv2d(1, 2, 3), sample=torch.randn(2, 1, 6, 6))  # one channel: left alone

@@ -48,7 +48,7 @@ from torch import nn
 from structprune.data import Dataset, Split
 from structprune.errors import StructpruneError
 from structprune.jsonio import read_json, write_json_atomic
-from structprune.layout import inference_layout
+from structprune.layout import accepts_channels_last, as_is, fast_layout
 from structprune.metrics import size_metrics
 from structprune.output import Output, fingerprint_files
 from structprune.retrain import retrain_masked
@@ -90,7 +90,8 @@ class Search:
         n_check = min(cfg.check_images, len(data.val) - n_score)
         if n_check < 1:
             raise StructpruneError(f"the validation split has {len(data.val)} image(s): need disjoint score and check subsets")
-        self.layout = inference_layout(self.model, data.val.x[:2])  # channels_last batches where accepted
+        self.channels_last = accepts_channels_last(self.model, sample=data.val.x[:2])  # oneDNN's fast layout
+        self.layout = fast_layout if self.channels_last else as_is
         self.score_set = ScoreSet(self.layout(data.val.x[:n_score]), data.val.y[:n_score])
         self.check_split = Split(data.val.x[n_score:n_score + n_check], data.val.y[n_score:n_score + n_check])
         convs = conv_names(self.model)
@@ -178,7 +179,7 @@ class Search:
             return
         data = replace(self.data, train=self.data.train.sample(images, seed))
         cfg = TrainConfig(epochs=epochs, lr=self.cfg.lr, seed=seed)
-        retrain_masked(self.model, mask, data, cfg, groups=self.applier.groups)
+        retrain_masked(self.model, mask, data, cfg, groups=self.applier.groups, channels_last=self.channels_last)
         self.model.eval()
 
     def latency_table(self) -> ConvLatency:

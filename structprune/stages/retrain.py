@@ -12,6 +12,7 @@ from structprune.data import Dataset
 from structprune.distill import DEFAULT_TEMPERATURE, DEFAULT_WEIGHT, teacher_for
 from structprune.distributed import on_main, setup, staged
 from structprune.errors import StructpruneError
+from structprune.layout import accepts_channels_last
 from structprune.metrics import run_metrics
 from structprune.output import Output
 from structprune.retrain import retrain_compact, retrain_masked
@@ -56,7 +57,10 @@ def retrain_run(src: str | Path, out: Output | str | Path, cfg: TrainConfig, dat
                                                          teacher.temperature)
     identity = {"source": run_fingerprint(Path(src)), "data": data.fingerprint(), "retrain": asdict(cfg),
                 "distill": None if distill is None else distill.fingerprint()}
-    options = {"checkpoint_dir": output.checkpoints, "progress": progress, "distill": distill, "group": group}
+    teachers = () if distill is None else (distill.teacher,)
+    fast = dev.type == "cpu" and accepts_channels_last(run.model, *teachers, sample=data.train.x[:2])
+    options = {"checkpoint_dir": output.checkpoints, "progress": progress, "distill": distill, "group": group,
+               "channels_last": fast}  # oneDNN's fast layout on the CPU where the networks accept it
     groups = channel_groups_of(run.model) if mask is not None else None  # traced on the CPU, before the move
     run.model.to(dev)
     with staged(group, output, identity, restart=restart):
