@@ -452,6 +452,7 @@ FOLDER_WRITERS = (("layers-", "benchmarks/bench_layers.py"), ("recovery-cifar10"
                   ("latency-model-check/", "benchmarks/latency_model_check.py"),
                   ("readme-search-mnist", "scripts/readme_search_mnist.sh"),
                   ("search-resnet20-cifar10", "benchmarks/search_methods_cifar10.sh"),
+                  ("search-mobilenetv2-cifar10", "benchmarks/search_methods_cifar10.sh"),
                   ("target-compare-", "scripts/target_compare_cifar10.sh"),
                   ("schedule-compare-cifar10", "scripts/schedule_compare_cifar10.sh"),
                   ("timing-noise/", "benchmarks/timing_noise.py"),
@@ -623,6 +624,11 @@ def search_methods(folder: str, tag: str) -> str:
 def search_resnet20() -> str:
     """Each search method on resnet20 at about 2x fewer conv MACs."""
     return search_methods(SEARCH_RESNET20, "r20")
+
+
+def search_mobilenetv2() -> str:
+    """Each search method on mobilenetv2 at about 1.5x fewer conv MACs."""
+    return search_methods("search-mobilenetv2-cifar10", "mnv2")
 
 
 # ------------------------------------------------------------------------------- scripts/schedule_compare_cifar10.sh
@@ -891,6 +897,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "throughput": throughput,
     "recovery-cifar10": recovery,
     "search-resnet20-cifar10": search_resnet20,
+    "search-mobilenetv2-cifar10": search_mobilenetv2,
     "schedule-compare-cifar10": schedule_compare,
     "int8-cifar10": int8_deployment,
     "plain-flags-cifar10": plain_flags,
