@@ -1,5 +1,5 @@
 """Memory layout for inference on the CPU: batches of images in channels_last, oneDNN's fast layout for
-convolutions (about 1.8x faster evaluation of resnet20 and mobilenetv2 on 2 cores), with the same values."""
+convolutions (faster evaluation on the CPU), with the same values."""
 
 from __future__ import annotations
 
