@@ -45,6 +45,7 @@ from structprune.latency_model.network import CALIBRATION_KEEPS, network_times
 from structprune.models import create
 from structprune.output import claim_file
 from structprune.sparsity.channel_groups import ChannelGroups, find_channel_groups
+from structprune.sparsity.fast_forms import default_round_to
 from structprune.sparsity.granularity import Granularity, KernelForm, KernelStructure
 from structprune.sparsity.masks import NetworkMask
 from structprune.sparsity.selection import SelectionConfig, select
@@ -210,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--candidates", type=int, default=20, help="random candidate networks (default 20)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--round-to", type=int, default=8)
+    parser.add_argument("--round-to", type=int, default=None,
+                        help="kept maps in multiples of N (default: this CPU's channel block, as the target search)")
     parser.add_argument("--search-space", default=None, metavar="FORMS",
                         help="draw the candidates from the target search's own space with these forms (e.g. "
                              "channel,blocks,intra) instead of uniform blocks and patterns")
@@ -237,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             args.kernel_blocks = [2, 4]
         if any(g < 1 for g in args.kernel_blocks or ()):
             raise StructpruneError("--kernel-blocks takes positive block counts G")
+        args.round_to = default_round_to() if args.round_to is None else args.round_to
         out = claim_file(args.json, overwrite=args.overwrite)
         result = check(args)
     except StructpruneError as exc:

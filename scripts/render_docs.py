@@ -456,7 +456,22 @@ FOLDER_WRITERS = (("layers-", "benchmarks/bench_layers.py"), ("recovery-cifar10"
                   ("target-compare-", "scripts/target_compare_cifar10.sh"),
                   ("schedule-compare-cifar10", "scripts/schedule_compare_cifar10.sh"),
                   ("timing-noise/", "benchmarks/timing_noise.py"),
+                  ("channel-step/", "benchmarks/channel_step.py"),
                   ("target-cifar10", "scripts/target_cifar10.sh"))
+
+
+def channel_step() -> str:
+    """benchmarks/channel_step.py: each width's median ms per runtime and batch, and the 16k + 8 : 16k + 16 ratios."""
+    rows = []
+    for path in sorted((RESULTS / "channel-step").glob("*.json")):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        widths = sorted(data["median_ms"], key=int)
+        steps = ", ".join(f"{k} {v:.2f}" for k, v in data["odd_step_ratio"].items())
+        rows.append([f"`{path.name}`", data["runtime"], data["batch"], data["cpu_capability"],
+                     " / ".join(ms(data["median_ms"][w]) for w in widths), steps])
+        width_list = " / ".join(widths)
+    return table(["file", "runtime", "batch", "CPU", f"ms at width {width_list}",
+                  "16k + 8 : 16k + 16 (time ratio)"], rows)
 
 
 def result_files() -> str:
@@ -840,7 +855,9 @@ LATENCY_CHECKS = ("latency-model-check/latency-check-resnet20-ort-b1.json",
                   "latency-model-check/latency-check-paper-ort-b1-channel-kernel-time.json",
                   "latency-model-check/latency-check-resnet20-ort-b64-channel-kernel-time.json",
                   "latency-model-check/latency-check-resnet20-ort-b1-channel-kernel-time.json",
-                  "latency-model-check/latency-check-paper-ort-b1-channel-kernel-time-points33.json")
+                  "latency-model-check/latency-check-paper-ort-b1-channel-kernel-time-points33.json",
+                  "latency-model-check/latency-check-paper-ort-b64-channel-round16.json",
+                  "latency-model-check/latency-check-paper-ort-b1-channel-round16.json")
 
 
 def latency_check() -> str:
@@ -852,6 +869,7 @@ def latency_check() -> str:
         d = load(name)
         space = d.get("search_space")  # type: ignore[union-attr]
         drawn = f"search space: {space}" if space else "uniform channels (uncalibrated model)"
+        drawn += f", maps in multiples of {d['round_to']}" if "round_to" in d else ""  # type: ignore[index]
         dense = d["dense"]  # type: ignore[index]
         coeffs = "" if "alpha" not in dense else (f"α {dense['alpha']:.2f}, β {dense['beta_ms']:.3g} ms"
                                                   + "".join(f", γ {k} {1000 * dense[f'gamma_{k}_ms']:.0f} µs"
@@ -938,6 +956,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "eager-layer-efficiency": lambda: layer_efficiency("layer-efficiency-steady-malloc-s3.json"),
     "compile": lambda: network("network-compile-s6.json", csr=False),
     "result-files": result_files,
+    "channel-step": channel_step,
 }
 
 

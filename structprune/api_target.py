@@ -25,7 +25,7 @@ from structprune.search.target_cost import CostModel, LatencyCost, LatencyModelL
 from structprune.search.target_forms import parse_forms
 from structprune.search.target_search import Target, TargetSearchConfig, check_reachable, search_structure
 from structprune.search.target_space import DEFAULT_MAP_IMPORTANCE, DEFAULT_MIN_KEEP, TargetSpace, map_importance
-from structprune.sparsity.fast_forms import DEFAULT_ROUND_TO
+from structprune.sparsity.fast_forms import default_round_to
 from structprune.sparsity.masks import NetworkMask
 from structprune.sparsity.method import Method
 
@@ -53,7 +53,7 @@ def prune_to_target(
     runtime: str = "onnxruntime",
     batch: int = 1,
     threads: int = 1,
-    round_to: int = DEFAULT_ROUND_TO,
+    round_to: int | None = None,
     min_keep: float = DEFAULT_MIN_KEEP,
     particles: int = 16,
     generations: int = 6,
@@ -71,7 +71,8 @@ def prune_to_target(
 
     `score_fn(model) -> float` (lower is better, e.g. `mcr_scorer(loader)`) is called with each candidate's
     masks applied in place (weights restored after every call): at most particles × generations calls.
-    Every channel group keeps a multiple of `round_to` maps (or all of them), at least `min_keep` of them.
+    Every channel group keeps a multiple of `round_to` maps (or all of them), at least `min_keep` of them; by
+    default this CPU's channel block (fast_forms.default_round_to: 16 with AVX-512, else 8).
     `forms`: "channel", or "channel,blocks,intra" to also choose per conv kernel blocks (G = 1, 2, 4) and an
     intra-kernel shape (2×3, 3×1, 1×3 of a 3×3 kernel) where they apply. `importance`: which maps of a group go,
     "tp-l2" (Torch-Pruning's group L2 over the coupled layers, the default) or "l1" (the filters' L1). The model is
@@ -80,6 +81,7 @@ def prune_to_target(
     if not callable(score_fn):
         raise StructpruneError(f"score_fn must be a function of the network returning a number, not {type(score_fn).__name__}")
     target = Target.of(target_macs, target_speedup, target_latency)
+    round_to = default_round_to() if round_to is None else round_to
     cfg = TargetSearchConfig(method=Method.EPF if evolutionary else Method.PF, particles=particles,
                              generations=generations, temperature=temperature, round_to=round_to, min_keep=min_keep,
                              seed=seed, forms=parse_forms(forms), importance=importance)

@@ -1,6 +1,7 @@
 """Plain `structprune prune` flags (and `structprune.prune` without options) give the fast forms: kernel blocks,
-one shared intra pattern per layer that compacts into one smaller convolution, kept maps rounded to 8; explicit
-flags restore free masks and exact counts."""
+one shared intra pattern per layer that compacts into one smaller convolution, kept maps rounded to the CPU's
+channel block (16 with AVX-512, else 8); explicit flags restore free masks and exact counts. The counts below are
+worked out for a CPU with blocks of 8 (the module pins an AVX2 CPU), the AVX-512 rounding is checked apart."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from structprune import models
 from structprune.cli import main
 from structprune.metrics import size_metrics
 from structprune.runfolder import load_run, save_run
-from structprune.sparsity.fast_forms import EdgeOptions, blocks_for_ratio, resolve
+from structprune.sparsity.fast_forms import EdgeOptions, blocks_for_ratio, default_round_to, resolve
 from structprune.sparsity.granularity import Granularity, IntraPattern, KernelStructure, fast_patterns, fast_tap_count
 from structprune.sparsity.method import Method
 from structprune.stages.prune import compact_run
@@ -45,6 +46,14 @@ def convolutions_run(model: torch.nn.Module) -> int:
     with ConvCalls() as calls, torch.no_grad():
         model(torch.randn(2, 1, 8, 8))
     return calls.count
+
+
+@pytest.fixture(scope="module", autouse=True)
+def avx2_cpu():
+    """An AVX2 CPU, whose convolution kernels work in blocks of 8 channels, whatever this machine is."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +146,15 @@ def test_the_api_defaults_to_the_fast_forms_too():
     old = structprune.prune(model, x, granularity="channel,kernel,intra", ratio=0.5, kernel="unstructured",
                             intra_free=True, round_to=1)
     assert int(old.layers["features.2"].keep_out.sum()) == 12 and old.layers["features.0"].intra is not None
+
+
+@pytest.mark.parametrize(("capability", "block"), [("AVX512", 16), ("AVX2", 8), ("DEFAULT", 8)])
+def test_kept_maps_round_to_the_cpus_channel_block(monkeypatch, capability, block):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    assert default_round_to() == block
+    _, cfg = resolve([Granularity.CHANNEL], [0.5], Method.L1, EdgeOptions())
+    assert cfg.round_to == block
+    torch.manual_seed(0)
+    model = models.create("plain", spec="2x40C3-MP2-40C3-MP2-32FC-10FC", in_channels=1, input_size=8)
+    masks = structprune.prune(model, torch.randn(2, 1, 8, 8), granularity="channel", ratio=0.5)
+    assert int(masks.layers["features.2"].keep_out.sum()) == {16: 32, 8: 24}[block]  # 20 maps, rounded up

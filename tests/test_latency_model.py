@@ -280,7 +280,7 @@ def test_tap_convolutions_keep_the_output_size(size, stride, taps):
 def test_measured_model_has_every_conv_and_form():
     model = create("tiny-paper")
     before = copy.deepcopy(model.state_dict())
-    latency = measure_latency_model(model, (1, 8, 8), "eager", batch=1, threads=1, groups=(1, 2),
+    latency = measure_latency_model(model, (1, 8, 8), "eager", batch=1, threads=1, round_to=8, groups=(1, 2),
                                     taps=((3, 1), (2, 3)), points=3, variant_points=2, min_run_time=1e-4,
                                     network_rounds=1, network_seconds=0.005)
     assert set(latency.layers) == {"features.0", "features.2", "features.5"}

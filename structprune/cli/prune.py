@@ -83,8 +83,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--scope", choices=SCOPES, default="layer", help="rank units per layer or across the network")
     p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--round-to", type=positive_int, default=None, metavar="N",
-                   help="round kept maps up to a multiple of N (default 8, which suits CPU kernels; 16 AVX-512 ones; "
-                   "1: exact counts): at the channel scale, and at the kernel scale with --kernel-structure "
+                   help="round kept maps up to a multiple of N (default: this CPU's channel block, 16 with AVX-512, 8 "
+                   "otherwise; 1: exact counts): at the channel scale, and at the kernel scale with --kernel-structure "
                    "structured, each group's kept input maps; with kernel blocks, each block's kept maps, so the G "
                    "blocks stay equal (the search: default 1; it rounds the kept maps of its channel rungs)")
     p.add_argument("--kernel-structure", type=enum_choice(KernelStructure, "kernel structure"),

@@ -31,6 +31,7 @@ from structprune.cli.common import (
 from structprune.errors import StructpruneError
 from structprune.output import Output
 from structprune.search.config import SearchConfig
+from structprune.sparsity.fast_forms import default_round_to
 from structprune.sparsity.granularity import Granularity, IntraPattern, KernelForm, KernelStructure
 from structprune.sparsity.method import SEARCH_METHODS
 
@@ -115,7 +116,7 @@ def _log_search_defaults(args: argparse.Namespace, granularities: list[Granulari
         unset.append("free kernel masks (--kernel-structure blocks --kernel-groups 2 for one grouped convolution "
                      "per layer)")
     if args.round_to is None:
-        unset.append("exact map counts (--round-to 8 for CPU kernels)")
+        unset.append(f"exact map counts (--round-to {default_round_to()} for this CPU's kernels)")
     if unset:
         log.info("the search keeps its own defaults, unlike one-shot prune: %s", "; ".join(unset))
 

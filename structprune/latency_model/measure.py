@@ -42,6 +42,7 @@ from torch.utils.benchmark import Timer
 from structprune.errors import StructpruneError
 from structprune.latency_model.model import MODEL_RUNTIMES, Grid, LatencyModel, LayerTimes, variant_key
 from structprune.latency_model.network import CALIBRATION_KEEPS, measure_calibration
+from structprune.sparsity.fast_forms import default_round_to
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +272,7 @@ def _check_args(runtime: str, batch: int, threads: int, round_to: int, groups: t
 
 
 def measure_latency_model(model: nn.Module, input_shape: tuple[int, ...], runtime: str, batch: int, threads: int,
-                          round_to: int = 8, groups: tuple[int, ...] = (1, 2, 4),
+                          round_to: int | None = None, groups: tuple[int, ...] = (1, 2, 4),
                           taps: tuple[tuple[int, int], ...] = DEFAULT_TAPS, points: int = DEFAULT_GRID_POINTS,
                           variant_points: int = 3, combine: bool = False, min_run_time: float = 0.02, network_rounds: int = 7,
                           network_seconds: float = 0.3,
@@ -280,7 +281,9 @@ def measure_latency_model(model: nn.Module, input_shape: tuple[int, ...], runtim
     axis of the plain convolution / of the other variants; `combine`: also time G > 1 with taps (else predicted
     from the two); `min_run_time`: seconds per timed shape; `network_rounds`, `network_seconds`: structprune.bench's
     rounds and sample_seconds for whole networks; `calibration_keeps`: shares of the maps kept by the uniformly
-    pruned networks timed whole beside the dense one for the calibration (only 1.0: the dense network alone)."""
+    pruned networks timed whole beside the dense one for the calibration (only 1.0: the dense network alone);
+    `round_to`: the step of the kept-map grids (default: this CPU's channel block, fast_forms.default_round_to)."""
+    round_to = default_round_to() if round_to is None else round_to
     _check_args(runtime, batch, threads, round_to, tuple(groups), tuple(taps), points, variant_points)
     if any(not 0 < k <= 1 for k in calibration_keeps):
         raise StructpruneError(f"calibration shares of kept maps must lie in (0, 1], not {tuple(calibration_keeps)}")

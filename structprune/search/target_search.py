@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
@@ -30,7 +30,7 @@ from structprune.search.target_cost import CostModel
 from structprune.search.target_forms import parse_forms
 from structprune.search.target_repair import BudgetRepair
 from structprune.search.target_space import DEFAULT_MAP_IMPORTANCE, DEFAULT_MIN_KEEP, TargetSpace, check_importance
-from structprune.sparsity.fast_forms import DEFAULT_ROUND_TO
+from structprune.sparsity.fast_forms import default_round_to
 from structprune.sparsity.masks import NetworkMask
 from structprune.sparsity.method import Method
 
@@ -88,7 +88,7 @@ class TargetSearchConfig:
     particles: int = 16
     generations: int = 6
     temperature: float = 0.002
-    round_to: int = DEFAULT_ROUND_TO
+    round_to: int = field(default_factory=default_round_to)  # this CPU's channel block
     min_keep: float = DEFAULT_MIN_KEEP
     jitter: int = 1
     score_images: int = 1000
