@@ -9,7 +9,8 @@ random shared rectangular intra pattern per layer (--intra, the fast form); or, 
 particles of the target search's own space (the networks `prune --target-speedup` can choose). Each candidate is compacted, its
 predicted time read from the model (`LatencyModel.network_ms` of its layers' forms) and its real time measured
 with structprune.bench (same runtime, batch and threads; the dense network and all candidates timed together,
-interleaved rounds, medians). The JSON holds, per candidate, predicted vs measured ms, the sum of its
+interleaved rounds, medians; with --repeats N, in N separate bench runs, each network's median ms and its median
+speed-up over the dense network of the same run taken over them). The JSON holds, per candidate, predicted vs measured ms, the sum of its
 convolutions' standalone times and predicted vs measured speed-up over the dense network; overall, the median
 and max |relative error| and the count within 10 % (the target: all), the same per candidate kind (kernel blocks,
 intra ratio), and the best line α·Σ + β + γ_blocks·n_blocks + γ_taps·n_taps fitted on the candidates themselves
@@ -165,15 +166,17 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
         candidates = draw_search_candidates(model, names, args.candidates, args.seed, args.round_to, args.search_space)
     else:
         candidates = draw_candidates(model, names, args.candidates, args.seed, args.round_to, blocks, args.intra)
-    measured = network_times({"dense": model, **{name: net for name, net, _ in candidates}}, shape, args.runtime,
-                             args.batch, args.threads, args.rounds, args.sample_seconds)
+    runs = [network_times({"dense": model, **{name: net for name, net, _ in candidates}}, shape, args.runtime,
+                          args.batch, args.threads, args.rounds, args.sample_seconds) for _ in range(args.repeats)]
+    measured = {name: statistics.median(run[name] for run in runs) for name in runs[0]}
     dense_predicted, dense_measured = latency.dense_ms(), measured["dense"]
     rows = []
     for name, net, info in candidates:
         forms = network_forms(net, names)
         predicted = latency.network_ms(forms)
         blocked, tapped = latency.form_counts(forms)
-        speedup = (dense_predicted / predicted, dense_measured / measured[name])
+        # each run's speed-up against the dense network timed beside it, then the median over runs
+        speedup = (dense_predicted / predicted, statistics.median(run["dense"] / run[name] for run in runs))
         rows.append({"name": name, "predicted_ms": predicted, "measured_ms": measured[name],
                      "error": predicted / measured[name] - 1, "conv_ms": latency.conv_ms(forms),
                      "layers_blocked": blocked, "layers_tapped": tapped,
@@ -189,7 +192,7 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
         "format": "structprune-latency-check/3", "source": args.source, "runtime": args.runtime, "batch": args.batch,
         "threads": args.threads, "round_to": args.round_to, "seed": args.seed, "kernel_blocks": list(blocks),
         "intra": args.intra, "search_space": args.search_space, "min_run_time": args.min_run_time, "points": args.points,
-        "rounds": args.rounds, "sample_seconds": args.sample_seconds,
+        "rounds": args.rounds, "sample_seconds": args.sample_seconds, "repeats": args.repeats, "measured_runs": runs,
         "layer_timing": "profiled kernels" if args.runtime == "onnxruntime" else "module call",
         "dense": {"predicted_ms": dense_predicted, "measured_ms": dense_measured,
                   "calibration_ms": latency.network_dense_ms, "conv_ms": latency.conv_ms({}),
@@ -228,13 +231,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=7, help="structprune.bench rounds for whole networks")
     parser.add_argument("--sample-seconds", type=float, default=0.3,
                         help="structprune.bench seconds per round of one whole network (default 0.3)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="time the candidates beside the dense network in this many separate bench runs (fresh "
+                             "sessions each) and take each network's median ms and median speed-up over them")
     parser.add_argument("--json", required=True, help="output file")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        if args.candidates < 1:
-            raise StructpruneError("--candidates must be at least 1")
+        if args.candidates < 1 or args.repeats < 1:
+            raise StructpruneError("--candidates and --repeats must be at least 1")
         if args.kernel_blocks is not None and not args.kernel_blocks:
             args.kernel_blocks = [2, 4]
         if any(g < 1 for g in args.kernel_blocks or ()):
