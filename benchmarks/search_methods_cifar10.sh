@@ -11,6 +11,7 @@
 # retraining between groups, then 1 epoch on 10,000 training images.
 # The dense run is DENSE (default RUNS_DIR/NET-dense); when missing it is trained first (EPOCHS, default 8;
 # resnet20's is scripts/recovery_cifar10.sh's resnet20-dense with WITH_RESNET20=1, the same command).
+# THREADS (default 2): PyTorch threads per run.
 # Usage: benchmarks/search_methods_cifar10.sh RUNS_DIR   (each run is skipped when its folder exists; an
 # interrupted one resumes). Results: scripts/collect_results.py, then the tables in docs/results.md.
 set -euo pipefail
@@ -32,7 +33,7 @@ DATA=(--data-dir "${DATA_DIR:-../shared/data}")
   --warmup-epochs 0.5 --threads 2 --no-progress --out "$DENSE"
 OPTS=(--bn-recalibrate "$BN_BATCHES" --granularity channel --schedule --ratio "${RATIO:-$DEFAULT_RATIO}" --round-to 1
       --particles 8 --generations 3 --score-images 500 --check-images 1000 --retrain-epochs 0 --final-epochs 1
-      --final-images 10000 --lr 0.01)
+      --final-images 10000 --lr 0.01 --threads "${THREADS:-2}")
 for s in $SEEDS; do
   for m in $METHODS; do
     out="$R/search-$TAG$m-s$s"
