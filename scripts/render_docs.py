@@ -462,7 +462,7 @@ FOLDER_WRITERS = (("layers-", "benchmarks/bench_layers.py"), ("recovery-cifar10"
 
 def channel_step() -> str:
     """benchmarks/channel_step.py: each width's median ms per runtime and batch, and the 16k + 8 : 16k + 16 ratios."""
-    rows = []
+    rows, width_list = [], ""
     for path in sorted((RESULTS / "channel-step").glob("*.json")):
         data = json.loads(path.read_text(encoding="utf-8"))
         widths = sorted(data["median_ms"], key=int)
