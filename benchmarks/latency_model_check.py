@@ -2,20 +2,20 @@
 
 For a run folder (or a zoo model name, random weights), the latency model is measured (its per-convolution grids
 and its calibration on the dense network, uniformly pruned copies and copies with kernel blocks and intra shapes,
-timed whole), then N random candidate
-networks are drawn: each channel group keeps a random multiple of --round-to maps (random ones), optionally with
-kernel blocks of a random G among 1 and --kernel-blocks (the fast form: one grouped convolution per layer) and a
-random shared rectangular intra pattern per layer (--intra, the fast form); or, with --search-space FORMS, random
-particles of the target search's own space (the networks `prune --target-speedup` can choose). Each candidate is compacted, its
-predicted time read from the model (`LatencyModel.network_ms` of its layers' forms) and its real time measured
-with structprune.bench (same runtime, batch and threads; the dense network and all candidates timed together,
-interleaved rounds, medians; with --repeats N, in N separate bench runs, each network's median ms and its median
-speed-up over the dense network of the same run taken over them). The JSON holds, per candidate, predicted vs measured ms, the sum of its
-convolutions' standalone times and predicted vs measured speed-up over the dense network; overall, the median
-and max |relative error| and the count within 10 % (the target: all), the same per candidate kind (kernel blocks,
+timed whole), then N random candidate networks are drawn: each channel group keeps a random multiple of --round-to
+maps (random ones), optionally with kernel blocks of a random G among 1 and --kernel-blocks (the fast form: one
+grouped convolution per layer) and a random shared rectangular intra pattern per layer (--intra, the fast form);
+or, with --search-space FORMS, random particles of the target search's own space (the networks `prune
+--target-speedup` can choose). Each candidate is compacted, its predicted time read from the model
+(`LatencyModel.network_ms` of its layers' forms) and its real time measured with structprune.bench (same runtime,
+batch and threads; the dense network and all candidates timed together, interleaved rounds, medians; with
+--repeats N, in N separate bench runs, each network's median ms and its median speed-up over the dense network of
+the same run taken over them). The JSON holds, per candidate, predicted vs measured ms, the sum of its
+convolutions' standalone times and predicted vs measured speed-up over the dense network; overall, the median and
+max |relative error| and the count within 10 % (the target: all), the same per candidate kind (kernel blocks,
 intra ratio), and the best line α·Σ + β + γ_blocks·n_blocks + γ_taps·n_taps fitted on the candidates themselves
-(how far the calibration's form can go); per candidate also its counts of convolutions with kernel blocks and intra
-shapes (layers_blocked, layers_tapped).
+(how far the calibration's form can go); per candidate also its counts of convolutions with kernel blocks and
+intra shapes (layers_blocked, layers_tapped).
 
     flock /tmp/structprune-heavy.lock .venv/bin/python benchmarks/latency_model_check.py /work/runs-cifar/resnet20-dense \\
         --runtime onnxruntime --batch 1 --threads 2 --kernel-blocks 2 --intra --json out.json
