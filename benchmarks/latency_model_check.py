@@ -46,7 +46,7 @@ from structprune.latency_model.network import CALIBRATION_KEEPS, network_times
 from structprune.models import create
 from structprune.output import claim_file
 from structprune.sparsity.channel_groups import ChannelGroups, find_channel_groups
-from structprune.sparsity.fast_forms import default_round_to
+from structprune.sparsity.fast_forms import round_to_or_default
 from structprune.sparsity.granularity import Granularity, KernelForm, KernelStructure
 from structprune.sparsity.masks import NetworkMask
 from structprune.sparsity.selection import SelectionConfig, select
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
             args.kernel_blocks = [2, 4]
         if any(g < 1 for g in args.kernel_blocks or ()):
             raise StructpruneError("--kernel-blocks takes positive block counts G")
-        args.round_to = default_round_to() if args.round_to is None else args.round_to
+        args.round_to = round_to_or_default(args.round_to)
         out = claim_file(args.json, overwrite=args.overwrite)
         result = check(args)
     except StructpruneError as exc:

@@ -25,7 +25,7 @@ from structprune.search.target_cost import CostModel, LatencyCost, LatencyModelL
 from structprune.search.target_forms import parse_forms
 from structprune.search.target_search import Target, TargetSearchConfig, check_reachable, search_structure
 from structprune.search.target_space import DEFAULT_MAP_IMPORTANCE, DEFAULT_MIN_KEEP, TargetSpace, map_importance
-from structprune.sparsity.fast_forms import default_round_to
+from structprune.sparsity.fast_forms import round_to_or_default
 from structprune.sparsity.masks import NetworkMask
 from structprune.sparsity.method import Method
 
@@ -81,7 +81,7 @@ def prune_to_target(
     if not callable(score_fn):
         raise StructpruneError(f"score_fn must be a function of the network returning a number, not {type(score_fn).__name__}")
     target = Target.of(target_macs, target_speedup, target_latency)
-    round_to = default_round_to() if round_to is None else round_to
+    round_to = round_to_or_default(round_to)
     cfg = TargetSearchConfig(method=Method.EPF if evolutionary else Method.PF, particles=particles,
                              generations=generations, temperature=temperature, round_to=round_to, min_keep=min_keep,
                              seed=seed, forms=parse_forms(forms), importance=importance)

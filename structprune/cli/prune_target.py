@@ -19,7 +19,7 @@ from structprune.cli.common import finite_float, non_negative_int, positive_int
 from structprune.errors import StructpruneError
 from structprune.output import Output
 from structprune.search.target_space import DEFAULT_MAP_IMPORTANCE, DEFAULT_MIN_KEEP, MAP_IMPORTANCE
-from structprune.sparsity.fast_forms import default_round_to
+from structprune.sparsity.fast_forms import round_to_or_default
 from structprune.sparsity.method import Method
 
 TARGET_FLAGS = ("target_macs", "target_speedup", "target_latency")
@@ -100,7 +100,7 @@ def run_target(args: argparse.Namespace, target, output: Output) -> int:
     search = TargetSearchConfig(
         method=Method.EPF if args.method is Method.EPF else Method.PF, particles=args.particles,
         generations=args.generations, temperature=args.temperature / 100,
-        round_to=default_round_to() if args.round_to is None else args.round_to, min_keep=args.min_keep,
+        round_to=round_to_or_default(args.round_to), min_keep=args.min_keep,
         score_images=args.score_images, bn_batches=2 if args.bn_recalibrate is None else args.bn_recalibrate,
         seed=args.seed, forms=parse_forms(args.target_forms), importance=args.importance)
     cfg = TargetConfig(search=search, runtime=args.runtime, batch=args.batch, threads=args.threads or 1,

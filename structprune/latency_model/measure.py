@@ -42,7 +42,7 @@ from torch.utils.benchmark import Timer
 from structprune.errors import StructpruneError
 from structprune.latency_model.model import MODEL_RUNTIMES, Grid, LatencyModel, LayerTimes, variant_key
 from structprune.latency_model.network import CALIBRATION_KEEPS, measure_calibration
-from structprune.sparsity.fast_forms import default_round_to
+from structprune.sparsity.fast_forms import round_to_or_default
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +283,7 @@ def measure_latency_model(model: nn.Module, input_shape: tuple[int, ...], runtim
     rounds and sample_seconds for whole networks; `calibration_keeps`: shares of the maps kept by the uniformly
     pruned networks timed whole beside the dense one for the calibration (only 1.0: the dense network alone);
     `round_to`: the step of the kept-map grids (default: this CPU's channel block, fast_forms.default_round_to)."""
-    round_to = default_round_to() if round_to is None else round_to
+    round_to = round_to_or_default(round_to)
     _check_args(runtime, batch, threads, round_to, tuple(groups), tuple(taps), points, variant_points)
     if any(not 0 < k <= 1 for k in calibration_keeps):
         raise StructpruneError(f"calibration shares of kept maps must lie in (0, 1], not {tuple(calibration_keeps)}")

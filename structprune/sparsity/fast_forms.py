@@ -36,9 +36,14 @@ ROUND_TO_OTHER = 8  # AVX2 and narrower
 def default_round_to() -> int:
     """Kept maps are a multiple of this by default: the channel block of this CPU's convolution kernels (oneDNN
     and ONNX Runtime work in blocks of 16 fp32 channels with AVX-512, 8 with AVX2). Measured with AVX-512
-    (benchmarks/channel_step.py): a network 16k + 8 maps wide runs 7-18% slower in ONNX Runtime than one
-    16k + 16 wide, so rounding to 8 there removes maps for no speed."""
+    (benchmarks/channel_step.py): a network 16k + 8 maps wide ran slower in ONNX Runtime than one
+    16k + 16 wide in 14 of 16 comparisons (by 3-18%), so rounding to 8 there removes maps for no speed."""
     return ROUND_TO_AVX512 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else ROUND_TO_OTHER
+
+
+def round_to_or_default(round_to: int | None) -> int:
+    """`round_to` when given, else this CPU's channel block (default_round_to)."""
+    return default_round_to() if round_to is None else round_to
 
 
 def blocks_for_ratio(ratio: float) -> int:
@@ -96,7 +101,7 @@ def resolve(granularities: list[Granularity], ratios: list[float], method: Metho
         raise StructpruneError("--intra-free chooses among every pattern; drop it or --intra-patterns")
     fast_intra = not options.intra_free and options.intra_patterns is None
     cfg = SelectionConfig(method=method, kernel=kernel,
-                          round_to=default_round_to() if options.round_to is None else options.round_to,
+                          round_to=round_to_or_default(options.round_to),
                           intra_shared=options.intra_shared or fast_intra, intra_patterns=options.intra_patterns,
                           intra_fast=fast_intra, **fields)
     return ratios, cfg
