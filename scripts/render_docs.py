@@ -652,7 +652,7 @@ SCHEDULE = "schedule-compare-cifar10"
 SCHEDULE_RUN = re.compile(r"^paper-m(?P<target>[0-9.]+)-(?:oneshot(?:-f(?P<finalists>[0-9]+))?(?P<tpl2>-tpl2)?"
                           r"-s(?P<one>[0-9]+)"
                           r"|gradual(?P<steps>[0-9]+)-s(?P<seed>[0-9]+)-step(?P<step>[0-9]+)"
-                          r"|tp-(?P<scope>layer|global)-s(?P<tpseed>[0-9]+))$")
+                          r"|tp-(?P<scope>layer|global)(?P<other>-other)?-s(?P<tpseed>[0-9]+))$")
 
 
 def _schedule_arm(match: re.Match) -> tuple[int, str, str] | None:
@@ -666,7 +666,10 @@ def _schedule_arm(match: re.Match) -> tuple[int, str, str] | None:
     if match["one"] is not None:
         return 0, "ours (`--target-macs --importance l1`): one shot, then retrain", match["one"]
     if match["scope"] is not None:
-        order, scope = (4, "uniform") if match["scope"] == "layer" else (5, "global")
+        order, scope = (4, "uniform") if match["scope"] == "layer" else (6, "global")
+        if match["other"]:  # scripts/tp_at_macs.sh BRACKET=1: the round_to step on the other side of our MACs
+            return order + 1, f"Torch-Pruning group L2, {scope}, its next step past our MACs: one shot, then retrain", \
+                match["tpseed"]
         return order, f"Torch-Pruning group L2, {scope}: one shot, then retrain", match["tpseed"]
     steps = int(match["steps"])
     if int(match["step"]) != steps:
@@ -674,10 +677,10 @@ def _schedule_arm(match: re.Match) -> tuple[int, str, str] | None:
     return 3, f"ours (`--target-macs --importance l1`): gradual, {steps} steps with retraining after each", match["seed"]
 
 
-def schedule_compare() -> str:
+def schedule_compare(folder: str = SCHEDULE, steps: int = 8) -> str:
     """One-shot pruning then retraining against gradual steps with retraining between, same images in total,
-    and Torch-Pruning one shot at the same MACs."""
-    root = RESULTS / SCHEDULE / "runs"
+    and Torch-Pruning one shot at the same MACs; kept maps in multiples of `steps` (ROUND_TO) for every arm."""
+    root = RESULTS / folder / "runs"
     dense_path = root / "paper-dense" / "metrics.json"
     if not dense_path.exists():
         return table(["schedule"], [])
@@ -692,7 +695,7 @@ def schedule_compare() -> str:
     rows = [["`paper-cifar10`", "dense", "", "1.00×", pct(dense["val_mcr"]), pct(dense["test_mcr"])]]
     for (target, _, name), runs in sorted(arms.items()):
         ratios = [dense["macs"] / m["macs"] for m in runs.values()]
-        rows.append([f"`paper-cifar10`, {target}× fewer MACs", name, str(len(runs)),
+        rows.append([f"`paper-cifar10`, {target}× fewer MACs, maps in steps of {steps}", name, str(len(runs)),
                      f"{min(ratios):.2f}–{max(ratios):.2f}×" if max(ratios) - min(ratios) >= 0.01 else times(ratios[0]),
                      _mean_sd([m["val_mcr"] for m in runs.values()]), _mean_sd([m["test_mcr"] for m in runs.values()])])
     return table(["network", "method and schedule", "seeds", "fewer MACs", "val MCR (5,000 images)",
@@ -917,6 +920,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "search-resnet20-cifar10": search_resnet20,
     "search-mobilenetv2-cifar10": search_mobilenetv2,
     "schedule-compare-cifar10": schedule_compare,
+    "schedule-compare-cifar10-r16": lambda: schedule_compare("schedule-compare-cifar10-r16", steps=16),
     "int8-cifar10": int8_deployment,
     "plain-flags-cifar10": plain_flags,
     "cuda-check": cuda_check,

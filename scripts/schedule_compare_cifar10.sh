@@ -9,8 +9,12 @@
 #   one-shot by Torch-Pruning's importance: the same search with --importance tp-l2 (maps ranked by Torch-Pruning's
 #             group L2 instead of the filters' L1), then as one-shot;
 #   gradual:  STEPS steps (default 2) of TARGET^(1/STEPS) each: prune, compact, retrain on TRAIN/STEPS images;
-#   and, at the one-shot result's counted MACs, Torch-Pruning's group L2, uniform and global (round_to 8, its ratio
-#   bisected on MACs by scripts/tp_at_macs.sh), one shot, retrained alike.
+#   and, at the one-shot result's counted MACs, Torch-Pruning's group L2, uniform and global (its ratio bisected on
+#   MACs by scripts/tp_at_macs.sh), one shot, retrained alike.
+# ROUND_TO (default 8) is the step of kept-map counts for our search and for Torch-Pruning's round_to alike (16 suits
+# an AVX-512 CPU). ARMS (default "oneshot finalists tpl2 gradual") picks our arms; Torch-Pruning's always run, at the
+# MACs of the one-shot arm (or of the tpl2 arm when "oneshot" is left out); BRACKET=1 adds their round_to step on
+# the other side of those MACs (scripts/tp_at_macs.sh).
 # MAC targets are exact, so nothing here is timed and it may run beside other work.
 # Usage: scripts/schedule_compare_cifar10.sh RUNS_DIR   (every step is skipped when its output exists)
 # Results: scripts/collect_results.py RUNS_DIR DEST/runs, then the table in docs/results.md.
@@ -23,8 +27,10 @@ TARGET=${TARGET:-3}
 STEPS=${STEPS:-2}
 TRAIN=${TRAIN:-5000}
 SEEDS=${SEEDS:-"0 1 2"}
+ROUND_TO=${ROUND_TO:-8}
+ARMS=${ARMS:-"oneshot finalists tpl2 gradual"}
 SEARCH=(--method pf --bn-recalibrate 4 --score-images 500 --particles 16 --generations 6 --seed 0
-        --target-forms channel --min-keep "${MIN_KEEP:-0.25}" --importance l1)
+        --target-forms channel --min-keep "${MIN_KEEP:-0.25}" --importance l1 --round-to "$ROUND_TO")
 STEP_TARGET=$("$PY" -c "print(round($TARGET ** (1 / $STEPS), 4))")
 STEP_IMAGES=$((TRAIN / STEPS))
 
@@ -36,10 +42,13 @@ pruned_compact() {  # SRC MAC_TARGET NAME [SEARCH OPTIONS]: NAME-pruned (the tar
 one="paper-m$TARGET-oneshot"
 finalists="paper-m$TARGET-oneshot-f${FINALISTS:-4}"
 tpl2="paper-m$TARGET-oneshot-tpl2"
-pruned_compact "$DENSE" "$TARGET" "$one"
-pruned_compact "$DENSE" "$TARGET" "$finalists" --finalists "${FINALISTS:-4}" --finalist-images "$TRAIN"
-pruned_compact "$DENSE" "$TARGET" "$tpl2" --importance tp-l2
-for name in "$one" "$finalists" "$tpl2"; do
+has() { [[ " $ARMS " == *" $1 "* ]]; }
+oneshots=()
+has oneshot && pruned_compact "$DENSE" "$TARGET" "$one" && oneshots+=("$one")
+has finalists && pruned_compact "$DENSE" "$TARGET" "$finalists" --finalists "${FINALISTS:-4}" --finalist-images "$TRAIN" \
+  && oneshots+=("$finalists")
+has tpl2 && pruned_compact "$DENSE" "$TARGET" "$tpl2" --importance tp-l2 && oneshots+=("$tpl2")
+for name in "${oneshots[@]}"; do
   for seed in $SEEDS; do
     [ -d "$R/$name-s$seed" ] || "$SP" retrain "$R/$name-compact" --epochs 1 --train-images "$TRAIN" --seed "$seed" \
       --no-progress --out "$R/$name-s$seed"
@@ -47,8 +56,8 @@ for name in "$one" "$finalists" "$tpl2"; do
 done
 
 first="paper-m$TARGET-gradual$STEPS-step1"  # the first step starts from the dense run: one search for every seed
-pruned_compact "$DENSE" "$STEP_TARGET" "$first"
-for seed in $SEEDS; do
+has gradual && pruned_compact "$DENSE" "$STEP_TARGET" "$first"
+has gradual && for seed in $SEEDS; do
   src=$R/$first-compact
   for step in $(seq 1 "$STEPS"); do
     name="paper-m$TARGET-gradual$STEPS-s$seed-step$step"
@@ -62,5 +71,5 @@ for seed in $SEEDS; do
   done
 done
 
-RETRAINED=-s TRAIN=$TRAIN SEEDS=$SEEDS scripts/tp_at_macs.sh "$DENSE" "$R/$one-compact" "$R" "$R" "paper-m$TARGET-tp-" \
-  > /dev/null
+RETRAINED=-s TRAIN=$TRAIN SEEDS=$SEEDS ROUND_TO=$ROUND_TO scripts/tp_at_macs.sh "$DENSE" "$R/${oneshots[0]}-compact" \
+  "$R" "$R" "paper-m$TARGET-tp-" > /dev/null
