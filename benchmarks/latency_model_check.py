@@ -160,7 +160,8 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
     latency = measure_latency_model(model, shape, args.runtime, args.batch, args.threads, round_to=args.round_to,
                                     groups=tuple(dict.fromkeys((1, 2, 4, *blocks))), min_run_time=args.min_run_time,
                                     network_rounds=args.rounds, network_seconds=args.sample_seconds,
-                                    calibration_keeps=tuple(args.calibration_keeps), points=args.points)
+                                    calibration_keeps=tuple(args.calibration_keeps), points=args.points,
+                                    calibration_repeats=args.calibration_repeats)
     names = list(latency.layers)
     if args.search_space:
         candidates = draw_search_candidates(model, names, args.candidates, args.seed, args.round_to, args.search_space)
@@ -192,7 +193,8 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
         "format": "structprune-latency-check/3", "source": args.source, "runtime": args.runtime, "batch": args.batch,
         "threads": args.threads, "round_to": args.round_to, "seed": args.seed, "kernel_blocks": list(blocks),
         "intra": args.intra, "search_space": args.search_space, "min_run_time": args.min_run_time, "points": args.points,
-        "rounds": args.rounds, "sample_seconds": args.sample_seconds, "repeats": args.repeats, "measured_runs": runs,
+        "rounds": args.rounds, "sample_seconds": args.sample_seconds, "repeats": args.repeats,
+        "calibration_repeats": args.calibration_repeats, "measured_runs": runs,
         "layer_timing": "profiled kernels" if args.runtime == "onnxruntime" else "module call",
         "dense": {"predicted_ms": dense_predicted, "measured_ms": dense_measured,
                   "calibration_ms": latency.network_dense_ms, "conv_ms": latency.conv_ms({}),
@@ -234,13 +236,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=1,
                         help="time the candidates beside the dense network in this many separate bench runs (fresh "
                              "sessions each) and take each network's median ms and median speed-up over them")
+    parser.add_argument("--calibration-repeats", type=int, default=1,
+                        help="time the latency model's calibration networks in this many separate bench runs and fit "
+                             "on each network's median ms (default 1)")
     parser.add_argument("--json", required=True, help="output file")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        if args.candidates < 1 or args.repeats < 1:
-            raise StructpruneError("--candidates and --repeats must be at least 1")
+        if min(args.candidates, args.repeats, args.calibration_repeats) < 1:
+            raise StructpruneError("--candidates, --repeats and --calibration-repeats must be at least 1")
         if args.kernel_blocks is not None and not args.kernel_blocks:
             args.kernel_blocks = [2, 4]
         if any(g < 1 for g in args.kernel_blocks or ()):

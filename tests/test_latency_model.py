@@ -373,3 +373,18 @@ def test_profiled_kernel_time_of_a_real_layer():
                       dynamo=False)
     ms = onnx_kernel_ms(buffer.getvalue(), x, threads=1, min_run_time=0.0, min_runs=3)
     assert 0.0 < ms < 1000.0
+
+
+def test_calibration_repeats_fit_on_each_networks_median(monkeypatch):
+    # three bench runs of the calibration networks: the fit sees each network's median, not one run's times
+    runs = iter([{"dense": 9.0}, {"dense": 5.0}, {"dense": 6.0}])
+    monkeypatch.setattr("structprune.latency_model.network.network_times", lambda *args: next(runs))
+    model = create("tiny-paper")
+    latency = measure_latency_model(model, (1, 8, 8), "onnxruntime", batch=1, threads=1, groups=(1,), taps=(),
+                                    points=2, min_run_time=1e-4, network_rounds=1, network_seconds=0.005,
+                                    calibration_keeps=(1.0,), calibration_repeats=3)
+    assert latency.network_dense_ms == pytest.approx(6.0)
+    assert [p.network_ms for p in latency.calibration] == [pytest.approx(6.0)]
+    with pytest.raises(StructpruneError, match="repeats"):
+        measure_latency_model(model, (1, 8, 8), "eager", batch=1, threads=1, calibration_keeps=(1.0,),
+                              calibration_repeats=0)

@@ -276,17 +276,21 @@ def measure_latency_model(model: nn.Module, input_shape: tuple[int, ...], runtim
                           taps: tuple[tuple[int, int], ...] = DEFAULT_TAPS, points: int = DEFAULT_GRID_POINTS,
                           variant_points: int = 3, combine: bool = False, min_run_time: float = 0.02, network_rounds: int = 7,
                           network_seconds: float = 0.3,
-                          calibration_keeps: tuple[float, ...] = CALIBRATION_KEEPS) -> LatencyModel:
+                          calibration_keeps: tuple[float, ...] = CALIBRATION_KEEPS,
+                          calibration_repeats: int = 1) -> LatencyModel:
     """Measure `model`'s LatencyModel on this machine (module doc). `points` / `variant_points`: counts per grid
     axis of the plain convolution / of the other variants; `combine`: also time G > 1 with taps (else predicted
     from the two); `min_run_time`: seconds per timed shape; `network_rounds`, `network_seconds`: structprune.bench's
     rounds and sample_seconds for whole networks; `calibration_keeps`: shares of the maps kept by the uniformly
     pruned networks timed whole beside the dense one for the calibration (only 1.0: the dense network alone);
+    `calibration_repeats`: separate bench runs of the calibration networks (each network's median ms kept);
     `round_to`: the step of the kept-map grids (default: this CPU's channel block, fast_forms.default_round_to)."""
     round_to = round_to_or_default(round_to)
     _check_args(runtime, batch, threads, round_to, tuple(groups), tuple(taps), points, variant_points)
     if any(not 0 < k <= 1 for k in calibration_keeps):
         raise StructpruneError(f"calibration shares of kept maps must lie in (0, 1], not {tuple(calibration_keeps)}")
+    if calibration_repeats < 1:
+        raise StructpruneError(f"calibration repeats must be at least 1, not {calibration_repeats}")
     calls = conv_calls(model, input_shape)
     if not calls:
         raise StructpruneError("the network calls no nn.Conv2d: nothing for a latency model to measure")
@@ -305,5 +309,6 @@ def measure_latency_model(model: nn.Module, input_shape: tuple[int, ...], runtim
                      sum(len(g.ins) * len(g.outs) for g in grids.values()), time.perf_counter() - start)
     finally:
         torch.set_num_threads(prev_threads)
-    measure_calibration(result, model, round_to, network_rounds, network_seconds, tuple(calibration_keeps))
+    measure_calibration(result, model, round_to, network_rounds, network_seconds, tuple(calibration_keeps),
+                        repeats=calibration_repeats)
     return result

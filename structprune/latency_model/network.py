@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import statistics
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -201,12 +202,17 @@ def _forms(latency: LatencyModel, net: nn.Module, name: str) -> dict[str, LayerF
 
 
 def measure_calibration(latency: LatencyModel, model: nn.Module, round_to: int, rounds: int, sample_seconds: float,
-                        keeps: tuple[float, ...] = CALIBRATION_KEEPS, random_networks: int = RANDOM_NETWORKS) -> None:
+                        keeps: tuple[float, ...] = CALIBRATION_KEEPS, random_networks: int = RANDOM_NETWORKS,
+                        repeats: int = 1) -> None:
     """Time the dense network, its uniform copies (`keeps` below 1), the copies with forms and `random_networks`
-    random copies together; set `network_dense_ms` and `calibration` (module doc)."""
+    random copies together, in `repeats` separate bench runs (each network's median ms over them); set
+    `network_dense_ms` and `calibration` (module doc)."""
+    if repeats < 1:
+        raise StructpruneError(f"calibration repeats must be at least 1, not {repeats}")
     nets = _calibration_networks(latency, model, round_to, keeps, random_networks)
-    times = network_times({name: net for name, (_, net, _) in nets.items()}, latency.input_shape, latency.runtime,
-                          latency.batch, latency.threads, rounds, sample_seconds)
+    runs = [network_times({name: net for name, (_, net, _) in nets.items()}, latency.input_shape, latency.runtime,
+                          latency.batch, latency.threads, rounds, sample_seconds) for _ in range(repeats)]
+    times = {name: statistics.median(run[name] for run in runs) for name in nets}
     latency.network_dense_ms = times["dense"]
     latency.calibration = [CalibrationPoint(name, keep, latency.conv_ms(forms), times[name], *latency.form_counts(forms))
                            for name, (keep, _, forms) in nets.items()]
