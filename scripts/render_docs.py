@@ -862,7 +862,9 @@ LATENCY_CHECKS = ("latency-model-check/latency-check-resnet20-ort-b1.json",
                   "latency-model-check/latency-check-paper-ort-b64-channel-round16.json",
                   "latency-model-check/latency-check-paper-ort-b1-channel-round16.json",
                   "latency-model-check/latency-check-paper-ort-b64-channel-round16-repeats3.json",
-                  "latency-model-check/latency-check-paper-ort-b1-channel-round16-repeats3.json")
+                  "latency-model-check/latency-check-paper-ort-b1-channel-round16-repeats3.json",
+                  "latency-model-check/latency-check-paper-ort-b64-channel-round16-repeats3-cal3.json",
+                  "latency-model-check/latency-check-paper-ort-b1-channel-round16-repeats3-cal3.json")
 
 
 def latency_check() -> str:
@@ -887,6 +889,8 @@ def latency_check() -> str:
                   if "min_run_time" in d else "")
         if d.get("repeats", 1) > 1:  # type: ignore[union-attr]
             timing += f"; candidates in {d['repeats']} bench runs, medians"  # type: ignore[index]
+        if d.get("calibration_repeats", 1) > 1:  # type: ignore[union-attr]
+            timing += f"; calibration in {d['calibration_repeats']} bench runs, medians"  # type: ignore[index]
         layers = {"profiled kernels": "kernel time (profiler)"}.get(d.get("layer_timing"), "session call")  # type: ignore[union-attr]
         if "points" in d:  # recorded since the check took --points
             layers += f", {d['points']} counts per axis"  # type: ignore[index]

@@ -36,6 +36,11 @@ from structprune.search.target_space import LayerCounts, TargetSpace
 log = logging.getLogger("structprune.search")
 
 LATENCY_MODEL_MODULE = "structprune.latency_model"
+# The latency model a target search measures: as checked against measured networks (benchmarks/latency_model_check.py
+# --points 9 --calibration-repeats 3, docs/benchmarks.md): 9 kept-map counts per grid axis, and the calibration
+# networks timed in 3 bench runs, so that one slow run does not move every prediction.
+TARGET_GRID_POINTS = 9
+TARGET_CALIBRATION_REPEATS = 3
 
 
 class CostModel(Protocol):
@@ -216,7 +221,8 @@ def measured_latency_cost(space: TargetSpace, input_shape: tuple[int, ...], runt
         if not space.tap_layers:
             variants["taps"] = ()
         model = module.measure_latency_model(space.model, input_shape, runtime=runtime, batch=batch, threads=threads,
-                                             round_to=round_to, **variants)
+                                             round_to=round_to, points=TARGET_GRID_POINTS,
+                                             calibration_repeats=TARGET_CALIBRATION_REPEATS, **variants)
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
             write_json_atomic(cache, model.to_json())
