@@ -205,10 +205,8 @@ def measure_calibration(latency: LatencyModel, model: nn.Module, round_to: int, 
                         keeps: tuple[float, ...] = CALIBRATION_KEEPS, random_networks: int = RANDOM_NETWORKS,
                         repeats: int = 1) -> None:
     """Time the dense network, its uniform copies (`keeps` below 1), the copies with forms and `random_networks`
-    random copies together, in `repeats` separate bench runs (each network's median ms over them); set
-    `network_dense_ms` and `calibration` (module doc)."""
-    if repeats < 1:
-        raise StructpruneError(f"calibration repeats must be at least 1, not {repeats}")
+    random copies together, in `repeats` (at least 1, checked by measure_latency_model) separate bench runs (each
+    network's median ms over them); set `network_dense_ms` and `calibration` (module doc)."""
     nets = _calibration_networks(latency, model, round_to, keeps, random_networks)
     runs = [network_times({name: net for name, (_, net, _) in nets.items()}, latency.input_shape, latency.runtime,
                           latency.batch, latency.threads, rounds, sample_seconds) for _ in range(repeats)]
