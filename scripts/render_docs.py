@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -455,6 +456,7 @@ FOLDER_WRITERS = (("layers-", "benchmarks/bench_layers.py"), ("recovery-cifar10"
                   ("search-mobilenetv2-cifar10", "benchmarks/search_methods_cifar10.sh"),
                   ("target-compare-", "scripts/target_compare_cifar10.sh"),
                   ("schedule-compare-cifar10", "scripts/schedule_compare_cifar10.sh"),
+                  ("forms-compare-cifar10", "scripts/forms_compare_cifar10.sh"),
                   ("timing-noise/", "benchmarks/timing_noise.py"),
                   ("channel-step/", "benchmarks/channel_step.py"),
                   ("target-cifar10", "scripts/target_cifar10.sh"))
@@ -573,29 +575,30 @@ def int8_deployment() -> str:
 
 
 
-PLAIN = "plain-flags-cifar10"
+PLAIN_RUNS = ("plain-flags-cifar10", "plain-flags-cifar10-rerun")  # the second: the same command on a quieter host
 
 
 def plain_flags() -> str:
     """The plain-flag prune of paper-cifar10, compacted, against dense: speed-up and the share of the MAC
-    reduction it keeps, per runtime and batch."""
+    reduction it keeps, per bench run, runtime and batch."""
     rows = []
-    for runtime in ("eager", "onnxruntime"):
-        path = RESULTS / PLAIN / f"bench-{runtime}.json"
-        if not path.exists():
-            continue
-        records = json.loads(path.read_text(encoding="utf-8"))
-        for batch in (64, 1):
-            at = [r for r in records if r["batch"] == batch and "#" not in r["run"]]
-            dense = next(r for r in at if r["run"].endswith("paper-dense"))
-            for r in at:
-                if r is dense:
-                    continue
-                speed, macs = dense["median_ms"] / r["median_ms"], dense["macs"] / r["macs"]
-                rows.append([runtime, batch, ms(dense["median_ms"]), ms(r["median_ms"]), times(macs), times(speed),
-                             f2(speed / macs)])
-    return table(["runtime", "batch", "dense ms", "compact ms", "fewer MACs", "faster", "share of the MAC reduction"],
-                 rows)
+    for folder in PLAIN_RUNS:
+        for runtime in ("eager", "onnxruntime"):
+            path = RESULTS / folder / f"bench-{runtime}.json"
+            if not path.exists():
+                continue
+            records = json.loads(path.read_text(encoding="utf-8"))
+            for batch in (64, 1):
+                at = [r for r in records if r["batch"] == batch and "#" not in r["run"]]
+                dense = next(r for r in at if r["run"].endswith("paper-dense"))
+                for r in at:
+                    if r is dense:
+                        continue
+                    speed, macs = dense["median_ms"] / r["median_ms"], dense["macs"] / r["macs"]
+                    rows.append([f"`{folder}`", runtime, batch, ms(dense["median_ms"]), ms(r["median_ms"]),
+                                 times(macs), times(speed), f2(speed / macs)])
+    return table(["results", "runtime", "batch", "dense ms", "compact ms", "fewer MACs", "faster",
+                  "share of the MAC reduction"], rows)
 
 
 WRITERS = {  # files that do not record their command
@@ -700,6 +703,43 @@ def schedule_compare(folder: str = SCHEDULE, steps: int = 8) -> str:
                      _mean_sd([m["val_mcr"] for m in runs.values()]), _mean_sd([m["test_mcr"] for m in runs.values()])])
     return table(["network", "method and schedule", "seeds", "fewer MACs", "val MCR (5,000 images)",
                   "test MCR (1,000 images)"], rows)
+
+
+# ------------------------------------------------------------------------------- scripts/forms_compare_cifar10.sh
+
+FORMS_COMPARE = "forms-compare-cifar10"
+FORMS_ARMS = (  # (results folder, run name, what it is)
+    (FORMS_COMPARE, "paper-ts3-b64-forms", "ours: `--target-speedup 3 --target-forms channel,blocks,intra`"),
+    (FORMS_COMPARE, "paper-f-c125-b2-i23", "forms forced: 12.5% of maps, 2 kernel blocks, 2×3 intra (one shot, L1)"),
+    (FORMS_COMPARE, "paper-f-c25-b2-i23", "forms forced: 25% of maps, 2 kernel blocks, 2×3 intra (one shot, L1)"),
+    ("schedule-compare-cifar10-r16", "paper-m3-oneshot-tpl2", "ours: `--target-macs 3` (channel)"),
+    ("schedule-compare-cifar10-r16", "paper-m3-tp-layer", "Torch-Pruning group L2, uniform"),
+    ("schedule-compare-cifar10-r16", "paper-m3-tp-layer-other", "Torch-Pruning group L2, uniform, next step"),
+    ("schedule-compare-cifar10-r16", "paper-m3-tp-global", "Torch-Pruning group L2, global"),
+    ("schedule-compare-cifar10-r16", "paper-m3-tp-global-other", "Torch-Pruning group L2, global, next step"),
+)
+
+
+def forms_compare() -> str:
+    """Every fast form against channel-only pruning at 3× and batch 64 in ONNX Runtime: each network's median
+    measured speed-up over separate bench runs (its range), MACs, MCR before and after retraining over seeds."""
+    benches = [json.loads(p.read_text(encoding="utf-8")) for p in sorted((RESULTS / FORMS_COMPARE).glob("bench-*.json"))]
+    if not benches:
+        return table(["forms"], [])
+    rows = []
+    for folder, run, what in FORMS_ARMS:
+        speeds = [r["speedup_vs_first"] for b in benches for r in b if Path(r["run"]).name == f"{run}-compact"]
+        seeds = [m for m in (_tc_metrics(folder, f"{run}-s{k}") for k in range(10)) if m is not None]
+        before = _tc_metrics(folder, f"{run}-compact")
+        record = next((r for b in benches for r in b if Path(r["run"]).name == f"{run}-compact"), None)
+        if not speeds or not seeds or before is None or record is None:
+            continue
+        rows.append([what, times(statistics.median(speeds)), f"{min(speeds):.2f}–{max(speeds):.2f}×",
+                     times(record["mac_ratio_vs_first"]), pct(before["val_mcr"]), str(len(seeds)),
+                     _mean_sd([m["val_mcr"] for m in seeds]), _mean_sd([m["test_mcr"] for m in seeds])])
+    rows.sort(key=lambda row: float(row[1].rstrip("×")))
+    return table(["network", f"measured speed-up (median of {len(benches)} bench runs)", "range", "fewer MACs",
+                  "val MCR before retraining", "seeds", "val MCR (5,000 images)", "test MCR (1,000 images)"], rows)
 
 
 # ------------------------------------------------------------------------------- scripts/target_compare_cifar10.sh
@@ -891,6 +931,8 @@ def latency_check() -> str:
             timing += f"; candidates in {d['repeats']} bench runs, medians"  # type: ignore[index]
         if d.get("calibration_repeats", 1) > 1:  # type: ignore[union-attr]
             timing += f"; calibration in {d['calibration_repeats']} bench runs, medians"  # type: ignore[index]
+        if d.get("grid_repeats", 1) > 1:  # type: ignore[union-attr]
+            timing += f"; layer shapes in {d['grid_repeats']} passes, fastest"  # type: ignore[index]
         layers = {"profiled kernels": "kernel time (profiler)"}.get(d.get("layer_timing"), "session call")  # type: ignore[union-attr]
         if "points" in d:  # recorded since the check took --points
             layers += f", {d['points']} counts per axis"  # type: ignore[index]
@@ -929,6 +971,7 @@ RENDERERS: dict[str, Callable[[], str]] = {
     "search-mobilenetv2-cifar10": search_mobilenetv2,
     "schedule-compare-cifar10": schedule_compare,
     "schedule-compare-cifar10-r16": lambda: schedule_compare("schedule-compare-cifar10-r16", steps=16),
+    "forms-compare-cifar10": forms_compare,
     "int8-cifar10": int8_deployment,
     "plain-flags-cifar10": plain_flags,
     "cuda-check": cuda_check,
