@@ -10,9 +10,11 @@ or, with --search-space FORMS, random particles of the target search's own space
 (`LatencyModel.network_ms` of its layers' forms) and its real time measured with structprune.bench (same runtime,
 batch and threads; the dense network and all candidates timed together, interleaved rounds, medians; with
 --repeats N, in N separate bench runs, each network's median ms and its median speed-up over the dense network of
-the same run taken over them). The JSON holds, per candidate, predicted vs measured ms, the sum of its
-convolutions' standalone times and predicted vs measured speed-up over the dense network; overall, the median and
-max |relative error| and the count within 10 % (the target: all), the same per candidate kind (kernel blocks,
+the same run taken over them; --calibration-repeats and --grid-repeats time the model's calibration networks in
+several bench runs and its layer grids in several passes, see measure_latency_model). The JSON holds, per
+candidate, predicted vs measured ms, the sum of its convolutions' standalone times and predicted vs measured
+speed-up over the dense network; overall, the median and max |relative error| and the count within 10 % (the
+target: all), the same per candidate kind (kernel blocks,
 intra ratio), and the best line α·Σ + β + γ_blocks·n_blocks + γ_taps·n_taps fitted on the candidates themselves
 (how far the calibration's form can go); per candidate also its counts of convolutions with kernel blocks and
 intra shapes (layers_blocked, layers_tapped).
@@ -161,7 +163,7 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
                                     groups=tuple(dict.fromkeys((1, 2, 4, *blocks))), min_run_time=args.min_run_time,
                                     network_rounds=args.rounds, network_seconds=args.sample_seconds,
                                     calibration_keeps=tuple(args.calibration_keeps), points=args.points,
-                                    calibration_repeats=args.calibration_repeats)
+                                    calibration_repeats=args.calibration_repeats, grid_repeats=args.grid_repeats)
     names = list(latency.layers)
     if args.search_space:
         candidates = draw_search_candidates(model, names, args.candidates, args.seed, args.round_to, args.search_space)
@@ -194,7 +196,7 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
         "threads": args.threads, "round_to": args.round_to, "seed": args.seed, "kernel_blocks": list(blocks),
         "intra": args.intra, "search_space": args.search_space, "min_run_time": args.min_run_time, "points": args.points,
         "rounds": args.rounds, "sample_seconds": args.sample_seconds, "repeats": args.repeats,
-        "calibration_repeats": args.calibration_repeats, "measured_runs": runs,
+        "calibration_repeats": args.calibration_repeats, "grid_repeats": args.grid_repeats, "measured_runs": runs,
         "layer_timing": "profiled kernels" if args.runtime == "onnxruntime" else "module call",
         "dense": {"predicted_ms": dense_predicted, "measured_ms": dense_measured,
                   "calibration_ms": latency.network_dense_ms, "conv_ms": latency.conv_ms({}),
@@ -239,13 +241,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibration-repeats", type=int, default=1,
                         help="time the latency model's calibration networks in this many separate bench runs and fit "
                              "on each network's median ms (default 1)")
+    parser.add_argument("--grid-repeats", type=int, default=1,
+                        help="passes over every layer's grid shapes, each shape's fastest time kept (default 1)")
     parser.add_argument("--json", required=True, help="output file")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        if min(args.candidates, args.repeats, args.calibration_repeats) < 1:
-            raise StructpruneError("--candidates, --repeats and --calibration-repeats must be at least 1")
+        if min(args.candidates, args.repeats, args.calibration_repeats, args.grid_repeats) < 1:
+            raise StructpruneError("--candidates, --repeats, --calibration-repeats and --grid-repeats must be at least 1")
         if args.kernel_blocks is not None and not args.kernel_blocks:
             args.kernel_blocks = [2, 4]
         if any(g < 1 for g in args.kernel_blocks or ()):

@@ -388,3 +388,23 @@ def test_calibration_repeats_fit_on_each_networks_median(monkeypatch):
     with pytest.raises(StructpruneError, match="repeats"):
         measure_latency_model(model, (1, 8, 8), "eager", batch=1, threads=1, calibration_keeps=(1.0,),
                               calibration_repeats=0)
+
+
+def test_grid_repeats_keep_each_shapes_fastest_pass(monkeypatch):
+    # two passes over the grids: a shape slowed in one pass (a busy stretch) keeps its time from the other
+    monkeypatch.setattr("structprune.latency_model.network.network_times", lambda *args: {"dense": 5.0})
+    model = create("tiny-paper")
+    kwargs = dict(batch=1, threads=1, groups=(1,), taps=(), points=2, calibration_keeps=(1.0,))
+    count = iter(range(1000))
+    monkeypatch.setattr("structprune.latency_model.measure.time_form", lambda *args: float(next(count)))
+    measure_latency_model(model, (1, 8, 8), "eager", **kwargs)
+    shapes = next(count)  # shapes timed by one pass
+    first = [10.0 if i % 2 else 1.0 for i in range(shapes)]
+    second = [2.0 if i % 2 else 20.0 for i in range(shapes)]
+    times = iter(first + second)
+    monkeypatch.setattr("structprune.latency_model.measure.time_form", lambda *args: next(times))
+    latency = measure_latency_model(model, (1, 8, 8), "eager", grid_repeats=2, **kwargs)
+    kept = [t for layer in latency.layers.values() for g in layer.grids.values() for row in g.ms for t in row]
+    assert shapes > 2 and kept == [min(a, b) for a, b in zip(first, second, strict=True)]
+    with pytest.raises(StructpruneError, match="grid repeats"):
+        measure_latency_model(model, (1, 8, 8), "eager", batch=1, threads=1, calibration_keeps=(1.0,), grid_repeats=0)

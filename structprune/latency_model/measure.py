@@ -30,7 +30,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -256,6 +256,17 @@ def measure_layer(call: ConvCall, runtime: str, batch: int, threads: int, round_
     return times
 
 
+def fastest_of(first: LayerTimes, second: LayerTimes) -> LayerTimes:
+    """One layer's grids from two passes over the same shapes, each shape's smaller time kept."""
+    grids = {}
+    for key, grid in first.grids.items():
+        other = second.grids[key]
+        if (grid.ins, grid.outs) != (other.ins, other.outs):
+            raise StructpruneError(f"latency model: two passes timed different shapes for variant {key}")
+        grids[key] = Grid(grid.ins, grid.outs, np.minimum(np.asarray(grid.ms), np.asarray(other.ms)).tolist())
+    return replace(first, grids=grids)
+
+
 def _check_args(runtime: str, batch: int, threads: int, round_to: int, groups: tuple[int, ...],
                 taps: tuple[tuple[int, int], ...], points: int, variant_points: int) -> None:
     if runtime not in MODEL_RUNTIMES:
@@ -277,20 +288,23 @@ def measure_latency_model(model: nn.Module, input_shape: tuple[int, ...], runtim
                           variant_points: int = 3, combine: bool = False, min_run_time: float = 0.02, network_rounds: int = 7,
                           network_seconds: float = 0.3,
                           calibration_keeps: tuple[float, ...] = CALIBRATION_KEEPS,
-                          calibration_repeats: int = 1) -> LatencyModel:
+                          calibration_repeats: int = 1, grid_repeats: int = 1) -> LatencyModel:
     """Measure `model`'s LatencyModel on this machine (module doc). `points` / `variant_points`: counts per grid
     axis of the plain convolution / of the other variants; `combine`: also time G > 1 with taps (else predicted
     from the two); `min_run_time`: seconds per timed shape; `network_rounds`, `network_seconds`: structprune.bench's
     rounds and sample_seconds for whole networks; `calibration_keeps`: shares of the maps kept by the uniformly
     pruned networks timed whole beside the dense one for the calibration (only 1.0: the dense network alone);
     `calibration_repeats`: separate bench runs of the calibration networks (each network's median ms kept);
-    `round_to`: the step of the kept-map grids (default: this CPU's channel block, fast_forms.default_round_to)."""
+    `grid_repeats`: passes over every layer's grids, each shape's fastest time kept (a slow stretch of a shared
+    machine then spoils a shape only if it falls on that shape in every pass); `round_to`: the step of the
+    kept-map grids (default: this CPU's channel block, fast_forms.default_round_to)."""
     round_to = round_to_or_default(round_to)
     _check_args(runtime, batch, threads, round_to, tuple(groups), tuple(taps), points, variant_points)
     if any(not 0 < k <= 1 for k in calibration_keeps):
         raise StructpruneError(f"calibration shares of kept maps must lie in (0, 1], not {tuple(calibration_keeps)}")
-    if calibration_repeats < 1:
-        raise StructpruneError(f"calibration repeats must be at least 1, not {calibration_repeats}")
+    for name, value in (("calibration", calibration_repeats), ("grid", grid_repeats)):
+        if not isinstance(value, int) or value < 1:
+            raise StructpruneError(f"{name} repeats must be a positive integer, not {value!r}")
     calls = conv_calls(model, input_shape)
     if not calls:
         raise StructpruneError("the network calls no nn.Conv2d: nothing for a latency model to measure")
@@ -298,15 +312,18 @@ def measure_latency_model(model: nn.Module, input_shape: tuple[int, ...], runtim
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        for call in calls:
-            start = time.perf_counter()
-            result.layers[call.name] = measure_layer(call, runtime, batch, threads, round_to, tuple(groups),
-                                                     tuple(taps), points, variant_points, combine, min_run_time)
-            grids = result.layers[call.name].grids
-            log.info("latency model: %s (%d→%d maps, %dx%d, input %s) %d variants, %d shapes in %.1f s", call.name,
-                     call.conv.in_channels, call.conv.out_channels, *call.conv.kernel_size,
-                     "x".join(map(str, call.input_shape)), len(grids),
-                     sum(len(g.ins) * len(g.outs) for g in grids.values()), time.perf_counter() - start)
+        for repeat in range(grid_repeats):
+            for call in calls:
+                start = time.perf_counter()
+                layer = measure_layer(call, runtime, batch, threads, round_to, tuple(groups), tuple(taps), points,
+                                      variant_points, combine, min_run_time)
+                earlier = result.layers.get(call.name)
+                result.layers[call.name] = layer if earlier is None else fastest_of(earlier, layer)
+                log.info("latency model: %s (%d→%d maps, %dx%d, input %s) %d variants, %d shapes in %.1f s%s",
+                         call.name, call.conv.in_channels, call.conv.out_channels, *call.conv.kernel_size,
+                         "x".join(map(str, call.input_shape)), len(layer.grids),
+                         sum(len(g.ins) * len(g.outs) for g in layer.grids.values()), time.perf_counter() - start,
+                         f" (pass {repeat + 1} of {grid_repeats})" if grid_repeats > 1 else "")
     finally:
         torch.set_num_threads(prev_threads)
     measure_calibration(result, model, round_to, network_rounds, network_seconds, tuple(calibration_keeps),
