@@ -408,3 +408,26 @@ def test_grid_repeats_keep_each_shapes_fastest_pass(monkeypatch):
     assert shapes > 2 and kept == [min(a, b) for a, b in zip(first, second, strict=True)]
     with pytest.raises(StructpruneError, match="grid repeats"):
         measure_latency_model(model, (1, 8, 8), "eager", batch=1, threads=1, calibration_keeps=(1.0,), grid_repeats=0)
+
+
+def test_target_search_measures_its_model_as_checked(monkeypatch):
+    # the target search's latency model: 9 counts per grid axis, 3 calibration runs, 2 grid passes (the settings
+    # benchmarks/latency_model_check.py measured), and only the plain convolution when no form is offered
+    from types import SimpleNamespace
+
+    from structprune.search import target_cost
+
+    seen = {}
+
+    def fake_measure(model, input_shape, **kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("measured")
+
+    monkeypatch.setattr("structprune.latency_model.measure_latency_model", fake_measure)
+    space = SimpleNamespace(model=create("tiny-paper"), block_layers=[], tap_layers=[])
+    with pytest.raises(RuntimeError, match="measured"):
+        target_cost.measured_latency_cost(space, (1, 8, 8), "onnxruntime", batch=4, threads=1, round_to=8)
+    assert seen["points"] == target_cost.TARGET_GRID_POINTS == 9
+    assert seen["calibration_repeats"] == target_cost.TARGET_CALIBRATION_REPEATS == 3
+    assert seen["grid_repeats"] == target_cost.TARGET_GRID_REPEATS == 2
+    assert seen["groups"] == (1,) and seen["taps"] == ()

@@ -37,10 +37,12 @@ log = logging.getLogger("structprune.search")
 
 LATENCY_MODEL_MODULE = "structprune.latency_model"
 # The latency model a target search measures: as checked against measured networks (benchmarks/latency_model_check.py
-# --points 9 --calibration-repeats 3, docs/benchmarks.md): 9 kept-map counts per grid axis, and the calibration
-# networks timed in 3 bench runs, so that one slow run does not move every prediction.
+# --points 9 --calibration-repeats 3 --grid-repeats 2, docs/benchmarks.md): 9 kept-map counts per grid axis, the
+# calibration networks timed in 3 bench runs, so that one slow run does not move every prediction, and the layer
+# grids in 2 passes, each shape's faster time kept, so that a slow stretch does not spoil the shapes it falls on.
 TARGET_GRID_POINTS = 9
 TARGET_CALIBRATION_REPEATS = 3
+TARGET_GRID_REPEATS = 2
 
 
 class CostModel(Protocol):
@@ -222,7 +224,8 @@ def measured_latency_cost(space: TargetSpace, input_shape: tuple[int, ...], runt
             variants["taps"] = ()
         model = module.measure_latency_model(space.model, input_shape, runtime=runtime, batch=batch, threads=threads,
                                              round_to=round_to, points=TARGET_GRID_POINTS,
-                                             calibration_repeats=TARGET_CALIBRATION_REPEATS, **variants)
+                                             calibration_repeats=TARGET_CALIBRATION_REPEATS,
+                                             grid_repeats=TARGET_GRID_REPEATS, **variants)
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
             write_json_atomic(cache, model.to_json())
