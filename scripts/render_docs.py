@@ -906,7 +906,9 @@ LATENCY_CHECKS = ("latency-model-check/latency-check-resnet20-ort-b1.json",
                   "latency-model-check/latency-check-paper-ort-b64-channel-round16-repeats3-cal3.json",
                   "latency-model-check/latency-check-paper-ort-b1-channel-round16-repeats3-cal3.json",
                   "latency-model-check/latency-check-paper-ort-b64-channel-round16-repeats3-cal3-rerun.json",
-                  "latency-model-check/latency-check-paper-ort-b64-channel-round16-repeats3-cal3-grid2.json")
+                  "latency-model-check/latency-check-paper-ort-b64-channel-round16-repeats3-cal3-grid2.json",
+                  "latency-model-check/latency-check-paper-ort-b1-channel-round16-repeats3-cal3-grid2.json",
+                  "latency-model-check/latency-check-paper-ort-b1-channel-round16-repeats3-cal3-rerun.json")
 
 
 def latency_check() -> str:
