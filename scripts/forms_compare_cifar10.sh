@@ -14,6 +14,10 @@
 #    Torch-Pruning's group L2, uniform and global, both of its steps around our MACs) in REPEATS (default 3)
 #    separate `structprune bench` runs (bench-k.json; the table takes each network's median speed-up over them),
 #    then every retrained network beside dense in one more (pareto.json, the report's latency-against-MCR plot).
+# The docs' report and plot, from the committed results (F=benchmarks/results/forms-compare-cifar10/runs,
+# S=benchmarks/results/schedule-compare-cifar10-r16/runs): structprune report $F/paper-dense $F/*-s? \
+#   $S/paper-m3-{oneshot-tpl2,tp-layer,tp-layer-other,tp-global,tp-global-other}-s? \
+#   --bench benchmarks/results/forms-compare-cifar10/pareto.json --out docs/forms-compare-cifar10/report.md
 # Time steps 1 and 4 with nothing else running. Every step is skipped when its output exists, so an interrupted
 # run resumes. Results: scripts/collect_results.py; table in docs/results.md (scripts/render_docs.py).
 # Usage: scripts/forms_compare_cifar10.sh RUNS_DIR R16_RUNS_DIR OUT_DIR   (RUNS_DIR/paper-dense: the dense run)
