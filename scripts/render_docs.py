@@ -745,7 +745,8 @@ def forms_compare() -> str:
 # ------------------------------------------------------------------------------- scripts/target_compare_cifar10.sh
 
 TARGET_COMPARE = ("target-compare-cifar10", "target-compare-cifar10-2026-12",  # one folder per machine and dense run
-                  "target-compare-cifar10-2026-12-tpl2")  # the same dense run, maps by Torch-Pruning's group L2
+                  "target-compare-cifar10-2026-12-tpl2",  # the same dense run, maps by Torch-Pruning's group L2
+                  "target-compare-cifar10-2026-12-r16")  # again, with the defaults of now (steps of 16, 3 calibration runs)
 TARGET_NETS = {"resnet20": "`resnet20`", "paper": "`paper-cifar10`"}
 RUN_NAME = re.compile(r"^(?P<net>[a-z0-9]+)-ts(?P<s>[0-9.]+)-b(?P<batch>[0-9]+)(?P<eager>-eager)?(?:-f(?P<finalists>[0-9]+))?$")
 
