@@ -14,10 +14,9 @@ the same run taken over them; --calibration-repeats and --grid-repeats time the 
 several bench runs and its layer grids in several passes, see measure_latency_model). The JSON holds, per
 candidate, predicted vs measured ms, the sum of its convolutions' standalone times and predicted vs measured
 speed-up over the dense network; overall, the median and max |relative error| and the count within 10 % (the
-target: all), the same per candidate kind (kernel blocks,
-intra ratio), and the best line α·Σ + β + γ_blocks·n_blocks + γ_taps·n_taps fitted on the candidates themselves
-(how far the calibration's form can go); per candidate also its counts of convolutions with kernel blocks and
-intra shapes (layers_blocked, layers_tapped).
+target: all), the same per candidate kind (kernel blocks, intra ratio), and the best line α·Σ + β +
+γ_blocks·n_blocks + γ_taps·n_taps fitted on the candidates themselves (how far the calibration's form can go); per
+candidate also its counts of convolutions with kernel blocks and intra shapes (layers_blocked, layers_tapped).
 
     flock /tmp/structprune-heavy.lock .venv/bin/python benchmarks/latency_model_check.py /work/runs-cifar/resnet20-dense \\
         --runtime onnxruntime --batch 1 --threads 2 --kernel-blocks 2 --intra --json out.json
