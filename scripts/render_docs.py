@@ -728,14 +728,14 @@ def forms_compare() -> str:
         return table(["forms"], [])
     rows = []
     for folder, run, what in FORMS_ARMS:
-        speeds = [r["speedup_vs_first"] for b in benches for r in b if Path(r["run"]).name == f"{run}-compact"]
+        records = [r for b in benches for r in b if Path(r["run"]).name == f"{run}-compact"]
         seeds = [m for m in (_tc_metrics(folder, f"{run}-s{k}") for k in range(10)) if m is not None]
         before = _tc_metrics(folder, f"{run}-compact")
-        record = next((r for b in benches for r in b if Path(r["run"]).name == f"{run}-compact"), None)
-        if not speeds or not seeds or before is None or record is None:
+        if not records or not seeds or before is None:
             continue
+        speeds = [r["speedup_vs_first"] for r in records]
         rows.append([what, times(statistics.median(speeds)), f"{min(speeds):.2f}–{max(speeds):.2f}×",
-                     times(record["mac_ratio_vs_first"]), pct(before["val_mcr"]), str(len(seeds)),
+                     times(records[0]["mac_ratio_vs_first"]), pct(before["val_mcr"]), str(len(seeds)),
                      _mean_sd([m["val_mcr"] for m in seeds]), _mean_sd([m["test_mcr"] for m in seeds])])
     rows.sort(key=lambda row: float(row[1].rstrip("×")))
     return table(["network", f"measured speed-up (median of {len(benches)} bench runs)", "range", "fewer MACs",
